@@ -1,0 +1,202 @@
+"""The ``rada`` command: demo, cohort, propagate, evaluate.
+
+Every command prints one-line errors (``rada: <file>: <problem>``) and exits non-zero on bad
+input; ``--events json`` turns progress into one JSON object per line on standard output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from . import __version__
+from .errors import RADAError
+
+EXIT_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def default_cache_dir() -> Path:
+    """``$RADA_CACHE_DIR`` or ``~/.cache/rada``: cached results and weights, never the install folder."""
+    return Path(os.environ.get("RADA_CACHE_DIR") or Path.home() / ".cache" / "rada")
+
+
+def _progress(args: argparse.Namespace):
+    from .events import Progress, json_sink, terminal_sink
+
+    return Progress(json_sink() if args.events == "json" else terminal_sink())
+
+
+def _add_events(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--events", choices=("text", "json"), default="text",
+                        help="progress as text/bar on stderr (default) or one JSON object per line on stdout")
+
+
+def _add_propagation(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("propagation")
+    group.add_argument("--transform", default=None, help="ANTs transform per slice pair (default SyNOnly; the paper used SyNRA)")
+    group.add_argument("--slice-step", type=int, default=None, help="register slices this far apart, interpolate between (default 3)")
+    group.add_argument("--crop-margin", type=int, default=None, help="pixels kept around the annotated box (default 15)")
+    group.add_argument("--no-stop", action="store_true", help="propagate to the volume edge even after the label vanished")
+    group.add_argument("--workers", type=int, default=0, help="registration processes (default: one per CPU core)")
+    group.add_argument("--fusion", choices=("weighted", "majority"), default=None, help="three-view vote for fused.nrrd")
+
+
+def _propagation_config(args: argparse.Namespace):
+    from dataclasses import replace
+
+    from .propagation import PropagationConfig
+
+    config = PropagationConfig()
+    registration = config.registration
+    if args.transform:
+        registration = replace(registration, transform=args.transform)
+    changes = {"registration": registration}
+    if args.slice_step is not None:
+        changes["slice_step"] = args.slice_step
+    if args.crop_margin is not None:
+        changes["crop_margin"] = args.crop_margin
+    if args.no_stop:
+        changes["stop_when_empty"] = False
+    if args.fusion:
+        changes["fusion"] = args.fusion
+    return replace(config, **changes)
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), n_cases=args.cases, n_labeled=args.labeled, seed=args.seed,
+             workers=args.workers, progress=_progress(args))
+    return 0
+
+
+def cmd_cohort(args: argparse.Namespace) -> int:
+    from .cohort import cohort_from_folders, cohort_from_la_folder, save_cohort
+
+    if args.la:
+        cohort = cohort_from_la_folder(args.la, labeled=args.labeled if args.labeled is not None else 8,
+                                       validation=args.validation, list_file=args.list_file)
+    elif args.images:
+        classes = {1: args.class_name} if args.class_name else None
+        cohort = cohort_from_folders(args.images, args.labels, args.sparse_labels, args.labeled,
+                                     args.validation, args.name, classes)
+    else:
+        raise RADAError("rada cohort: give --images DIR (with --labels/--sparse-labels) or --la DIR")
+    if args.name:
+        cohort.name = args.name
+    path = save_cohort(cohort, args.out)
+    print(f"wrote {path}: {len(cohort.cases)} cases, {len(cohort.labeled)} labeled, "
+          f"{len(cohort.unlabeled)} unlabeled, {len(cohort.validation)} validation")
+    return 0
+
+
+def cmd_propagate(args: argparse.Namespace) -> int:
+    from .cache import ArrayCache
+    from .cohort import load_cohort
+    from .pseudo_labels import propagate_cohort
+    from .registration import AntsRegistrar
+
+    cohort = load_cohort(args.cohort)
+    if args.cases:
+        cohort = cohort.select(args.cases.split(","))
+    config = _propagation_config(args)
+    cache = None if args.no_cache else ArrayCache(Path(args.cache_dir or default_cache_dir()) / "propagation")
+    with AntsRegistrar(config.registration, workers=args.workers) as registrar:
+        reports = propagate_cohort(cohort, args.out, registrar, config, cache, args.allow_multiple_slices,
+                                   args.oblique, _progress(args))
+    total = sum(r.seconds for r in reports)
+    print(f"{len(reports)} case(s) in {args.out}: "
+          + ", ".join(f"{r.id} {r.status} {r.seconds:.1f}s" for r in reports)
+          + f" (total {total:.1f} s)", file=sys.stderr if args.events == "json" else sys.stdout)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_files, pair_files, write_outputs
+
+    pairs = pair_files(args.pred, args.truth)
+    classes = [int(c) for c in args.classes.split(",")] if args.classes else None
+    evaluation = evaluate_files(pairs, classes)
+    print(evaluation.table())
+    write_outputs(evaluation, Path(args.json) if args.json else None, Path(args.csv) if args.csv else None)
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rada", description="RADA: segment 3D scans from three annotated slices per volume.")
+    parser.add_argument("--version", action="version", version=f"rada {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log details")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="run the pipeline on a built-in synthetic cohort")
+    demo.add_argument("--out", default="rada-demo", help="output folder (default ./rada-demo)")
+    demo.add_argument("--cases", type=int, default=6, help="synthetic volumes (default 6)")
+    demo.add_argument("--labeled", type=int, default=3, help="of which annotated (default 3)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--workers", type=int, default=0, help="registration processes (default: one per core)")
+    _add_events(demo)
+    demo.set_defaults(run=cmd_demo)
+
+    cohort = commands.add_parser("cohort", help="write a cohort manifest from folders or an LA-style folder")
+    cohort.add_argument("--images", help="folder of images (NRRD/NIfTI/MHA/h5)")
+    cohort.add_argument("--labels", help="folder of dense labels (evaluation, or simulation with --labeled)")
+    cohort.add_argument("--sparse-labels", help="folder of sparse label maps (painted slices)")
+    cohort.add_argument("--la", help="LA2018-style folder: <id>/mri_norm2.h5 and a list file")
+    cohort.add_argument("--list-file", default="train.list", help="list file inside --la (default train.list)")
+    cohort.add_argument("--labeled", type=int, default=None, help="first N cases labeled by simulation from dense labels (LA default 8)")
+    cohort.add_argument("--validation", type=int, default=0, help="last N cases held out for validation")
+    cohort.add_argument("--name", help="cohort name")
+    cohort.add_argument("--class-name", help="name of label 1 (default 'foreground')")
+    cohort.add_argument("--out", required=True, help="manifest to write (JSON)")
+    cohort.set_defaults(run=cmd_cohort)
+
+    propagate = commands.add_parser("propagate", help="propagate the sparse annotations of every labeled case")
+    propagate.add_argument("--cohort", required=True, help="cohort manifest (rada cohort)")
+    propagate.add_argument("--out", required=True, help="output folder (finished cases are kept: rerun to resume)")
+    propagate.add_argument("--cases", help="comma-separated case ids (default: every labeled case)")
+    propagate.add_argument("--cache-dir", help="result cache (default $RADA_CACHE_DIR or ~/.cache/rada)")
+    propagate.add_argument("--no-cache", action="store_true", help="do not read or write the result cache")
+    propagate.add_argument("--allow-multiple-slices", action="store_true", help="accept several annotated slices per plane")
+    propagate.add_argument("--oblique", choices=("refuse", "resample"), default="refuse", help="what to do with oblique volumes")
+    _add_propagation(propagate)
+    _add_events(propagate)
+    propagate.set_defaults(run=cmd_propagate)
+
+    evaluate = commands.add_parser("evaluate", help="Dice, Jaccard, HD95, ASD of predictions against truth")
+    evaluate.add_argument("--pred", required=True, help="prediction file or folder")
+    evaluate.add_argument("--truth", required=True, help="truth file or folder (matched by case id)")
+    evaluate.add_argument("--classes", help="comma-separated class values (default: all present)")
+    evaluate.add_argument("--json", help="write the metrics as JSON here")
+    evaluate.add_argument("--csv", help="write the metrics as CSV here")
+    evaluate.set_defaults(run=cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rada`` command; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")
+    try:
+        return int(args.run(args) or 0)
+    except RADAError as exc:
+        print(f"rada: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except KeyboardInterrupt:
+        print("rada: interrupted; finished cases are kept, rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,719 @@
+"""The frozen region-aware dual encoder: Alpha-CLIP (vision, slice + mask) and CLIP (text).
+
+Pieces:
+
+* Preprocessing (:func:`preprocess_slice`, :func:`preprocess_mask`), as Alpha-CLIP expects:
+  a slice (float, any range) is min-max scaled to 0..255 and rounded to uint8, repeated to
+  RGB, resized with PIL bicubic (as CLIP's preprocessing does), divided by 255 and normalised
+  with CLIP's mean/std; its mask becomes 0/255 -> [0, 1], is resized **bilinearly**
+  (antialiased, as torchvision's ``Resize`` on a tensor in Alpha-CLIP's README transform) and
+  normalised with (0.5, 0.26): foreground +1.923, background -1.923, edges in between.
+  A non-square slice is **padded to a square** (centred; the image with its minimum, which
+  maps to 0, the mask with background) before resizing, so its aspect ratio is kept and no part
+  of it is cropped away (CLIP's own centre crop could cut the foreground off). A constant slice
+  becomes a black image. By default the slice is transposed first (``transpose=True``), so the
+  array's axis 0 (x) runs horizontally and axis 1 (y) vertically, as a viewer shows it.
+* A weights registry (:data:`WEIGHTS`), :func:`default_cache_dir` and
+  :func:`resolve_checkpoint`: a local path is used as is; a known name is looked up in the
+  user's cache folder and downloaded only when allowed (temp file, SHA256 check, rename).
+* :class:`RegionAwareDualEncoder` (:meth:`~RegionAwareDualEncoder.from_config`,
+  :meth:`~RegionAwareDualEncoder.encode_text`, :meth:`~RegionAwareDualEncoder.encode_regions`,
+  :meth:`~RegionAwareDualEncoder.identity`). Without weights it runs seeded random towers and
+  says so with a logged WARNING and ``pretrained == {"vision": False, "text": False}``.
+* :class:`EmbeddingCache`: .npy files keyed by SHA256 of (encoder identity, slice bytes, mask
+  bytes) or (encoder identity, prompt), written atomically, so each cohort is encoded once.
+
+Embeddings are CLIP's raw (unnormalised) features unless ``normalize=True`` is asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .alpha_clip import (
+    AlphaCLIPVisionTransformer,
+    TextSpec,
+    VisionSpec,
+    build_text_tower,
+    build_vision_tower,
+    freeze,
+    load_alpha_clip_visual,
+    load_clip_text,
+    specs_for_arch,
+    text_spec_of,
+)
+from .errors import InputError
+
+log = logging.getLogger(__name__)
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+ALPHA_MEAN = 0.5
+ALPHA_STD = 0.26
+DEFAULT_PROMPT = "An image containing the {cls}, with the rest being background"
+PREPROCESS_VERSION = "rada-pre-1: minmax-uint8, pad-square, PIL-bicubic, mask-bilinear-aa"
+RANDOM_WEIGHTS_WARNING = (
+    "encoder weights not found: running with RANDOM {which} weights; results will not match the paper"
+)
+CACHE_ENV = "RADA_CACHE_DIR"
+
+
+# --------------------------------------------------------------------------------------------
+# Preprocessing
+# --------------------------------------------------------------------------------------------
+
+
+def _as_2d(array: np.ndarray, what: str) -> np.ndarray:
+    a = np.asarray(array)
+    if a.ndim != 2 or a.size == 0:
+        raise InputError(what, f"must be a non-empty 2D array, got shape {a.shape}")
+    return a
+
+
+def pad_to_square(array: np.ndarray, value: float | int = 0) -> np.ndarray:
+    """Centre ``array`` (2D) in a square of side max(H, W), filled with ``value``."""
+    h, w = array.shape
+    side = max(h, w)
+    if h == w:
+        return array
+    out = np.full((side, side), value, dtype=array.dtype)
+    top, left = (side - h) // 2, (side - w) // 2
+    out[top: top + h, left: left + w] = array
+    return out
+
+
+def slice_to_uint8(slice2d: np.ndarray) -> np.ndarray:
+    """Min-max scale a 2D slice (any range) to 0..255 and round to uint8; constant -> zeros."""
+    a = _as_2d(slice2d, "slice").astype(np.float64)
+    if not np.all(np.isfinite(a)):
+        raise InputError("slice", "contains NaN or infinite values")
+    lo, hi = float(a.min()), float(a.max())
+    if hi <= lo:
+        return np.zeros(a.shape, dtype=np.uint8)
+    return np.rint((a - lo) * (255.0 / (hi - lo))).clip(0, 255).astype(np.uint8)
+
+
+def preprocess_slice(slice2d: np.ndarray, image_size: int = 224, transpose: bool = True) -> torch.Tensor:
+    """A slice as Alpha-CLIP's image input: (3, S, S) float32, CLIP-normalised RGB."""
+    u8 = slice_to_uint8(slice2d)
+    if transpose:
+        u8 = u8.T
+    u8 = pad_to_square(np.ascontiguousarray(u8), 0)
+    rgb = Image.fromarray(u8).convert("RGB")
+    if rgb.size != (image_size, image_size):
+        rgb = rgb.resize((image_size, image_size), Image.Resampling.BICUBIC)
+    t = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    mean = torch.tensor(CLIP_MEAN, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(CLIP_STD, dtype=torch.float32).view(3, 1, 1)
+    return ((t - mean) / std).contiguous()
+
+
+def preprocess_mask(mask2d: np.ndarray, image_size: int = 224, transpose: bool = True) -> torch.Tensor:
+    """A mask (nonzero = region) as Alpha-CLIP's alpha input: (1, S, S) float32.
+
+    0/255 -> [0, 1] -> bilinear antialiased resize -> (x - 0.5) / 0.26.
+    """
+    m = _as_2d(mask2d, "mask")
+    binary = (m != 0) if m.dtype != bool else m
+    if transpose:
+        binary = binary.T
+    binary = pad_to_square(np.ascontiguousarray(binary), False)
+    t = torch.from_numpy((binary.astype(np.uint8) * 255).astype(np.float32) / 255.0)[None, None]
+    if t.shape[-2:] != (image_size, image_size):
+        t = F.interpolate(t, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+    return ((t[0] - ALPHA_MEAN) / ALPHA_STD).contiguous()
+
+
+# --------------------------------------------------------------------------------------------
+# Weights registry and resolution
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WeightsEntry:
+    """A known checkpoint file: where it comes from and how to check it.
+
+    ``sha256`` is None where no checksum is known for sure; the downloader then logs the hash it
+    computed and writes it beside the file (``<file>.sha256``). ``manual_url`` is the page a user
+    can download it from by hand when automatic download is off or fails.
+    """
+
+    name: str
+    filename: str
+    url: str
+    sha256: str | None
+    kind: str  # "alpha-clip-visual" or "clip-text"
+    arch: str
+    manual_url: str = ""
+    note: str = ""
+
+
+WEIGHTS: Mapping[str, WeightsEntry] = {
+    e.name: e
+    for e in (
+        WeightsEntry(
+            name="alpha-clip-vit-b16",
+            filename="clip_b16_grit1m_fultune_8xe.pth",
+            url="https://download.openxlab.org.cn/models/SunzeY/AlphaCLIP/weight/clip_b16_grit1m_fultune_8xe.pth",
+            sha256=None,
+            kind="alpha-clip-visual",
+            arch="ViT-B-16",
+            manual_url="https://drive.google.com/file/d/16fHEXZ-7bgzcSBHzEz1wXRIZTjQIXm_2/view",
+            note="Alpha-CLIP ViT-B/16 trained on GRIT-1M (official model zoo, Google Drive); "
+            "the OpenXLab URL is the mirror other projects download from (not verified here)",
+        ),
+        WeightsEntry(
+            name="alpha-clip-vit-l14",
+            filename="clip_l14_grit1m_fultune_8xe.pth",
+            url="https://download.openxlab.org.cn/models/SunzeY/AlphaCLIP/weight/clip_l14_grit1m_fultune_8xe.pth",
+            sha256=None,
+            kind="alpha-clip-visual",
+            arch="ViT-L-14",
+            manual_url="https://drive.google.com/file/d/1PIhplBnsmSWiJN--TXCCSsiaV6bY9koq/view",
+            note="Alpha-CLIP ViT-L/14 trained on GRIT-1M",
+        ),
+        WeightsEntry(
+            name="alpha-clip-vit-l14-336",
+            filename="clip_l14_336_grit1m_fultune_8xe.pth",
+            url="https://download.openxlab.org.cn/models/SunzeY/AlphaCLIP/weight/clip_l14_336_grit1m_fultune_8xe.pth",
+            sha256=None,
+            kind="alpha-clip-visual",
+            arch="ViT-L-14-336",
+            manual_url="https://drive.google.com/file/d/1DeNbUv0lraDxJZItb7shTlvGW6z_Z9Si/view",
+            note="Alpha-CLIP ViT-L/14@336px trained on GRIT-1M (model zoo name clip_l14@336_grit1m_fultune_8xe)",
+        ),
+        WeightsEntry(
+            name="clip-vit-b16-text",
+            filename="ViT-B-16.pt",
+            url="https://openaipublic.azureedge.net/clip/models/"
+            "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
+            sha256="5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f",
+            kind="clip-text",
+            arch="ViT-B-16",
+            manual_url="https://github.com/openai/CLIP",
+            note="OpenAI CLIP ViT-B/16 (TorchScript; text tower used); the SHA256 is the URL's "
+            "path segment, which OpenAI's and open_clip's loaders check",
+        ),
+        WeightsEntry(
+            name="clip-vit-l14-text",
+            filename="ViT-L-14.pt",
+            url="https://openaipublic.azureedge.net/clip/models/"
+            "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
+            sha256="b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836",
+            kind="clip-text",
+            arch="ViT-L-14",
+            manual_url="https://github.com/openai/CLIP",
+            note="OpenAI CLIP ViT-L/14",
+        ),
+        WeightsEntry(
+            name="clip-vit-l14-336-text",
+            filename="ViT-L-14-336px.pt",
+            url="https://openaipublic.azureedge.net/clip/models/"
+            "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt",
+            sha256="3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02",
+            kind="clip-text",
+            arch="ViT-L-14-336",
+            manual_url="https://github.com/openai/CLIP",
+            note="OpenAI CLIP ViT-L/14@336px",
+        ),
+    )
+}
+
+DEFAULT_WEIGHTS: Mapping[str, tuple[str, str]] = {
+    "ViT-B-16": ("alpha-clip-vit-b16", "clip-vit-b16-text"),
+    "ViT-L-14": ("alpha-clip-vit-l14", "clip-vit-l14-text"),
+    "ViT-L-14-336": ("alpha-clip-vit-l14-336", "clip-vit-l14-336-text"),
+}
+"""Registry names used when a config gives no checkpoint for an architecture."""
+
+Downloader = Callable[[str, Path], None]
+"""``downloader(url, destination)`` writes the bytes at ``url`` into ``destination``."""
+
+
+def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """``$RADA_CACHE_DIR`` if set, else ``~/.cache/rada/weights`` (read when called)."""
+    env = os.environ if environ is None else environ
+    value = env.get(CACHE_ENV, "").strip()
+    return Path(value).expanduser() if value else Path("~/.cache/rada/weights").expanduser()
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def urllib_download(url: str, destination: Path, timeout: float = 60.0) -> None:
+    """Stream ``url`` into ``destination`` with urllib (http(s) and file:// URLs)."""
+    request = urllib.request.Request(url, headers={"User-Agent": "RADA"})
+    with urllib.request.urlopen(request, timeout=timeout) as response, open(destination, "wb") as out:
+        while block := response.read(1 << 20):
+            out.write(block)
+
+
+def _looks_like_html(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(512).lstrip().lower()
+    return head.startswith(b"<!doctype html") or head.startswith(b"<html")
+
+
+def _where_to_put(entry: WeightsEntry, target: Path) -> str:
+    source = entry.manual_url or entry.url
+    return f"download {entry.filename} from {source} and put it at {target}"
+
+
+def _download(entry: WeightsEntry, target: Path, downloader: Downloader) -> str:
+    """Download ``entry`` to ``target`` via a temp file; returns the file's SHA256."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{entry.filename}.", suffix=".part", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        log.info("downloading %s from %s", entry.name, entry.url)
+        try:
+            downloader(entry.url, tmp)
+        except InputError:
+            raise
+        except Exception as exc:
+            raise InputError(
+                entry.name, f"download from {entry.url} failed ({type(exc).__name__}: {exc}); {_where_to_put(entry, target)}"
+            ) from exc
+        if tmp.stat().st_size == 0 or _looks_like_html(tmp):
+            raise InputError(
+                entry.name, f"download from {entry.url} did not return a checkpoint file; {_where_to_put(entry, target)}"
+            )
+        digest = sha256_file(tmp)
+        if entry.sha256 and digest != entry.sha256.lower():
+            raise InputError(
+                entry.name,
+                f"downloaded file has SHA256 {digest}, expected {entry.sha256}; it was deleted. "
+                f"{_where_to_put(entry, target)}",
+            )
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    if not entry.sha256:
+        sidecar = target.with_name(target.name + ".sha256")
+        sidecar.write_text(f"{digest}  {target.name}\n")
+        log.warning(
+            "downloaded %s with no known checksum; its SHA256 is %s (recorded in %s)", entry.name, digest, sidecar
+        )
+    return digest
+
+
+def _resolve(
+    name_or_path: str | os.PathLike[str],
+    cache_dir: str | os.PathLike[str] | None,
+    allow_download: bool,
+    downloader: Downloader | None,
+    registry: Mapping[str, WeightsEntry],
+) -> tuple[Path, WeightsEntry | None, str | None]:
+    """(file, registry entry or None, SHA256 if it was computed)."""
+    text = os.fspath(name_or_path)
+    entry = registry.get(text)
+    if entry is None:
+        path = Path(text).expanduser()
+        if path.is_file():
+            return path, None, None
+        looks_like_path = os.sep in text or "/" in text or path.suffix in {".pt", ".pth", ".bin", ".ckpt"}
+        if looks_like_path:
+            raise InputError(path, "checkpoint file not found")
+        raise InputError(
+            text, f"neither a checkpoint file nor a known weights name (known: {', '.join(sorted(registry))})"
+        )
+    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+    target = folder / entry.filename
+    if target.is_file():
+        digest = None
+        if entry.sha256:
+            digest = sha256_file(target)
+            if digest != entry.sha256.lower():
+                raise InputError(
+                    target,
+                    f"SHA256 {digest} does not match the expected {entry.sha256} for {entry.name}; "
+                    "delete the file and download it again",
+                )
+        return target, entry, digest
+    if not allow_download:
+        raise InputError(
+            entry.name,
+            f"weights file not found in {folder}; {_where_to_put(entry, target)} "
+            f"(or allow downloads, or set {CACHE_ENV} to the folder that holds it)",
+        )
+    digest = _download(entry, target, downloader or urllib_download)
+    return target, entry, digest
+
+
+def resolve_checkpoint(
+    name_or_path: str | os.PathLike[str],
+    cache_dir: str | os.PathLike[str] | None = None,
+    allow_download: bool = False,
+    downloader: Downloader | None = None,
+    registry: Mapping[str, WeightsEntry] | None = None,
+) -> Path:
+    """The local file of a checkpoint given by path or by registry name.
+
+    A path to an existing file is returned as is. A known name (see :data:`WEIGHTS`) is looked
+    for as ``cache_dir / filename`` (``cache_dir`` None: :func:`default_cache_dir`); a cached
+    file with a known SHA256 is checked. A missing file is downloaded only when
+    ``allow_download`` (to a temp name, SHA256-checked when known, then renamed); otherwise an
+    :class:`InputError` says where to put it.
+    """
+    path, _, _ = _resolve(name_or_path, cache_dir, allow_download, downloader, WEIGHTS if registry is None else registry)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# The dual encoder
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EncoderConfig:
+    """How to build the frozen dual encoder.
+
+    ``vision_checkpoint`` / ``text_checkpoint``: a file path or a registry name; None means the
+    architecture's default names (:data:`DEFAULT_WEIGHTS`) if their files are in the cache,
+    else random weights (with a warning). An explicit name or path that cannot be found is an
+    error, never a silent fallback. ``seed`` seeds random towers. ``transpose``: see
+    :func:`preprocess_slice`.
+    """
+
+    arch: str = "ViT-B-16"
+    vision_checkpoint: str | None = None
+    text_checkpoint: str | None = None
+    prompt_template: str = DEFAULT_PROMPT
+    cache_dir: str | None = None
+    allow_download: bool = False
+    device: str = "cpu"
+    seed: int = 0
+    batch_size: int = 16
+    transpose: bool = True
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Where one tower's weights came from."""
+
+    pretrained: bool
+    file: str | None = None
+    sha256: str | None = None
+    registry_name: str | None = None
+
+
+@dataclass
+class _Loaded:
+    model: torch.nn.Module
+    info: WeightsInfo
+    missing_name: str | None = None  # default registry name that was looked for and not found
+
+
+class RegionEncoderLike(Protocol):
+    """What :class:`EmbeddingCache` needs from an encoder."""
+
+    def identity(self) -> dict[str, Any]: ...
+    def encode_text(self, prompts: list[str]) -> np.ndarray: ...
+    def encode_regions(self, slices: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray: ...
+
+
+class RegionAwareDualEncoder:
+    """Frozen Alpha-CLIP vision tower + CLIP text tower (eval mode, no gradients).
+
+    ``encode_text(prompts) -> (N, D)``; ``encode_regions(slices, masks) -> (N, D)`` (float32
+    numpy). ``pretrained`` says, per tower, whether real weights were loaded.
+    """
+
+    def __init__(
+        self,
+        vision: AlphaCLIPVisionTransformer,
+        text: torch.nn.Module,
+        *,
+        arch: str = "ViT-B-16",
+        vision_info: WeightsInfo = WeightsInfo(False),
+        text_info: WeightsInfo = WeightsInfo(False),
+        prompt_template: str = DEFAULT_PROMPT,
+        device: str = "cpu",
+        seed: int = 0,
+        batch_size: int = 16,
+        transpose: bool = True,
+    ) -> None:
+        import open_clip
+
+        text_spec = text_spec_of(text)  # type: ignore[arg-type]
+        if vision.spec.output_dim != text_spec.output_dim:
+            raise InputError(
+                "encoder",
+                f"vision embedding size {vision.spec.output_dim} differs from text embedding size "
+                f"{text_spec.output_dim}: the Alpha-CLIP and CLIP checkpoints belong to different architectures",
+            )
+        if text_spec.vocab_size != 49408:
+            raise InputError("encoder", f"text tower vocabulary {text_spec.vocab_size} is not CLIP's BPE (49408)")
+        self.device = torch.device(device)
+        self.vision = freeze(vision).to(self.device)
+        self.text = freeze(text).to(self.device)
+        self.vision_spec: VisionSpec = vision.spec
+        self.text_spec: TextSpec = text_spec
+        self.arch = arch
+        self.vision_info = vision_info
+        self.text_info = text_info
+        self.prompt_template = prompt_template
+        self.seed = seed
+        self.batch_size = max(1, int(batch_size))
+        self.transpose = transpose
+        self.tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=text_spec.context_length)
+        self.pretrained: dict[str, bool] = {"vision": vision_info.pretrained, "text": text_info.pretrained}
+
+    # ---------------------------------------------------------------- construction
+
+    @classmethod
+    def from_config(cls, config: EncoderConfig, downloader: Downloader | None = None) -> "RegionAwareDualEncoder":
+        """Resolve and load the checkpoints of ``config`` (random seeded towers where none)."""
+        vision_spec, text_spec = specs_for_arch(config.arch)
+        defaults = DEFAULT_WEIGHTS.get(config.arch, (None, None))
+        cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
+
+        def load(requested: str | None, default: str | None, loader: Callable[[Path], torch.nn.Module],
+                 build: Callable[[], torch.nn.Module]) -> _Loaded:
+            if requested is None and default is not None:
+                target = cache_dir / WEIGHTS[default].filename
+                if target.is_file() or config.allow_download:
+                    requested = default
+            if requested is None:
+                return _Loaded(build(), WeightsInfo(False), missing_name=default)
+            path, entry, digest = _resolve(requested, cache_dir, config.allow_download, downloader, WEIGHTS)
+            model = loader(path)
+            info = WeightsInfo(True, str(path), digest or sha256_file(path), entry.name if entry else None)
+            return _Loaded(model, info)
+
+        vision = load(config.vision_checkpoint, defaults[0], load_alpha_clip_visual,
+                      lambda: build_vision_tower(vision_spec, seed=config.seed))
+        text = load(config.text_checkpoint, defaults[1], load_clip_text,
+                    lambda: build_text_tower(text_spec, seed=config.seed + 1))
+        random = [n for n, t in (("Alpha-CLIP", vision), ("CLIP", text)) if not t.info.pretrained]
+        if random:
+            wanted = [WEIGHTS[t.missing_name].filename for t in (vision, text) if t.missing_name]
+            hint = f" (put {', '.join(wanted)} in {cache_dir} to use them)" if wanted else ""
+            log.warning(RANDOM_WEIGHTS_WARNING.format(which="/".join(random)) + hint)
+        return cls(
+            vision.model,  # type: ignore[arg-type]
+            text.model,
+            arch=config.arch,
+            vision_info=vision.info,
+            text_info=text.info,
+            prompt_template=config.prompt_template,
+            device=config.device,
+            seed=config.seed,
+            batch_size=config.batch_size,
+            transpose=config.transpose,
+        )
+
+    # ---------------------------------------------------------------- identity
+
+    def identity(self) -> dict[str, Any]:
+        """What produced the embeddings: architecture, weights files and hashes, preprocessing.
+
+        Stored in the model bundle and hashed into :class:`EmbeddingCache` keys.
+        """
+        def tower(info: WeightsInfo, spec: VisionSpec | TextSpec) -> dict[str, Any]:
+            return {
+                "pretrained": info.pretrained,
+                "checkpoint": Path(info.file).name if info.file else None,
+                "registry_name": info.registry_name,
+                "sha256": info.sha256,
+                "spec": spec.as_dict(),
+                "seed": None if info.pretrained else self.seed,
+            }
+
+        return {
+            "arch": self.arch,
+            "vision": tower(self.vision_info, self.vision_spec),
+            "text": tower(self.text_info, self.text_spec),
+            "pretrained": dict(self.pretrained),
+            "prompt_template": self.prompt_template,
+            "preprocess": {"version": PREPROCESS_VERSION, "image_size": self.vision_spec.image_size,
+                           "transpose": self.transpose},
+        }
+
+    @property
+    def embed_dim(self) -> int:
+        """Size D of both embeddings."""
+        return self.vision_spec.output_dim
+
+    # ---------------------------------------------------------------- encoding
+
+    def prompt(self, class_name: str) -> str:
+        """The text prompt for one class name."""
+        return self.prompt_template.format(cls=class_name)
+
+    def encode_text(self, prompts: Sequence[str], normalize: bool = False) -> np.ndarray:
+        """CLIP text features of ``prompts``: (N, D) float32."""
+        prompts = list(prompts)
+        if not prompts:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
+        tokens = self.tokenizer(prompts).to(self.device)
+        with torch.inference_mode():
+            out = torch.cat([self.text(tokens[i: i + self.batch_size]) for i in range(0, len(prompts), self.batch_size)])
+            if normalize:
+                out = F.normalize(out, dim=-1)
+        return out.float().cpu().numpy()
+
+    def preprocess(self, slice2d: np.ndarray, mask2d: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(image (3,S,S), alpha (1,S,S)) for one slice and its mask (same 2D shape)."""
+        s, m = np.asarray(slice2d), np.asarray(mask2d)
+        if s.shape != m.shape:
+            raise InputError("mask", f"shape {m.shape} differs from its slice's shape {s.shape}")
+        size = self.vision_spec.image_size
+        return preprocess_slice(s, size, self.transpose), preprocess_mask(m, size, self.transpose)
+
+    def encode_regions(
+        self, slices: Sequence[np.ndarray], masks: Sequence[np.ndarray], normalize: bool = False
+    ) -> np.ndarray:
+        """Alpha-CLIP features of each slice seen through its mask: (N, D) float32."""
+        if len(slices) != len(masks):
+            raise InputError("masks", f"{len(masks)} masks for {len(slices)} slices")
+        outs: list[torch.Tensor] = []
+        for start in range(0, len(slices), self.batch_size):
+            pairs = [self.preprocess(s, m) for s, m in zip(slices[start: start + self.batch_size],
+                                                             masks[start: start + self.batch_size])]
+            images = torch.stack([p[0] for p in pairs]).to(self.device)
+            alphas = torch.stack([p[1] for p in pairs]).to(self.device)
+            with torch.inference_mode():
+                out = self.vision(images, alphas)
+                outs.append(F.normalize(out, dim=-1) if normalize else out)
+        if not outs:
+            return np.zeros((0, self.embed_dim), dtype=np.float32)
+        return torch.cat(outs).float().cpu().numpy()
+
+
+# --------------------------------------------------------------------------------------------
+# Embedding cache
+# --------------------------------------------------------------------------------------------
+
+
+def _identity_bytes(identity: Mapping[str, Any]) -> bytes:
+    return json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def _array_bytes(array: np.ndarray) -> bytes:
+    a = np.ascontiguousarray(np.asarray(array))
+    return f"{a.dtype.str}{a.shape}".encode() + a.tobytes()
+
+
+class EmbeddingCache:
+    """Embeddings on disk as ``folder/<2 hex>/<sha256>.npy``, written atomically.
+
+    Keys hash the encoder identity with the slice and mask bytes (dtype and shape included) or
+    with the prompt text, so a changed mask, slice, prompt, checkpoint or preprocessing gives a
+    new key. ``hits``/``misses`` count lookups.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        self.hits = 0
+        self.misses = 0
+
+    # keys
+    @staticmethod
+    def region_key(identity: Mapping[str, Any], slice2d: np.ndarray, mask2d: np.ndarray) -> str:
+        """Key of one (slice, mask) region under an encoder identity."""
+        h = hashlib.sha256(b"rada-region\0")
+        for part in (_identity_bytes(identity), _array_bytes(slice2d), _array_bytes(mask2d)):
+            h.update(len(part).to_bytes(8, "little"))
+            h.update(part)
+        return h.hexdigest()
+
+    @staticmethod
+    def text_key(identity: Mapping[str, Any], prompt: str) -> str:
+        """Key of one prompt under an encoder identity."""
+        h = hashlib.sha256(b"rada-text\0")
+        for part in (_identity_bytes(identity), prompt.encode("utf-8")):
+            h.update(len(part).to_bytes(8, "little"))
+            h.update(part)
+        return h.hexdigest()
+
+    # storage
+    def path(self, key: str) -> Path:
+        """File that holds ``key``."""
+        return self.folder / key[:2] / f"{key}.npy"
+
+    def get(self, key: str) -> np.ndarray | None:
+        """The stored array, or None (a missing or unreadable file is a miss)."""
+        p = self.path(key)
+        try:
+            value = np.load(p, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            self.misses += 1
+            return None
+        self.hits += 1
+        return value
+
+    def put(self, key: str, value: np.ndarray) -> Path:
+        """Store ``value`` under ``key`` (temp file + ``os.replace``)."""
+        p = self.path(key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=p.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, np.asarray(value), allow_pickle=False)
+            os.replace(tmp, p)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return p
+
+    # encode through the cache
+    def regions(
+        self, encoder: RegionEncoderLike, slices: Sequence[np.ndarray], masks: Sequence[np.ndarray]
+    ) -> np.ndarray:
+        """``encoder.encode_regions`` for the regions not cached yet; (N, D) for all."""
+        if len(slices) != len(masks):
+            raise InputError("masks", f"{len(masks)} masks for {len(slices)} slices")
+        ident = encoder.identity()
+        keys = [self.region_key(ident, s, m) for s, m in zip(slices, masks)]
+        found = [self.get(k) for k in keys]
+        todo = [i for i, v in enumerate(found) if v is None]
+        if todo:
+            fresh = encoder.encode_regions([slices[i] for i in todo], [masks[i] for i in todo])
+            for i, row in zip(todo, fresh):
+                self.put(keys[i], row)
+                found[i] = np.asarray(row)
+        return np.stack(found) if found else np.zeros((0, 0), dtype=np.float32)  # type: ignore[arg-type]
+
+    def texts(self, encoder: RegionEncoderLike, prompts: Sequence[str]) -> np.ndarray:
+        """``encoder.encode_text`` for the prompts not cached yet; (N, D) for all."""
+        ident = encoder.identity()
+        keys = [self.text_key(ident, p) for p in prompts]
+        found = [self.get(k) for k in keys]
+        todo = [i for i, v in enumerate(found) if v is None]
+        if todo:
+            fresh = encoder.encode_text([prompts[i] for i in todo])
+            for i, row in zip(todo, fresh):
+                self.put(keys[i], row)
+                found[i] = np.asarray(row)
+        return np.stack(found) if found else np.zeros((0, 0), dtype=np.float32)  # type: ignore[arg-type]
+
+
+__all__ = [
+    "ALPHA_MEAN", "ALPHA_STD", "CLIP_MEAN", "CLIP_STD", "DEFAULT_PROMPT", "DEFAULT_WEIGHTS", "WEIGHTS",
+    "EmbeddingCache", "EncoderConfig", "RegionAwareDualEncoder", "WeightsEntry", "WeightsInfo",
+    "default_cache_dir", "pad_to_square", "preprocess_mask", "preprocess_slice", "resolve_checkpoint",
+    "sha256_file", "slice_to_uint8", "urllib_download",
+]

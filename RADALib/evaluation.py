@@ -1,0 +1,131 @@
+"""Evaluate label files against truth files: a table, JSON and CSV (metrics in metrics.py)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+from .cohort import case_id_of
+from .errors import InputError
+from .metrics import SegmentationMetrics, evaluate_case, summarize
+from .volume import _H5_SUFFIXES, _SITK_SUFFIXES, file_suffix, read_label_for, read_volume
+
+
+@dataclass
+class Evaluation:
+    """Per case and class metrics, and their summary per class."""
+
+    rows: list[tuple[str, int, SegmentationMetrics]] = field(default_factory=list)
+
+    def summary(self) -> dict[int, dict]:
+        classes = sorted({c for _, c, _ in self.rows})
+        return {c: summarize([m for _, k, m in self.rows if k == c]) for c in classes}
+
+    def to_json(self) -> dict:
+        return {
+            "cases": [{"id": i, "class": c, **m.as_dict(nan_to_none=True)} for i, c, m in self.rows],
+            "summary": {str(c): _strict(s) for c, s in self.summary().items()},
+            "rules": "empty prediction with non-empty truth: Dice 0, distances NaN, counted as a failure; "
+            "empty truth: never scored as perfect (see RADALib/metrics.py)",
+        }
+
+    def to_csv(self) -> str:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(["id", "class", "dice", "jaccard", "hd95_vox", "asd_vox", "hd95_mm", "asd_mm", "status"])
+        for case_id, value, m in self.rows:
+            writer.writerow([case_id, value, *(_num(getattr(m, k)) for k in ("dice", "jaccard", "hd95_vox", "asd_vox", "hd95_mm", "asd_mm")), m.status])
+        return buffer.getvalue()
+
+    def table(self) -> str:
+        lines = [f"{'case':<24} {'class':>5} {'Dice':>7} {'Jaccard':>7} {'HD95 vox':>9} {'HD95 mm':>8} {'ASD vox':>8} {'ASD mm':>7}  status"]
+        for case_id, value, m in self.rows:
+            lines.append(
+                f"{case_id[:24]:<24} {value:>5} {_fmt(m.dice):>7} {_fmt(m.jaccard):>7} {_fmt(m.hd95_vox, 2):>9} "
+                f"{_fmt(m.hd95_mm, 2):>8} {_fmt(m.asd_vox, 2):>8} {_fmt(m.asd_mm, 2):>7}  {m.status}"
+            )
+        for value, s in self.summary().items():
+            lines.append(
+                f"{'mean':<24} {value:>5} {_fmt(s['dice']['mean']):>7} {_fmt(s['jaccard']['mean']):>7} "
+                f"{_fmt(s['hd95_vox']['mean'], 2):>9} {_fmt(s['hd95_mm']['mean'], 2):>8} {_fmt(s['asd_vox']['mean'], 2):>8} "
+                f"{_fmt(s['asd_mm']['mean'], 2):>7}  failures {s['n_failures']} of {s['n_cases']}"
+            )
+        return "\n".join(lines)
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def _num(value: float) -> str:
+    return "" if isinstance(value, float) and math.isnan(value) else f"{value:.6g}"
+
+
+def _strict(value):
+    if isinstance(value, dict):
+        return {k: _strict(v) for k, v in value.items()}
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def pair_files(pred: str | os.PathLike[str], truth: str | os.PathLike[str]) -> list[tuple[str, Path, Path]]:
+    """(case id, prediction, truth) triples: two files, or two folders matched by case id."""
+    pred, truth = Path(pred), Path(truth)
+    for path in (pred, truth):
+        if not path.exists():
+            raise InputError(path, "not found")
+    if pred.is_file() and truth.is_file():
+        return [(case_id_of(pred), pred, truth)]
+    if pred.is_dir() and truth.is_dir():
+        suffixes = _SITK_SUFFIXES + _H5_SUFFIXES
+
+        def listing(folder: Path) -> dict[str, Path]:
+            files = [p for p in folder.rglob("*") if p.is_file() and file_suffix(p) in suffixes and not p.name.startswith(".")]
+            return {_case_key(p, folder): p for p in files}
+
+        predictions, truths = listing(pred), listing(truth)
+        common = sorted(set(predictions) & set(truths))
+        if not common:
+            raise InputError(pred, f"no prediction matches a truth file in {truth} by case id")
+        return [(i, predictions[i], truths[i]) for i in common]
+    raise InputError(pred, "give two files or two folders")
+
+
+def _case_key(path: Path, folder: Path) -> str:
+    # LA layout: <id>/mri_norm2.h5 -> the folder name is the case id
+    if file_suffix(path) in _H5_SUFFIXES and path.parent != folder:
+        return path.parent.name
+    return case_id_of(path)
+
+
+def evaluate_files(pairs: Sequence[tuple[str, Path, Path]], classes: Sequence[int] | None = None) -> Evaluation:
+    """Read each (prediction, truth) pair on one grid and compute the metrics (mm from the header)."""
+    evaluation = Evaluation()
+    for case_id, pred_path, truth_path in pairs:
+        truth = read_volume(truth_path, "label")
+        pred = read_label_for(truth, pred_path)
+        for value, metrics in evaluate_case(pred.array, truth.array, truth.spacing, classes).items():
+            evaluation.rows.append((case_id, value, metrics))
+    return evaluation
+
+
+def write_outputs(evaluation: Evaluation, json_path: Path | None, csv_path: Path | None) -> None:
+    """Write the JSON and CSV reports atomically."""
+    for path, text in ((json_path, lambda: json.dumps(evaluation.to_json(), indent=2) + "\n"), (csv_path, evaluation.to_csv)):
+        if path is None:
+            continue
+        path = Path(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = path.with_name(f".{path.name}.part")
+            temporary.write_text(text())
+            os.replace(temporary, path)
+        except OSError as exc:
+            raise InputError(path, f"cannot write: {exc.strerror}") from None

@@ -1,0 +1,232 @@
+"""Pseudo-labels for a cohort: files in, files out, cached, resumable.
+
+For every labeled case: read the image and its sparse annotation (a user's painted slices, or
+slices simulated from a dense label), propagate (``propagation.py``), and write into
+``OUT/cases/<id>/``:
+
+- ``propagation.npz``: per view the pseudo-label and per-slice distances, plus the sparse
+  annotation, in canonical (x, y, z) order: what training reads;
+- ``pseudo_sagittal.nrrd``, ``pseudo_coronal.nrrd``, ``pseudo_axial.nrrd`` (mixed labels Ỹv),
+  ``fused.nrrd`` and ``sparse.nrrd``: for review, written with the image's own header;
+- ``case.json``, written last: the done-marker (cache key, slices, timings, fallbacks).
+
+A case whose ``case.json`` carries the current key is skipped, so an interrupted run resumes
+where it stopped. Results are also kept in a content-addressed cache (keyed by the image, the
+annotation and the settings), so the same case is never registered twice, whatever ``OUT`` is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .annotation import PLANES, SparseAnnotation, detect_sparse_annotation, simulate_sparse_annotation
+from .cache import ArrayCache, content_key
+from .cohort import Case, Cohort
+from .errors import InputError
+from .events import Progress
+from .propagation import PropagationConfig, PropagationResult, propagate
+from .registration import PairRegistrar
+from .volume import Oblique, Volume, read_label_for, read_volume, write_like
+
+CASE_FILE = "case.json"
+ARRAYS_FILE = "propagation.npz"
+
+
+def case_annotation(case: Case, image: Volume, allow_multiple: bool = False, oblique: Oblique = "refuse") -> SparseAnnotation:
+    """The case's sparse annotation: detected from its sparse label, or simulated from dense."""
+    if case.sparse_label is not None:
+        label = read_label_for(image, case.sparse_label, oblique)
+        return detect_sparse_annotation(label.array, str(case.sparse_label), allow_multiple=allow_multiple)
+    if case.simulate_from_dense and case.dense_label is not None:
+        dense = read_label_for(image, case.dense_label, oblique)
+        if not dense.array.any():
+            raise InputError(case.dense_label, "the label map is empty: nothing to annotate")
+        return simulate_sparse_annotation(dense.array, source=str(case.dense_label))
+    raise InputError(case.image, f"case {case.id} has no annotation")
+
+
+def propagation_key(image: Volume, annotation: SparseAnnotation, config: PropagationConfig) -> str:
+    """Hash of everything that determines the propagated labels."""
+    settings = config.to_dict()
+    for unused in ("alpha", "fusion"):  # they only shape the fused review label
+        settings.pop(unused)
+    slices = {str(a): list(s) for a, s in annotation.slices.items()}
+    return content_key("propagation", __version__, image.array, list(image.spacing), annotation.label, slices, settings)
+
+
+def result_arrays(result: PropagationResult) -> dict[str, np.ndarray]:
+    """The arrays of a result, by name, for ``propagation.npz`` and the cache."""
+    arrays = {"sparse": result.annotation.label}
+    for axis, plane in enumerate(PLANES):
+        if axis in result.labels:
+            arrays[f"label_{plane}"] = result.labels[axis]
+            arrays[f"distance_{plane}"] = result.distances[axis]
+        arrays[f"slices_{plane}"] = np.asarray(result.annotation.slices.get(axis, ()), dtype=np.int64)
+    return arrays
+
+
+def result_from_arrays(arrays: dict[str, np.ndarray], meta: dict | None = None) -> PropagationResult:
+    """Inverse of :func:`result_arrays`."""
+    slices = {a: tuple(int(i) for i in arrays[f"slices_{p}"]) for a, p in enumerate(PLANES) if arrays[f"slices_{p}"].size}
+    annotation = SparseAnnotation(arrays["sparse"], slices)
+    labels = {a: arrays[f"label_{p}"] for a, p in enumerate(PLANES) if f"label_{p}" in arrays}
+    distances = {a: arrays[f"distance_{p}"] for a, p in enumerate(PLANES) if f"distance_{p}" in arrays}
+    meta = meta or {}
+    return PropagationResult(annotation, labels, distances, dict(meta.get("methods", {})), float(meta.get("seconds", 0.0)))
+
+
+def load_case_result(folder: str | os.PathLike[str]) -> PropagationResult:
+    """Read a finished case folder's ``propagation.npz`` (what training consumes)."""
+    path = Path(folder) / ARRAYS_FILE
+    if not path.exists():
+        raise InputError(path, "not found: run `rada propagate` for this case first")
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    meta_path = Path(folder) / CASE_FILE
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    return result_from_arrays(arrays, meta)
+
+
+@dataclass
+class CaseReport:
+    """What happened to one case."""
+
+    id: str
+    status: str  # "propagated", "cached", "resumed"
+    seconds: float
+    registrations: int
+    fallbacks: dict[str, int]
+    slices: dict[str, list[int]]
+    folder: Path
+
+
+def propagate_case(
+    case: Case,
+    out: Path,
+    registrar: PairRegistrar,
+    config: PropagationConfig,
+    cache: ArrayCache | None = None,
+    allow_multiple: bool = False,
+    oblique: Oblique = "refuse",
+    progress: Progress | None = None,
+) -> CaseReport:
+    """Propagate one case into ``out/cases/<id>`` (skipped when already done with these inputs)."""
+    started = time.perf_counter()
+    image = read_volume(case.image, "image", oblique)
+    annotation = case_annotation(case, image, allow_multiple, oblique)
+    key = propagation_key(image, annotation, config)
+    folder = out / "cases" / case.id
+    marker = folder / CASE_FILE
+    if marker.exists():
+        try:
+            done = json.loads(marker.read_text())
+        except (OSError, json.JSONDecodeError):
+            done = {}
+        if done.get("key") == key and (folder / ARRAYS_FILE).exists():
+            return _report(case, "resumed", done, folder)
+
+    cached = cache.get(key) if cache is not None else None
+    if cached is not None:
+        result, status = result_from_arrays(*cached), "cached"
+    else:
+        message = (lambda text: progress.message(f"{case.id}: {text}")) if progress else None
+        result, status = propagate(image.array, annotation, image.spacing, registrar, config, message), "propagated"
+        if cache is not None:
+            cache.put(key, result_arrays(result), {"methods": result.methods, "seconds": result.seconds})
+
+    folder.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)  # the case is not done until the marker is rewritten
+    _write_npz(folder / ARRAYS_FILE, result_arrays(result))
+    write_like(image, annotation.label, folder / "sparse.nrrd")
+    for axis, plane in enumerate(PLANES):
+        if axis in result.labels:
+            write_like(image, result.mixed_label(axis), folder / f"pseudo_{plane}.nrrd")
+    if len(result.labels) == 3:
+        write_like(image, result.fused(config.fusion, config.alpha), folder / "fused.nrrd")
+    record = {
+        "id": case.id,
+        "key": key,
+        "image": str(case.image),
+        "slices": {p: list(s) for p, s in annotation.planes().items()},
+        "seconds": round(result.seconds if status == "propagated" else time.perf_counter() - started, 2),
+        "methods": result.methods,
+        "registrations": result.registrations,
+        "config": config.to_dict(),
+    }
+    _write_json(marker, record)
+    return _report(case, status, record, folder)
+
+
+def _report(case: Case, status: str, record: dict, folder: Path) -> CaseReport:
+    return CaseReport(
+        case.id, status, float(record.get("seconds", 0.0)), int(record.get("registrations", 0)),
+        dict(record.get("methods", {})), dict(record.get("slices", {})), folder,
+    )
+
+
+def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    temporary = path.with_name(f".{path.name}.part.npz")
+    try:
+        np.savez_compressed(temporary, **arrays)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def _write_json(path: Path, data: dict) -> None:
+    temporary = path.with_name(f".{path.name}.part")
+    temporary.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(temporary, path)
+
+
+def propagate_cohort(
+    cohort: Cohort,
+    out: str | os.PathLike[str],
+    registrar: PairRegistrar,
+    config: PropagationConfig = PropagationConfig(),
+    cache: ArrayCache | None = None,
+    allow_multiple: bool = False,
+    oblique: Oblique = "refuse",
+    progress: Progress | None = None,
+) -> list[CaseReport]:
+    """Propagate every labeled case of ``cohort`` into ``out`` and write ``out/propagation.json``."""
+    out = Path(out)
+    cases = [c for c in cohort.cases if c.labeled]
+    if not cases:
+        raise InputError(cohort.path or cohort.name, "no labeled case: give sparse labels, or --labeled N with dense labels")
+    _writable(out)
+    progress = progress or Progress()
+    progress.start("propagate", len(cases), f"{len(cases)} labeled case(s)")
+    reports = []
+    for number, case in enumerate(cases, start=1):
+        report = propagate_case(case, out, registrar, config, cache, allow_multiple, oblique, progress)
+        reports.append(report)
+        progress.update(number, f"{case.id}: {report.status} in {report.seconds:.1f} s", case=case.id)
+    summary = {
+        "cohort": str(cohort.path) if cohort.path else cohort.name,
+        "config": config.to_dict(),
+        "cases": [
+            {"id": r.id, "status": r.status, "seconds": r.seconds, "registrations": r.registrations,
+             "methods": r.fallbacks, "slices": r.slices, "folder": os.path.relpath(r.folder, out)}
+            for r in reports
+        ],
+    }
+    _write_json(out / "propagation.json", summary)
+    return reports
+
+
+def _writable(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(out, f"cannot create the output folder: {exc.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise InputError(out, "output folder is not writable")
