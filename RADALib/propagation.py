@@ -41,17 +41,17 @@ class PropagationConfig:
     crop_margin: int = 15
     extent_margin: int = 6
     stop_when_empty: bool = True
-    slice_smoothing: int = 0
-    alpha: float = 0.97
+    slice_smoothing: int = 2
     fusion: Fusion = "weighted"
+    fusion_alpha: float = 0.93
 
     def __post_init__(self) -> None:
         if self.slice_step < 1:
             raise ValueError(f"slice_step must be >= 1, got {self.slice_step}")
         if self.crop_margin < 0 or self.extent_margin < 0:
             raise ValueError("crop_margin and extent_margin must be >= 0")
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must lie in [0, 1], got {self.alpha}")
+        if not 0.0 < self.fusion_alpha <= 1.0:
+            raise ValueError(f"fusion_alpha must lie in (0, 1], got {self.fusion_alpha}")
         if self.fusion not in ("weighted", "majority"):
             raise ValueError(f"fusion must be 'weighted' or 'majority', got {self.fusion!r}")
 
@@ -97,14 +97,45 @@ class PropagationResult:
         """Ỹv: the true annotation where it exists, else the pseudo-label of view ``axis``."""
         return mix_labels(self.labels[axis], self.annotation)
 
-    def fused(self, fusion: Fusion = "weighted", alpha: float = 0.97) -> np.ndarray:
-        """The three views' mixed labels fused by a vote (for review and benchmarks)."""
+    def fused(self, fusion: Fusion = "weighted", alpha: float = 0.93) -> np.ndarray:
+        """The three views' mixed labels fused by a vote (for review and benchmarks).
+
+        ``majority``: one vote per view. ``weighted``: each view's vote on slice k is
+        α^d × (a + 0.05)², with d the slice's distance to the view's source and a the Dice,
+        on that slice, between the view's pseudo-label and the true labels along the lines
+        where the other planes' annotated slices cross it (0.5 where those lines are empty):
+        views that drifted away from the known labels count less.
+        """
         labels = [self.mixed_label(axis) for axis in range(3)]
         if fusion == "majority":
             weights = [np.ones(1, np.float32)] * 3
         else:
-            weights = [_broadcast(alpha ** self.distances[axis].astype(np.float32), axis) for axis in range(3)]
+            weights = []
+            for axis in range(3):
+                agreement = line_agreement(self.labels[axis], self.annotation, axis)
+                vote_weight = alpha ** self.distances[axis].astype(np.float32) * (agreement + 0.05) ** 2
+                weights.append(_broadcast(vote_weight.astype(np.float32), axis))
         return vote(labels, weights)
+
+
+def line_agreement(pseudo: np.ndarray, annotation: SparseAnnotation, axis: int) -> np.ndarray:
+    """Per slice of view ``axis``, Dice between ``pseudo`` and the true annotation on the lines
+    where the other planes' annotated slices cross the slice (0.5 where both are empty)."""
+    labels = np.moveaxis(pseudo, axis, 0)
+    truth = np.moveaxis(annotation.label, axis, 0)
+    others = [a for a in range(3) if a != axis]
+    matched = np.zeros(labels.shape[0])
+    total = np.zeros(labels.shape[0])
+    for position, other in enumerate(others):
+        for index in annotation.slices.get(other, ()):
+            p = np.take(labels, index, axis=position + 1)
+            t = np.take(truth, index, axis=position + 1)
+            matched += ((p == t) & (t != 0)).sum(axis=1)
+            total += (p != 0).sum(axis=1) + (t != 0).sum(axis=1)
+    agreement = np.full(labels.shape[0], 0.5)
+    known = total > 0
+    agreement[known] = 2 * matched[known] / total[known]
+    return agreement
 
 
 def _broadcast(vector: np.ndarray, axis: int) -> np.ndarray:

@@ -55,7 +55,7 @@ def case_annotation(case: Case, image: Volume, allow_multiple: bool = False, obl
 def propagation_key(image: Volume, annotation: SparseAnnotation, config: PropagationConfig) -> str:
     """Hash of everything that determines the propagated labels."""
     settings = config.to_dict()
-    for unused in ("alpha", "fusion"):  # they only shape the fused review label
+    for unused in ("fusion", "fusion_alpha"):  # they only shape the fused review label
         settings.pop(unused)
     slices = {str(a): list(s) for a, s in annotation.slices.items()}
     return content_key("propagation", __version__, image.array, list(image.spacing), annotation.label, slices, settings)
@@ -149,7 +149,7 @@ def propagate_case(
         if axis in result.labels:
             write_like(image, result.mixed_label(axis), folder / f"pseudo_{plane}.nrrd")
     if len(result.labels) == 3:
-        write_like(image, result.fused(config.fusion, config.alpha), folder / "fused.nrrd")
+        write_like(image, result.fused(config.fusion, config.fusion_alpha), folder / "fused.nrrd")
     record = {
         "id": case.id,
         "key": key,

@@ -17,9 +17,10 @@ How a case is made (all sizes in mm, so anisotropic spacing keeps shapes round):
   of the inside, holes filled.
 - **Distractors (not labelled).** A bright tube running through the volume along z (a vessel
   such as the aorta) and bright blobs (a neighbouring chamber) with intensities close to the
-  organ's, placed against the organ; mid-grey blobs (muscle) and dark blobs (lung). A thin gap
-  of background always separates them from the organ, so the organ is segmentable locally but
-  not by one global threshold.
+  organ's (at least ``min_lookalike`` of the organ's volume, one of them a little brighter than
+  the organ), placed against the organ; mid-grey blobs (muscle) and dark blobs (lung). A thin
+  gap of background (``gap_mm``) always separates them from the organ, so the organ is
+  segmentable from local context and shape but not by one global threshold.
 - **Intensities.** Piecewise-constant tissue intensities with smooth texture (smoothed noise),
   a point-spread blur (partial volume at every boundary), a smooth multiplicative bias field,
   Rician noise, then z-scoring.
@@ -77,13 +78,18 @@ class SyntheticConfig:
     """Range of the number of dark distractor blobs."""
     vessel: bool = True
     """Add a bright vessel running through the volume along z."""
+    gap_mm: float = 2.0
+    """Width of the background gap that always separates distractors from the organ."""
+    min_lookalike: float = 0.8
+    """Bright blobs are added (up to 4 more) until organ-like distractors show at least this share of
+    the organ's volume, so that one global threshold cannot segment the organ (when ``n_bright`` > 0)."""
     organ_intensity: float = 1.0
     background_intensity: float = 0.35
     noise_std: float = 0.06
     """Standard deviation of the (Rician) noise, relative to the organ intensity."""
-    bias_strength: float = 0.3
-    """Standard deviation of the log bias field (0.3: about ±30 % brightness across the volume)."""
-    bias_scale_mm: float = 45.0
+    bias_strength: float = 0.2
+    """Standard deviation of the log bias field (0.2: brightness varies by about ±20 % across the volume)."""
+    bias_scale_mm: float = 60.0
     """Correlation length of the bias field."""
     texture_strength: float = 0.08
     """Standard deviation of the smooth tissue texture, relative to the organ intensity."""
@@ -104,7 +110,7 @@ class SyntheticConfig:
             low_n, high_n = getattr(self, name)
             if not 0 <= low_n <= high_n:
                 raise InputError(f"SyntheticConfig.{name}", f"needs 0 <= low <= high, got {(low_n, high_n)}")
-        for name in ("margin_mm", "irregularity", "elongation", "max_rotation_deg", "noise_std", "bias_strength",
+        for name in ("margin_mm", "gap_mm", "irregularity", "elongation", "max_rotation_deg", "noise_std", "bias_strength",
                      "texture_strength", "blur_mm"):
             if not getattr(self, name) >= 0:
                 raise InputError(f"SyntheticConfig.{name}", f"must be non-negative, got {getattr(self, name)}")
@@ -116,11 +122,16 @@ class SyntheticConfig:
 
 # ----------------------------------------------------------------------------- geometry helpers
 
+_FIELD_STEP_MM = 1.5
+"""Grid step on which shape fields are evaluated before cubic interpolation onto the voxels."""
+
+_MEASURE_STEP = 0.08
+"""Grid step (shape units) used to measure a shape's volume and bounding box."""
+
 
 def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
     """A rotation matrix about a random axis by a random angle of at most ``max_deg``."""
-    axis = rng.normal(size=3)
-    axis /= np.linalg.norm(axis) + 1e-12
+    axis = _unit(rng.normal(size=3))
     angle = math.radians(max_deg) * rng.uniform(-1.0, 1.0)
     k = np.array([[0.0, -axis[2], axis[1]], [axis[2], 0.0, -axis[0]], [-axis[1], axis[0], 0.0]])
     return np.eye(3) + math.sin(angle) * k + (1.0 - math.cos(angle)) * (k @ k)
@@ -130,7 +141,7 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / (np.linalg.norm(v) + 1e-12)
 
 
-def _sphere_directions(n: int = 400) -> np.ndarray:
+def _sphere_directions(n: int = 600) -> np.ndarray:
     """``n`` nearly uniform unit vectors (Fibonacci sphere), shape (n, 3)."""
     i = np.arange(n) + 0.5
     z = 1.0 - 2.0 * i / n
@@ -140,80 +151,119 @@ def _sphere_directions(n: int = 400) -> np.ndarray:
 
 
 def _smooth_min(a: np.ndarray, b: np.ndarray, k: float) -> np.ndarray:
-    """Polynomial smooth minimum: a union of two implicit shapes with a fillet of width ``k``."""
-    h = np.maximum(k - np.abs(a - b), 0.0) / k
-    return np.minimum(a, b) - h * h * k * 0.25
+    """Polynomial smooth minimum: the union of two implicit shapes with a fillet of width ``k``."""
+    h = np.maximum(k - np.abs(a - b), 0.0) * (1.0 / k)
+    return np.minimum(a, b) - h * h * (k * 0.25)
 
 
 def _segment_field(q: tuple[np.ndarray, ...], a: np.ndarray, b: np.ndarray, r0: float, r1: float) -> np.ndarray:
-    """Signed distance-like field of a capsule from ``a`` to ``b`` whose radius tapers from r0 to r1."""
-    d = b - a
-    length2 = float(d @ d)
-    t = ((q[0] - a[0]) * d[0] + (q[1] - a[1]) * d[1] + (q[2] - a[2]) * d[2]) / length2
+    """Distance-like field of a capsule from ``a`` to ``b`` whose radius tapers from r0 to r1."""
+    a0, a1, a2 = (float(v) for v in a)
+    d0, d1, d2 = (float(v) for v in b - a)
+    length2 = d0 * d0 + d1 * d1 + d2 * d2
+    x, y, z = q[0] - a0, q[1] - a1, q[2] - a2
+    t = (x * d0 + y * d1 + z * d2) * (1.0 / length2)
     np.clip(t, 0.0, 1.0, out=t)
-    dist2 = (q[0] - a[0] - t * d[0]) ** 2 + (q[1] - a[1] - t * d[1]) ** 2 + (q[2] - a[2] - t * d[2]) ** 2
-    return np.sqrt(dist2) - (r0 + (r1 - r0) * t)
+    dist = np.sqrt((x - t * d0) ** 2 + (y - t * d1) ** 2 + (z - t * d2) ** 2)
+    return dist - (r0 + (r1 - r0) * t)
 
 
 @dataclass
 class _Blob:
     """An implicit blob in shape units: a perturbed ellipsoid, optionally with tubes and lobes.
 
-    ``field(q) < 0`` inside, where ``q`` are coordinates in the blob's own frame (shape units).
+    The field is negative inside and roughly the distance to the surface (shape units) nearby.
     """
 
     axes: np.ndarray
-    wave_vectors: np.ndarray  # (k, 3)
+    wave_vectors: np.ndarray  # (k, 3), frequencies of the radius perturbation on the unit sphere
     wave_phases: np.ndarray  # (k,)
     wave_amplitudes: np.ndarray  # (k,), already scaled to the wanted irregularity
-    tubes: list[tuple[np.ndarray, np.ndarray, float, float]] = field(default_factory=list)
+    tubes: list[tuple[np.ndarray, np.ndarray, float, float]] = field(default_factory=list)  # a, b, r0, r1
     lobes: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)  # centre, rotation, semi-axes
 
     def radius(self, u: tuple[np.ndarray, ...]) -> np.ndarray:
-        """Relative radius of the body along unit directions ``u`` (in ellipsoid-normalized space)."""
+        """Relative radius of the body along unit directions ``u`` (ellipsoid-normalized space)."""
         r = np.ones_like(u[0])
         for w, phase, amp in zip(self.wave_vectors, self.wave_phases, self.wave_amplitudes):
-            r += amp * np.cos(w[0] * u[0] + w[1] * u[1] + w[2] * u[2] + phase)
+            r += float(amp) * np.cos(float(w[0]) * u[0] + float(w[1]) * u[1] + float(w[2]) * u[2] + float(phase))
         return np.clip(r, 0.55, 1.7, out=r)
 
     def body_field(self, q: tuple[np.ndarray, ...]) -> np.ndarray:
-        e = [q[i] / self.axes[i] for i in range(3)]
+        e = [q[i] * (1.0 / float(self.axes[i])) for i in range(3)]
         rho = np.sqrt(e[0] ** 2 + e[1] ** 2 + e[2] ** 2) + 1e-9
         u = tuple(c / rho for c in e)
-        # Scale back to roughly metric units (distance along the ray, in shape units).
         return (rho - self.radius(u)) * float(self.axes.min())
 
-    def field(self, q: tuple[np.ndarray, ...]) -> np.ndarray:
-        f = self.body_field(q)
-        for a, b, r0, r1 in self.tubes:
-            f = _smooth_min(f, _segment_field(q, a, b, r0, r1), _SMOOTH_UNION)
-        for centre, rot, semi in self.lobes:
-            local = [sum(rot[j, i] * (q[j] - centre[j]) for j in range(3)) / semi[i] for i in range(3)]
-            rho = np.sqrt(local[0] ** 2 + local[1] ** 2 + local[2] ** 2)
-            f = _smooth_min(f, (rho - 1.0) * float(semi.min()), _SMOOTH_UNION)
-        return f
+    def surface_points(self, directions: np.ndarray) -> np.ndarray:
+        """Points of the body's surface along unit ``directions`` (n, 3), blob frame."""
+        e = directions / self.axes
+        norm = np.linalg.norm(e, axis=1)
+        u = tuple((e[:, i] / norm) for i in range(3))
+        return directions * (self.radius(u) / norm)[:, None]
 
     def surface_distance(self, direction: np.ndarray) -> float:
         """Distance from the centre to the body's surface along ``direction`` (shape units)."""
-        d = _unit(direction)
-        e = d / self.axes
-        norm = float(np.linalg.norm(e))
-        u = tuple(np.array([c / norm]) for c in e)
-        return float(self.radius(u)[0]) / norm
+        return float(np.linalg.norm(self.surface_points(_unit(direction)[None])[0]))
+
+    def bounds(self, rotation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """A box (world axes, shape units, around the centre) that holds the rotated blob."""
+        points = [self.surface_points(_sphere_directions()) @ rotation.T]
+        for a, b, r0, r1 in self.tubes:
+            ends = np.stack([a, b]) @ rotation.T
+            points += [ends - max(r0, r1), ends + max(r0, r1)]
+        for centre, _, semi in self.lobes:
+            c = rotation @ centre
+            points += [c - semi.max(), c + semi.max()]
+        allp = np.concatenate([np.atleast_2d(p) for p in points])
+        return allp.min(axis=0) - 0.15, allp.max(axis=0) + 0.15
+
+    def evaluate(self, grid: list[np.ndarray], rotation: np.ndarray) -> np.ndarray:
+        """The field on the world-aligned grid ``grid`` (three 1D coordinate arrays, shape units)."""
+        g = [np.asarray(grid[i], dtype=np.float32).reshape([-1 if a == i else 1 for a in range(3)]) for i in range(3)]
+        # Blob-frame coordinates q = R^T g.
+        q = tuple(g[0] * float(rotation[0, i]) + g[1] * float(rotation[1, i]) + g[2] * float(rotation[2, i])
+                  for i in range(3))
+        f = self.body_field(q)
+        k = _SMOOTH_UNION
+        for a, b, r0, r1 in self.tubes:
+            ends = np.stack([a, b]) @ rotation.T
+            sl = _box_slices(grid, ends.min(axis=0) - max(r0, r1) - 2 * k, ends.max(axis=0) + max(r0, r1) + 2 * k)
+            if sl is not None:
+                f[sl] = _smooth_min(f[sl], _segment_field(tuple(c[sl] for c in q), a, b, r0, r1), k)
+        for centre, rot, semi in self.lobes:
+            c = rotation @ centre
+            sl = _box_slices(grid, c - semi.max() - 2 * k, c + semi.max() + 2 * k)
+            if sl is None:
+                continue
+            sub = [q[j][sl] - float(centre[j]) for j in range(3)]
+            local = [(sub[0] * float(rot[0, i]) + sub[1] * float(rot[1, i]) + sub[2] * float(rot[2, i])) * (1.0 / float(semi[i]))
+                     for i in range(3)]
+            rho = np.sqrt(local[0] ** 2 + local[1] ** 2 + local[2] ** 2)
+            f[sl] = _smooth_min(f[sl], (rho - 1.0) * float(semi.min()), k)
+        return f
+
+
+def _box_slices(grid: list[np.ndarray], lo: np.ndarray, hi: np.ndarray) -> tuple[slice, ...] | None:
+    """Index slices of the grid points inside [lo, hi] (per axis), or None when empty."""
+    slices = []
+    for axis, coords in enumerate(grid):
+        start, stop = np.searchsorted(coords, [lo[axis], hi[axis]])
+        if stop <= start:
+            return None
+        slices.append(slice(int(start), int(stop)))
+    return tuple(slices)
 
 
 def _random_body(rng: np.random.Generator, irregularity: float, elongation: float, n_waves: int = 10) -> _Blob:
     """A perturbed ellipsoid of equivalent radius about 1 (shape units)."""
-    log_axes = rng.normal(0.0, elongation, size=3)
-    log_axes = np.clip(log_axes - log_axes.mean(), -0.45, 0.45)
+    log_axes = np.clip(rng.normal(0.0, elongation, size=3), -0.45, 0.45)
     axes = np.exp(log_axes - log_axes.mean())
     vectors = rng.normal(0.0, 1.3, size=(n_waves, 3))
     phases = rng.uniform(0.0, 2.0 * math.pi, size=n_waves)
     amplitudes = rng.normal(0.0, 1.0, size=n_waves)
-    dirs = _sphere_directions()
-    g = np.cos(dirs @ vectors.T + phases) @ amplitudes
-    spread = float(g.std()) + 1e-9
-    amplitudes *= irregularity * rng.uniform(0.7, 1.3) / spread
+    g = np.cos(_sphere_directions() @ vectors.T + phases) @ amplitudes
+    amplitudes *= irregularity * rng.uniform(0.7, 1.3) / (float(g.std()) + 1e-9)
     return _Blob(axes, vectors, phases, amplitudes)
 
 
@@ -238,8 +288,7 @@ def _organ_shape(rng: np.random.Generator, config: SyntheticConfig) -> _Blob:
         blob.tubes.append((middle, end, r_mid, r_end))
     if rng.uniform() < config.appendage_probability:
         d = _unit(-side + 0.8 * rng.normal(size=3))
-        surface = blob.surface_distance(d)
-        centre = (surface + 0.12) * d
+        centre = (blob.surface_distance(d) + 0.12) * d
         # Frame whose first axis points along d: the lobe is elongated outwards.
         helper = _unit(np.cross(d, rng.normal(size=3)))
         rot = np.stack([d, helper, np.cross(d, helper)], axis=1)
@@ -248,17 +297,45 @@ def _organ_shape(rng: np.random.Generator, config: SyntheticConfig) -> _Blob:
     return blob
 
 
-def _grid_points(shape: tuple[int, ...], spacing: tuple[float, ...], lo: np.ndarray, hi: np.ndarray):
-    """Index slices of the box [lo, hi] (mm, clipped to the volume) and its broadcastable mm coordinates."""
-    slices, coords = [], []
-    for axis in range(3):
-        start = max(0, int(math.floor(lo[axis] / spacing[axis])))
-        stop = min(shape[axis], int(math.ceil(hi[axis] / spacing[axis])) + 1)
-        stop = max(stop, start)
-        slices.append(slice(start, stop))
-        c = np.arange(start, stop, dtype=np.float32) * np.float32(spacing[axis])
-        coords.append(c.reshape([-1 if a == axis else 1 for a in range(3)]))
-    return tuple(slices), coords
+def _measure(blob: _Blob, rotation: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Volume and tight bounding box (world axes, shape units) of the rotated blob."""
+    lo, hi = blob.bounds(rotation)
+    step = _MEASURE_STEP
+    grid = [np.arange(lo[i], hi[i] + step, step) for i in range(3)]
+    inside = blob.evaluate(grid, rotation) < 0
+    tight_lo, tight_hi = np.empty(3), np.empty(3)
+    for i in range(3):
+        present = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != i)))
+        if present.size == 0:
+            return 0.0, lo, hi
+        tight_lo[i] = grid[i][present[0]] - step
+        tight_hi[i] = grid[i][present[-1]] + step
+    return float(inside.sum()) * step**3, tight_lo, tight_hi
+
+
+def _interpolation_matrix(t: np.ndarray, n: int) -> np.ndarray:
+    """(len(t), n) matrix of Catmull-Rom cubic weights at fractional indices ``t`` of an ``n``-point grid."""
+    base = np.floor(t).astype(int)
+    f = t - base
+    weights = (
+        ((-f + 2.0) * f - 1.0) * f * 0.5,
+        ((3.0 * f - 5.0) * f * f + 2.0) * 0.5,
+        ((-3.0 * f + 4.0) * f + 1.0) * f * 0.5,
+        (f - 1.0) * f * f * 0.5,
+    )
+    matrix = np.zeros((t.size, n), dtype=np.float32)
+    rows = np.arange(t.size)
+    for offset, w in zip((-1, 0, 1, 2), weights):
+        np.add.at(matrix, (rows, np.clip(base + offset, 0, n - 1)), w)
+    return matrix
+
+
+def _upsample(coarse: np.ndarray, matrices: list[np.ndarray]) -> np.ndarray:
+    """Separable interpolation: ``coarse`` (a, b, c) with matrices (x, a), (y, b), (z, c) -> (x, y, z)."""
+    out = np.tensordot(matrices[0], coarse, axes=(1, 0))  # (x, b, c)
+    out = np.tensordot(out, matrices[1], axes=(1, 1))  # (x, c, y)
+    out = np.tensordot(out, matrices[2], axes=(1, 1))  # (x, y, z)
+    return np.ascontiguousarray(out, dtype=np.float32)
 
 
 def _render(
@@ -268,38 +345,31 @@ def _render(
     scale_mm: float,
     shape: tuple[int, int, int],
     spacing: tuple[float, float, float],
-    reach: float,
-) -> np.ndarray:
-    """Boolean mask of ``blob`` placed at ``centre_mm`` (rotated, scaled), on the voxel grid."""
-    mask = np.zeros(shape, dtype=bool)
-    slices, coords = _grid_points(shape, spacing, centre_mm - reach * scale_mm, centre_mm + reach * scale_mm)
-    if any(s.stop <= s.start for s in slices):
-        return mask
-    rel = [(coords[j] - np.float32(centre_mm[j])) / np.float32(scale_mm) for j in range(3)]
-    # Blob frame coordinates: q = R^T (p - c) / s.
-    q = tuple(rel[0] * np.float32(rotation[0, i]) + rel[1] * np.float32(rotation[1, i]) + rel[2] * np.float32(rotation[2, i])
-              for i in range(3))
-    mask[slices] = blob.field(q) < 0
-    return mask
+    box: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[tuple[slice, ...], np.ndarray] | None:
+    """The blob placed at ``centre_mm`` (rotated, scaled) on the voxels it may cover.
 
-
-def _unit_extent(blob: _Blob, rotation: np.ndarray, step: float = 0.08, half: float = 3.4) -> tuple[float, np.ndarray, np.ndarray]:
-    """Volume and bounding box (world axes, shape units) of the rotated blob, from a coarse grid."""
-    axis = np.arange(-half, half + step / 2, step, dtype=np.float32)
-    n = axis.size
-    grid = [axis.reshape([-1 if a == i else 1 for a in range(3)]) for i in range(3)]
-    q = tuple(grid[0] * np.float32(rotation[0, i]) + grid[1] * np.float32(rotation[1, i]) + grid[2] * np.float32(rotation[2, i])
-              for i in range(3))
-    inside = blob.field(q) < 0
-    volume = float(inside.sum()) * step**3
-    lo, hi = np.empty(3), np.empty(3)
-    for i in range(3):
-        present = np.flatnonzero(inside.any(axis=tuple(a for a in range(3) if a != i)))
-        if present.size == 0 or present[0] == 0 or present[-1] == n - 1:
-            return volume, np.full(3, -np.inf), np.full(3, np.inf)  # empty or cut off: reject
-        lo[i] = axis[present[0]] - step
-        hi[i] = axis[present[-1]] + step
-    return volume, lo, hi
+    Returns (slices of the volume, field in mm on those voxels; negative inside), or None when the
+    blob misses the volume. ``box`` is the blob's box in shape units (default: ``blob.bounds``).
+    """
+    lo, hi = box if box is not None else blob.bounds(rotation)
+    lo_mm = np.maximum(centre_mm + scale_mm * lo, 0.0)
+    hi_mm = np.minimum(centre_mm + scale_mm * hi, np.array([(n - 1) * s for n, s in zip(shape, spacing)]))
+    slices, matrices, grid = [], [], []
+    for axis in range(3):
+        start = max(0, int(math.ceil(lo_mm[axis] / spacing[axis])))
+        stop = min(shape[axis], int(math.floor(hi_mm[axis] / spacing[axis])) + 1)
+        if stop <= start:
+            return None
+        voxels_mm = np.arange(start, stop) * spacing[axis]
+        # Coarse grid (mm) covering the voxels with one extra point each side for the cubic kernel.
+        origin = voxels_mm[0] - _FIELD_STEP_MM
+        n = int(math.ceil((voxels_mm[-1] - origin) / _FIELD_STEP_MM)) + 2
+        grid.append((origin + _FIELD_STEP_MM * np.arange(n) - centre_mm[axis]) / scale_mm)
+        matrices.append(_interpolation_matrix((voxels_mm - origin) / _FIELD_STEP_MM, n))
+        slices.append(slice(start, stop))
+    coarse = blob.evaluate(grid, rotation) * np.float32(scale_mm)
+    return tuple(slices), _upsample(coarse, matrices)
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:
@@ -312,21 +382,26 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int, int], spacing: tuple[float, float, float],
-                  scale_mm: float, coarse_step_mm: float | None = None) -> np.ndarray:
-    """Smooth Gaussian random field with unit standard deviation (float32), correlation length ``scale_mm``.
+                  scale_mm: float) -> np.ndarray:
+    """Smooth Gaussian random field (float32, mean 0, std 1) with correlation length ``scale_mm``.
 
-    The noise is drawn on a grid of ``coarse_step_mm`` (a third of ``scale_mm`` by default, never finer
-    than the voxels), smoothed there and interpolated back, which keeps large scales cheap.
+    Drawn on a grid of half ``scale_mm`` (unless that is much finer than the voxels), smoothed there
+    and interpolated onto the voxels, which keeps large scales cheap.
     """
-    step = coarse_step_mm if coarse_step_mm is not None else scale_mm / 3.0
-    factors = [max(1.0, step / s) for s in spacing]
-    coarse_shape = tuple(max(2, int(math.ceil(n / f))) for n, f in zip(shape, factors))
-    noise = rng.standard_normal(coarse_shape, dtype=np.float32)
-    sigma = [scale_mm / (s * f) for s, f in zip(spacing, factors)]
-    noise = ndimage.gaussian_filter(noise, sigma, mode="wrap")
-    if coarse_shape != tuple(shape):
-        zoom = [n / c for n, c in zip(shape, coarse_shape)]
-        noise = ndimage.zoom(noise, zoom, order=1, mode="nearest", grid_mode=True)[: shape[0], : shape[1], : shape[2]]
+    step = scale_mm / 2.0
+    if step < 0.75 * min(spacing):
+        noise = rng.standard_normal(shape, dtype=np.float32)
+        noise = ndimage.gaussian_filter(noise, [scale_mm / s for s in spacing], mode="wrap", truncate=3.0)
+    else:
+        matrices, coarse_shape = [], []
+        for n, s in zip(shape, spacing):
+            voxels_mm = np.arange(n) * s
+            m = int(math.ceil(voxels_mm[-1] / step)) + 3
+            matrices.append(_interpolation_matrix((voxels_mm + step) / step, m))
+            coarse_shape.append(m)
+        noise = rng.standard_normal(tuple(coarse_shape), dtype=np.float32)
+        noise = ndimage.gaussian_filter(noise, scale_mm / step, mode="wrap", truncate=3.0)
+        noise = _upsample(noise, matrices)
     noise -= noise.mean()
     noise /= noise.std() + 1e-12
     return noise
@@ -341,7 +416,7 @@ def case_seed(seed: int, index: int) -> int:
 
 
 def _place_organ(rng: np.random.Generator, config: SyntheticConfig):
-    """Draw the organ until it fits the volume; returns (blob, rotation, centre_mm, scale_mm, reach)."""
+    """Draw the organ until it fits the volume; returns (blob, rotation, centre_mm, scale_mm, box)."""
     extent = np.array([(n - 1) * s for n, s in zip(config.shape, config.spacing)])
     room = extent - 2.0 * config.margin_mm
     total = float(np.prod(np.array(config.shape) * np.array(config.spacing)))
@@ -349,82 +424,102 @@ def _place_organ(rng: np.random.Generator, config: SyntheticConfig):
     for _ in range(30):
         blob = _organ_shape(rng, config)
         rotation = _rotation(rng, config.max_rotation_deg)
-        volume, lo, hi = _unit_extent(blob, rotation)
-        if not np.isfinite(lo).all() or volume <= 0:
+        volume, lo, hi = _measure(blob, rotation)
+        if volume <= 0:
             continue
-        fraction = rng.uniform(*config.organ_fraction)
-        scale = (fraction * total / volume) ** (1.0 / 3.0)
+        scale = (rng.uniform(*config.organ_fraction) * total / volume) ** (1.0 / 3.0)
         fit = float(np.min(room / (hi - lo)))
         if scale <= fit:
             best = (blob, rotation, scale, lo, hi)
             break
         if best is None or fit > best[2]:
             best = (blob, rotation, fit, lo, hi)  # fallback: the largest that fits, shrunk
-    if best is None:
+    if best is None or not room.min() > 0:
         raise InputError("SyntheticConfig", "could not draw an organ that fits the volume; enlarge shape or reduce margin_mm")
     blob, rotation, scale, lo, hi = best
     low = config.margin_mm - scale * lo
     high = extent - config.margin_mm - scale * hi
     centre = rng.uniform(low, np.maximum(low, high))
-    reach = float(np.max(np.abs(np.concatenate([lo, hi])))) + 0.1
-    return blob, rotation, centre, scale, reach
+    return blob, rotation, centre, scale, (lo, hi)
 
 
 def synthetic_case(seed: int | np.random.Generator, config: SyntheticConfig = SyntheticConfig()) -> tuple[np.ndarray, np.ndarray]:
-    """One synthetic case: (image float32 z-scored, label uint8), both of ``config.shape`` in (x, y, z) order."""
+    """One synthetic case: (image float32 z-scored, label uint8), both of ``config.shape`` in (x, y, z) order.
+
+    ``seed`` is an integer or a :class:`numpy.random.Generator` (which is advanced).
+    """
     rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
     shape, spacing = tuple(int(n) for n in config.shape), tuple(float(s) for s in config.spacing)
     extent = np.array([(n - 1) * s for n, s in zip(shape, spacing)])
 
-    # --- the organ
-    blob, rotation, centre, scale, reach = _place_organ(rng, config)
-    organ = _largest_component(_render(blob, rotation, centre, scale, shape, spacing, reach))
-    # Distractors keep a thin gap (about 1.5 mm) from the organ.
-    gap = ndimage.binary_dilation(organ, ndimage.generate_binary_structure(3, 2),
-                                  iterations=max(1, int(round(1.5 / min(spacing)))))
+    # --- the organ; distractors keep a thin gap (gap_mm) from it
+    blob, rotation, centre, scale, box = _place_organ(rng, config)
+    organ = np.zeros(shape, dtype=bool)
+    gap = np.zeros(shape, dtype=bool)
+    placed = _render(blob, rotation, centre, scale, shape, spacing, box)
+    if placed is None:  # cannot happen: the organ is placed inside the volume
+        raise AssertionError("synthetic organ outside the volume")
+    slices, organ_field = placed
+    organ[slices] = _largest_component(organ_field < 0)
+    gap[slices] = organ_field < config.gap_mm
+    gap |= organ
 
-    # --- tissue classes: (mask, intensity, texture weight); painted in order, later wins
+    # --- unlabelled structures: (mask, intensity, texture weight), painted in order, later wins
     classes: list[tuple[np.ndarray, float, float]] = []
 
-    def blob_near(radius_factor: tuple[float, float], distance: tuple[float, float], anywhere: bool = False) -> np.ndarray:
+    def add_blob(size: tuple[float, float], distance: tuple[float, float], intensity: float, texture_weight: float,
+                 periphery: bool = False) -> int:
+        """Add a blob near the organ (or against a face); returns how many voxels it shows."""
         body = _random_body(rng, config.irregularity * 1.2, config.elongation * 1.5, n_waves=6)
-        s = scale * rng.uniform(*radius_factor)
-        if anywhere:
+        s = scale * rng.uniform(*size)
+        if periphery:  # dark regions (lungs) sit against a face of the volume
             where = rng.uniform(0.0, 1.0, size=3) * extent
-            # Push towards the faces: dark regions (lungs) sit at the periphery.
             axis = int(rng.integers(0, 2))
-            where[axis] = extent[axis] * (0.0 if rng.uniform() < 0.5 else 1.0) + rng.normal(0.0, 0.08) * extent[axis]
-        else:
+            where[axis] = extent[axis] * float(rng.integers(0, 2)) + rng.normal(0.0, 0.08) * extent[axis]
+        else:  # against the organ, in a random direction
             where = centre + _unit(rng.normal(size=3)) * (scale + s) * rng.uniform(*distance)
-        return _render(body, _rotation(rng, 180.0), where, s, shape, spacing, 2.6)
+        placed = _render(body, _rotation(rng, 180.0), where, s, shape, spacing)
+        if placed is not None:
+            mask = np.zeros(shape, dtype=bool)
+            mask[placed[0]] = (placed[1] < 0) & ~gap[placed[0]]
+            classes.append((mask, intensity, texture_weight))
+            return int(np.count_nonzero(mask))
+        return 0
 
-    n_dark = int(rng.integers(config.n_dark[0], config.n_dark[1] + 1))
-    for _ in range(n_dark):
-        classes.append((blob_near((0.9, 1.4), (1.0, 1.3), anywhere=True), rng.uniform(0.05, 0.15), 0.3))
-    n_mid = int(rng.integers(config.n_mid[0], config.n_mid[1] + 1))
-    for _ in range(n_mid):
-        classes.append((blob_near((0.5, 0.8), (0.8, 1.1)), rng.uniform(0.5, 0.65), 0.8))
+    for _ in range(int(rng.integers(config.n_dark[0], config.n_dark[1] + 1))):
+        add_blob((0.9, 1.4), (1.0, 1.3), rng.uniform(0.05, 0.15), 0.3, periphery=True)
+    for _ in range(int(rng.integers(config.n_mid[0], config.n_mid[1] + 1))):
+        add_blob((0.5, 0.8), (0.8, 1.1), rng.uniform(0.5, 0.65), 0.8)
+    bright = 0  # voxels of organ-like intensity that are not organ
     if config.vessel:
-        classes.append((_vessel(rng, centre, scale, shape, spacing), rng.uniform(0.9, 1.05), 0.6))
+        vessel = _vessel(rng, centre, scale, shape, spacing) & ~gap
+        classes.append((vessel, rng.uniform(0.9, 1.1) * config.organ_intensity, 0.6))
+        bright += int(np.count_nonzero(vessel))
     n_bright = int(rng.integers(config.n_bright[0], config.n_bright[1] + 1))
-    for _ in range(n_bright):
-        classes.append((blob_near((0.6, 0.95), (0.8, 1.05)), rng.uniform(0.85, 1.05), 0.8))
+    organ_voxels = int(np.count_nonzero(organ))
+    for index in range(n_bright + 4):
+        # Beyond the drawn number, add blobs until the look-alikes are sizeable (or give up).
+        if index >= n_bright and (n_bright == 0 or bright >= config.min_lookalike * organ_voxels):
+            break
+        # The first look-alike is a little brighter than the organ, so no threshold keeps the organ without it.
+        level = rng.uniform(1.0, 1.12) if index == 0 else rng.uniform(0.9, 1.1)
+        bright += add_blob((0.6, 0.95), (0.8, 1.05), level * config.organ_intensity, 0.8)
 
+    # --- tissue intensities with texture
     texture = _smooth_noise(rng, shape, spacing, config.texture_scale_mm)
-    broad = _smooth_noise(rng, shape, spacing, 12.0)  # slow tissue variation
-    image = np.full(shape, config.background_intensity, dtype=np.float32)
-    image += np.float32(config.texture_strength * 1.2) * texture + np.float32(config.texture_strength * 0.8) * broad
+    broad = _smooth_noise(rng, shape, spacing, 12.0)  # slow variation of the background tissue
+    strength = np.float32(config.texture_strength)
+    image = np.float32(config.background_intensity) + strength * (1.2 * texture + 0.8 * broad)
     for mask, intensity, texture_weight in classes:
-        mask &= ~gap
-        image[mask] = np.float32(intensity) + np.float32(config.texture_strength * texture_weight) * texture[mask]
-    image[organ] = np.float32(config.organ_intensity) + np.float32(config.texture_strength * 0.5) * texture[organ]
+        image[mask] = np.float32(intensity) + (strength * np.float32(texture_weight)) * texture[mask]
+    image[organ] = np.float32(config.organ_intensity) + (strength * np.float32(0.5)) * texture[organ]
     np.maximum(image, 0.0, out=image)
 
     # --- acquisition: partial-volume blur, bias field, Rician noise, z-scoring
     if config.blur_mm > 0:
         image = ndimage.gaussian_filter(image, [config.blur_mm / s for s in spacing], mode="nearest", truncate=3.0)
     if config.bias_strength > 0:
-        bias = _smooth_noise(rng, shape, spacing, config.bias_scale_mm, coarse_step_mm=config.bias_scale_mm / 2)
+        bias = _smooth_noise(rng, shape, spacing, config.bias_scale_mm)
         image *= np.exp(np.float32(config.bias_strength) * bias)
     if config.noise_std > 0:
         sigma = np.float32(config.noise_std * config.organ_intensity)
@@ -432,30 +527,27 @@ def synthetic_case(seed: int | np.random.Generator, config: SyntheticConfig = Sy
         imag = sigma * rng.standard_normal(shape, dtype=np.float32)
         image = np.sqrt(real * real + imag * imag)
     image = image.astype(np.float32, copy=False)
-    image -= image.mean(dtype=np.float64)
+    image -= np.float32(image.mean(dtype=np.float64))
     image /= np.float32(image.std(dtype=np.float64) + 1e-12)
     return image, organ.astype(np.uint8)
 
 
 def _vessel(rng: np.random.Generator, organ_centre: np.ndarray, organ_scale: float,
             shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> np.ndarray:
-    """A tube along z that passes beside the organ, gently curving (an aorta-like vessel)."""
+    """A gently curving tube along z that passes beside the organ (an aorta-like vessel)."""
     radius = organ_scale * rng.uniform(0.3, 0.42)
     angle = rng.uniform(0.0, 2.0 * math.pi)
     offset = (organ_scale * 1.1 + radius) * rng.uniform(0.95, 1.15)
-    x0 = organ_centre[0] + offset * math.cos(angle)
-    y0 = organ_centre[1] + offset * math.sin(angle)
     z = np.arange(shape[2]) * spacing[2]
-    zc = organ_centre[2]
     tilt = rng.normal(0.0, 0.15, size=2)
     wiggle = rng.uniform(0.03, 0.08, size=2) * organ_scale
     freq = rng.uniform(0.02, 0.05, size=2)
     phase = rng.uniform(0.0, 2.0 * math.pi, size=2)
-    xc = x0 + tilt[0] * (z - zc) + wiggle[0] * np.sin(freq[0] * z + phase[0])
-    yc = y0 + tilt[1] * (z - zc) + wiggle[1] * np.sin(freq[1] * z + phase[1])
-    r = radius * (1.0 + 0.08 * np.sin(rng.uniform(0.02, 0.06) * z + rng.uniform(0, 2 * math.pi)))
-    x = (np.arange(shape[0], dtype=np.float32) * spacing[0]).reshape(-1, 1, 1)
-    y = (np.arange(shape[1], dtype=np.float32) * spacing[1]).reshape(1, -1, 1)
+    xc = organ_centre[0] + offset * math.cos(angle) + tilt[0] * (z - organ_centre[2]) + wiggle[0] * np.sin(freq[0] * z + phase[0])
+    yc = organ_centre[1] + offset * math.sin(angle) + tilt[1] * (z - organ_centre[2]) + wiggle[1] * np.sin(freq[1] * z + phase[1])
+    r = radius * (1.0 + 0.08 * np.sin(rng.uniform(0.02, 0.06) * z + rng.uniform(0.0, 2.0 * math.pi)))
+    x = (np.arange(shape[0], dtype=np.float32) * np.float32(spacing[0])).reshape(-1, 1, 1)
+    y = (np.arange(shape[1], dtype=np.float32) * np.float32(spacing[1])).reshape(1, -1, 1)
     d2 = (x - xc.astype(np.float32)) ** 2 + (y - yc.astype(np.float32)) ** 2
     return d2 < (r.astype(np.float32) ** 2)
 

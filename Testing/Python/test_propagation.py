@@ -168,3 +168,24 @@ def test_ants_pool_of_two_processes_gives_the_same_labels_as_one():
     with AntsRegistrar(config.registration, workers=2) as pool:
         two = propagate(image, axial_only(label, 5), (1, 1, 1), pool, config)
     np.testing.assert_array_equal(one.labels[2], two.labels[2])
+
+
+def test_line_agreement_scores_a_view_against_the_crossing_annotated_lines():
+    from RADALib.propagation import line_agreement
+
+    label = np.zeros((10, 10, 10), np.uint8)
+    label[2:8, 2:8, 2:8] = 1
+    annotation = simulate_sparse_annotation(label, slices={0: [5], 1: [5], 2: [5]})
+    assert np.allclose(line_agreement(label, annotation, 2)[2:8], 1.0)
+    shifted = np.roll(label, 3, axis=0)  # a view that drifted by 3 voxels along x
+    agreement = line_agreement(shifted, annotation, 2)
+    assert np.all(agreement[2:8] < 0.8) and agreement[0] == 0.5  # slice 0: no label on its lines
+
+
+def test_weighted_fusion_trusts_the_view_that_agrees_with_the_annotation(translation_registrar):
+    image, label = disk_stack(shift_per_slice=(1.0, 0.0))
+    annotation = simulate_sparse_annotation(label)
+    result = propagate(image, annotation, (1, 1, 1), translation_registrar, PropagationConfig(crop_margin=40))
+    result.labels[0] = np.roll(label, 6, axis=1)  # two views drift the same wrong way
+    result.labels[1] = np.roll(label, 6, axis=1)
+    assert dice(result.fused("majority"), label) < dice(result.fused("weighted"), label)

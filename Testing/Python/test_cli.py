@@ -1,0 +1,102 @@
+"""The `rada` command: exit codes, one-line errors, JSON events, evaluate outputs."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from RADALib.cli import main
+from RADALib.events import Progress, json_sink
+from RADALib.volume import volume_from_array, write_like
+
+
+def test_missing_cohort_file_gives_a_one_line_error_and_exit_code_2(tmp_path, capsys):
+    code = main(["propagate", "--cohort", str(tmp_path / "none.json"), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err == f"rada: {tmp_path / 'none.json'}: cohort file not found"
+    assert not (tmp_path / "out").exists()
+
+
+def test_cohort_command_writes_a_manifest_from_folders(tmp_path, capsys):
+    volume = volume_from_array(np.zeros((8, 8, 8), np.float32))
+    for i in range(3):
+        write_like(volume, volume.array, tmp_path / "img" / f"c{i}.nrrd")
+        label = np.zeros((8, 8, 8), np.uint8)
+        label[2:5, 2:5, 2:5] = 1
+        write_like(volume, label, tmp_path / "lab" / f"c{i}_label.nrrd")
+    code = main(["cohort", "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"),
+                 "--labeled", "2", "--validation", "1", "--out", str(tmp_path / "cohort.json")])
+    assert code == 0
+    assert "3 cases, 2 labeled, 0 unlabeled, 1 validation" in capsys.readouterr().out
+    data = json.loads((tmp_path / "cohort.json").read_text())
+    assert [c["labeled"] for c in data["cases"]] == [True, True, False]
+
+
+def test_evaluate_prints_a_table_and_writes_json_and_csv(tmp_path, capsys):
+    truth = np.zeros((20, 20, 20), np.uint8)
+    truth[5:15, 5:15, 5:15] = 1
+    pred = np.roll(truth, 2, axis=0)
+    volume = volume_from_array(truth, spacing=(0.5, 0.5, 2.0))
+    write_like(volume, truth, tmp_path / "truth" / "a.nrrd")
+    write_like(volume, pred, tmp_path / "pred" / "a.nrrd")
+    write_like(volume, np.zeros_like(truth), tmp_path / "pred" / "b.nrrd")
+    write_like(volume, truth, tmp_path / "truth" / "b.nrrd")
+    code = main(["evaluate", "--pred", str(tmp_path / "pred"), "--truth", str(tmp_path / "truth"),
+                 "--json", str(tmp_path / "m.json"), "--csv", str(tmp_path / "m.csv")])
+    out = capsys.readouterr().out
+    assert code == 0 and "empty_prediction" in out and "failures 1 of 2" in out
+    report = json.loads((tmp_path / "m.json").read_text())
+    first = report["cases"][0]
+    assert first["id"] == "a" and first["dice"] == pytest.approx(0.8) and first["hd95_mm"] == pytest.approx(1.0)
+    assert report["cases"][1]["hd95_vox"] is None  # an empty prediction is never scored as distance 0
+    rows = list(csv.DictReader((tmp_path / "m.csv").open()))
+    assert rows[1]["status"] == "empty_prediction" and rows[1]["hd95_mm"] == ""
+
+
+def test_json_events_are_one_object_per_line_with_an_eta(capsys):
+    clock = iter([0.0, 10.0, 20.0])
+    progress = Progress(json_sink(), clock=lambda: next(clock))
+    progress.start("train", 4)
+    progress.update(1, "step", loss=np.float32(0.5))
+    progress.update(2, "step", dice=float("nan"))
+    lines = capsys.readouterr().out.strip().splitlines()
+    events = [json.loads(line) for line in lines]
+    assert [e["step"] for e in events] == [0, 1, 2]
+    assert events[1]["eta_s"] == 30.0 and events[1]["loss"] == 0.5
+    assert events[2]["eta_s"] == 20.0 and events[2]["dice"] is None
+
+
+def test_propagate_command_emits_json_events_for_each_case(tmp_path, capsys, monkeypatch):
+    from conftest import TranslationRegistrar, disk_stack
+
+    import RADALib.registration as registration
+
+    class FakeAnts(TranslationRegistrar):
+        def __init__(self, config=None, workers=0):
+            super().__init__()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    monkeypatch.setattr(registration, "AntsRegistrar", FakeAnts)
+    image, label = disk_stack(shape=(30, 30, 16), radius=6, shift_per_slice=(1.0, 0.0))
+    volume = volume_from_array(image)
+    write_like(volume, image, tmp_path / "img" / "c0.nrrd")
+    write_like(volume, label, tmp_path / "lab" / "c0.nrrd")
+    assert main(["cohort", "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"), "--labeled", "1",
+                 "--out", str(tmp_path / "cohort.json")]) == 0
+    capsys.readouterr()
+    code = main(["propagate", "--cohort", str(tmp_path / "cohort.json"), "--out", str(tmp_path / "out"),
+                 "--no-cache", "--events", "json"])
+    events = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert code == 0
+    assert events[0]["stage"] == "propagate" and events[0]["total"] == 1
+    assert events[-1]["step"] == 1 and events[-1]["case"] == "c0"
+    assert (tmp_path / "out" / "cases" / "c0" / "fused.nrrd").exists()
