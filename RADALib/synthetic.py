@@ -552,7 +552,9 @@ def _vessel(rng: np.random.Generator, organ_centre: np.ndarray, organ_scale: flo
     return d2 < (r.astype(np.float32) ** 2)
 
 
-def synthetic_cohort(n_cases: int, seed: int = 0, config: SyntheticConfig = SyntheticConfig()) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+def synthetic_cohort(
+    n_cases: int, seed: int = 0, config: SyntheticConfig = SyntheticConfig()
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
     """Yield ``(case_id, image, label)`` for ``n_cases`` cases named ``case_000``, ``case_001``, ...
 
     Case ``i`` is ``synthetic_case(case_seed(seed, i), config)``, so any case can be regenerated on its own.
