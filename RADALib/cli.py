@@ -1,4 +1,4 @@
-"""The ``rada`` command: demo, cohort, propagate, evaluate.
+"""The ``rada`` command: demo, cohort, propagate, train, predict, evaluate.
 
 Every command prints one-line errors (``rada: <file>: <problem>``) and exits non-zero on bad
 input; ``--events json`` turns progress into one JSON object per line on standard output.
@@ -74,7 +74,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     run_demo(Path(args.out), n_cases=args.cases, n_labeled=args.labeled, seed=args.seed,
-             workers=args.workers, progress=_progress(args))
+             workers=args.workers, progress=_progress(args), train=not args.no_train, iterations=args.iterations)
     return 0
 
 
@@ -119,6 +119,60 @@ def cmd_propagate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _encoder_config(args: argparse.Namespace):
+    from .encoders import EncoderConfig
+
+    return EncoderConfig(arch=args.encoder_arch, vision_checkpoint=args.vision_weights, text_checkpoint=args.text_weights,
+                         cache_dir=str(Path(args.cache_dir or default_cache_dir()) / "weights"),
+                         allow_download=args.allow_download)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .cohort import load_cohort
+    from .training import preset
+    from .workflow import train_model
+
+    cohort = load_cohort(args.cohort)
+    changes: dict = {"device": args.device}
+    if args.iterations:
+        changes["iterations"] = args.iterations
+    if args.patch:
+        changes["patch"] = tuple(int(v) for v in args.patch.split(","))
+    if args.visual_planes:
+        changes["visual_planes"] = tuple(args.visual_planes.split(","))
+    if args.no_text:
+        changes["use_text"] = False
+    if args.region_mode:
+        changes["region_mode"] = args.region_mode
+    if args.no_registration:
+        changes["use_registration"] = False
+    config = preset(args.preset, **changes)
+    run = train_model(cohort, args.out, config, args.propagation, _propagation_config(args), _encoder_config(args),
+                      Path(args.cache_dir or default_cache_dir()), args.workers, _progress(args), cohort.validation)
+    print(f"model written to {run.model} ({run.iterations} iterations, {run.seconds:.0f} s)",
+          file=sys.stderr if args.events == "json" else sys.stdout)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .cohort import load_cohort
+    from .inference import predict_files
+    from .workflow import model_folder
+
+    inputs: list[Path] = [Path(p) for p in args.image or []]
+    if args.cohort:
+        cohort = load_cohort(args.cohort)
+        cases = cohort.cases if args.split == "all" else [c for c in cohort.cases if c.split == args.split]
+        inputs += [c.image for c in cases]
+    if not inputs:
+        raise RADAError("rada predict: give --image FILE (repeatable) or --cohort FILE")
+    stride = tuple(int(v) for v in args.stride.split(",")) if args.stride and "," in args.stride else args.stride
+    outputs = predict_files(model_folder(args.model), inputs, Path(args.out), stride=stride, device=args.device,
+                            write_probabilities=args.probabilities, progress=_progress(args), oblique=args.oblique)
+    print(f"{len(outputs)} label map(s) written to {args.out}", file=sys.stderr if args.events == "json" else sys.stdout)
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_files, pair_files, write_outputs
 
@@ -145,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--labeled", type=int, default=3, help="of which annotated (default 3)")
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--workers", type=int, default=0, help="registration processes (default: one per core)")
+    demo.add_argument("--iterations", type=int, default=None, help="training iterations (default: the small preset's)")
+    demo.add_argument("--no-train", action="store_true", help="stop after propagation")
     _add_events(demo)
     demo.set_defaults(run=cmd_demo)
 
@@ -172,6 +228,40 @@ def build_parser() -> argparse.ArgumentParser:
     _add_propagation(propagate)
     _add_events(propagate)
     propagate.set_defaults(run=cmd_propagate)
+
+    train = commands.add_parser("train", help="train the triple-view model on a cohort (propagates first where needed)")
+    train.add_argument("--cohort", required=True, help="cohort manifest (rada cohort)")
+    train.add_argument("--out", required=True, help="experiment folder (resumes from its checkpoint); the model goes to OUT/model")
+    train.add_argument("--preset", default="paper", help="paper (LA recipe, a GPU job) or small (CPU demo)")
+    train.add_argument("--iterations", type=int, help="override the preset's iteration count")
+    train.add_argument("--patch", help="patch size x,y,z (multiples of 16)")
+    train.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
+    train.add_argument("--propagation", help="folder of `rada propagate` results (default OUT/propagation)")
+    train.add_argument("--cache-dir", help="result, embedding and weight cache (default $RADA_CACHE_DIR or ~/.cache/rada)")
+    train.add_argument("--visual-planes", help="planes feeding the region encoder, e.g. axial,axial (LA) or sagittal,axial")
+    train.add_argument("--no-text", action="store_true", help="ablation: no text prompt")
+    train.add_argument("--region-mode", choices=("alpha", "no_mask", "none"), help="ablation: region prompt with mask (default), CLIP vision without mask, none")
+    train.add_argument("--no-registration", action="store_true", help="ablation: supervise the annotated slices only")
+    train.add_argument("--encoder-arch", default="ViT-B-16", help="ViT-B-16 (default) or ViT-L-14")
+    train.add_argument("--vision-weights", help="Alpha-CLIP visual checkpoint: a file, or a known name")
+    train.add_argument("--text-weights", help="CLIP checkpoint for the text tower: a file, or a known name")
+    train.add_argument("--allow-download", action="store_true", help="download known encoder weights to the cache (SHA256-checked)")
+    _add_propagation(train)
+    _add_events(train)
+    train.set_defaults(run=cmd_train)
+
+    predict = commands.add_parser("predict", help="segment volumes with a trained model")
+    predict.add_argument("--model", required=True, help="model bundle folder (or an experiment folder holding model/)")
+    predict.add_argument("--image", action="append", help="image file (repeatable)")
+    predict.add_argument("--cohort", help="segment the cases of a cohort manifest")
+    predict.add_argument("--split", choices=("all", "train", "validation"), default="all", help="which cohort cases (default all)")
+    predict.add_argument("--out", required=True, help="output folder: <case>_rada.nrrd per input, with the input's header")
+    predict.add_argument("--stride", default=None, help="sliding-window stride x,y,z or a preset name (dense, fast)")
+    predict.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    predict.add_argument("--probabilities", action="store_true", help="also write the foreground probability map")
+    predict.add_argument("--oblique", choices=("refuse", "resample"), default="refuse")
+    _add_events(predict)
+    predict.set_defaults(run=cmd_predict)
 
     evaluate = commands.add_parser("evaluate", help="Dice, Jaccard, HD95, ASD of predictions against truth")
     evaluate.add_argument("--pred", required=True, help="prediction file or folder")

@@ -1,0 +1,521 @@
+"""A trained RADA model on disk: the *model bundle*.
+
+A bundle is a folder holding two files:
+
+- ``weights.safetensors``: the state dict of the :class:`~RADALib.networks.TripleViewModel`
+  (floating tensors as float32; batch-norm counters stay int64), loadable on CPU;
+- ``manifest.json``: everything else needed to use the weights without the training cohort::
+
+    {"format": "rada-bundle", "format_version": 1, "created": ISO-8601 UTC, "rada_version": ...,
+     "network": NetworkConfig.to_dict(),
+     "classes": {"1": {"name": "left atrium", "color": [r, g, b] (0-1),
+                       "terminology": {SNOMED CT category/type(/region) codes} or null}},
+     "prompt": the text prompt, "visual_planes": ["axial", "axial"],
+     "text_embedding": [512 floats], "region_embedding_mean": [region_dim floats],
+     "encoder": {identity of the frozen encoders, "pretrained": {"vision": bool, "text": bool}},
+     "normalization": "zscore", "inference": {"patch": [..], "stride": [..] or a preset name},
+     "training": {metrics, iterations, config...},
+     "checksums": {"weights.safetensors": sha256 hex}}
+
+``text_embedding`` is Et (the CLIP text embedding of the prompt) and ``region_embedding_mean``
+is the mean Alpha-CLIP region embedding Ev over the training cohort's annotated slices, one
+mean per visual-prompt plane position, concatenated in ``visual_planes`` order. Both are stored
+so that inference never runs CLIP (see :mod:`RADALib.inference`).
+
+A bundle is written into a temporary sibling folder and renamed into place only when complete,
+so an interrupted save never leaves a half bundle; an existing bundle of the same name is
+replaced only after the new one is complete. Trained models live in
+:func:`default_models_dir` (a user cache folder), never in the Slicer extension's folder.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from . import __version__
+from .errors import InputError
+from .networks import NetworkConfig, TripleViewModel
+
+FORMAT = "rada-bundle"
+FORMAT_VERSION = 1
+"""The newest bundle layout this RADA reads and the one it writes."""
+WEIGHTS_FILE = "weights.safetensors"
+MANIFEST_FILE = "manifest.json"
+RESERVED_FIELDS = ("format", "format_version", "network", "checksums")
+"""Manifest fields :func:`save_bundle` sets itself (they cannot be passed in)."""
+
+# ----------------------------------------------------------------------------- colours/terminology
+
+
+def _code(code: str, meaning: str) -> dict[str, str]:
+    return {"scheme": "SCT", "code": code, "meaning": meaning}
+
+
+_ANATOMY = _code("123037004", "Anatomical Structure")
+_ALTERED = _code("49755003", "Morphologically Altered Structure")
+_MASS = _code("4147007", "Mass")
+
+KNOWN_STRUCTURES: dict[str, dict[str, Any]] = {
+    # Category/type codes as Slicer's "DICOM master list" terminology spells them
+    # (SNOMED CT): Left atrium 82471001, Kidney 64033007, Liver 10200004 under
+    # "Anatomical Structure" 123037004; tumours as "Mass" 4147007 under "Morphologically
+    # Altered Structure" 49755003, with the organ as the anatomic region.
+    "left atrium": {
+        "color": [206 / 255, 110 / 255, 84 / 255],
+        "terminology": {"category": _ANATOMY, "type": _code("82471001", "Left atrium"),
+                        "type_modifier": None, "anatomic_region": None},
+    },
+    "kidney": {
+        "color": [185 / 255, 102 / 255, 83 / 255],
+        "terminology": {"category": _ANATOMY, "type": _code("64033007", "Kidney"),
+                        "type_modifier": None, "anatomic_region": None},
+    },
+    "kidney tumor": {
+        "color": [144 / 255, 238 / 255, 144 / 255],
+        "terminology": {"category": _ALTERED, "type": _MASS, "type_modifier": None,
+                        "anatomic_region": _code("64033007", "Kidney")},
+    },
+    "liver": {
+        "color": [221 / 255, 130 / 255, 101 / 255],
+        "terminology": {"category": _ANATOMY, "type": _code("10200004", "Liver"),
+                        "type_modifier": None, "anatomic_region": None},
+    },
+    "liver tumor": {
+        "color": [144 / 255, 238 / 255, 144 / 255],
+        "terminology": {"category": _ALTERED, "type": _MASS, "type_modifier": None,
+                        "anatomic_region": _code("10200004", "Liver")},
+    },
+}
+"""Display colour (RGB, 0-1) and SNOMED CT terminology of the structures RADA was evaluated on.
+
+Other names get a colour from :data:`FALLBACK_COLORS` and ``terminology: null``.
+"""
+
+_ALIASES = {"la": "left atrium", "left atrial": "left atrium", "kidney tumour": "kidney tumor",
+            "liver tumour": "liver tumor", "kidneys": "kidney"}
+
+FALLBACK_COLORS: tuple[tuple[float, float, float], ...] = (
+    (0.90, 0.35, 0.30), (0.30, 0.65, 0.90), (0.95, 0.80, 0.25), (0.55, 0.80, 0.40),
+    (0.70, 0.45, 0.85), (0.95, 0.55, 0.20), (0.40, 0.85, 0.80), (0.85, 0.45, 0.65),
+)
+
+
+def _normal_name(name: str) -> str:
+    text = " ".join(str(name).replace("_", " ").split()).lower()
+    return _ALIASES.get(text, text)
+
+
+def class_entry(name: str, index: int = 1) -> dict[str, Any]:
+    """The manifest entry of a class: name, colour and terminology (``None`` when unknown)."""
+    known = KNOWN_STRUCTURES.get(_normal_name(name))
+    if known is not None:
+        return {"name": str(name), "color": [float(c) for c in known["color"]],
+                "terminology": json.loads(json.dumps(known["terminology"]))}
+    color = FALLBACK_COLORS[(index - 1) % len(FALLBACK_COLORS)]
+    return {"name": str(name), "color": [float(c) for c in color], "terminology": None}
+
+
+def _classes_field(classes: Any, n_classes: int) -> dict[str, dict[str, Any]]:
+    """Normalise ``{1: "name"}`` / ``{"1": {"name": ...}}`` / ``["name", ...]`` to manifest form."""
+    if isinstance(classes, (list, tuple)):
+        classes = {i + 1: c for i, c in enumerate(classes)}
+    if not isinstance(classes, Mapping) or not classes:
+        raise ValueError("manifest field 'classes' must map class numbers 1, 2, ... to names")
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in classes.items():
+        index = int(key)
+        if isinstance(value, str):
+            base = class_entry(value, index)
+        else:
+            given = dict(value)
+            if not given.get("name"):
+                raise ValueError(f"class {index} has no name")
+            base = class_entry(given["name"], index)  # given fields override the table's
+            base.update({k: v for k, v in given.items() if not (k == "color" and v is None)})
+        color = base["color"]
+        if len(color) != 3 or not all(0.0 <= float(c) <= 1.0 for c in color):
+            raise ValueError(f"class {index} colour must be three values in [0, 1], got {color!r}")
+        base["color"] = [float(c) for c in color]
+        out[str(index)] = base
+    expected = [str(i) for i in range(1, n_classes)]
+    if sorted(out, key=int) != expected:
+        raise ValueError(
+            f"the network has {n_classes} outputs (background + {n_classes - 1}), so 'classes' must "
+            f"name classes {', '.join(expected)}; got {', '.join(sorted(out, key=int))}"
+        )
+    return {k: out[k] for k in expected}
+
+
+# ----------------------------------------------------------------------------- the bundle
+
+
+@dataclass
+class Bundle:
+    """A loaded model bundle: the model (eval mode) and what the manifest says about it."""
+
+    folder: Path
+    model: TripleViewModel
+    manifest: dict[str, Any]
+    classes: dict[int, dict[str, Any]]
+    text_embedding: np.ndarray | None
+    region_embedding_mean: np.ndarray | None
+    config: NetworkConfig = field(default_factory=NetworkConfig)
+
+    @property
+    def class_names(self) -> dict[int, str]:
+        """``{1: "left atrium", ...}`` (0 is background)."""
+        return {k: v["name"] for k, v in self.classes.items()}
+
+    @property
+    def prompt(self) -> str | None:
+        return self.manifest.get("prompt")
+
+    @property
+    def visual_planes(self) -> list[str]:
+        return list(self.manifest.get("visual_planes") or [])
+
+    @property
+    def inference_settings(self) -> dict[str, Any]:
+        """The manifest's ``inference`` entry (``patch``, ``stride``), possibly empty."""
+        return dict(self.manifest.get("inference") or {})
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """SHA-256 (hex) of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy/torch values to plain JSON; non-finite floats become ``None``."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return [_jsonable(v) for v in value.tolist()] if value.ndim else _jsonable(value.item())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _vector(value: Any, width: int, name: str) -> list[float] | None:
+    if value is None:
+        return None
+    array = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value, dtype=np.float64).ravel()
+    if array.size != width:
+        raise ValueError(f"manifest field {name!r} has {array.size} values; the network expects {width}")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"manifest field {name!r} holds NaN or Inf")
+    return [float(v) for v in array.astype(np.float32)]
+
+
+def _state_dict(model: TripleViewModel) -> dict[str, torch.Tensor]:
+    state = {}
+    for key, tensor in model.state_dict().items():
+        tensor = tensor.detach().to("cpu")
+        if tensor.is_floating_point():
+            tensor = tensor.to(torch.float32)
+        state[key] = tensor.contiguous().clone()
+    return state
+
+
+def _is_bundle(folder: Path) -> bool:
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_bundle(folder: str | os.PathLike[str], model: TripleViewModel, manifest_fields: Mapping[str, Any]) -> Path:
+    """Write ``model`` and its manifest as the bundle ``folder``; returns the folder.
+
+    ``manifest_fields`` holds everything but the fields set here (``format``,
+    ``format_version``, ``network``, ``checksums``); ``classes`` (``{1: "left atrium"}`` or full
+    entries) is required, colours and terminology are filled in for known structures.
+    ``text_embedding`` / ``region_embedding_mean`` (arrays or lists) must match the network's
+    ``text_dim`` / ``region_dim``. ``created`` and ``rada_version`` default to now / this RADA;
+    ``normalization`` defaults to ``"zscore"``.
+
+    Everything is written into a temporary sibling folder first; only a complete bundle is
+    renamed into place. An existing bundle of the same name is moved aside, replaced, then
+    deleted (a folder that is not a RADA bundle is never replaced: ``InputError``).
+    """
+    folder = Path(folder)
+    reserved = sorted(set(manifest_fields) & set(RESERVED_FIELDS))
+    if reserved:
+        raise ValueError(f"manifest field(s) {', '.join(reserved)} are set by save_bundle itself")
+    if "classes" not in manifest_fields:
+        raise ValueError("manifest field 'classes' is required (e.g. {1: 'left atrium'})")
+    config = model.config
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "rada_version": __version__,
+        "network": config.to_dict(),
+        "normalization": "zscore",
+    }
+    manifest.update({k: v for k, v in manifest_fields.items()})
+    manifest["classes"] = _classes_field(manifest_fields["classes"], config.n_classes)
+    manifest["text_embedding"] = _vector(manifest_fields.get("text_embedding"), config.text_dim, "text_embedding")
+    manifest["region_embedding_mean"] = _vector(
+        manifest_fields.get("region_embedding_mean"), config.region_dim, "region_embedding_mean"
+    )
+    manifest = _jsonable(manifest)
+
+    if folder.exists() and not folder.is_dir():
+        raise InputError(folder, "exists and is not a folder; choose another bundle name")
+    if folder.is_dir() and any(folder.iterdir()) and not _is_bundle(folder):
+        raise InputError(folder, "exists and is not a RADA model bundle; refusing to replace it")
+    parent = folder.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(parent, f"cannot create the models folder: {exc.strerror}") from None
+    temporary = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".part", dir=parent))
+    try:
+        from safetensors.torch import save_file
+
+        weights = temporary / WEIGHTS_FILE
+        save_file(_state_dict(model), str(weights), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+        _fsync(weights)
+        manifest["checksums"] = {WEIGHTS_FILE: sha256_file(weights)}
+        manifest_path = temporary / MANIFEST_FILE
+        manifest_path.write_text(json.dumps(manifest, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        _fsync(manifest_path)
+        _move_into_place(temporary, folder)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return folder
+
+
+def _move_into_place(complete: Path, folder: Path) -> None:
+    """Rename the complete bundle onto ``folder``, replacing an old bundle only at the end."""
+    if not folder.exists():
+        os.replace(complete, folder)
+        return
+    # A non-empty folder cannot be atomically replaced by rename; move the old one aside first
+    # (both renames are cheap and within one parent), then put the new one in its place.
+    aside = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
+    aside.rmdir()
+    os.replace(folder, aside)
+    try:
+        os.replace(complete, folder)
+    except BaseException:
+        os.replace(aside, folder)
+        raise
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The checked manifest of the bundle ``folder`` (without loading the weights).
+
+    Raises :class:`InputError` for a missing folder or manifest, invalid JSON, a file that is
+    not a RADA bundle, or a bundle written by a newer RADA.
+    """
+    folder = _bundle_folder(folder)
+    path = folder / MANIFEST_FILE
+    if not path.is_file():
+        raise InputError(path, f"missing: {folder} is not a complete RADA model bundle (no {MANIFEST_FILE})")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise InputError(path, f"cannot be read as JSON ({exc}); the bundle is corrupt") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
+        raise InputError(path, f"is not a RADA model bundle manifest (format {found!r}, expected {FORMAT!r})")
+    version = manifest.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise InputError(path, f"has an invalid format_version {version!r}")
+    if version > FORMAT_VERSION:
+        raise InputError(
+            path,
+            f"format_version {version} was written by a newer RADA (this RADA {__version__} reads up "
+            f"to format_version {FORMAT_VERSION}); upgrade RADA to load this model",
+        )
+    return manifest
+
+
+def _bundle_folder(folder: str | os.PathLike[str]) -> Path:
+    folder = Path(folder)
+    if folder.is_file() and folder.name in (MANIFEST_FILE, WEIGHTS_FILE):
+        folder = folder.parent
+    if not folder.exists():
+        raise InputError(folder, "model bundle not found")
+    if not folder.is_dir():
+        raise InputError(folder, "is a file; a model bundle is a folder holding manifest.json and weights.safetensors")
+    return folder
+
+
+def _load_state(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
+        raise InputError(path, f"cannot be read as safetensors ({exc}); the bundle is corrupt") from None
+
+
+def _check_state(path: Path, model: TripleViewModel, state: Mapping[str, torch.Tensor]) -> None:
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    if not (missing or unexpected or shapes):
+        return
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", shapes)):
+        if keys:
+            more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
+            parts.append(f"{label}: {', '.join(keys[:3])}{more}")
+    raise InputError(path, "weights do not match the network described in manifest.json (" + "; ".join(parts) + ")")
+
+
+def _embedding(manifest: Mapping[str, Any], key: str, width: int, path: Path) -> np.ndarray | None:
+    value = manifest.get(key)
+    if value is None:
+        return None
+    try:
+        array = np.asarray(value, dtype=np.float32).ravel()
+    except (TypeError, ValueError):
+        raise InputError(path, f"field {key!r} is not a list of numbers") from None
+    if array.size != width:
+        raise InputError(path, f"field {key!r} has {array.size} values; the network expects {width}")
+    return array
+
+
+def load_bundle(folder: str | os.PathLike[str], device: str | torch.device = "cpu") -> Bundle:
+    """Load a bundle: checks the manifest, the weights' checksum and the state dict's keys/shapes.
+
+    The weights are read on CPU as float32, then the model (in eval mode) is moved to
+    ``device``. Every refusal is an :class:`InputError` naming the file at fault.
+    """
+    folder = _bundle_folder(folder)
+    manifest = read_manifest(folder)
+    manifest_path = folder / MANIFEST_FILE
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise InputError(weights, f"missing: the bundle {folder} has no {WEIGHTS_FILE}")
+    expected_sum = (manifest.get("checksums") or {}).get(WEIGHTS_FILE)
+    if not expected_sum:
+        raise InputError(manifest_path, f"has no checksum for {WEIGHTS_FILE}; the bundle is incomplete")
+    found_sum = sha256_file(weights)
+    if found_sum != str(expected_sum).lower():
+        raise InputError(
+            weights,
+            f"checksum mismatch (sha256 {found_sum[:12]}..., manifest says {str(expected_sum)[:12]}...): "
+            "the file is corrupt or was changed after the bundle was saved",
+        )
+    try:
+        config = NetworkConfig.from_dict(manifest.get("network") or {})
+    except (TypeError, ValueError) as exc:
+        raise InputError(manifest_path, f"invalid 'network' settings: {exc}") from None
+    model = config.build()
+    state = _load_state(weights)
+    _check_state(weights, model, state)
+    reference = model.state_dict()
+    model.load_state_dict({k: v.to(reference[k].dtype) for k, v in state.items()}, strict=True)
+    model = model.float().eval().to(device)
+
+    try:
+        classes_raw = manifest.get("classes") or {}
+        classes = {int(k): dict(v) for k, v in classes_raw.items()}
+    except (AttributeError, TypeError, ValueError):
+        raise InputError(manifest_path, "field 'classes' must map class numbers to entries") from None
+    if sorted(classes) != list(range(1, config.n_classes)):
+        raise InputError(
+            manifest_path,
+            f"field 'classes' names classes {sorted(classes)}, but the network has {config.n_classes} outputs "
+            f"(expected classes 1..{config.n_classes - 1})",
+        )
+    return Bundle(
+        folder=folder,
+        model=model,
+        manifest=manifest,
+        classes=dict(sorted(classes.items())),
+        text_embedding=_embedding(manifest, "text_embedding", config.text_dim, manifest_path),
+        region_embedding_mean=_embedding(manifest, "region_embedding_mean", config.region_dim, manifest_path),
+        config=config,
+    )
+
+
+def check_classes(bundle: Bundle, expected: Mapping[int, str]) -> None:
+    """Raise :class:`InputError` unless ``bundle`` was trained for exactly the classes ``expected``.
+
+    Names are compared case-insensitively ("Left Atrium" == "left_atrium"); background (0) is
+    ignored.
+    """
+    want = {int(k): _normal_name(v) for k, v in expected.items() if int(k) != 0}
+    have = {k: _normal_name(v) for k, v in bundle.class_names.items()}
+    if want == have:
+        return
+
+    def describe(classes: Mapping[int, str]) -> str:
+        return ", ".join(f"{k} '{v}'" for k, v in sorted(classes.items())) or "none"
+
+    raise InputError(
+        bundle.folder,
+        f"this model was trained for classes {describe(bundle.class_names)}, but classes "
+        f"{describe({int(k): v for k, v in expected.items() if int(k) != 0})} were asked for; "
+        "train a model for these classes or choose another model",
+    )
+
+
+# ----------------------------------------------------------------------------- where models live
+
+
+def default_models_dir() -> Path:
+    """``$RADA_CACHE_DIR/models``, else ``~/.cache/rada/models`` (never the extension's folder)."""
+    root = os.environ.get("RADA_CACHE_DIR")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "rada"
+    return base / "models"
+
+
+def list_bundles(folder: str | os.PathLike[str] | None = None) -> list[Path]:
+    """The bundles directly inside ``folder`` (default :func:`default_models_dir`), by name.
+
+    A bundle is a sub-folder whose ``manifest.json`` says ``format: rada-bundle``; temporary
+    folders of an interrupted save (names starting with ``.``) are skipped.
+    """
+    folder = Path(folder) if folder is not None else default_models_dir()
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and _is_bundle(p))

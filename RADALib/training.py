@@ -1,0 +1,839 @@
+"""Training of RADA's triple-view model (paper Algorithm 1, eqs. 6-11).
+
+One iteration t:
+
+1. a batch of ``labeled_batch`` labeled and ``unlabeled_batch`` unlabeled patches
+   (``data.TwoStreamSampler``; weights Wv = eq. 6 with α(t));
+2. the guidance Era = Adapter(Et ⊕ Ev), computed once from the *labeled* batch (Algorithm 1):
+   Ev = concat over the visual planes i of Ev[labeled sample i][plane i] (LA: axial of sample 1
+   ⊕ axial of sample 2), one (1, region_dim) row shared by the whole batch;
+3. cross pseudo-labels on the unlabeled patches: every net j, in eval mode (batch-norm
+   statistics untouched) under ``torch.no_grad``, predicts T noisy copies (input + N(0, 0.1)
+   clipped to ±0.2, dropout forced on) in one batched forward; pseudo-label = argmax of the mean
+   softmax, mask = entropy(mean softmax) < threshold(t). A net's pseudo-label does not depend on
+   which peer uses it, so it is computed once per iteration and used by both other nets;
+4. each net k sees the labeled and unlabeled patches in one train-mode forward;
+   L_k = (1 − β) L_sup(P_k^l, Ỹ_k, W_k) + β · mean_{j≠k} L_masked_CE(P_k^u, ŷ_j, m_j);
+   L = Σ_k L_k; one SGD step over the three nets and the shared Adapter (the same as three
+   SGD optimisers with one schedule: the lr step applies to every parameter).
+
+Settings are a :class:`TrainConfig` (presets "paper" and "small"). ``T`` (uncertainty_passes):
+UA-MT used 8 with a mean teacher; here each of the three nets makes its own pseudo-label every
+iteration (3·T·U extra forward samples, no backward), so the paper preset uses 4 and the small
+preset 2 (see ``TrainConfig.uncertainty_passes``).
+
+Without unlabeled cases, training runs supervised only (β = 0, no pseudo-labels) and warns.
+Under ``torchrun`` (WORLD_SIZE > 1) the model is wrapped in DistributedDataParallel (nccl on
+CUDA, gloo on CPU), each rank draws its own batches (seeded by (seed, rank)), and only rank 0
+writes files and events; batch-norm buffers follow rank 0's (DDP broadcasts them at every
+forward, and once more before each checkpoint and at the end).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .annotation import PLANES
+from .data import Batch, BatchPrefetcher, TrainingCase, TwoStreamSampler, load_training_cases
+from .errors import RADAError
+from .events import Progress
+from .losses import masked_cross_entropy, supervised_loss, uncertainty_mask
+from .networks import DOWNSAMPLING, VIEWS, NetworkConfig, TripleViewModel
+from .schedules import ScheduleConfig, alpha, beta, learning_rate, uncertainty_threshold
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+CHECKPOINT_FORMAT = "rada-train-checkpoint/1"
+
+REGION_MODES = ("alpha", "no_mask", "none")
+_SWITCHES = ("auto", "on", "off")
+
+# settings that change how a run goes but not what it computes: they may differ on resume
+_RUNTIME_ONLY = {"device", "checkpoint_every", "validate_every", "log_every", "prefetch", "compile", "amp",
+                 "channels_last", "deterministic", "threads"}
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclass
+class TrainConfig:
+    """Training settings (paper / LA defaults). See the module docstring for the algorithm.
+
+    ``schedule.max_iterations`` always equals ``iterations`` (the ramps of α, β and the
+    threshold span the run); the other schedule steps are absolute iteration counts.
+    ``amp``: "auto" = bf16 autocast on CUDA, off on CPU; "bf16" forces it, "off" disables it.
+    ``channels_last``: "auto" = channels-last 3D memory format on CUDA only.
+    ``region_mode``: "alpha" (Alpha-CLIP with the mask), "no_mask" (the caller passes
+    embeddings computed without the mask: used as given), "none" (no region prompt: zeros).
+    ``use_text=False``: Et is fed as zeros. ``use_registration=False``: only the truly annotated
+    voxels supervise (see ``data``). ``prefetch``: batches prepared ahead by a background thread
+    (0: in the training thread). ``compile``: ``torch.compile`` each sub-network (off by
+    default). ``deterministic``: deterministic cuDNN kernels instead of the fastest ones (CPU
+    runs are deterministic anyway). ``threads``: torch CPU threads (0 = torch's default; on a
+    busy 2-core machine 1 thread was measured as fast as 2, or up to 4x faster, for the small
+    preset). ``uncertainty_passes`` (T): 4 for the paper preset (UA-MT used 8 for one teacher;
+    here all three nets make pseudo-labels every iteration, 3·T·U extra forward samples), 2 for
+    the small one.
+    """
+
+    patch: tuple[int, int, int] = (112, 112, 80)
+    iterations: int = 6000
+    labeled_batch: int = 2
+    unlabeled_batch: int = 2
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    uncertainty_passes: int = 4
+    noise_std: float = 0.1
+    noise_clip: float = 0.2
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    seed: int = 1337
+    checkpoint_every: int = 500
+    validate_every: int = 500
+    log_every: int = 20
+    amp: str = "auto"
+    visual_planes: tuple[str, ...] = ("axial", "axial")
+    use_text: bool = True
+    region_mode: str = "alpha"
+    use_registration: bool = True
+    augment: bool = True
+    device: str = "auto"
+    compile: bool = False
+    channels_last: str = "auto"
+    prefetch: int = 2
+    deterministic: bool = False
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.schedule, Mapping):
+            self.schedule = ScheduleConfig.from_dict(self.schedule)
+        if isinstance(self.network, Mapping):
+            self.network = NetworkConfig.from_dict(self.network)
+        self.patch = tuple(int(p) for p in self.patch)  # type: ignore[assignment]
+        self.visual_planes = tuple(str(p) for p in self.visual_planes)
+        if len(self.patch) != 3 or any(p < DOWNSAMPLING or p % DOWNSAMPLING for p in self.patch):
+            raise ValueError(f"patch must be 3 positive multiples of {DOWNSAMPLING}, got {self.patch}")
+        for name in ("iterations", "labeled_batch", "uncertainty_passes", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("unlabeled_batch", "checkpoint_every", "validate_every", "prefetch", "threads"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.amp not in ("auto", "bf16", "off"):
+            raise ValueError(f"TrainConfig.amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
+        if self.channels_last not in _SWITCHES:
+            raise ValueError(f"TrainConfig.channels_last must be one of {_SWITCHES}, got {self.channels_last!r}")
+        if self.region_mode not in REGION_MODES:
+            raise ValueError(f"TrainConfig.region_mode must be one of {REGION_MODES}, got {self.region_mode!r}")
+        bad = [p for p in self.visual_planes if p not in PLANES]
+        if bad or not self.visual_planes:
+            raise ValueError(f"TrainConfig.visual_planes must name planes among {PLANES}, got {self.visual_planes}")
+        if self.noise_std < 0 or self.noise_clip < 0:
+            raise ValueError("TrainConfig.noise_std and noise_clip must be >= 0")
+        if self.schedule.max_iterations != self.iterations:
+            self.schedule = dataclasses.replace(self.schedule, max_iterations=int(self.iterations))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (nested schedule and network dicts)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["schedule"] = self.schedule.to_dict()
+        data["network"] = self.network.to_dict()
+        data["patch"] = list(self.patch)
+        data["visual_planes"] = list(self.visual_planes)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``, missing keys take defaults."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training setting(s): {', '.join(unknown)}")
+        return cls(**dict(data))
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with some settings changed.
+
+        Nested settings take a dict (merged) or dotted names passed as a dict:
+        ``cfg.replace(iterations=100, network={"base_filters": 8})`` or
+        ``cfg.replace(**{"schedule.base_lr": 0.02})``.
+        """
+        data = self.to_dict()
+        for key, value in changes.items():
+            if "." in key:
+                group, name = key.split(".", 1)
+                if group not in ("schedule", "network"):
+                    raise ValueError(f"unknown training setting {key!r}")
+                if name not in data[group]:
+                    raise ValueError(f"unknown {group} setting {name!r}")
+                data[group][name] = value
+            elif key in ("schedule", "network"):
+                value = value.to_dict() if hasattr(value, "to_dict") else dict(value)
+                unknown = sorted(set(value) - set(data[key]))
+                if unknown:
+                    raise ValueError(f"unknown {key} setting(s): {', '.join(unknown)}")
+                data[key].update(value)
+            elif key in data:
+                data[key] = value
+            else:
+                raise ValueError(f"unknown training setting {key!r}")
+        if "iterations" in changes and "schedule.max_iterations" not in changes:
+            data["schedule"]["max_iterations"] = int(changes["iterations"])
+        return TrainConfig.from_dict(data)
+
+
+def _small_preset() -> TrainConfig:
+    iterations = 200
+    scale = iterations / 6000  # the paper's schedule steps, shrunk to the shorter run
+    schedule = ScheduleConfig(
+        max_iterations=iterations,
+        lr_step=max(1, round(2500 * scale)),
+        alpha_step=max(1, round(1000 * scale)),
+        beta_step=max(1, round(150 * scale)),
+    )
+    return TrainConfig(
+        patch=(32, 32, 32),
+        iterations=iterations,
+        schedule=schedule,
+        network=NetworkConfig(base_filters=4),
+        uncertainty_passes=2,
+        checkpoint_every=50,
+        validate_every=50,
+        log_every=5,
+    )
+
+
+presets: dict[str, TrainConfig] = {"paper": TrainConfig(), "small": _small_preset()}
+"""Named settings: "paper" (LA recipe, a GPU job) and "small" (demo and tests on a CPU)."""
+
+
+def preset(name: str, **changes: Any) -> TrainConfig:
+    """A copy of a named preset, with ``changes`` applied (see :meth:`TrainConfig.replace`)."""
+    if name not in presets:
+        raise RADAError(f"unknown training preset {name!r}; choose one of {', '.join(presets)}")
+    return presets[name].replace(**changes)
+
+
+# ----------------------------------------------------------------------------- guidance inputs
+
+
+@dataclass
+class GuidancePrompt:
+    """The frozen encoders' outputs as training uses them (on the training device).
+
+    ``text``: Et (1, text_dim) or ``None`` (``use_text=False``: the Adapter sees zeros).
+    ``regions``: (n_labeled, n_planes, D) Ev of each labeled case's visual planes, or ``None``
+    (no region prompt). :meth:`region` builds one batch's Ev from its labeled cases;
+    :meth:`inference_region` is the mean over the cohort (the prompt at inference).
+    """
+
+    text: Tensor | None
+    regions: Tensor | None
+    planes: tuple[str, ...]
+
+    @classmethod
+    def build(
+        cls,
+        config: TrainConfig,
+        text_embedding: np.ndarray | None,
+        region_embeddings: Mapping[str, Mapping[str, np.ndarray]] | None,
+        labeled_ids: Sequence[str],
+        device: torch.device | str = "cpu",
+        require_text: bool = True,
+    ) -> "GuidancePrompt":
+        text = None
+        if config.use_text and text_embedding is None and require_text:
+            raise RADAError("training needs the text embedding Et (or use_text=False)")
+        if config.use_text and text_embedding is not None:
+            text = torch.as_tensor(np.asarray(text_embedding, np.float32).reshape(1, -1), device=device)
+        regions = None
+        if config.region_mode != "none" and region_embeddings is not None:
+            missing = [f"{c}/{p}" for c in labeled_ids for p in config.visual_planes
+                       if c not in region_embeddings or p not in region_embeddings[c]]
+            if missing:
+                shown = ", ".join(missing[:4]) + (" ..." if len(missing) > 4 else "")
+                raise RADAError(
+                    f"no region embedding for {shown}: compute the embeddings of this cohort's labeled cases "
+                    f"for the planes {', '.join(config.visual_planes)}"
+                )
+            table = np.stack([
+                np.stack([np.asarray(region_embeddings[c][p], np.float32).reshape(-1) for p in config.visual_planes])
+                for c in labeled_ids
+            ])
+            regions = torch.as_tensor(table, device=device)
+        return cls(text, regions, tuple(config.visual_planes))
+
+    @property
+    def text_dim(self) -> int | None:
+        return None if self.text is None else int(self.text.shape[1])
+
+    @property
+    def region_dim(self) -> int | None:
+        return None if self.regions is None else int(self.regions.shape[1] * self.regions.shape[2])
+
+    def region(self, labeled_index: Sequence[int]) -> Tensor | None:
+        """Ev of a batch: plane i of labeled sample i (cycling through the samples), concatenated."""
+        if self.regions is None:
+            return None
+        parts = [self.regions[labeled_index[i % len(labeled_index)], i] for i in range(len(self.planes))]
+        return torch.cat(parts)[None]
+
+    def inference_region(self) -> Tensor | None:
+        """Mean Ev over the labeled cases, per plane, concatenated (1, region_dim)."""
+        if self.regions is None:
+            return None
+        return self.regions.mean(dim=0).reshape(1, -1)
+
+
+# ----------------------------------------------------------------------------- pseudo-labels
+
+
+def peer_pseudo_labels(
+    model: TripleViewModel,
+    x_u: Tensor,
+    era: Tensor | None,
+    passes: int,
+    threshold: float,
+    noise_std: float = 0.1,
+    noise_clip: float = 0.2,
+    views: Sequence[str] = VIEWS,
+) -> dict[str, tuple[Tensor, Tensor]]:
+    """Per view: ``(pseudo-label (U, X, Y, Z) int64, mask (U, X, Y, Z) float 0/1)`` of that net.
+
+    Each net runs in eval mode (batch-norm uses and keeps its running statistics) under
+    ``torch.no_grad`` with dropout forced on, on ``passes`` noisy copies of ``x_u`` batched into
+    one forward; its mode is restored afterwards. Noise: N(0, noise_std) clipped to ±noise_clip.
+    """
+    out: dict[str, tuple[Tensor, Tensor]] = {}
+    u = x_u.shape[0]
+    with torch.no_grad():
+        era = None if era is None else era.detach()
+        repeated = x_u.repeat(passes, 1, 1, 1, 1)
+        for view in views:
+            net = model.nets[view]
+            was_training = net.training
+            net.eval()
+            try:
+                noise = torch.randn_like(repeated).mul_(noise_std).clamp_(-noise_clip, noise_clip)
+                logits = net(repeated + noise, era, force_dropout=True)
+            finally:
+                net.train(was_training)
+            probs = torch.softmax(logits.float(), dim=1)
+            mean = probs.reshape(passes, u, *probs.shape[1:]).mean(dim=0)
+            # two classes: a comparison gives argmax (ties to class 0) at a fraction of its CPU cost
+            pseudo = (mean[:, 1] > mean[:, 0]).long() if mean.shape[1] == 2 else mean.argmax(dim=1)
+            out[view] = (pseudo, uncertainty_mask(mean, threshold))
+    return out
+
+
+class _TrainForward(nn.Module):
+    """The differentiable part of an iteration, as one module (what DDP wraps)."""
+
+    def __init__(self, model: TripleViewModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, text: Tensor | None, region: Tensor | None) -> dict[str, Tensor]:
+        era = self.model.embed(text, region)  # eq. (3), once for the whole batch
+        return {view: self.model.forward_view(view, x, era) for view in VIEWS}
+
+
+def iteration_losses(
+    logits: Mapping[str, Tensor],
+    batch: Batch,
+    pseudo: Mapping[str, tuple[Tensor, Tensor]] | None,
+    beta_t: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(L, Σ_k L_sup_k, Σ_k L_unsup_k)``: eqs. (9)-(11) summed over the three nets.
+
+    ``logits[view]`` holds the labeled samples first, then the unlabeled ones.
+    """
+    n_l = batch.x_l.shape[0]
+    sup_total = unsup_total = None
+    total = None
+    for view in VIEWS:
+        out = logits[view]
+        sup = supervised_loss(out[:n_l], batch.y_l[view], batch.w_l[view])
+        if pseudo is not None:
+            peers = [j for j in VIEWS if j != view]
+            unsup = sum(masked_cross_entropy(out[n_l:], *pseudo[j]) for j in peers) / len(peers)
+            loss = (1.0 - beta_t) * sup + beta_t * unsup
+        else:
+            unsup = torch.zeros((), device=sup.device)
+            loss = sup
+        sup_total = sup if sup_total is None else sup_total + sup
+        unsup_total = unsup if unsup_total is None else unsup_total + unsup
+        total = loss if total is None else total + loss
+    return total, sup_total.detach(), unsup_total.detach()  # type: ignore[union-attr,return-value]
+
+
+# ----------------------------------------------------------------------------- results and files
+
+
+@dataclass
+class TrainResult:
+    """The trained model (eval mode, on the training device), its log and its folder."""
+
+    model: TripleViewModel
+    history: list[dict[str, Any]]
+    out_dir: Path
+    iteration: int = 0
+    seconds: float = 0.0
+    config: TrainConfig | None = None
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.part")
+    try:
+        temporary.write_text(text)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> Path:
+    """``torch.save`` into a temporary file, then rename: the old file stays whole until then."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.part")
+    try:
+        torch.save(dict(payload), temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a training checkpoint (tensors on the CPU); raises :class:`RADAError` if unreadable."""
+    path = Path(path)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same problem for the user
+        raise RADAError(f"{path}: cannot read the training checkpoint ({type(exc).__name__}: {exc}); "
+                        "delete it or train into a new folder") from None
+    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+        raise RADAError(f"{path}: not a RADA training checkpoint")
+    return data
+
+
+# ----------------------------------------------------------------------------- runtime
+
+
+@dataclass
+class _Runtime:
+    device: torch.device
+    rank: int
+    world: int
+    owns_group: bool
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def _resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RADAError(f"device {name!r} asked for, but no CUDA GPU is available (use --device cpu)")
+        if device.index is None:
+            device = torch.device("cuda", local_rank if torch.cuda.device_count() > local_rank else 0)
+        torch.cuda.set_device(device)
+    return device
+
+
+def _setup_runtime(config: TrainConfig) -> _Runtime:
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    device = _resolve_device(config.device, local_rank)
+    owns = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        owns = True
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    amp = config.amp
+    use_bf16 = amp == "bf16" or (amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    cl = config.channels_last == "on" or (config.channels_last == "auto" and device.type == "cuda")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not config.deterministic
+        torch.backends.cudnn.deterministic = bool(config.deterministic)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    if config.threads:
+        torch.set_num_threads(int(config.threads))
+    return _Runtime(device, rank, world, owns, torch.bfloat16 if use_bf16 else None, cl)
+
+
+def _rng_state(device: torch.device, sampler_state: dict) -> dict[str, Any]:
+    return {
+        "sampler": sampler_state,
+        "torch_cpu": torch.get_rng_state(),
+        "torch_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+
+
+def _set_rng_state(device: torch.device, state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch_cpu"])
+    if device.type == "cuda" and state.get("torch_cuda") is not None:
+        torch.cuda.set_rng_state(state["torch_cuda"], device)
+
+
+def _gather(obj: Any, runtime: _Runtime) -> list[Any]:
+    if not runtime.distributed:
+        return [obj]
+    import torch.distributed as dist
+
+    items: list[Any] = [None] * runtime.world
+    dist.all_gather_object(items, obj)
+    return items
+
+
+def _sync_buffers(model: nn.Module, runtime: _Runtime) -> None:
+    """Give every rank rank 0's buffers (batch-norm statistics)."""
+    if not runtime.distributed:
+        return
+    import torch.distributed as dist
+
+    for buffer in model.buffers():
+        dist.broadcast(buffer.data, src=0)
+
+
+def _is_oom(error: BaseException) -> bool:
+    oom = getattr(torch.cuda, "OutOfMemoryError", None)
+    return (oom is not None and isinstance(error, oom)) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    )
+
+
+def _check_compatible(saved: Mapping[str, Any], config: TrainConfig, path: Path) -> None:
+    current = config.to_dict()
+    differ = sorted(k for k in set(saved) | set(current) if k not in _RUNTIME_ONLY and saved.get(k) != current.get(k))
+    if differ:
+        raise RADAError(
+            f"{path}: the checkpoint was made with other settings ({', '.join(differ)}); "
+            "train into a new folder, or turn resuming off to start over"
+        )
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def train(
+    config: TrainConfig,
+    cohort,
+    propagation_dir: str | os.PathLike[str] | None,
+    text_embedding: np.ndarray | None,
+    region_embeddings: Mapping[str, Mapping[str, np.ndarray]] | None,
+    out_dir: str | os.PathLike[str],
+    progress: Progress | None = None,
+    validate: Callable[[TripleViewModel, Tensor | None, Tensor | None], Mapping[str, float]] | None = None,
+    resume: bool = True,
+    *,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train on a cohort whose labeled cases were propagated into ``propagation_dir``.
+
+    ``text_embedding``: Et (text_dim,); ``region_embeddings[case_id][plane]``: Ev (D,) of the
+    labeled cases (``None``: no region prompt). See :func:`train_on_cases` for the rest.
+    """
+    labeled, unlabeled = load_training_cases(cohort, propagation_dir, require_propagation=config.use_registration)
+    return train_on_cases(
+        config, labeled, unlabeled, text_embedding, region_embeddings, out_dir, progress, validate, resume,
+        stop_after=stop_after,
+    )
+
+
+def train_on_cases(
+    config: TrainConfig,
+    labeled: Sequence[TrainingCase],
+    unlabeled: Sequence[TrainingCase],
+    text_embedding: np.ndarray | None,
+    region_embeddings: Mapping[str, Mapping[str, np.ndarray]] | None,
+    out_dir: str | os.PathLike[str],
+    progress: Progress | None = None,
+    validate: Callable[[TripleViewModel, Tensor | None, Tensor | None], Mapping[str, float]] | None = None,
+    resume: bool = True,
+    *,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train the triple-view model on cases already in memory.
+
+    Writes ``out_dir/config.json``, appends ``metrics.jsonl`` every ``log_every`` iterations and
+    saves ``checkpoint.pt`` atomically every ``checkpoint_every`` iterations and at the end. With
+    ``resume`` and an existing checkpoint, continues from it exactly (same batches, same random
+    numbers). ``validate(model, text, region)`` (model in eval mode, under ``no_grad``) runs every
+    ``validate_every`` iterations and its dict joins the events and metrics; ``text`` is the
+    Adapter's text input of training, (1, text_dim) (Et, or zeros with ``use_text=False``), and
+    ``region`` the inference prompt: the mean Ev over the labeled cases, (1, region_dim), or
+    ``None`` without region prompt (the Adapter then sees zeros), so
+    ``era = model.embed(text, region)`` is the guidance training used. ``stop_after=n`` stops after iteration n (with a checkpoint), as if interrupted.
+    Ctrl-C leaves the last checkpoint whole and is re-raised. CUDA running out of memory raises
+    :class:`RADAError`.
+    """
+    if not labeled:
+        raise RADAError("training needs at least one labeled case")
+    progress = progress or Progress()
+    runtime = _setup_runtime(config)
+    try:
+        return _train(config, list(labeled), list(unlabeled), text_embedding, region_embeddings, Path(out_dir),
+                      progress if runtime.main else Progress(), validate, resume, stop_after, runtime)
+    except BaseException as error:
+        if _is_oom(error):
+            raise RADAError(
+                f"the GPU ran out of memory training on {config.patch[0]}x{config.patch[1]}x{config.patch[2]} patches "
+                f"(batch {config.labeled_batch}+{config.unlabeled_batch}, base filters {config.network.base_filters}); "
+                "try --preset small, a smaller --patch, or --device cpu"
+            ) from None
+        raise
+    finally:
+        if runtime.owns_group:
+            import torch.distributed as dist
+
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+def _train(
+    config: TrainConfig,
+    labeled: list[TrainingCase],
+    unlabeled: list[TrainingCase],
+    text_embedding: np.ndarray | None,
+    region_embeddings: Mapping[str, Mapping[str, np.ndarray]] | None,
+    out_dir: Path,
+    progress: Progress,
+    validate: Callable | None,
+    resume: bool,
+    stop_after: int | None,
+    runtime: _Runtime,
+) -> TrainResult:
+    device = runtime.device
+    if config.use_text and text_embedding is None:
+        progress.message("no text embedding given: Et is fed as zeros, as with use_text=False", level="warning")
+    prompt = GuidancePrompt.build(config, text_embedding, region_embeddings, [c.id for c in labeled], device,
+                                  require_text=False)
+    # the Adapter's input widths follow the embeddings actually given
+    net_changes = {}
+    if prompt.text_dim is not None and prompt.text_dim != config.network.text_dim:
+        net_changes["text_dim"] = prompt.text_dim
+    if prompt.region_dim is not None and prompt.region_dim != config.network.region_dim:
+        net_changes["region_dim"] = prompt.region_dim
+    if net_changes:
+        config = config.replace(network=net_changes)
+        progress.message(f"network input widths set from the embeddings: {net_changes}")
+    n_classes = config.network.n_classes
+    largest = max(c.max_label for c in labeled)
+    if largest >= n_classes:
+        raise RADAError(f"the labels hold class {largest}, but the network has {n_classes} classes (network.n_classes)")
+
+    if runtime.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    if not unlabeled:
+        progress.message("no unlabeled training case: training runs supervised only (β = 0, no cross pseudo-labels)",
+                         level="warning")
+    small = [c for c in (*labeled, *unlabeled) if any(n < p for n, p in zip(c.shape, config.patch))]
+    if small:
+        progress.message(
+            f"{len(small)} volume(s) are smaller than the patch {tuple(config.patch)} along some axis (e.g. "
+            f"{small[0].id}, {small[0].shape}): they are padded (image with its minimum, labels 0, weight 0)"
+        )
+
+    # model and optimizer, identical on every rank
+    torch.manual_seed(config.seed)
+    model = config.network.build().to(device)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.schedule.base_lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    sampler = TwoStreamSampler(
+        labeled, unlabeled, config.patch, config.labeled_batch, config.unlabeled_batch,
+        seed=(config.seed, runtime.rank), use_registration=config.use_registration, augment=config.augment,
+    )
+    torch.manual_seed(config.seed + runtime.rank)
+    if device.type == "cuda":
+        torch.cuda.manual_seed(config.seed + runtime.rank)
+
+    start, history, seconds_before = 0, [], 0.0
+    checkpoint_path = out_dir / CHECKPOINT
+    if resume and checkpoint_path.exists():
+        saved = load_checkpoint(checkpoint_path)
+        _check_compatible(saved.get("config", {}), config, checkpoint_path)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        start = int(saved["iteration"])
+        history = list(saved.get("history", []))
+        seconds_before = float(saved.get("seconds", 0.0))
+        ranks = saved.get("ranks", [])
+        if len(ranks) == runtime.world:
+            sampler.set_state(ranks[runtime.rank]["sampler"])
+            _set_rng_state(device, ranks[runtime.rank])
+        else:
+            progress.message(f"the checkpoint was made by {len(ranks)} process(es), this run has {runtime.world}: "
+                             "resuming with fresh random streams", level="warning")
+            sampler = TwoStreamSampler(
+                labeled, unlabeled, config.patch, config.labeled_batch, config.unlabeled_batch,
+                seed=(config.seed, runtime.rank, start), use_registration=config.use_registration, augment=config.augment,
+            )
+            torch.manual_seed(config.seed + 1000 * start + runtime.rank)
+        if runtime.main:  # metrics past the checkpoint were never saved in it: drop them
+            _atomic_write_text(out_dir / METRICS_FILE, "".join(json.dumps(h) + "\n" for h in history))
+        progress.message(f"resuming from {checkpoint_path} at iteration {start}")
+    elif runtime.main:
+        (out_dir / METRICS_FILE).unlink(missing_ok=True)
+    if runtime.main:  # after the resume check, so a refused run leaves the folder as it was
+        _atomic_write_text(out_dir / CONFIG_FILE, json.dumps(config.to_dict(), indent=2) + "\n")
+
+    if config.compile:
+        for net in model.nets.values():
+            net.compile()
+    forward: nn.Module = _TrainForward(model)
+    if runtime.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # every parameter takes part in every iteration (Et is fed as zeros when use_text is off)
+        forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
+
+    end = config.iterations if stop_after is None else min(config.iterations, int(stop_after))
+    result = TrainResult(model, history, out_dir, start, seconds_before, config)
+    if start >= end:
+        model.eval()
+        return result
+
+    schedule = config.schedule
+    has_unlabeled = bool(unlabeled) and config.unlabeled_batch > 0
+    autocast = (
+        (lambda: torch.autocast(device.type, dtype=runtime.amp_dtype))
+        if runtime.amp_dtype is not None else contextlib.nullcontext
+    )
+    # Et is fed as zeros when use_text is off, so the Adapter and the guidance MLP (fed by
+    # GAP(f_img) too, eq. 4) always run: the ablation removes the prompt, not the branch
+    text_input = prompt.text if prompt.text is not None else torch.zeros(1, config.network.text_dim, device=device)
+    infer_text, infer_region = text_input, prompt.inference_region()
+
+    def save(completed: int, state: dict) -> None:
+        _sync_buffers(model, runtime)
+        states = _gather(_rng_state(device, state), runtime)
+        if runtime.main:
+            save_checkpoint(checkpoint_path, {
+                "format": CHECKPOINT_FORMAT,
+                "config": config.to_dict(),
+                "iteration": completed,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "world_size": runtime.world,
+                "ranks": states,
+                "history": history,
+                "seconds": seconds_before + time.perf_counter() - started,
+            })
+
+    progress.start("train", config.iterations, f"{len(labeled)} labeled + {len(unlabeled)} unlabeled volume(s), "
+                   f"patch {tuple(config.patch)}, on {device}" + (f" x{runtime.world}" if runtime.distributed else ""),
+                   first_step=start)
+    model.train()
+    started = time.perf_counter()
+    window_start, window_n = started, 0
+    sums = torch.zeros(3, device=device)
+    last_state: dict | None = None
+    prefetcher = BatchPrefetcher(
+        sampler, lambda t: alpha(t, schedule), start, end, depth=config.prefetch,
+        pin_memory=device.type == "cuda",
+    )
+    try:
+        for host_batch in prefetcher:
+            t = host_batch.iteration
+            lr, a, b = learning_rate(t, schedule), host_batch.alpha, beta(t, schedule) if has_unlabeled else 0.0
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            batch = host_batch.to(device, non_blocking=True, channels_last=runtime.channels_last)
+            region = prompt.region(batch.labeled_index)
+            with autocast():
+                pseudo = None
+                if has_unlabeled:
+                    threshold = uncertainty_threshold(t, schedule, n_classes)
+                    with torch.no_grad():
+                        era = model.embed(text_input, region)
+                    pseudo = peer_pseudo_labels(model, batch.x_u, era, config.uncertainty_passes, threshold,
+                                                config.noise_std, config.noise_clip)
+                    x = torch.cat([batch.x_l, batch.x_u])
+                else:
+                    x = batch.x_l
+                logits = forward(x, text_input, region)
+            loss, loss_sup, loss_unsup = iteration_losses(logits, batch, pseudo, b)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums += torch.stack([loss.detach(), loss_sup, loss_unsup])
+            window_n += 1
+            last_state = host_batch.sampler_state
+            completed = t + 1
+
+            validating = validate is not None and config.validate_every and completed % config.validate_every == 0
+            if completed % config.log_every == 0 or completed == end or t == start or validating:
+                values = (sums / window_n).tolist()  # the one device sync of a logging step
+                now = time.perf_counter()
+                entry = {
+                    "step": completed, "loss": values[0], "loss_sup": values[1], "loss_unsup": values[2],
+                    "lr": lr, "alpha": a, "beta": b, "s_per_it": (now - window_start) / window_n,
+                    "seconds": seconds_before + now - started,
+                }
+                if not math.isfinite(values[0]):
+                    raise RADAError(f"training diverged: the loss is {values[0]} at iteration {completed}; "
+                                    "lower schedule.base_lr or check the input intensities")
+                if validating and runtime.main:
+                    model.eval()
+                    try:
+                        with torch.no_grad():
+                            scores = validate(model, infer_text, infer_region)
+                    finally:
+                        model.train()
+                    entry.update({k: (float(v) if isinstance(v, (int, float, np.floating)) else v)
+                                  for k, v in dict(scores).items()})
+                history.append(entry)
+                if runtime.main:
+                    with open(out_dir / METRICS_FILE, "a") as handle:
+                        handle.write(json.dumps(entry) + "\n")
+                extra = {k: v for k, v in entry.items() if k not in ("step", "seconds")}
+                progress.update(completed, f"sup {values[1]:.4f} unsup {values[2]:.4f} lr {lr:.2g}", **extra)
+                sums.zero_()
+                window_start, window_n = time.perf_counter(), 0
+
+            if (config.checkpoint_every and completed % config.checkpoint_every == 0) or completed == end:
+                save(completed, last_state)  # type: ignore[arg-type]
+    finally:
+        prefetcher.close()
+
+    _sync_buffers(model, runtime)
+    model.eval()
+    result.iteration = end
+    result.seconds = seconds_before + time.perf_counter() - started
+    return result

@@ -1,0 +1,188 @@
+"""The steps of a RADA run chained on a cohort: propagate, embed, train, bundle, predict.
+
+Shared by the ``rada`` command, the demo and the Slicer module, so each of them stays a thin
+caller. An experiment folder holds everything one training run made::
+
+    EXPERIMENT/
+      propagation/     pseudo-labels of the labeled cases (when not given elsewhere)
+      embeddings.npz   Et and Ev of the cohort (frozen encoders, computed once)
+      config.json, metrics.jsonl, checkpoint.pt     training (resumable)
+      model/           the model bundle (weights + manifest), what `rada predict` loads
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .cache import ArrayCache
+from .cohort import Case, Cohort
+from .embeddings import CohortEmbeddings, compute_embeddings
+from .errors import InputError
+from .events import Progress
+from .propagation import PropagationConfig
+from .pseudo_labels import propagate_cohort
+
+log = logging.getLogger(__name__)
+
+MODEL_FOLDER = "model"
+EMBEDDINGS_FILE = "embeddings.npz"
+
+
+@dataclass
+class TrainedRun:
+    """Where a training run put its model, and what it measured."""
+
+    experiment: Path
+    model: Path
+    iterations: int
+    seconds: float
+    pretrained: dict
+
+
+def ensure_propagation(
+    cohort: Cohort,
+    propagation_dir: Path,
+    config: PropagationConfig,
+    cache_dir: Path | None,
+    workers: int = 0,
+    progress: Progress | None = None,
+) -> None:
+    """Propagate the labeled cases that have no result yet (finished ones are kept)."""
+    from .registration import AntsRegistrar
+
+    with AntsRegistrar(config.registration, workers=workers) as registrar:
+        cache = ArrayCache(cache_dir / "propagation") if cache_dir else None
+        propagate_cohort(cohort, propagation_dir, registrar, config, cache, progress=progress)
+
+
+def cohort_embeddings(
+    cohort: Cohort,
+    propagation_dir: Path,
+    experiment: Path,
+    encoder_config=None,
+    cache_dir: Path | None = None,
+    use_mask: bool = True,
+) -> CohortEmbeddings:
+    """Et and Ev for the cohort with the frozen encoders (cached), saved in the experiment."""
+    from .encoders import EmbeddingCache, EncoderConfig, RegionAwareDualEncoder
+
+    encoder = RegionAwareDualEncoder.from_config(encoder_config or EncoderConfig())
+    cache = EmbeddingCache(cache_dir / "embeddings") if cache_dir else None
+    embeddings = compute_embeddings(cohort, propagation_dir, encoder, cache, use_mask=use_mask)
+    embeddings.save(experiment / EMBEDDINGS_FILE)
+    return embeddings
+
+
+def train_model(
+    cohort: Cohort,
+    experiment: str | os.PathLike[str],
+    train_config,
+    propagation_dir: str | os.PathLike[str] | None = None,
+    propagation_config: PropagationConfig | None = None,
+    encoder_config=None,
+    cache_dir: Path | None = None,
+    workers: int = 0,
+    progress: Progress | None = None,
+    validation: Sequence[Case] | None = None,
+) -> TrainedRun:
+    """Propagate (where needed), embed, train and write the model bundle into ``experiment``.
+
+    Training resumes from the experiment's checkpoint when there is one.
+    """
+    from .bundle import save_bundle
+    from .training import train
+
+    experiment = Path(experiment)
+    experiment.mkdir(parents=True, exist_ok=True)
+    progress = progress or Progress()
+    if not cohort.labeled:
+        raise InputError(cohort.path or cohort.name, "no labeled case: training needs at least one annotated volume")
+    propagation = Path(propagation_dir) if propagation_dir else experiment / "propagation"
+    if train_config.use_registration:
+        ensure_propagation(cohort, propagation, propagation_config or PropagationConfig(), cache_dir, workers, progress)
+    elif not propagation_dir:
+        propagation = None  # type: ignore[assignment]
+    progress.message("computing the frozen encoders' embeddings (once per cohort)")
+    embeddings = cohort_embeddings(
+        cohort, propagation or experiment / "propagation", experiment, encoder_config, cache_dir,
+        use_mask=train_config.region_mode != "no_mask",
+    ) if propagation is not None else None
+    random = [name for name, ok in (embeddings.pretrained if embeddings else {}).items() if not ok]
+    if random:
+        progress.message(
+            f"RANDOM {'/'.join(random)} encoder weights: the guidance carries no pretrained semantics "
+            "and results will not match the paper (give the Alpha-CLIP/CLIP checkpoints to use them)",
+            level="warning",
+        )
+    validate = _validator(validation, train_config) if validation else None
+    result = train(
+        train_config, cohort, propagation,
+        embeddings.text if embeddings else None,
+        embeddings.regions if embeddings else None,
+        experiment, progress, validate,
+    )
+    planes = list(train_config.visual_planes)
+    fields = {
+        "classes": dict(cohort.classes),
+        "prompt": embeddings.prompts[0] if embeddings and embeddings.prompts else None,
+        "visual_planes": planes,
+        # use_text=False trained on zeros in place of Et: store those zeros, so inference matches
+        "text_embedding": (embeddings.text if train_config.use_text else np.zeros_like(embeddings.text)) if embeddings else None,
+        "region_embedding_mean": embeddings.region_mean(planes) if embeddings and train_config.region_mode != "none" else None,
+        "encoder": {"identity": embeddings.identity if embeddings else None,
+                    "pretrained": embeddings.pretrained if embeddings else {}},
+        "inference": {"patch": list(train_config.patch)},
+        "training": {"iterations": result.iteration, "seconds": round(result.seconds, 1),
+                     "config": train_config.to_dict(), "history_tail": result.history[-5:],
+                     "cohort": str(cohort.path) if cohort.path else cohort.name},
+    }
+    model_folder = save_bundle(experiment / MODEL_FOLDER, result.model.cpu(), fields)
+    return TrainedRun(experiment, model_folder, result.iteration, result.seconds,
+                      embeddings.pretrained if embeddings else {})
+
+
+def _validator(cases: Sequence[Case], train_config):
+    """Dice on the validation cases (sliding window, fast stride) for the training events."""
+    import torch
+
+    from .data import normalize_intensity
+    from .inference import ensemble_probabilities, sliding_window_inference
+    from .metrics import dice
+    from .volume import read_volume
+
+    loaded = []
+    for case in cases:
+        if case.dense_label is None:
+            continue
+        image = read_volume(case.image, "image").array
+        loaded.append((normalize_intensity(image), read_volume(case.dense_label, "label").array))
+    if not loaded:
+        return None
+    patch = tuple(train_config.patch)
+    stride = tuple(max(1, p // 2) for p in patch)
+
+    def validate(model, text, region) -> dict:
+        device = next(model.parameters()).device
+        era = model.embed(text, region) if (text is not None or region is not None) else None
+        scores = []
+        for image, truth in loaded:
+            x = torch.as_tensor(image, device=device)[None, None]
+            probabilities = sliding_window_inference(x, lambda p: ensemble_probabilities(model, p, era), patch, stride)
+            scores.append(dice(probabilities.argmax(0).cpu().numpy(), truth))
+        return {"val_dice": float(np.mean(scores))}
+
+    return validate
+
+
+def model_folder(path: str | os.PathLike[str]) -> Path:
+    """A bundle folder, or an experiment folder holding one in ``model/``."""
+    path = Path(path)
+    if (path / MODEL_FOLDER / "manifest.json").exists():
+        return path / MODEL_FOLDER
+    return path

@@ -1,0 +1,220 @@
+"""Inference: window positions, exact averaging, padding, the ensemble, and file geometry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from RADALib.bundle import load_bundle, save_bundle
+from RADALib.errors import InputError
+from RADALib.events import Progress
+from RADALib.inference import (
+    check_stride,
+    ensemble_probabilities,
+    output_paths,
+    predict_files,
+    predict_volume,
+    resolve_stride,
+    sliding_window_inference,
+    window_grid,
+    window_starts,
+)
+from RADALib.networks import VIEWS, NetworkConfig
+from RADALib.volume import read_volume
+
+PATCH = (16, 16, 16)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP barrier overhead on a busy machine (20x here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_config(n_classes: int = 2) -> NetworkConfig:
+    return NetworkConfig(n_classes=n_classes, base_filters=2, text_dim=8, region_dim=12, era_dim=8, adapter_hidden_dim=8)
+
+
+def tiny_bundle(tmp_path, n_classes: int = 2):
+    torch.manual_seed(0)
+    model = tiny_config(n_classes).build()
+    rng = np.random.default_rng(0)
+    fields = {
+        "classes": {k: f"structure {k}" for k in range(1, n_classes)},
+        "prompt": "An image containing the structure, with the rest being background",
+        "visual_planes": ["axial", "axial"],
+        "text_embedding": rng.normal(size=8),
+        "region_embedding_mean": rng.normal(size=12),
+        "inference": {"patch": list(PATCH), "stride": [8, 8, 8]},
+    }
+    return save_bundle(tmp_path / "model", model, fields)
+
+
+def pointwise(x: torch.Tensor) -> torch.Tensor:
+    """A 'predictor' whose output at a voxel depends only on the input there."""
+    return torch.cat([2 * x + 1, -x, x * x], dim=1)
+
+
+# ----------------------------------------------------------------------------- windows
+
+
+@pytest.mark.parametrize("size,patch,stride", [(32, 16, 6), (30, 16, 16), (16, 16, 4), (17, 16, 5), (100, 16, 1)])
+def test_windows_cover_the_axis_exactly_and_the_last_ends_at_the_border(size, patch, stride):
+    starts = window_starts(size, patch, stride)
+    assert starts[0] == 0 and starts[-1] == size - patch
+    assert starts == sorted(set(starts))
+    assert all(b - a <= stride for a, b in zip(starts, starts[1:]))  # no gaps
+    assert all(s == i * stride for i, s in enumerate(starts[:-1]))  # 0, s, 2s, ... then the border
+    covered = np.zeros(size, int)
+    for s in starts:
+        covered[s : s + patch] += 1
+    assert covered.min() >= 1
+
+
+def test_window_positions_match_ua_mt_counts():
+    # LA-sized volume, paper patch: ceil((n - p) / s) + 1 windows per axis
+    grid = window_grid((190, 140, 88), (112, 112, 80), (18, 18, 4))
+    assert [len(g) for g in grid] == [6, 3, 3]
+    assert grid[0] == [0, 18, 36, 54, 72, 78]
+    assert [len(g) for g in window_grid((190, 140, 88), (112, 112, 80), resolve_stride("fast", (112, 112, 80)))] == [2, 2, 2]
+
+
+def test_stride_presets_and_invalid_strides():
+    assert resolve_stride("dense", (112, 112, 80)) == (18, 18, 4)
+    assert resolve_stride("dense", PATCH) == (16, 16, 4)  # clamped to the patch
+    assert resolve_stride("fast", PATCH) == PATCH
+    for bad in [(0, 8, 8), (17, 8, 8), (8, -1, 8)]:
+        with pytest.raises(ValueError, match=r"1 <= stride <= patch"):
+            check_stride(PATCH, bad)
+        with pytest.raises(ValueError, match=r"1 <= stride <= patch"):
+            sliding_window_inference(torch.zeros(1, 1, 20, 20, 20), pointwise, PATCH, bad)
+    with pytest.raises(ValueError, match="unknown stride preset"):
+        resolve_stride("fastest", PATCH)
+    with pytest.raises(ValueError, match="three integers"):
+        resolve_stride((8, 8), PATCH)
+
+
+# ----------------------------------------------------------------------------- sliding window
+
+
+def test_overlapping_windows_reproduce_a_pointwise_predictor_exactly():
+    # integer-valued input: sums of identical values divided by their count are exact in float32
+    rng = np.random.default_rng(1)
+    image = torch.from_numpy(rng.integers(-20, 20, size=(1, 1, 30, 27, 21)).astype(np.float32))
+    events = []
+    out = sliding_window_inference(image, pointwise, PATCH, (5, 7, 4), batch_size=3, progress=Progress(events.append))
+    assert out.shape == (3, 30, 27, 21) and out.dtype == torch.float32
+    assert torch.equal(out, pointwise(image)[0])
+    n_windows = np.prod([len(g) for g in window_grid((30, 27, 21), PATCH, (5, 7, 4))])
+    assert events[0]["total"] == n_windows and events[-1]["step"] == n_windows
+
+
+def test_every_voxel_is_averaged_over_the_windows_covering_it():
+    # a predictor that returns 1 everywhere -> exactly 1 after averaging (count map is right)
+    ones = lambda x: torch.ones(x.shape[0], 1, *x.shape[2:])  # noqa: E731
+    out = sliding_window_inference(torch.zeros(1, 1, 33, 20, 18), ones, PATCH, (3, 5, 2), batch_size=4)
+    assert torch.equal(out, torch.ones(1, 33, 20, 18))
+
+
+def test_a_volume_smaller_than_the_patch_is_padded_and_cropped_back():
+    image = torch.arange(10 * 20 * 7, dtype=torch.float32).reshape(1, 1, 10, 20, 7)
+    seen = []
+
+    mins = []
+
+    def predictor(x):
+        seen.append(tuple(x.shape))
+        mins.append(float(x.min()))
+        return pointwise(x)
+
+    out = sliding_window_inference(image, predictor, PATCH, (8, 8, 8), pad_value=-7.0)
+    assert out.shape == (3, 10, 20, 7)
+    assert torch.equal(out, pointwise(image)[0])
+    assert all(s[2:] == PATCH for s in seen)
+    assert min(mins) == -7.0  # the padding the windows saw
+
+
+def test_a_predictor_with_the_wrong_output_shape_is_reported():
+    with pytest.raises(ValueError, match="predictor returned shape"):
+        sliding_window_inference(torch.zeros(1, 1, 16, 16, 16), lambda x: x[:, :, :8], PATCH, PATCH)
+
+
+# ----------------------------------------------------------------------------- ensemble
+
+
+def test_ensemble_is_the_mean_of_the_three_softmaxes():
+    torch.manual_seed(0)
+    model = tiny_config(3).build()
+    model.train()  # ensemble_probabilities must switch to eval itself
+    x = torch.randn(2, 1, 16, 16, 16)
+    era = model.embed(torch.randn(8), torch.randn(12))
+    got = ensemble_probabilities(model, x, era)
+    assert not model.training
+    with torch.no_grad():
+        manual = sum(torch.softmax(model.forward_view(v, x, era), dim=1) for v in VIEWS) / 3
+    torch.testing.assert_close(got, manual, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got.sum(dim=1), torch.ones(2, 16, 16, 16))
+
+
+def test_predict_volume_uses_the_given_region_embedding(tmp_path):
+    bundle = load_bundle(tiny_bundle(tmp_path))
+    from RADALib.volume import volume_from_array
+
+    volume = volume_from_array(np.random.default_rng(0).normal(size=(20, 18, 16)).astype(np.float32))
+    base = predict_volume(bundle, volume, return_probabilities=True)
+    assert base.label.dtype == np.uint8 and base.label.shape == (20, 18, 16)
+    assert base.probabilities.shape == (2, 20, 18, 16) and base.probabilities.dtype == np.float32
+    np.testing.assert_array_equal(base.label, base.probabilities.argmax(0))
+    same = predict_volume(bundle, volume, region_embedding=bundle.region_embedding_mean, return_probabilities=True)
+    np.testing.assert_array_equal(same.probabilities, base.probabilities)
+    other = predict_volume(bundle, volume, region_embedding=np.full(12, 3.0, np.float32), return_probabilities=True)
+    assert not np.allclose(other.probabilities, base.probabilities)
+    with pytest.raises(InputError, match="region_embedding"):
+        predict_volume(bundle, volume, region_embedding=np.zeros(5))
+    with pytest.raises(ValueError, match="multiple of 16"):
+        predict_volume(bundle, volume, patch=(20, 16, 16))
+
+
+# ----------------------------------------------------------------------------- files and geometry
+
+# file axis i runs along world -z, j along world x, k along world -y (permuted and flipped)
+PERMUTED = np.array([[0, 1, 0], [0, 0, -1], [-1, 0, 0]], float)
+
+
+def test_predict_files_writes_labels_on_the_inputs_exact_grid(tmp_path):
+    rng = np.random.default_rng(2)
+    data = rng.normal(size=(14, 20, 18)).astype(np.float32)  # file order (i, j, k)
+    image = sitk.GetImageFromArray(np.transpose(data, (2, 1, 0)))
+    image.SetSpacing((2.5, 0.7, 1.3))
+    image.SetOrigin((10.0, -31.5, 7.25))
+    image.SetDirection(PERMUTED.ravel().tolist())
+    source = tmp_path / "case01.nii.gz"
+    sitk.WriteImage(image, str(source))
+
+    bundle_folder = tiny_bundle(tmp_path)
+    out = predict_files(bundle_folder, [source], tmp_path / "out", write_probabilities=True)
+    label_path, probability_path = output_paths(source, tmp_path / "out")
+    assert out == [label_path] and label_path.name == "case01_rada.nrrd"
+    original, written = sitk.ReadImage(str(source)), sitk.ReadImage(str(label_path))
+    assert written.GetSize() == original.GetSize()
+    assert written.GetSpacing() == original.GetSpacing()
+    assert written.GetOrigin() == original.GetOrigin()
+    assert written.GetDirection() == original.GetDirection()
+    assert written.GetPixelID() == sitk.sitkUInt8
+    # voxel for voxel: the file equals the canonical prediction put back in file order
+    expected = predict_volume(load_bundle(bundle_folder), read_volume(source), return_probabilities=True)
+    np.testing.assert_array_equal(read_volume(label_path, "label").array, expected.label)
+    probability = read_volume(probability_path)
+    assert sitk.ReadImage(str(probability_path)).GetPixelID() == sitk.sitkFloat32
+    np.testing.assert_allclose(probability.array, expected.probabilities[1], atol=1e-6)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case01_rada.nrrd", "case01_rada_probabilities.nrrd"]
+
+
+def test_predict_files_refuses_colliding_case_names(tmp_path):
+    with pytest.raises(InputError, match="same case name"):
+        predict_files(tiny_bundle(tmp_path), [tmp_path / "a" / "x.nrrd", tmp_path / "b" / "x.nii.gz"], tmp_path / "out")

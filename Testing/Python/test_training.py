@@ -1,0 +1,348 @@
+"""Tests of RADALib.training on tiny models (patch 16³, base filters 2-4, a few iterations, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from RADALib.data import TrainingCase, normalize_intensity
+from RADALib.errors import RADAError
+from RADALib.events import Progress
+from RADALib.networks import VIEWS, NetworkConfig
+from RADALib.training import (
+    CHECKPOINT,
+    GuidancePrompt,
+    TrainConfig,
+    _TrainForward,
+    iteration_losses,
+    load_checkpoint,
+    peer_pseudo_labels,
+    preset,
+    presets,
+    train,
+    train_on_cases,
+)
+
+from test_data import blob_case, propagated_cohort, synthetic_training_case
+
+TEXT_DIM, REGION_DIM = 8, 6
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny convolutions on 2 busy cores: OpenMP synchronisation costs more than it saves
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**changes) -> TrainConfig:
+    base = preset(
+        "small", patch=(16, 16, 16), iterations=4, uncertainty_passes=2, log_every=1, checkpoint_every=2,
+        validate_every=0, network={"base_filters": 2, "era_dim": 16, "adapter_hidden_dim": 16,
+                                   "text_dim": TEXT_DIM, "region_dim": 2 * REGION_DIM},
+    )
+    return base.replace(**changes)
+
+
+def embeddings(ids, seed=0):
+    rng = np.random.default_rng(seed)
+    text = rng.normal(size=TEXT_DIM).astype(np.float32)
+    regions = {i: {p: rng.normal(size=REGION_DIM).astype(np.float32) for p in ("sagittal", "coronal", "axial")} for i in ids}
+    return text, regions
+
+
+def memory_cases(n_labeled=2, n_unlabeled=2):
+    labeled, unlabeled = [], []
+    for i in range(n_labeled + n_unlabeled):
+        image, label = blob_case(i)
+        image = normalize_intensity(image)
+        if i >= n_labeled:
+            unlabeled.append(TrainingCase(f"u{i}", image))
+            continue
+        mask = np.zeros(label.shape, bool)
+        mask[16], mask[:, 16], mask[:, :, 16] = True, True, True
+        distances = tuple(np.abs(np.arange(32) - 16).astype(np.float32) for _ in range(3))
+        labeled.append(TrainingCase(f"l{i}", image, (label, label, label), distances, mask, label * mask))
+    return labeled, unlabeled
+
+
+@pytest.fixture(scope="module")
+def disk_cohort(tmp_path_factory):
+    return propagated_cohort(tmp_path_factory.mktemp("cohort"))
+
+
+def states_equal(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+class Events:
+    def __init__(self, stop_at_step=None):
+        self.events, self.stop_at_step = [], stop_at_step
+
+    def __call__(self, event):
+        self.events.append(event)
+        if self.stop_at_step is not None and event.get("stage") == "train" and event.get("step") == self.stop_at_step:
+            raise KeyboardInterrupt
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+def test_config_defaults_round_trip_and_replace():
+    cfg = TrainConfig()
+    assert cfg.patch == (112, 112, 80) and cfg.iterations == 6000 and (cfg.labeled_batch, cfg.unlabeled_batch) == (2, 2)
+    assert cfg.seed == 1337 and cfg.visual_planes == ("axial", "axial") and cfg.schedule.base_lr == 0.01
+    assert cfg.network.region_dim == 1024 and cfg.network.text_dim == 512
+    again = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg
+    changed = cfg.replace(iterations=100, network={"base_filters": 8}, **{"schedule.base_lr": 0.02})
+    assert changed.schedule.max_iterations == 100 and changed.network.base_filters == 8
+    assert changed.schedule.base_lr == 0.02 and cfg.network.base_filters == 16  # a copy
+    small = presets["small"]
+    assert all(p % 16 == 0 for p in small.patch) and small.schedule.max_iterations == small.iterations
+    with pytest.raises(ValueError, match="unknown training setting"):
+        cfg.replace(iterationz=3)
+    with pytest.raises(ValueError, match="multiples of 16"):
+        cfg.replace(patch=(40, 40, 40))
+    with pytest.raises(ValueError, match="region_mode"):
+        cfg.replace(region_mode="maybe")
+    with pytest.raises(RADAError, match="unknown training preset"):
+        preset("huge")
+
+
+def test_guidance_prompt_takes_one_plane_per_labeled_sample():
+    text, regions = embeddings(["a", "b", "c"])
+    cfg = tiny(visual_planes=("sagittal", "axial"))
+    prompt = GuidancePrompt.build(cfg, text, regions, ["a", "b", "c"])
+    region = prompt.region([2, 0])
+    assert tuple(region.shape) == (1, 2 * REGION_DIM)
+    assert np.allclose(region[0].numpy(), np.concatenate([regions["c"]["sagittal"], regions["a"]["axial"]]))
+    mean = np.concatenate([np.mean([regions[c][p] for c in "abc"], axis=0) for p in ("sagittal", "axial")])
+    assert np.allclose(prompt.inference_region()[0].numpy(), mean, atol=1e-6)
+    assert tuple(prompt.text.shape) == (1, TEXT_DIM)
+    assert GuidancePrompt.build(cfg.replace(use_text=False), text, regions, ["a"]).text is None
+    assert GuidancePrompt.build(cfg.replace(region_mode="none"), text, regions, ["a"]).region([0]) is None
+    assert GuidancePrompt.build(cfg, text, None, ["a"]).region([0]) is None
+    with pytest.raises(RADAError, match="no region embedding for d/sagittal"):
+        GuidancePrompt.build(cfg, text, regions, ["a", "d"])
+
+
+# ----------------------------------------------------------------------------- pseudo-labels and losses
+
+
+def test_peer_pseudo_labels_leave_batchnorm_statistics_and_modes_untouched():
+    torch.manual_seed(0)
+    model = NetworkConfig(base_filters=2, text_dim=TEXT_DIM, region_dim=REGION_DIM, era_dim=16, adapter_hidden_dim=16).build()
+    model.train()
+    x = torch.randn(2, 1, 16, 16, 16)
+    era = model.embed(torch.randn(1, TEXT_DIM), torch.randn(1, REGION_DIM))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = peer_pseudo_labels(model, x, era, passes=3, threshold=0.6)
+    assert states_equal(before, model.state_dict())  # running mean/var and num_batches_tracked too
+    assert all(net.training for net in model.nets.values())
+    for view in VIEWS:
+        pseudo, mask = out[view]
+        assert pseudo.dtype == torch.int64 and tuple(pseudo.shape) == (2, 16, 16, 16)
+        assert mask.dtype == torch.float32 and set(mask.unique().tolist()) <= {0.0, 1.0}
+        assert not pseudo.requires_grad and not mask.requires_grad
+    assert all(float(m.sum()) == 0 for _, m in peer_pseudo_labels(model, x, era, 2, threshold=0.0).values())
+    assert all(bool(m.all()) for _, m in peer_pseudo_labels(model, x, era, 2, threshold=10.0).values())
+    # the check above can see a change: a train-mode forward does move the statistics
+    model.nets["axial"](x, era)
+    assert not states_equal(before, model.state_dict())
+
+
+def test_iteration_losses_follow_equation_11():
+    torch.manual_seed(0)
+    labeled = [synthetic_training_case("l", (16, 16, 16))]
+    from RADALib.data import TwoStreamSampler
+
+    batch = TwoStreamSampler(labeled, [synthetic_training_case("u", (16, 16, 16), labeled=False)], (16, 16, 16), 1, 1).sample(0.9).to("cpu")
+    logits = {v: torch.randn(2, 2, 16, 16, 16, requires_grad=True) for v in VIEWS}
+    pseudo = {v: (torch.randint(0, 2, (1, 16, 16, 16)), (torch.rand(1, 16, 16, 16) > 0.5).float()) for v in VIEWS}
+    loss, sup, unsup = iteration_losses(logits, batch, pseudo, 0.25)
+    assert torch.allclose(loss, 0.75 * sup + 0.25 * unsup)
+    loss.backward()
+    assert all(logits[v].grad.abs().sum() > 0 for v in VIEWS)
+    loss0, sup0, unsup0 = iteration_losses(logits, batch, None, 0.0)
+    assert float(unsup0) == 0.0 and torch.allclose(loss0, sup0)
+
+
+# ----------------------------------------------------------------------------- training runs
+
+
+def test_training_learns_an_easy_problem(tmp_path):
+    labeled, unlabeled = memory_cases()
+    text, regions = embeddings([c.id for c in labeled])
+    cfg = tiny(iterations=16, checkpoint_every=0, log_every=1, **{"schedule.base_lr": 0.05})
+    result = train_on_cases(cfg, labeled, unlabeled, text, regions, tmp_path)
+    sup = [h["loss_sup"] for h in result.history]
+    assert len(sup) == 16 and all(np.isfinite(sup))
+    assert np.mean(sup[-4:]) < 0.8 * np.mean(sup[:4]), sup  # measured 0.49-0.66 over seeds
+    assert any(h["loss_unsup"] > 0 for h in result.history)  # the cross pseudo-supervision ran
+    assert not result.model.training and result.iteration == 16
+
+
+def test_resume_after_a_stop_or_ctrl_c_equals_a_straight_run(disk_cohort, tmp_path):
+    cohort, propagation = disk_cohort
+    text, regions = embeddings([c.id for c in cohort.labeled])
+    cfg = tiny(iterations=3, checkpoint_every=1, prefetch=2)  # the thread draws batches ahead
+    straight = train(cfg, cohort, propagation, text, regions, tmp_path / "a")
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["patch"] == [16, 16, 16]
+    lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+
+    first = train(cfg, cohort, propagation, text, regions, tmp_path / "b", stop_after=1)
+    assert first.iteration == 1 and load_checkpoint(tmp_path / "b" / CHECKPOINT)["iteration"] == 1
+    resumed = train(cfg, cohort, propagation, text, regions, tmp_path / "b")
+    assert resumed.iteration == 3
+    assert states_equal(straight.model.state_dict(), resumed.model.state_dict())  # bitwise
+
+    sink = Events(stop_at_step=3)  # Ctrl-C while iteration 3 is being logged, after the checkpoint at 2
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, cohort, propagation, text, regions, tmp_path / "c", progress=Progress(sink))
+    assert load_checkpoint(tmp_path / "c" / CHECKPOINT)["iteration"] == 2
+    events = Events()
+    again = train(cfg, cohort, propagation, text, regions, tmp_path / "c", progress=Progress(events))
+    assert states_equal(straight.model.state_dict(), again.model.state_dict())
+    assert any("resuming" in e.get("message", "") for e in events.events)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]  # the line of the lost iteration 3 was dropped on resume
+
+    with pytest.raises(RADAError, match="other settings"):
+        train(cfg.replace(**{"schedule.base_lr": 0.02}), cohort, propagation, text, regions, tmp_path / "c")
+    assert json.loads((tmp_path / "c" / "config.json").read_text())["schedule"]["base_lr"] == 0.01  # untouched
+
+
+def test_ctrl_c_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
+    labeled, unlabeled = memory_cases(1, 1)
+    text, regions = embeddings([c.id for c in labeled])
+    cfg = tiny(iterations=3, checkpoint_every=1, prefetch=0)
+    real_save, calls = torch.save, []
+
+    def save(obj, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 2:
+            Path(path).write_bytes(b"half a checkpoint")
+            raise KeyboardInterrupt
+        return real_save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(KeyboardInterrupt):
+        train_on_cases(cfg, labeled, unlabeled, text, regions, tmp_path)
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / CHECKPOINT)["iteration"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
+
+
+def test_supervised_only_without_unlabeled_cases_and_validation(tmp_path):
+    labeled, _ = memory_cases(2, 0)
+    text, regions = embeddings([c.id for c in labeled])
+    seen = []
+
+    def validate(model, text_input, region_input):
+        seen.append((model.training, tuple(text_input.shape), tuple(region_input.shape)))
+        return {"dice": 0.5}
+
+    events = Events()
+    cfg = tiny(iterations=2, validate_every=2, log_every=5)
+    result = train_on_cases(cfg, labeled, [], text, regions, tmp_path, Progress(events), validate)
+    assert any(e.get("level") == "warning" and "supervised only" in e["message"] for e in events.events)
+    assert all(h["loss_unsup"] == 0.0 and h["beta"] == 0.0 for h in result.history)
+    assert seen == [(False, (1, TEXT_DIM), (1, 2 * REGION_DIM))]
+    assert result.history[-1]["dice"] == 0.5
+    assert [e["step"] for e in events.events if e.get("stage") == "train" and "dice" in e] == [2]
+
+
+def test_ablations_run_without_text_region_or_registration(disk_cohort, tmp_path):
+    cohort, _ = disk_cohort
+    text, _ = embeddings([])
+    cfg = tiny(iterations=1, use_text=False, use_registration=False, region_mode="none")
+    seen = []
+    result = train(cfg.replace(validate_every=1), cohort, None, text, None, tmp_path,  # no propagation needed
+                   validate=lambda model, t, r: seen.append((t, r)) or {})
+    assert result.iteration == 1 and np.isfinite(result.history[-1]["loss"])
+    assert float(seen[0][0].abs().sum()) == 0.0 and seen[0][1] is None  # Et = zeros, no region: as trained
+    events = Events()
+    train(cfg.replace(use_text=True), cohort, None, None, None, tmp_path / "b", Progress(events))
+    assert any(e.get("level") == "warning" and "no text embedding" in e["message"] for e in events.events)
+
+
+def test_patch_larger_than_the_volumes_is_padded_and_said(tmp_path):
+    labeled = [synthetic_training_case("l", (12, 20, 16))]
+    text, regions = embeddings(["l"])
+    events = Events()
+    train_on_cases(tiny(iterations=1, unlabeled_batch=0), labeled, [], text, regions, tmp_path, Progress(events))
+    assert sum("padded" in e.get("message", "") for e in events.events) == 1
+
+
+def test_gpu_out_of_memory_becomes_a_one_line_radaerror(tmp_path, monkeypatch):
+    labeled, unlabeled = memory_cases(1, 1)
+    text, regions = embeddings([c.id for c in labeled])
+
+    def oom(self, *args, **kwargs):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(_TrainForward, "forward", oom)
+    with pytest.raises(RADAError, match=r"ran out of memory .*--preset small.*--device cpu") as caught:
+        train_on_cases(tiny(iterations=1), labeled, unlabeled, text, regions, tmp_path)
+    assert "\n" not in str(caught.value)
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+def _ddp_rank(rank: int, port: int, out: str, errors) -> None:
+    """One process of a 2-process run, with the environment ``torchrun`` would give it."""
+    try:
+        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+        torch.set_num_threads(1)
+        labeled, unlabeled = memory_cases(3, 3)
+        text, regions = embeddings([c.id for c in labeled])
+        result = train_on_cases(tiny(iterations=3, checkpoint_every=3, prefetch=1), labeled, unlabeled, text, regions, out)
+        torch.save(result.model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
+        errors.put((rank, None))
+    except BaseException as error:  # reported to the test
+        errors.put((rank, f"{type(error).__name__}: {error}"))
+
+
+@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(), reason="needs fork")
+def test_two_gloo_processes_stay_in_step(tmp_path):
+    import multiprocessing
+    import socket
+    import torch._dynamo  # noqa: F401 - imported once here rather than in both children (slow)
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    out = tmp_path / "run"
+    # forked children share the already imported torch (a fresh interpreter takes ~10 s here);
+    # the environment is the one torchrun sets, so train() opens (and closes) the gloo group itself
+    context = multiprocessing.get_context("fork")
+    errors = context.Queue()
+    processes = [context.Process(target=_ddp_rank, args=(r, port, str(out), errors)) for r in range(2)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join(timeout=180)
+    reports = dict(errors.get(timeout=5) for _ in processes)
+    assert reports == {0: None, 1: None} and [p.exitcode for p in processes] == [0, 0], reports
+    rank0, rank1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert states_equal(rank0, rank1)  # parameters and batch-norm buffers
+    torch.manual_seed(tiny().seed)
+    fresh = tiny().network.build().state_dict()  # the initial weights of the run
+    assert not torch.equal(fresh["nets.axial.vnet.out_conv.weight"], rank0["nets.axial.vnet.out_conv.weight"])
+    saved = load_checkpoint(out / CHECKPOINT)
+    assert saved["world_size"] == 2 and saved["iteration"] == 3
+    assert saved["ranks"][0]["sampler"] != saved["ranks"][1]["sampler"]  # each rank draws its own batches
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith("rank")) == [
+        "checkpoint.pt", "config.json", "metrics.jsonl"]  # rank 0 alone writes
