@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .bundle import Bundle, load_bundle
+from .data import normalize_intensity
 from .errors import InputError
 from .events import Progress
 from .networks import DOWNSAMPLING, TripleViewModel
@@ -241,22 +242,6 @@ class Prediction:
     probabilities: np.ndarray | None = None
 
 
-def zscore(array: np.ndarray) -> np.ndarray:
-    """(array - mean) / std over the whole volume, float32; a constant volume becomes zeros.
-
-    The same normalisation as training (``data.normalize_intensity``).
-    """
-    a = np.asarray(array, dtype=np.float32)
-    mean = float(a.mean(dtype=np.float64))
-    std = float(a.std(dtype=np.float64))
-    out = a - np.float32(mean)
-    if std > 1e-8:
-        out /= np.float32(std)
-    else:
-        out[...] = 0.0
-    return out
-
-
 def bundle_patch(bundle: Bundle, patch: Sequence[int] | None = None) -> tuple[int, int, int]:
     """``patch``, else the bundle's inference patch, else :data:`PAPER_PATCH`; checked."""
     value = patch if patch is not None else bundle.inference_settings.get("patch") or PAPER_PATCH
@@ -327,7 +312,7 @@ def predict_volume(
         with torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext():
             return ensemble_probabilities(model, windows, era)
 
-    normalized = zscore(volume.array)
+    normalized = normalize_intensity(volume.array)  # as in training
     image = torch.from_numpy(normalized)[None, None].to(device)
     with torch.inference_mode():
         probabilities = sliding_window_inference(

@@ -42,12 +42,13 @@ class RegistrationConfig:
     aff_iterations: tuple[int, ...] | None = (100, 50, 25)
     aff_shrink_factors: tuple[int, ...] | None = (4, 2, 1)
     aff_smoothing_sigmas: tuple[int, ...] | None = (2, 1, 0)
+    metric: str = "mattes"
     shrink: int = 1
     seed: int = 1337
 
     def ants_arguments(self, transform: str) -> dict:
         """Keyword arguments of ``ants.registration`` for ``transform`` (None: ANTs' default)."""
-        arguments: dict = {"type_of_transform": transform}
+        arguments: dict = {"type_of_transform": transform, "syn_metric": self.metric, "aff_metric": self.metric}
         stages = {"reg_iterations": self.reg_iterations}
         if transform != "SyNOnly":
             stages.update(
