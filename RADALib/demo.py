@@ -111,11 +111,14 @@ def _train_and_segment(cohort: Cohort, out: Path, iterations: int | None, worker
     images = [case.image for case in cohort.cases]
     outputs = predict_files(run.model, images, out / "predictions", progress=progress)
     per_case = []
+    labeled_ids = [c.id for c in cohort.cases if c.labeled]
+    unlabeled_ids = [c.id for c in cohort.cases if not c.labeled]
+    shown = set(labeled_ids[:1] + unlabeled_ids[:2])  # overlays: one labeled, two unlabeled volumes
     for case, path in zip(cohort.cases, outputs):
         truth = read_volume(case.dense_label, "label")
         prediction = read_volume(path, "label").array
         per_case.append({"id": case.id, "labeled": case.labeled, "dice": dice(prediction, truth.array)})
-        if len(per_case) <= 3:
+        if case.id in shown:
             write_overlay(read_volume(case.image).array, truth.array, prediction, out / "overlays" / f"{case.id}.png", case.id)
     labeled = [r["dice"] for r in per_case if r["labeled"]]
     unlabeled = [r["dice"] for r in per_case if not r["labeled"]]
