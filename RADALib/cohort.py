@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Literal
 
+from .atomic import write_text_atomic
 from .errors import InputError
 from .volume import _H5_SUFFIXES, _SITK_SUFFIXES, file_suffix
 
@@ -109,12 +110,9 @@ def save_cohort(cohort: Cohort, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(cohort.to_json(path.parent.resolve()), indent=2) + "\n"
-    temporary = path.with_name(f".{path.name}.part")
     try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
+        write_text_atomic(path, text)
     except OSError as exc:
-        temporary.unlink(missing_ok=True)
         raise InputError(path, f"cannot write the cohort file: {exc.strerror}") from None
     cohort.path = path
     return path

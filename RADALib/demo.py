@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .annotation import PLANES
+from .atomic import write_text_atomic
 from .cache import ArrayCache
 from .cohort import Case, Cohort, save_cohort
 from .errors import InputError
@@ -90,9 +91,7 @@ def run_demo(
     if train:
         report["rada"] = _train_and_segment(cohort, out, iterations, workers, progress)
     report["seconds_total"] = round(time.perf_counter() - started, 1)
-    temporary = out / ".report.json.part"
-    temporary.write_text(json.dumps(report, indent=2) + "\n")
-    os.replace(temporary, out / "report.json")
+    write_text_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
     print(format_report(report))
     return report
 

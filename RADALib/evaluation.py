@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from .atomic import write_text_atomic
 from .cohort import case_id_of
 from .errors import InputError
 from .metrics import SegmentationMetrics, evaluate_case, summarize
@@ -124,8 +125,6 @@ def write_outputs(evaluation: Evaluation, json_path: Path | None, csv_path: Path
         path = Path(path)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_name(f".{path.name}.part")
-            temporary.write_text(text())
-            os.replace(temporary, path)
+            write_text_atomic(path, text())
         except OSError as exc:
             raise InputError(path, f"cannot write: {exc.strerror}") from None

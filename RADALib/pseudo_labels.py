@@ -27,6 +27,7 @@ import numpy as np
 
 from . import __version__
 from .annotation import PLANES, SparseAnnotation, detect_sparse_annotation, simulate_sparse_annotation
+from .atomic import write_text_atomic
 from .cache import ArrayCache, content_key
 from .cohort import Case, Cohort
 from .errors import InputError
@@ -182,9 +183,7 @@ def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def _write_json(path: Path, data: dict) -> None:
-    temporary = path.with_name(f".{path.name}.part")
-    temporary.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(temporary, path)
+    write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
 
 def propagate_cohort(

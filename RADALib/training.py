@@ -47,6 +47,7 @@ from torch import Tensor, nn
 
 from .annotation import PLANES
 from .data import Batch, BatchPrefetcher, TrainingCase, TwoStreamSampler, load_training_cases
+from .atomic import write_text_atomic
 from .errors import RADAError
 from .events import Progress
 from .losses import masked_cross_entropy, supervised_loss, uncertainty_mask
@@ -396,16 +397,6 @@ class TrainResult:
     config: TrainConfig | None = None
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.part")
-    try:
-        temporary.write_text(text)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> Path:
     """``torch.save`` into a temporary file, then rename: the old file stays whole until then."""
     path = Path(path)
@@ -706,12 +697,12 @@ def _train(
             )
             torch.manual_seed(config.seed + 1000 * start + runtime.rank)
         if runtime.main:  # metrics past the checkpoint were never saved in it: drop them
-            _atomic_write_text(out_dir / METRICS_FILE, "".join(json.dumps(h) + "\n" for h in history))
+            write_text_atomic(out_dir / METRICS_FILE, "".join(json.dumps(h) + "\n" for h in history))
         progress.message(f"resuming from {checkpoint_path} at iteration {start}")
     elif runtime.main:
         (out_dir / METRICS_FILE).unlink(missing_ok=True)
     if runtime.main:  # after the resume check, so a refused run leaves the folder as it was
-        _atomic_write_text(out_dir / CONFIG_FILE, json.dumps(config.to_dict(), indent=2) + "\n")
+        write_text_atomic(out_dir / CONFIG_FILE, json.dumps(config.to_dict(), indent=2) + "\n")
 
     if config.compile:
         for net in model.nets.values():
