@@ -22,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from .annotation import PLANES
+from .atomic import write_npz_atomic
 from .cohort import Cohort
 from .errors import InputError
 from .pseudo_labels import load_case_result
@@ -53,10 +54,7 @@ class CohortEmbeddings:
                 arrays[f"region::{case_id}::{plane}"] = vector
         meta = {"identity": self.identity, "pretrained": self.pretrained, "prompts": self.prompts}
         arrays["meta"] = np.frombuffer(json.dumps(meta, default=str).encode(), dtype=np.uint8)
-        temporary = path.with_name(f".{path.name}.part.npz")
-        np.savez(temporary, **arrays)
-        os.replace(temporary, path)
-        return path
+        return write_npz_atomic(path, arrays, compress=False)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "CohortEmbeddings":

@@ -27,7 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from .annotation import PLANES, SparseAnnotation
-from .registration import IDENTITY, PairRegistrar, RegistrationConfig
+from .registration import PairRegistrar, RegistrationConfig
 
 Fusion = Literal["weighted", "majority"]
 
@@ -82,12 +82,6 @@ class PropagationResult:
     @property
     def registrations(self) -> int:
         return int(sum(self.methods.values()))
-
-    @property
-    def fallbacks(self) -> int:
-        """Registrations that did not use the configured transform."""
-        first = max(self.methods, key=lambda name: (name != IDENTITY, self.methods[name]), default=None)
-        return int(sum(n for name, n in self.methods.items() if name != first))
 
     def weights(self, axis: int, alpha: float) -> np.ndarray:
         """Eq. (6): W = 1 on every truly annotated voxel, α^d elsewhere (d from view ``axis``)."""

@@ -27,7 +27,7 @@ import numpy as np
 
 from . import __version__
 from .annotation import PLANES, SparseAnnotation, detect_sparse_annotation, simulate_sparse_annotation
-from .atomic import write_text_atomic
+from .atomic import ensure_writable_folder, write_npz_atomic, write_text_atomic
 from .cache import ArrayCache, content_key
 from .cohort import Case, Cohort
 from .errors import InputError
@@ -103,7 +103,7 @@ class CaseReport:
     status: str  # "propagated", "cached", "resumed"
     seconds: float
     registrations: int
-    fallbacks: dict[str, int]
+    methods: dict[str, int]  # registrations per transform used (fallbacks included)
     slices: dict[str, list[int]]
     folder: Path
 
@@ -144,7 +144,7 @@ def propagate_case(
 
     folder.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)  # the case is not done until the marker is rewritten
-    _write_npz(folder / ARRAYS_FILE, result_arrays(result))
+    write_npz_atomic(folder / ARRAYS_FILE, result_arrays(result))
     write_like(image, annotation.label, folder / "sparse.nrrd")
     for axis, plane in enumerate(PLANES):
         if axis in result.labels:
@@ -172,16 +172,6 @@ def _report(case: Case, status: str, record: dict, folder: Path) -> CaseReport:
     )
 
 
-def _write_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    temporary = path.with_name(f".{path.name}.part.npz")
-    try:
-        np.savez_compressed(temporary, **arrays)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
 def _write_json(path: Path, data: dict) -> None:
     write_text_atomic(path, json.dumps(data, indent=2, default=str) + "\n")
 
@@ -201,7 +191,7 @@ def propagate_cohort(
     cases = [c for c in cohort.cases if c.labeled]
     if not cases:
         raise InputError(cohort.path or cohort.name, "no labeled case: give sparse labels, or --labeled N with dense labels")
-    _writable(out)
+    ensure_writable_folder(out)
     progress = progress or Progress()
     progress.start("propagate", len(cases), f"{len(cases)} labeled case(s)")
     reports = []
@@ -214,18 +204,9 @@ def propagate_cohort(
         "config": config.to_dict(),
         "cases": [
             {"id": r.id, "status": r.status, "seconds": r.seconds, "registrations": r.registrations,
-             "methods": r.fallbacks, "slices": r.slices, "folder": os.path.relpath(r.folder, out)}
+             "methods": r.methods, "slices": r.slices, "folder": os.path.relpath(r.folder, out)}
             for r in reports
         ],
     }
     _write_json(out / "propagation.json", summary)
     return reports
-
-
-def _writable(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(out, f"cannot create the output folder: {exc.strerror}") from None
-    if not os.access(out, os.W_OK):
-        raise InputError(out, "output folder is not writable")

@@ -25,6 +25,7 @@ from typing import Literal
 
 import numpy as np
 
+from .atomic import ensure_writable_folder
 from .errors import InputError
 
 LA_SPACING_MM = 0.625
@@ -354,19 +355,10 @@ def atomic_output(path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     suffix = file_suffix(path)
     folder = path.parent
-    _check_writable(folder, path)
+    ensure_writable_folder(folder, path.name)
     handle, name = tempfile.mkstemp(prefix=f".{path.name[: -len(suffix) or None]}.", suffix=f".part{suffix}", dir=folder)
     os.close(handle)
     return Path(name)
-
-
-def _check_writable(folder: Path, path: Path) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(folder, f"cannot create the output folder: {exc.strerror}") from None
-    if not os.access(folder, os.W_OK):
-        raise InputError(folder, f"output folder is not writable (needed for {path.name})")
 
 
 def write_like(reference: Volume, array: np.ndarray, path: str | os.PathLike[str], compress: bool = True) -> Path:
