@@ -96,6 +96,31 @@ def simulate_sparse_annotation(
     return annotation
 
 
+def annotated_slice_cover(label: np.ndarray) -> dict[int, list[int]]:
+    """The fewest whole slices that hold every labeled voxel: axis -> sorted slice indices.
+
+    A greedy cover: the slice (of any axis) holding the most not-yet-covered labeled voxels is
+    taken first, until every labeled voxel lies on a chosen slice. Never raises for incomplete
+    or odd annotations (an empty map gives empty lists); :func:`detect_sparse_annotation`
+    judges the result.
+    """
+    label = np.asarray(label)
+    if label.ndim != 3:
+        raise ValueError(f"expected a 3D label map, got shape {label.shape}")
+    remaining = label != 0
+    chosen: dict[int, list[int]] = {0: [], 1: [], 2: []}
+    while remaining.any():
+        best_axis, best_index, best_count = 0, 0, -1
+        for axis in range(3):
+            counts = foreground_area(remaining, axis)
+            index = int(np.argmax(counts))
+            if counts[index] > best_count:
+                best_axis, best_index, best_count = axis, index, int(counts[index])
+        chosen[best_axis].append(best_index)
+        remaining[_slab(best_axis, best_index)] = False
+    return {axis: sorted(indices) for axis, indices in chosen.items()}
+
+
 def detect_sparse_annotation(
     label: np.ndarray,
     source: str = "<label>",
@@ -111,25 +136,12 @@ def detect_sparse_annotation(
     label = np.asarray(label)
     if label.ndim != 3:
         raise InputError(source, f"expected a 3D label map, got shape {label.shape}")
-    labeled = label != 0
-    total = int(labeled.sum())
-    if total == 0:
+    if not np.any(label):
         raise InputError(source, "the label map is empty: paint the target on one sagittal, one coronal and one axial slice")
 
-    remaining = labeled.copy()
-    chosen: dict[int, list[int]] = {0: [], 1: [], 2: []}
-    while remaining.any():
-        best_axis, best_index, best_count = 0, 0, -1
-        for axis in range(3):
-            counts = foreground_area(remaining, axis)
-            index = int(np.argmax(counts))
-            if counts[index] > best_count:
-                best_axis, best_index, best_count = axis, index, int(counts[index])
-        chosen[best_axis].append(best_index)
-        remaining[_slab(best_axis, best_index)] = False
-
+    chosen = annotated_slice_cover(label)
     for axis in range(3):
-        indices = sorted(chosen[axis])
+        indices = chosen[axis]
         adjacent = [i for i in indices if i + 1 in indices or i - 1 in indices]
         if adjacent:
             raise InputError(

@@ -46,86 +46,15 @@ import torch
 
 from . import __version__
 from .errors import InputError
+from .model_store import (  # noqa: F401  (re-exported: the bundle's public names)
+    FORMAT, FORMAT_VERSION, MANIFEST_FILE, WEIGHTS_FILE, bundle_folder, default_models_dir, is_bundle,
+    list_bundles, read_manifest,
+)
 from .networks import NetworkConfig, TripleViewModel
+from .terminology import FALLBACK_COLORS, KNOWN_STRUCTURES, class_entry, normal_name  # noqa: F401
 
-FORMAT = "rada-bundle"
-FORMAT_VERSION = 1
-"""The newest bundle layout this RADA reads and the one it writes."""
-WEIGHTS_FILE = "weights.safetensors"
-MANIFEST_FILE = "manifest.json"
 RESERVED_FIELDS = ("format", "format_version", "network", "checksums")
 """Manifest fields :func:`save_bundle` sets itself (they cannot be passed in)."""
-
-# ----------------------------------------------------------------------------- colours/terminology
-
-
-def _code(code: str, meaning: str) -> dict[str, str]:
-    return {"scheme": "SCT", "code": code, "meaning": meaning}
-
-
-_ANATOMY = _code("123037004", "Anatomical Structure")
-_ALTERED = _code("49755003", "Morphologically Altered Structure")
-_MASS = _code("4147007", "Mass")
-
-KNOWN_STRUCTURES: dict[str, dict[str, Any]] = {
-    # Category/type codes as Slicer's "DICOM master list" terminology spells them
-    # (SNOMED CT): Left atrium 82471001, Kidney 64033007, Liver 10200004 under
-    # "Anatomical Structure" 123037004; tumours as "Mass" 4147007 under "Morphologically
-    # Altered Structure" 49755003, with the organ as the anatomic region.
-    "left atrium": {
-        "color": [206 / 255, 110 / 255, 84 / 255],
-        "terminology": {"category": _ANATOMY, "type": _code("82471001", "Left atrium"),
-                        "type_modifier": None, "anatomic_region": None},
-    },
-    "kidney": {
-        "color": [185 / 255, 102 / 255, 83 / 255],
-        "terminology": {"category": _ANATOMY, "type": _code("64033007", "Kidney"),
-                        "type_modifier": None, "anatomic_region": None},
-    },
-    "kidney tumor": {
-        "color": [144 / 255, 238 / 255, 144 / 255],
-        "terminology": {"category": _ALTERED, "type": _MASS, "type_modifier": None,
-                        "anatomic_region": _code("64033007", "Kidney")},
-    },
-    "liver": {
-        "color": [221 / 255, 130 / 255, 101 / 255],
-        "terminology": {"category": _ANATOMY, "type": _code("10200004", "Liver"),
-                        "type_modifier": None, "anatomic_region": None},
-    },
-    "liver tumor": {
-        "color": [144 / 255, 238 / 255, 144 / 255],
-        "terminology": {"category": _ALTERED, "type": _MASS, "type_modifier": None,
-                        "anatomic_region": _code("10200004", "Liver")},
-    },
-}
-"""Display colour (RGB, 0-1) and SNOMED CT terminology of the structures RADA was evaluated on.
-
-Other names get a colour from :data:`FALLBACK_COLORS` and ``terminology: null``.
-"""
-
-_ALIASES = {"la": "left atrium", "left atrial": "left atrium", "kidney tumour": "kidney tumor",
-            "liver tumour": "liver tumor", "kidneys": "kidney"}
-
-FALLBACK_COLORS: tuple[tuple[float, float, float], ...] = (
-    (0.90, 0.35, 0.30), (0.30, 0.65, 0.90), (0.95, 0.80, 0.25), (0.55, 0.80, 0.40),
-    (0.70, 0.45, 0.85), (0.95, 0.55, 0.20), (0.40, 0.85, 0.80), (0.85, 0.45, 0.65),
-)
-
-
-def _normal_name(name: str) -> str:
-    text = " ".join(str(name).replace("_", " ").split()).lower()
-    return _ALIASES.get(text, text)
-
-
-def class_entry(name: str, index: int = 1) -> dict[str, Any]:
-    """The manifest entry of a class: name, colour and terminology (``None`` when unknown)."""
-    known = KNOWN_STRUCTURES.get(_normal_name(name))
-    if known is not None:
-        return {"name": str(name), "color": [float(c) for c in known["color"]],
-                "terminology": json.loads(json.dumps(known["terminology"]))}
-    color = FALLBACK_COLORS[(index - 1) % len(FALLBACK_COLORS)]
-    return {"name": str(name), "color": [float(c) for c in color], "terminology": None}
-
 
 def _classes_field(classes: Any, n_classes: int) -> dict[str, dict[str, Any]]:
     """Normalise ``{1: "name"}`` / ``{"1": {"name": ...}}`` / ``["name", ...]`` to manifest form."""
@@ -241,14 +170,6 @@ def _state_dict(model: TripleViewModel) -> dict[str, torch.Tensor]:
     return state
 
 
-def _is_bundle(folder: Path) -> bool:
-    try:
-        manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
-
-
 def _fsync(path: Path) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)
@@ -301,7 +222,7 @@ def save_bundle(folder: str | os.PathLike[str], model: TripleViewModel, manifest
 
     if folder.exists() and not folder.is_dir():
         raise InputError(folder, "exists and is not a folder; choose another bundle name")
-    if folder.is_dir() and any(folder.iterdir()) and not _is_bundle(folder):
+    if folder.is_dir() and any(folder.iterdir()) and not is_bundle(folder):
         raise InputError(folder, "exists and is not a RADA model bundle; refusing to replace it")
     parent = folder.parent
     try:
@@ -342,46 +263,6 @@ def _move_into_place(complete: Path, folder: Path) -> None:
         os.replace(aside, folder)
         raise
     shutil.rmtree(aside, ignore_errors=True)
-
-
-def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
-    """The checked manifest of the bundle ``folder`` (without loading the weights).
-
-    Raises :class:`InputError` for a missing folder or manifest, invalid JSON, a file that is
-    not a RADA bundle, or a bundle written by a newer RADA.
-    """
-    folder = _bundle_folder(folder)
-    path = folder / MANIFEST_FILE
-    if not path.is_file():
-        raise InputError(path, f"missing: {folder} is not a complete RADA model bundle (no {MANIFEST_FILE})")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
-        raise InputError(path, f"cannot be read as JSON ({exc}); the bundle is corrupt") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise InputError(path, f"is not a RADA model bundle manifest (format {found!r}, expected {FORMAT!r})")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise InputError(path, f"has an invalid format_version {version!r}")
-    if version > FORMAT_VERSION:
-        raise InputError(
-            path,
-            f"format_version {version} was written by a newer RADA (this RADA {__version__} reads up "
-            f"to format_version {FORMAT_VERSION}); upgrade RADA to load this model",
-        )
-    return manifest
-
-
-def _bundle_folder(folder: str | os.PathLike[str]) -> Path:
-    folder = Path(folder)
-    if folder.is_file() and folder.name in (MANIFEST_FILE, WEIGHTS_FILE):
-        folder = folder.parent
-    if not folder.exists():
-        raise InputError(folder, "model bundle not found")
-    if not folder.is_dir():
-        raise InputError(folder, "is a file; a model bundle is a folder holding manifest.json and weights.safetensors")
-    return folder
 
 
 def _load_state(path: Path) -> dict[str, torch.Tensor]:
@@ -428,7 +309,7 @@ def load_bundle(folder: str | os.PathLike[str], device: str | torch.device = "cp
     The weights are read on CPU as float32, then the model (in eval mode) is moved to
     ``device``. Every refusal is an :class:`InputError` naming the file at fault.
     """
-    folder = _bundle_folder(folder)
+    folder = bundle_folder(folder)
     manifest = read_manifest(folder)
     manifest_path = folder / MANIFEST_FILE
     weights = folder / WEIGHTS_FILE
@@ -483,8 +364,8 @@ def check_classes(bundle: Bundle, expected: Mapping[int, str]) -> None:
     Names are compared case-insensitively ("Left Atrium" == "left_atrium"); background (0) is
     ignored.
     """
-    want = {int(k): _normal_name(v) for k, v in expected.items() if int(k) != 0}
-    have = {k: _normal_name(v) for k, v in bundle.class_names.items()}
+    want = {int(k): normal_name(v) for k, v in expected.items() if int(k) != 0}
+    have = {k: normal_name(v) for k, v in bundle.class_names.items()}
     if want == have:
         return
 
@@ -497,25 +378,3 @@ def check_classes(bundle: Bundle, expected: Mapping[int, str]) -> None:
         f"{describe({int(k): v for k, v in expected.items() if int(k) != 0})} were asked for; "
         "train a model for these classes or choose another model",
     )
-
-
-# ----------------------------------------------------------------------------- where models live
-
-
-def default_models_dir() -> Path:
-    """``$RADA_CACHE_DIR/models``, else ``~/.cache/rada/models`` (never the extension's folder)."""
-    root = os.environ.get("RADA_CACHE_DIR")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "rada"
-    return base / "models"
-
-
-def list_bundles(folder: str | os.PathLike[str] | None = None) -> list[Path]:
-    """The bundles directly inside ``folder`` (default :func:`default_models_dir`), by name.
-
-    A bundle is a sub-folder whose ``manifest.json`` says ``format: rada-bundle``; temporary
-    folders of an interrupted save (names starting with ``.``) are skipped.
-    """
-    folder = Path(folder) if folder is not None else default_models_dir()
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and _is_bundle(p))

@@ -1,0 +1,671 @@
+"""The module's GUI-free logic: a cohort of volume nodes, and the engine run on it.
+
+Usable from the panel, the Python console and batch scripts::
+
+    logic = slicer.util.getModuleLogic("RADASegment")
+    logic.addVolume(volume)
+    segmentation = logic.annotate(volume, "left atrium")     # paint one slice per plane
+    logic.propagate([volume], wait=True)                      # reviewable pseudo-labels
+    model = logic.train(wait=True)                            # a model bundle folder
+    result = logic.segment(otherVolume, model, wait=True)     # a segmentation node
+
+Every step turns nodes into files (written with the volume's own header), runs the RADALib
+engine in its own process (``python -m RADALib.cli ... --events json``) and turns the result
+files back into nodes. No algorithm lives here. The user's segmentations are only read.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import slicer
+from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
+
+from RADALib.errors import RADAError
+from RADALib.model_store import default_models_dir, list_bundles, read_manifest
+from RADALib.terminology import class_entry
+
+from . import nodes
+from .parameters import RADASegmentSettings
+
+PLANES = ("sagittal", "coronal", "axial")
+EventCallback = Callable[[dict], None]
+FinishedCallback = Callable[["EngineJob"], None]
+ProcessFactory = Callable[[Sequence[str], dict], Any]
+
+CPU_SECONDS_PER_ITERATION = {"small": 1.4, "paper": 300.0}
+"""Seconds per training iteration measured on a 2-core CPU (README, benchmarks)."""
+
+
+class RADASegmentError(RADAError):
+    """A problem the user can fix (no volume, a plane not painted, ...); one line."""
+
+
+@dataclass
+class CohortEntry:
+    """One volume of the cohort and what has been done with it."""
+
+    volumeNodeID: str
+    segmentationNodeID: str | None = None
+    segmentID: str | None = None
+    planes: dict[str, list[int]] = field(default_factory=lambda: {p: [] for p in PLANES})
+    pseudoLabelNodeID: str | None = None
+    predictionNodeID: str | None = None
+    pseudoLabelStatus: str = ""
+    predictionStatus: str = ""
+
+    @property
+    def annotated(self) -> bool:
+        """True when the sagittal, coronal and axial planes each carry a painted slice."""
+        return all(self.planes.get(p) for p in PLANES)
+
+    @property
+    def missingPlanes(self) -> list[str]:
+        return [p for p in PLANES if not self.planes.get(p)]
+
+
+@dataclass
+class ModelInfo:
+    """A trained model bundle in the models folder, as its manifest describes it."""
+
+    name: str
+    path: str
+    classes: list[str]
+    pretrained: bool
+    created: str
+
+
+def _default_process_factory(args: Sequence[str], env: dict) -> Any:
+    from RADALib.engine_process import EngineProcess
+
+    return EngineProcess(list(args), env=env).start()
+
+
+def _ensure_dependencies_in_slicer() -> None:
+    """Inside the Slicer application: install the engine's missing packages after one question."""
+    if getattr(slicer, "app", None) is None:
+        return  # a plain Python with slicer-core (tests, batch): packages come with pip install
+    from .dependencies import ensure_dependencies
+
+    ensure_dependencies()
+
+
+def _python_executable() -> str:
+    """Slicer's own Python launcher where there is one, else this interpreter."""
+    return shutil.which("PythonSlicer") or sys.executable
+
+
+def _safe_id(name: str, used: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "volume"
+    candidate, k = base, 2
+    while candidate in used:
+        candidate, k = f"{base}_{k}", k + 1
+    used.add(candidate)
+    return candidate
+
+
+class EngineJob:
+    """One engine run: its process, its events, and what happens to its results.
+
+    ``poll()`` (called by the panel's timer, or by :meth:`wait`) hands new events to
+    ``onEvent`` and, once the process has ended, loads the results into the scene on the
+    calling (main) thread, then calls ``onFinished(job)``. ``state`` is ``running``,
+    ``succeeded``, ``failed`` or ``cancelled``; ``message`` says why on failure.
+    """
+
+    def __init__(self, kind: str, process: Any, finish: Callable[[], Any], onEvent: EventCallback | None = None,
+                 onFinished: FinishedCallback | None = None, workFolder: Path | None = None) -> None:
+        self.kind = kind
+        self.process = process
+        self.state = "running"
+        self.message: str | None = None
+        self.result: Any = None
+        self.events: list[dict] = []
+        self.workFolder = workFolder
+        self._finish = finish
+        self._onEvent = onEvent
+        self._onFinished = onFinished
+
+    @property
+    def lastEvent(self) -> dict | None:
+        return self.events[-1] if self.events else None
+
+    def poll(self) -> bool:
+        """Deliver new events; when the process has ended, load results. True while running."""
+        if self.state != "running":
+            return False
+        for event in self.process.poll():
+            self.events.append(event)
+            if self._onEvent is not None:
+                self._onEvent(event)
+        processState = self.process.state
+        if processState == "running":
+            return True
+        if processState == "succeeded":
+            try:
+                self.result = self._finish()
+                self.state = "succeeded"
+            except Exception as exc:  # a result that cannot be loaded is a failed job, said in one line
+                self.state, self.message = "failed", f"{self.kind}: the results could not be loaded: {exc}"
+        else:
+            self.state = "cancelled" if processState == "cancelled" else "failed"
+            self.message = self.process.failure_message() or f"{self.kind} {self.state}"
+        if self._onFinished is not None:
+            self._onFinished(self)
+        return False
+
+    def cancel(self) -> None:
+        """End the engine's whole process tree; finished cases and the last checkpoint stay."""
+        if self.state == "running":
+            self.process.cancel()
+            self.poll()
+
+    def wait(self, timeout: float | None = None, interval: float = 0.1) -> "EngineJob":
+        """Block until the job ends (keeps the Slicer GUI painting meanwhile)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll():
+            if deadline is not None and time.monotonic() > deadline:
+                self.cancel()
+                raise TimeoutError(f"{self.kind} did not finish within {timeout} s; cancelled")
+            app = getattr(slicer, "app", None)
+            if app is not None and hasattr(app, "processEvents"):
+                app.processEvents()
+            time.sleep(interval)
+        return self
+
+
+class RADASegmentLogic(ScriptedLoadableModuleLogic):
+    """The console API of RADA Segment (see the module README).
+
+    ``processFactory(args, env)`` starts the engine process (injectable for tests);
+    ``workFolder`` holds the exchanged files (default: a ``slicer`` folder in the RADA cache,
+    never the extension's folder); ``modelsFolder`` is where trained models are kept;
+    ``ensureDependencies()`` runs before each engine start (default: in Slicer, ask once and
+    install the engine's missing packages); ``cacheFolder`` is the engine's result cache
+    (default the engine's own, ``~/.cache/rada``: a case is never registered twice).
+    """
+
+    def __init__(self, processFactory: ProcessFactory | None = None, workFolder: str | os.PathLike[str] | None = None,
+                 modelsFolder: str | os.PathLike[str] | None = None,
+                 ensureDependencies: Callable[[], None] | None = None,
+                 cacheFolder: str | os.PathLike[str] | None = None) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.processFactory = processFactory or _default_process_factory
+        self.workFolder = Path(workFolder) if workFolder else None
+        self.modelsFolder = Path(modelsFolder) if modelsFolder else default_models_dir()
+        self.ensureDependencies = ensureDependencies or _ensure_dependencies_in_slicer
+        self.cacheFolder = Path(cacheFolder) if cacheFolder else None
+        self.cohort: list[CohortEntry] = []
+        self.activeJob: EngineJob | None = None
+        self._chart: Any = None
+        self._table: Any = None
+
+    # ------------------------------------------------------------------ settings
+
+    def getSettings(self) -> RADASegmentSettings:
+        """The settings held by the module's parameter node (saved with the scene)."""
+        return RADASegmentSettings.from_parameter_node(self.getParameterNode())
+
+    def setSettings(self, settings: RADASegmentSettings) -> None:
+        settings.validate().to_parameter_node(self.getParameterNode())
+
+    def _settings(self, settings: RADASegmentSettings | None) -> RADASegmentSettings:
+        return (settings or self.getSettings()).validate()
+
+    # ------------------------------------------------------------------ cohort
+
+    def entry(self, volumeNode: Any) -> CohortEntry | None:
+        """The cohort entry of ``volumeNode`` (None when it is not in the cohort)."""
+        return next((e for e in self.cohort if e.volumeNodeID == volumeNode.GetID()), None)
+
+    def addVolume(self, volumeNode: Any) -> CohortEntry:
+        """Add a scalar volume to the cohort (once); refuses no volume and oblique volumes."""
+        if volumeNode is None:
+            raise RADASegmentError("no volume selected: choose a volume in the Cohort section first")
+        nodes.check_not_oblique(volumeNode)
+        existing = self.entry(volumeNode)
+        if existing is not None:
+            return existing
+        entry = CohortEntry(volumeNode.GetID())
+        self.cohort.append(entry)
+        return entry
+
+    def addAllVolumes(self) -> list[CohortEntry]:
+        """Add every scalar (non-labelmap) volume of the scene; oblique ones are skipped."""
+        added = []
+        for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode"):
+            if node.IsA("vtkMRMLLabelMapVolumeNode"):
+                continue
+            try:
+                added.append(self.addVolume(node))
+            except RADAError:
+                continue
+        return added
+
+    def addVolumesFromFolder(self, folder: str | os.PathLike[str]) -> list[CohortEntry]:
+        """Load every image file of ``folder`` (NRRD, NIfTI, MHA) and add it to the cohort."""
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise RADASegmentError(f"{folder}: not a folder")
+        suffixes = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
+        files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(suffixes)
+                       and ".seg." not in p.name.lower())
+        if not files:
+            raise RADASegmentError(f"{folder}: no NRRD, NIfTI or MHA images found")
+        return [self.addVolume(nodes.load_volume(path)) for path in files]
+
+    def removeVolume(self, volumeNode: Any) -> None:
+        """Remove a volume from the cohort (its nodes stay in the scene)."""
+        self.cohort = [e for e in self.cohort if e.volumeNodeID != volumeNode.GetID()]
+
+    def volumeNode(self, entry: CohortEntry) -> Any:
+        node = slicer.mrmlScene.GetNodeByID(entry.volumeNodeID)
+        if node is None:
+            raise RADASegmentError(f"volume {entry.volumeNodeID} is no longer in the scene; remove it from the cohort")
+        return node
+
+    # ------------------------------------------------------------------ annotation
+
+    def annotationSegmentation(self, volumeNode: Any, structureName: str | None = None) -> tuple[Any, str]:
+        """The segmentation and segment the user paints for ``volumeNode`` (created when missing).
+
+        A given ``structureName`` becomes the cohort's structure name (the settings'), which
+        names the pseudo-labels, the model's class and the results.
+        """
+        entry = self.addVolume(volumeNode)
+        settings = self.getSettings()
+        if structureName and structureName.strip() != settings.structureName:
+            settings.structureName = structureName.strip()  # one structure name for the whole cohort
+            self.setSettings(settings)
+        structureName = settings.structureName
+        segmentation = slicer.mrmlScene.GetNodeByID(entry.segmentationNodeID) if entry.segmentationNodeID else None
+        if segmentation is None:
+            segmentation = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLSegmentationNode", nodes.node_name_for(volumeNode, "annotation"))
+            segmentation.CreateDefaultDisplayNodes()
+            segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+            nodes.place_beside(segmentation, volumeNode)
+            entry.segmentationNodeID, entry.segmentID = segmentation.GetID(), None
+        segments = segmentation.GetSegmentation()
+        segmentId = segments.GetSegmentIdBySegmentName(structureName) or entry.segmentID
+        if not segmentId or segments.GetSegment(segmentId) is None:
+            segmentId = segments.AddEmptySegment("", structureName)
+            color = class_entry(structureName)["color"]
+            segments.GetSegment(segmentId).SetColor(*color)
+        entry.segmentID = segmentId
+        return segmentation, segmentId
+
+    def annotate(self, volumeNode: Any, structureName: str | None = None, roiNode: Any = None) -> Any:
+        """Prepare painting: the segmentation and segment, and the slice views on suggested slices."""
+        segmentation, _ = self.annotationSegmentation(volumeNode, structureName)
+        self.showSlices(volumeNode, nodes.suggested_slices(volumeNode, roiNode))
+        return segmentation
+
+    def showSlices(self, volumeNode: Any, offsets: dict[str, float]) -> None:
+        """Show ``volumeNode`` in the Red/Yellow/Green views at the given axial/sagittal/coronal offsets."""
+        orientation = {"Red": "axial", "Yellow": "sagittal", "Green": "coronal"}
+        for sliceNode in slicer.util.getNodesByClass("vtkMRMLSliceNode"):
+            plane = orientation.get(sliceNode.GetLayoutName())
+            if plane is None:
+                continue
+            sliceNode.SetOrientation(plane.capitalize())
+            ras = [0.0, 0.0, 0.0]
+            ras[PLANES.index(plane)] = offsets[plane]
+            sliceNode.JumpSliceByOffsetting(*ras)
+        for composite in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"):
+            composite.SetBackgroundVolumeID(volumeNode.GetID())
+
+    def updatePlanes(self, volumeNode: Any) -> dict[str, list[int]]:
+        """Which slices of each plane are painted in the volume's annotation segment."""
+        entry = self.entry(volumeNode)
+        if entry is None:
+            return {p: [] for p in PLANES}
+        segmentation = slicer.mrmlScene.GetNodeByID(entry.segmentationNodeID) if entry.segmentationNodeID else None
+        if segmentation is None or not entry.segmentID or segmentation.GetSegmentation().GetSegment(entry.segmentID) is None:
+            entry.planes = {p: [] for p in PLANES}
+        else:
+            entry.planes = nodes.annotated_slices(segmentation, entry.segmentID, volumeNode)
+        return entry.planes
+
+    def useSegmentation(self, volumeNode: Any, segmentationNode: Any, segmentId: str | None = None) -> CohortEntry:
+        """Use an existing segmentation (e.g. painted elsewhere) as the volume's annotation."""
+        entry = self.addVolume(volumeNode)
+        segments = segmentationNode.GetSegmentation()
+        if segmentId is None:
+            if segments.GetNumberOfSegments() == 0:
+                raise RADASegmentError(f"segmentation '{segmentationNode.GetName()}' has no segment to use")
+            segmentId = segments.GetNthSegmentID(0)
+        entry.segmentationNodeID, entry.segmentID = segmentationNode.GetID(), segmentId
+        self.updatePlanes(volumeNode)
+        return entry
+
+    # ------------------------------------------------------------------ files for the engine
+
+    def _newWorkFolder(self, kind: str) -> Path:
+        root = self.workFolder or (default_models_dir().parent / "slicer")
+        root.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-", dir=root))
+
+    def _entries(self, volumeNodes: Iterable[Any] | Any | None) -> list[CohortEntry]:
+        if volumeNodes is None:
+            if not self.cohort:
+                raise RADASegmentError("the cohort is empty: add volumes in the Cohort section first")
+            return list(self.cohort)
+        if not isinstance(volumeNodes, (list, tuple)):
+            volumeNodes = [volumeNodes]
+        return [self.addVolume(v) for v in volumeNodes]
+
+    def _writeCohort(self, folder: Path, entries: list[CohortEntry], structureName: str,
+                     requireAnnotated: bool) -> tuple[Path, dict[str, CohortEntry]]:
+        """Export volumes and painted slices, and write a cohort manifest for the engine."""
+        from RADALib.cohort import Case, Cohort, save_cohort
+
+        cases, byId, used = [], {}, set()
+        for entry in entries:
+            volume = self.volumeNode(entry)
+            self.updatePlanes(volume)
+            if requireAnnotated and not entry.annotated:
+                raise RADASegmentError(
+                    f"volume '{volume.GetName()}': no painted {', '.join(entry.missingPlanes)} slice; paint one slice "
+                    "of the structure in each of the sagittal, coronal and axial planes")
+            caseId = _safe_id(volume.GetName(), used)
+            image = nodes.export_volume(volume, folder / "images" / f"{caseId}.nrrd")
+            sparse = None
+            if entry.annotated:
+                segmentation = slicer.mrmlScene.GetNodeByID(entry.segmentationNodeID)
+                sparse = nodes.export_label_map(segmentation, {1: entry.segmentID}, volume,
+                                                folder / "sparse" / f"{caseId}.nrrd")
+            cases.append(Case(caseId, image, sparse_label=sparse))
+            byId[caseId] = entry
+        if not any(c.sparse_label for c in cases):
+            raise RADASegmentError("no volume of the cohort is annotated: paint one sagittal, one coronal and one "
+                                   "axial slice of the structure in at least one volume")
+        cohort = Cohort("slicer", cases, {1: structureName})
+        return save_cohort(cohort, folder / "cohort.json"), byId
+
+    def _start(self, kind: str, arguments: list[str], finish: Callable[[], Any], onEvent: EventCallback | None,
+               onFinished: FinishedCallback | None, folder: Path, wait: bool) -> Any:
+        if self.activeJob is not None and self.activeJob.state == "running":
+            raise RADASegmentError(f"a {self.activeJob.kind} job is running: wait for it or cancel it first")
+        self.ensureDependencies()
+        from RADALib.engine_process import engine_command, engine_environment
+
+        args = engine_command(kind if kind != "segment" else "predict", *arguments, "--events", "json",
+                              python=_python_executable())
+        process = self.processFactory(args, engine_environment())
+        job = EngineJob(kind, process, finish, onEvent, onFinished, folder)
+        self.activeJob = job
+        if not wait:
+            return job
+        job.wait()
+        if job.state != "succeeded":
+            raise RADASegmentError(job.message or f"{kind} {job.state}")
+        return job.result
+
+    def _cacheArguments(self) -> list[str]:
+        return ["--cache-dir", str(self.cacheFolder)] if self.cacheFolder else []
+
+    def cancel(self) -> None:
+        """Cancel the running job, if any."""
+        if self.activeJob is not None:
+            self.activeJob.cancel()
+
+    # ------------------------------------------------------------------ propagate
+
+    def propagate(self, volumeNodes: Iterable[Any] | Any | None = None, settings: RADASegmentSettings | None = None,
+                  wait: bool = False, onEvent: EventCallback | None = None,
+                  onFinished: FinishedCallback | None = None, showViews: bool = False) -> Any:
+        """Propagate the painted slices of the annotated volumes into pseudo-labels.
+
+        Returns the job (``wait=False``), or the fused pseudo-label segmentation nodes.
+        """
+        settings = self._settings(settings)
+        entries = [e for e in self._entries(volumeNodes)]
+        if volumeNodes is None:
+            for e in entries:
+                self.updatePlanes(self.volumeNode(e))
+            entries = [e for e in entries if e.annotated]
+        folder = self._newWorkFolder("propagate")
+        cohortFile, byId = self._writeCohort(folder, entries, settings.structureName, requireAnnotated=True)
+        out = folder / "propagation"
+        for entry in byId.values():
+            entry.pseudoLabelStatus = "running"
+        classes = {1: class_entry(settings.structureName)}
+
+        def finish() -> list[Any]:
+            results = []
+            for caseId, entry in byId.items():
+                volume = self.volumeNode(entry)
+                caseFolder = out / "cases" / caseId
+                node = nodes.load_label_map_as_segmentation(
+                    caseFolder / "fused.nrrd", volume, classes, nodes.node_name_for(volume, "pseudo-label"))
+                entry.pseudoLabelNodeID, entry.pseudoLabelStatus = node.GetID(), "done"
+                results.append(node)
+                if showViews:
+                    for plane in PLANES:
+                        nodes.load_label_map_as_segmentation(
+                            caseFolder / f"pseudo_{plane}.nrrd", volume, classes,
+                            nodes.node_name_for(volume, f"pseudo-label {plane}"))
+            return results
+
+        def finished(job: EngineJob) -> None:
+            if job.state != "succeeded":
+                for entry in byId.values():
+                    if entry.pseudoLabelStatus == "running":
+                        entry.pseudoLabelStatus = job.state
+            if onFinished is not None:
+                onFinished(job)
+
+        arguments = ["--cohort", str(cohortFile), "--out", str(out), "--fusion", settings.fusion,
+                     "--workers", str(settings.workers)] + self._cacheArguments()
+        return self._start("propagate", arguments, finish, onEvent, finished, folder, wait)
+
+    # ------------------------------------------------------------------ train
+
+    def train(self, volumeNodes: Iterable[Any] | Any | None = None, settings: RADASegmentSettings | None = None,
+              wait: bool = False, onEvent: EventCallback | None = None,
+              onFinished: FinishedCallback | None = None) -> Any:
+        """Train a model on the cohort (annotated volumes labeled, the others unlabeled).
+
+        The model is saved as ``modelsFolder/<modelName>``; an existing model of that name is
+        never overwritten. Returns the job (``wait=False``) or the model folder.
+        """
+        settings = self._settings(settings)
+        target = self.modelsFolder / settings.modelName
+        if target.exists():
+            raise RADASegmentError(f"a model named '{settings.modelName}' already exists in {self.modelsFolder}: "
+                                   "choose another model name")
+        entries = self._entries(volumeNodes)
+        folder = self._newWorkFolder("train")
+        cohortFile, _ = self._writeCohort(folder, entries, settings.structureName, requireAnnotated=False)
+        experiment = self.modelsFolder.parent / "experiments" / settings.modelName
+        arguments = ["--cohort", str(cohortFile), "--out", str(experiment), "--preset", settings.preset,
+                     "--device", settings.device, "--workers", str(settings.workers)] + self._cacheArguments()
+        if settings.iterations:
+            arguments += ["--iterations", str(settings.iterations)]
+        if settings.visionWeights:
+            arguments += ["--vision-weights", settings.visionWeights]
+        if settings.textWeights:
+            arguments += ["--text-weights", settings.textWeights]
+        if settings.allowDownload:
+            arguments.append("--allow-download")
+        self._resetTrainingCurves()
+
+        def finish() -> Path:
+            self.modelsFolder.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{settings.modelName}-", dir=self.modelsFolder))
+            shutil.rmtree(staging)
+            shutil.copytree(experiment / "model", staging)
+            os.replace(staging, target)
+            return target
+
+        def event(e: dict) -> None:
+            self._recordTrainingEvent(e)
+            if onEvent is not None:
+                onEvent(e)
+
+        return self._start("train", arguments, finish, event, onFinished, folder, wait)
+
+    def cudaAvailable(self) -> bool | None:
+        """Whether torch sees a CUDA GPU in this process; None when torch is not installed."""
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:
+            return None
+        import torch
+
+        return bool(torch.cuda.is_available())
+
+    def cpuTrainingEstimate(self, preset: str, iterations: int = 0) -> str:
+        """A rough duration of training on this computer's CPU (from the 2-core measurements)."""
+        its = iterations or {"small": 200, "paper": 6000}.get(preset, 6000)
+        seconds = CPU_SECONDS_PER_ITERATION.get(preset, 300.0) * its * 2 / max(1, min(os.cpu_count() or 1, 8))
+        if seconds < 120:
+            text = f"{seconds:.0f} s"
+        elif seconds < 7200:
+            text = f"{seconds / 60:.0f} min"
+        elif seconds < 172800:
+            text = f"{seconds / 3600:.0f} h"
+        else:
+            text = f"{seconds / 86400:.0f} days"
+        return f"about {text} on this CPU"
+
+    # training curves: a table + chart in the scene, shown by the panel's plot widget
+
+    def trainingChartNode(self) -> Any:
+        """The loss/Dice chart of the current or last training run."""
+        if self._chart is None or slicer.mrmlScene.GetNodeByID(self._chart.GetID()) is None:
+            self._table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "RADA training curves")
+            for name in ("iteration", "loss", "dice"):
+                column = self._table.AddColumn()
+                column.SetName(name)
+            self._chart = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotChartNode", "RADA training")
+            self._chart.SetXAxisTitle("iteration")
+            for name, color in (("loss", (0.85, 0.3, 0.25)), ("dice", (0.2, 0.5, 0.85))):
+                series = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"RADA {name}")
+                series.SetAndObserveTableNodeID(self._table.GetID())
+                series.SetXColumnName("iteration")
+                series.SetYColumnName(name)
+                series.SetPlotType(series.PlotTypeScatter)
+                series.SetColor(*color)
+                self._chart.AddAndObservePlotSeriesNodeID(series.GetID())
+        return self._chart
+
+    def trainingCurves(self) -> list[tuple[float, float, float]]:
+        """(iteration, loss, dice) rows recorded so far (NaN where a value was not reported)."""
+        self.trainingChartNode()
+        table = self._table.GetTable()
+        return [tuple(table.GetValue(r, c).ToDouble() for c in range(3)) for r in range(table.GetNumberOfRows())]
+
+    def _resetTrainingCurves(self) -> None:
+        self.trainingChartNode()
+        self._table.GetTable().SetNumberOfRows(0)
+        self._table.Modified()
+
+    def _recordTrainingEvent(self, event: dict) -> None:
+        if event.get("stage") != "train" or event.get("step") is None:
+            return
+        loss, dice = event.get("loss"), event.get("dice")
+        if loss is None and dice is None:
+            return
+        self.trainingChartNode()
+        table = self._table.GetTable()
+        row = table.InsertNextBlankRow()
+        for column, value in enumerate((event["step"], loss, dice)):
+            table.SetValue(row, column, float("nan") if value is None else float(value))
+        self._table.Modified()
+
+    # ------------------------------------------------------------------ segment
+
+    def listModels(self) -> list[ModelInfo]:
+        """The trained models in the models folder (a user folder, never the extension's)."""
+        models = []
+        for folder in list_bundles(self.modelsFolder):
+            try:
+                manifest = read_manifest(folder)
+            except RADAError:
+                continue
+            classes = [c.get("name", str(k)) for k, c in sorted((manifest.get("classes") or {}).items(), key=lambda kv: int(kv[0]))]
+            pretrained = (manifest.get("encoder") or {}).get("pretrained") or {}
+            models.append(ModelInfo(folder.name, str(folder), classes, bool(pretrained.get("vision")),
+                                    str(manifest.get("created", ""))))
+        return models
+
+    def segment(self, volumeNodes: Iterable[Any] | Any | None = None, model: str | os.PathLike[str] | None = None,
+                settings: RADASegmentSettings | None = None, wait: bool = False,
+                onEvent: EventCallback | None = None, onFinished: FinishedCallback | None = None) -> Any:
+        """Segment volumes with a trained model; results become segmentation nodes.
+
+        Returns the job (``wait=False``), else the segmentation node (one volume) or the list
+        of nodes. Each node is named "<volume> RADA", holds the model's classes with their
+        names, colours and terminology, and sits in the volume's subject-hierarchy folder.
+        """
+        settings = self._settings(settings)
+        single = volumeNodes is not None and not isinstance(volumeNodes, (list, tuple))
+        if model is None:
+            candidates = [m for m in self.listModels() if m.name == settings.modelName]
+            if not candidates:
+                raise RADASegmentError(f"no model named '{settings.modelName}' in {self.modelsFolder}: train one or pick a model")
+            model = candidates[0].path
+        manifest = read_manifest(model)
+        classes = {int(k): dict(v) for k, v in (manifest.get("classes") or {}).items()}
+        self._checkClasses(model, classes, settings)
+        entries = self._entries(volumeNodes)
+        folder = self._newWorkFolder("segment")
+        images, used = [], set()
+        for entry in entries:
+            volume = self.volumeNode(entry)
+            images.append(nodes.export_volume(volume, folder / "images" / f"{_safe_id(volume.GetName(), used)}.nrrd"))
+            entry.predictionStatus = "running"
+        out = folder / "predictions"
+        device = settings.device
+        if device == "auto":
+            device = "cuda" if self.cudaAvailable() else "cpu"
+        arguments = ["--model", str(model), "--out", str(out), "--stride", settings.stride, "--device", device]
+        for image in images:
+            arguments += ["--image", str(image)]
+
+        def finish() -> Any:
+            from RADALib.inference import LABEL_SUFFIX
+
+            results = []
+            for entry, image in zip(entries, images):
+                volume = self.volumeNode(entry)
+                stem = image.name[: -len(".nrrd")]
+                node = nodes.load_label_map_as_segmentation(out / f"{stem}{LABEL_SUFFIX}.nrrd", volume, classes,
+                                                            nodes.node_name_for(volume, "RADA"))
+                entry.predictionNodeID, entry.predictionStatus = node.GetID(), "done"
+                results.append(node)
+            return results[0] if single else results
+
+        def finished(job: EngineJob) -> None:
+            if job.state != "succeeded":
+                for entry in entries:
+                    if entry.predictionStatus == "running":
+                        entry.predictionStatus = job.state
+            if onFinished is not None:
+                onFinished(job)
+
+        return self._start("segment", arguments, finish, onEvent, finished, folder, wait)
+
+    def _checkClasses(self, model: Any, classes: dict[int, dict], settings: RADASegmentSettings) -> None:
+        """Refuse a model trained for another structure than the one named in the settings."""
+        from RADALib.terminology import normal_name
+
+        wanted = normal_name(settings.structureName)
+        if wanted == normal_name(RADASegmentSettings().structureName):
+            return  # no structure named: any model goes
+        names = [normal_name(c.get("name", "")) for c in classes.values()]
+        if wanted not in names:
+            described = ", ".join(f"'{c.get('name')}'" for c in classes.values()) or "no classes"
+            raise RADASegmentError(
+                f"{model}: this model was trained for {described}, not '{settings.structureName}'; pick a model "
+                "trained for this structure or change the structure name")

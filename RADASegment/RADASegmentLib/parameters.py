@@ -1,0 +1,76 @@
+"""The panel's settings as one validated dataclass, stored in the module's parameter node."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+PRESETS = ("paper", "small")
+DEVICES = ("auto", "cuda", "cpu")
+STRIDES = ("fast", "dense")
+FUSIONS = ("weighted", "majority")
+PARAMETER_KEY = "RADASegmentSettings"
+"""Name of the parameter-node entry that holds the settings as JSON."""
+
+
+@dataclass
+class RADASegmentSettings:
+    """What the user chooses in the panel (also the console API's keyword defaults).
+
+    ``iterations`` 0 means the preset's own count (paper 6000, small 200). ``device`` ``auto``
+    trains on CUDA when present, else on CPU (with a warning and a time estimate).
+    """
+
+    structureName: str = "structure"
+    preset: str = "paper"
+    iterations: int = 0
+    device: str = "auto"
+    visionWeights: str = ""
+    textWeights: str = ""
+    allowDownload: bool = False
+    modelName: str = "rada-model"
+    stride: str = "fast"
+    fusion: str = "weighted"
+    workers: int = 0
+
+    def validate(self) -> "RADASegmentSettings":
+        """Return self, or raise ValueError with a one-line message naming the bad setting."""
+        if not self.structureName.strip():
+            raise ValueError("structure name is empty: name the structure you segment (e.g. 'left atrium')")
+        for name, value, allowed in (("preset", self.preset, PRESETS), ("device", self.device, DEVICES),
+                                     ("stride", self.stride, STRIDES), ("fusion", self.fusion, FUSIONS)):
+            if value not in allowed:
+                raise ValueError(f"{name} {value!r} is not one of {', '.join(allowed)}")
+        if int(self.iterations) < 0:
+            raise ValueError(f"iterations must be 0 (the preset's) or more, got {self.iterations}")
+        if int(self.workers) < 0:
+            raise ValueError(f"workers must be 0 (one per core) or more, got {self.workers}")
+        name = self.modelName.strip()
+        if not name or name.startswith(".") or any(c in name for c in '/\\:*?"<>|'):
+            raise ValueError(f"model name {self.modelName!r} cannot be a folder name: use letters, digits, '-' and '_'")
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "RADASegmentSettings":
+        """Settings from JSON; unknown keys are ignored and missing ones take their defaults."""
+        if not text:
+            return cls()
+        try:
+            values: dict[str, Any] = json.loads(text)
+        except ValueError:
+            return cls()
+        known = {f.name: f.type for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    @classmethod
+    def from_parameter_node(cls, node: Any) -> "RADASegmentSettings":
+        """Read the settings a ``vtkMRMLScriptedModuleNode`` holds (defaults where it holds none)."""
+        return cls.from_json(node.GetParameter(PARAMETER_KEY) if node is not None else None)
+
+    def to_parameter_node(self, node: Any) -> None:
+        """Store the settings in a ``vtkMRMLScriptedModuleNode`` (saved with the scene)."""
+        node.SetParameter(PARAMETER_KEY, self.to_json())

@@ -1,0 +1,138 @@
+"""The module's self-test: the whole panel workflow on a small synthetic cohort it makes.
+
+Runs in Slicer (Reload and Test, or ``Slicer --testing``) and, under pytest, against the real
+``slicer-core`` scene. It builds volume nodes with different orientations, paints one slice per
+plane into the annotation segmentations (as a user would with the Segment Editor), then
+propagates, trains a few iterations of the small preset and segments an unlabeled volume, all
+through :class:`RADASegmentLogic` and real engine processes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import slicer
+from slicer.ScriptedLoadableModule import ScriptedLoadableModuleTest
+
+from .logic import RADASegmentLogic
+from .parameters import RADASegmentSettings
+
+SHAPE = (48, 40, 32)
+SPACING = (2.0, 2.0, 3.0)
+DIRECTIONS = (
+    np.diag([-1.0, -1.0, 1.0]),  # LPS-aligned, like most NRRD/DICOM volumes
+    np.array([[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]),  # permuted and flipped IJK axes
+    np.diag([1.0, 1.0, 1.0]),  # RAS-aligned
+)
+
+
+def canonical_to_kji(array: np.ndarray, direction: np.ndarray) -> np.ndarray:
+    """A canonical (x, y, z) array (RADALib's order: towards L, P, S) as the KJI array of a volume
+    node whose IJK-to-RAS ``direction`` columns are signed unit vectors along RAS axes."""
+    direction = np.asarray(direction, float)
+    world_of_ijk = [int(np.argmax(np.abs(direction[:, c]))) for c in range(3)]
+    lps_sign = np.array([-1.0, -1.0, 1.0])
+    ijk = np.transpose(array, world_of_ijk)  # IJK axis c runs along canonical axis world_of_ijk[c]
+    for c in range(3):
+        if direction[world_of_ijk[c], c] * lps_sign[world_of_ijk[c]] < 0:
+            ijk = np.flip(ijk, c)
+    return np.ascontiguousarray(np.transpose(ijk, (2, 1, 0)))
+
+
+def volume_node_from_canonical(image: np.ndarray, spacing: tuple[float, float, float], direction: np.ndarray,
+                               name: str) -> object:
+    """A scalar volume node showing the canonical ``image`` in the IJK layout ``direction`` sets."""
+    direction = np.asarray(direction, float)
+    world_of_ijk = [int(np.argmax(np.abs(direction[:, c]))) for c in range(3)]
+    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    node.SetSpacing(*[spacing[world_of_ijk[c]] for c in range(3)])
+    node.SetOrigin(10.0, -20.0, 5.0)
+    node.SetIJKToRASDirections([[float(direction[r, c]) for c in range(3)] for r in range(3)])
+    slicer.util.updateVolumeFromArray(node, canonical_to_kji(image, direction))
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = np.asarray(a) > 0, np.asarray(b) > 0
+    total = a.sum() + b.sum()
+    return float(2.0 * np.logical_and(a, b).sum() / total) if total else 1.0
+
+
+class RADASegmentTest(ScriptedLoadableModuleTest):
+    """Cohort -> annotate -> propagate -> train -> segment, through the console API."""
+
+    iterations = 6
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear(0)
+        self.folder = Path(tempfile.mkdtemp(prefix="rada-selftest-"))
+
+    def tearDown(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def runTest(self) -> None:
+        self.setUp()
+        try:
+            self.test_RADASegment_cohort_to_segmentation()
+        finally:
+            self.tearDown()
+
+    def test_RADASegment_cohort_to_segmentation(self) -> None:
+        from RADALib.annotation import simulate_sparse_annotation
+        from RADALib.synthetic import SyntheticConfig, synthetic_cohort
+
+        self.delayDisplay("Making a synthetic cohort of 3 volumes with different orientations")
+        logic = RADASegmentLogic(workFolder=self.folder / "work", modelsFolder=self.folder / "models",
+                                 cacheFolder=self.folder / "cache")
+        settings = RADASegmentSettings(structureName="kidney", preset="small", iterations=self.iterations,
+                                       device="cpu", modelName="selftest", workers=1)
+        logic.setSettings(settings)
+        config = SyntheticConfig(shape=SHAPE, spacing=SPACING)
+        volumes, truths = [], []
+        for (case_id, image, label), direction in zip(synthetic_cohort(3, seed=3, config=config), DIRECTIONS):
+            node = volume_node_from_canonical(image, SPACING, direction, case_id)
+            truth = canonical_to_kji(label, direction).astype(np.uint8)
+            volumes.append(node)
+            truths.append(truth)
+            logic.addVolume(node)
+        self.assertEqual(len(logic.cohort), 3)
+
+        self.delayDisplay("Painting one sagittal, one coronal and one axial slice in the first two volumes")
+        for node, (_, _, label), direction in zip(volumes[:2], synthetic_cohort(2, seed=3, config=config), DIRECTIONS):
+            segmentation = logic.annotate(node, settings.structureName)
+            sparse = simulate_sparse_annotation(label).label
+            painted = canonical_to_kji(sparse, direction).astype(np.uint8)
+            segmentId = logic.entry(node).segmentID
+            slicer.util.updateSegmentBinaryLabelmapFromArray(painted, segmentation, segmentId, node)
+            planes = logic.updatePlanes(node)
+            self.assertTrue(all(len(planes[p]) == 1 for p in ("sagittal", "coronal", "axial")), planes)
+        self.assertFalse(logic.entry(volumes[2]).annotated)
+
+        self.delayDisplay("Propagating the painted slices")
+        pseudo = logic.propagate(wait=True)
+        self.assertEqual(len(pseudo), 2)
+        for node, segmentation, truth in zip(volumes, pseudo, truths):
+            segmentId = segmentation.GetSegmentation().GetSegmentIdBySegmentName(settings.structureName)
+            array = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, node)
+            self.assertEqual(array.shape, truth.shape)
+            self.assertGreater(dice(array, truth), 0.75)
+
+        self.delayDisplay(f"Training {self.iterations} iterations of the small preset on CPU")
+        model = logic.train(wait=True)
+        self.assertTrue((Path(model) / "manifest.json").is_file())
+        self.assertEqual([m.name for m in logic.listModels()], ["selftest"])
+        self.assertGreater(len(logic.trainingCurves()), 0)
+
+        self.delayDisplay("Segmenting the unlabeled volume")
+        result = logic.segment(volumes[2], model, wait=True)
+        segmentId = result.GetSegmentation().GetSegmentIdBySegmentName(settings.structureName)
+        self.assertTrue(segmentId, "the result has a segment named after the structure")
+        array = slicer.util.arrayFromSegmentBinaryLabelmap(result, segmentId, volumes[2])
+        self.assertEqual(array.shape, truths[2].shape)
+        self.assertEqual(logic.entry(volumes[2]).predictionStatus, "done")
+        self.delayDisplay("Test passed")
+
