@@ -6,6 +6,12 @@ painted slices -> propagate (ANTs) -> train (small preset, a few iterations) -> 
 
 from __future__ import annotations
 
+import os
+import sys
+import time
+
+import pytest
+
 
 def test_module_self_test_runs_the_whole_workflow_with_the_real_engine(scene):
     from RADASegmentLib.selftest import RADASegmentTest
@@ -16,3 +22,34 @@ def test_module_self_test_runs_the_whole_workflow_with_the_real_engine(scene):
         test.test_RADASegment_cohort_to_segmentation()
     finally:
         test.tearDown()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="checks the process with POSIX signals")
+def test_cancelling_a_real_propagation_ends_the_engine_and_adds_no_node(scene, tmp_path):
+    import slicer
+
+    from RADASegmentLib.logic import RADASegmentLogic
+    from slicer_module.test_logic import _paint, _volume
+
+    logic = RADASegmentLogic(workFolder=tmp_path / "work", modelsFolder=tmp_path / "models",
+                             cacheFolder=tmp_path / "cache")
+    node, truth, _, direction = _volume("to-cancel")
+    segmentation = _paint(logic, node, truth, direction)
+    before = slicer.mrmlScene.GetNumberOfNodes()
+    job = logic.propagate()
+    deadline = time.monotonic() + 60
+    while job.poll() and not job.events and time.monotonic() < deadline:
+        time.sleep(0.05)  # wait until the engine is really running (its first event)
+    assert job.state == "running", job.message
+    pid = job.process.pid
+    job.cancel()
+    assert job.state == "cancelled" and job.message == "cancelled by the user"
+    assert logic.entry(node).pseudoLabelStatus == "cancelled"
+    assert slicer.mrmlScene.GetNumberOfNodes() == before
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 1
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return
+    stat = f"/proc/{pid}/stat"
+    assert os.path.exists(stat) and open(stat).read().split()[2] == "Z", "the engine still runs after cancel"
