@@ -16,7 +16,7 @@ from typing import Any, Callable
 import qt
 import slicer
 import vtk
-from slicer.ScriptedLoadableModule import *  # noqa: F401,F403  (ScriptedLoadableModuleWidget)
+from slicer.ScriptedLoadableModule import ScriptedLoadableModuleWidget
 from slicer.util import VTKObservationMixin
 
 from .parameters import RADASegmentSettings

@@ -314,7 +314,10 @@ def _reset_peak_rss() -> bool:
 
 def _prime(device: str) -> None:
     """Load the convolution kernels and thread pools once, so the RSS baseline taken after this
-    counts the library's own code and buffers, not the variant's."""
+    counts the library's own code and buffers, not the variant's (``_setup_runtime`` imports
+    ``torch.distributed``: some 100 MiB of code that is no part of a training step)."""
+    import torch.distributed  # noqa: F401
+
     dev = torch.device("cuda" if device == "cuda" else "cpu")
     conv = torch.nn.Conv3d(1, 4, 3, padding=1).to(dev)
     for fmt in (torch.contiguous_format, torch.channels_last_3d):

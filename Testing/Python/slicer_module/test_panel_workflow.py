@@ -8,6 +8,10 @@ segmentation node beside the volume.
 from __future__ import annotations
 
 import importlib
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +83,26 @@ def test_module_file_gives_slicer_the_module_widget_logic_and_test_classes(scene
             assert isinstance(getattr(module, name), type), name
     finally:
         fakeslicer.uninstall_qt()
+
+
+def test_module_loads_before_the_engine_packages_are_installed(tmp_path):
+    """Slicer loads the module at start-up, before the first-use install of torch and ANTs."""
+    here = Path(__file__).resolve().parent
+    script = tmp_path / "load_module.py"
+    script.write_text(
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'torchvision', 'ants', 'open_clip', 'h5py', 'safetensors'):\n"
+        "            raise ImportError('not installed: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        f"sys.path[:0] = [{str(here)!r}, {str(here.parents[2] / 'RADASegment')!r}]\n"
+        "import fakeslicer, slicer_scene\n"
+        "fakeslicer.install(); slicer_scene.setup_session(); fakeslicer.install_qt()\n"
+        "import RADASegment\n"
+        "print('loaded', RADASegment.RADASegmentLogic().listModels())\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "RADA_CACHE_DIR": str(tmp_path / "cache")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "loaded []" in done.stdout
