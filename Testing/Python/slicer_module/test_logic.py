@@ -324,3 +324,30 @@ def test_settings_round_trip_through_the_parameter_node_and_bad_values_are_refus
         logic.setSettings(RADASegmentSettings(preset="huge"))
     with pytest.raises(ValueError, match="model name"):
         logic.setSettings(RADASegmentSettings(modelName="../x"))
+
+
+def test_annotate_puts_the_three_slice_views_on_the_suggested_slices_of_the_volume(make_logic):
+    import slicer
+
+    from RADASegmentLib import nodes
+
+    views = {}
+    for layout in ("Red", "Yellow", "Green"):
+        view = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceNode")
+        view.SetLayoutName(layout)
+        views[layout] = view
+        composite = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")
+        composite.SetLayoutName(layout)
+    logic = make_logic()
+    node, _, _, _ = _volume("scan", direction=PERMUTED)
+    logic.annotate(node, "kidney")
+    expected = nodes.suggested_slices(node)
+    for layout, plane in (("Red", "axial"), ("Yellow", "sagittal"), ("Green", "coronal")):
+        assert views[layout].GetOrientation() == plane.capitalize()
+        matrix = views[layout].GetSliceToRAS()
+        axis = ("sagittal", "coronal", "axial").index(plane)
+        normal = [matrix.GetElement(r, 2) for r in range(3)]
+        assert abs(normal[axis]) == pytest.approx(1.0), layout
+        assert matrix.GetElement(axis, 3) == pytest.approx(expected[plane], abs=1e-6), layout  # plane through it
+    for composite in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"):
+        assert composite.GetBackgroundVolumeID() == node.GetID()
