@@ -12,7 +12,8 @@ A bundle is a folder holding two files:
                        "terminology": {SNOMED CT category/type(/region) codes} or null}},
      "prompt": the text prompt, "visual_planes": ["axial", "axial"],
      "text_embedding": [512 floats], "region_embedding_mean": [region_dim floats],
-     "encoder": {identity of the frozen encoders, "pretrained": {"vision": bool, "text": bool}},
+     "encoder": {"identity": identity of the frozen encoders, "pretrained": {"vision": bool, "text": bool},
+                 "files": {"vision": path, "text": path}, "region_mode": "alpha"},
      "normalization": "zscore", "inference": {"patch": [..], "stride": [..] or a preset name},
      "training": {metrics, iterations, config...},
      "checksums": {"weights.safetensors": sha256 hex}}
@@ -20,7 +21,9 @@ A bundle is a folder holding two files:
 ``text_embedding`` is Et (the CLIP text embedding of the prompt) and ``region_embedding_mean``
 is the mean Alpha-CLIP region embedding Ev over the training cohort's annotated slices, one
 mean per visual-prompt plane position, concatenated in ``visual_planes`` order. Both are stored
-so that inference never runs CLIP (see :mod:`RADALib.inference`).
+so that inference never runs CLIP (see :mod:`RADALib.inference`); ``encoder`` lets inference
+rebuild the same Alpha-CLIP tower for a new volume's own region prompt
+(:mod:`RADALib.region_prompt`; ``files`` and ``region_mode`` are absent from older bundles).
 
 A bundle is written into a temporary sibling folder and renamed into place only when complete,
 so an interrupted save never leaves a half bundle; an existing bundle of the same name is

@@ -155,20 +155,36 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .bundle import load_bundle
     from .cohort import load_cohort
     from .inference import predict_files
+    from .region_prompt import region_embeddings_for_files
     from .workflow import model_folder
 
     inputs: list[Path] = [Path(p) for p in args.image or []]
+    sparse: list[Path | None] = [None if p == "-" else Path(p) for p in args.sparse_label or []]
+    if sparse and args.mean_prompt:
+        raise RADAError("rada predict: --sparse-label and --mean-prompt exclude each other")
+    if sparse and len(sparse) != len(inputs):
+        raise RADAError(f"rada predict: {len(inputs)} --image but {len(sparse)} --sparse-label; "
+                        "give one --sparse-label per --image, in the same order")
+    sparse = sparse or [None] * len(inputs)
     if args.cohort:
         cohort = load_cohort(args.cohort)
         cases = cohort.cases if args.split == "all" else [c for c in cohort.cases if c.split == args.split]
         inputs += [c.image for c in cases]
+        sparse += [c.sparse_label for c in cases]
     if not inputs:
         raise RADAError("rada predict: give --image FILE (repeatable) or --cohort FILE")
+    if args.mean_prompt:
+        sparse = [None] * len(inputs)
     stride = tuple(int(v) for v in args.stride.split(",")) if args.stride and "," in args.stride else args.stride
-    outputs = predict_files(model_folder(args.model), inputs, Path(args.out), stride=stride, device=args.device,
-                            write_probabilities=args.probabilities, progress=_progress(args), oblique=args.oblique)
+    progress = _progress(args)
+    bundle = load_bundle(model_folder(args.model))
+    regions = region_embeddings_for_files(bundle, inputs, sparse, Path(args.cache_dir or default_cache_dir()),
+                                          args.vision_weights, args.device, args.oblique, progress)
+    outputs = predict_files(bundle, inputs, Path(args.out), stride=stride, device=args.device, region_embedding=regions,
+                            write_probabilities=args.probabilities, progress=progress, oblique=args.oblique)
     print(f"{len(outputs)} label map(s) written to {args.out}", file=sys.stderr if args.events == "json" else sys.stdout)
     return 0
 
@@ -250,9 +266,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_events(train)
     train.set_defaults(run=cmd_train)
 
-    predict = commands.add_parser("predict", help="segment volumes with a trained model")
+    predict = commands.add_parser(
+        "predict", help="segment volumes with a trained model",
+        description="Segment volumes with a trained model. The region prompt (Ev) is the training cohort's mean, "
+        "stored in the model, unless a volume comes with its own sparse label: then its first annotated slice of "
+        "each of the model's visual planes (e.g. axial) and its mask go through the same frozen Alpha-CLIP encoder "
+        "the model was trained with (rebuilt from the model's manifest: the same seed for random weights, the same "
+        "checkpoint, found by SHA256, for pretrained ones). Cohort cases use their sparse_label when they have one.",
+    )
     predict.add_argument("--model", required=True, help="model bundle folder (or an experiment folder holding model/)")
     predict.add_argument("--image", action="append", help="image file (repeatable)")
+    predict.add_argument("--sparse-label", action="append", metavar="FILE",
+                         help="the painted slices of the i-th --image (repeatable, one per --image, same order; "
+                         "'-' for an image without): its region prompt comes from them instead of the training "
+                         "cohort's mean")
+    predict.add_argument("--mean-prompt", action="store_true",
+                         help="ignore sparse labels (a cohort's too): use the training cohort's mean region prompt")
+    predict.add_argument("--vision-weights", metavar="FILE",
+                         help="the Alpha-CLIP checkpoint the model was trained with, when it is not in the cache "
+                         "(needed only with sparse labels, for a model trained with pretrained weights)")
+    predict.add_argument("--cache-dir", help="weight and embedding cache (default $RADA_CACHE_DIR or ~/.cache/rada)")
     predict.add_argument("--cohort", help="segment the cases of a cohort manifest")
     predict.add_argument("--split", choices=("all", "train", "validation"), default="all", help="which cohort cases (default all)")
     predict.add_argument("--out", required=True, help="output folder: <case>_rada.nrrd per input, with the input's header")

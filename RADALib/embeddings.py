@@ -30,13 +30,18 @@ from .pseudo_labels import load_case_result
 
 @dataclass
 class CohortEmbeddings:
-    """Et, and Ev per labeled case and plane, plus the encoders' identity."""
+    """Et, and Ev per labeled case and plane, plus the encoders' identity.
+
+    ``files``: the weight files the towers were loaded from (``{"vision": path or None, "text":
+    ...}``), so that inference can rebuild the same encoder (:mod:`RADALib.region_prompt`).
+    """
 
     text: np.ndarray
     regions: dict[str, dict[str, np.ndarray]]
     identity: dict = field(default_factory=dict)
     pretrained: dict = field(default_factory=dict)
     prompts: list[str] = field(default_factory=list)
+    files: dict = field(default_factory=dict)
 
     def region_input(self, case_ids: Sequence[str], planes: Sequence[str]) -> np.ndarray:
         """Ev of ``case_ids[i]``'s ``planes[i]`` slice, concatenated (the batch's region prompt)."""
@@ -52,7 +57,7 @@ class CohortEmbeddings:
         for case_id, planes in self.regions.items():
             for plane, vector in planes.items():
                 arrays[f"region::{case_id}::{plane}"] = vector
-        meta = {"identity": self.identity, "pretrained": self.pretrained, "prompts": self.prompts}
+        meta = {"identity": self.identity, "pretrained": self.pretrained, "prompts": self.prompts, "files": self.files}
         arrays["meta"] = np.frombuffer(json.dumps(meta, default=str).encode(), dtype=np.uint8)
         return write_npz_atomic(path, arrays, compress=False)
 
@@ -68,7 +73,7 @@ class CohortEmbeddings:
                     _, case_id, plane = name.split("::")
                     regions.setdefault(case_id, {})[plane] = data[name]
             meta = json.loads(bytes(data["meta"]).decode())
-            return cls(data["text"], regions, meta["identity"], meta["pretrained"], meta["prompts"])
+            return cls(data["text"], regions, meta["identity"], meta["pretrained"], meta["prompts"], meta.get("files", {}))
 
 
 def compute_embeddings(
@@ -110,4 +115,15 @@ def compute_embeddings(
         encoder.identity(),
         dict(encoder.pretrained),
         prompts,
+        weight_files(encoder),
     )
+
+
+def weight_files(encoder) -> dict[str, str | None]:
+    """The files the encoder's towers were loaded from (None for a random tower or unknown)."""
+    out: dict[str, str | None] = {}
+    for tower in ("vision", "text"):
+        info = getattr(encoder, f"{tower}_info", None)
+        file = getattr(info, "file", None)
+        out[tower] = str(Path(file).resolve()) if file else None
+    return out

@@ -587,20 +587,45 @@ class RegionAwareDualEncoder:
         self, slices: Sequence[np.ndarray], masks: Sequence[np.ndarray], normalize: bool = False
     ) -> np.ndarray:
         """Alpha-CLIP features of each slice seen through its mask: (N, D) float32."""
-        if len(slices) != len(masks):
-            raise InputError("masks", f"{len(masks)} masks for {len(slices)} slices")
-        outs: list[torch.Tensor] = []
-        for start in range(0, len(slices), self.batch_size):
-            pairs = [self.preprocess(s, m) for s, m in zip(slices[start: start + self.batch_size],
-                                                             masks[start: start + self.batch_size])]
-            images = torch.stack([p[0] for p in pairs]).to(self.device)
-            alphas = torch.stack([p[1] for p in pairs]).to(self.device)
-            with torch.inference_mode():
-                out = self.vision(images, alphas)
-                outs.append(F.normalize(out, dim=-1) if normalize else out)
-        if not outs:
-            return np.zeros((0, self.embed_dim), dtype=np.float32)
-        return torch.cat(outs).float().cpu().numpy()
+        return encode_regions_with(self.vision, slices, masks, transpose=self.transpose,
+                                   batch_size=self.batch_size, device=self.device, normalize=normalize)
+
+
+def encode_regions_with(
+    vision: AlphaCLIPVisionTransformer,
+    slices: Sequence[np.ndarray],
+    masks: Sequence[np.ndarray],
+    *,
+    transpose: bool = True,
+    batch_size: int = 16,
+    device: str | torch.device = "cpu",
+    normalize: bool = False,
+) -> np.ndarray:
+    """Features of each slice seen through its mask by an Alpha-CLIP tower: (N, D) float32.
+
+    The one place regions are encoded (:meth:`RegionAwareDualEncoder.encode_regions` and the
+    vision-only encoder of :mod:`RADALib.region_prompt`), so both give the same numbers.
+    """
+    if len(slices) != len(masks):
+        raise InputError("masks", f"{len(masks)} masks for {len(slices)} slices")
+    size = vision.spec.image_size
+    batch_size = max(1, int(batch_size))
+    outs: list[torch.Tensor] = []
+    for start in range(0, len(slices), batch_size):
+        pairs = []
+        for s, m in zip(slices[start: start + batch_size], masks[start: start + batch_size]):
+            s, m = np.asarray(s), np.asarray(m)
+            if s.shape != m.shape:
+                raise InputError("mask", f"shape {m.shape} differs from its slice's shape {s.shape}")
+            pairs.append((preprocess_slice(s, size, transpose), preprocess_mask(m, size, transpose)))
+        images = torch.stack([p[0] for p in pairs]).to(device)
+        alphas = torch.stack([p[1] for p in pairs]).to(device)
+        with torch.inference_mode():
+            out = vision(images, alphas)
+            outs.append(F.normalize(out, dim=-1) if normalize else out)
+    if not outs:
+        return np.zeros((0, vision.spec.output_dim), dtype=np.float32)
+    return torch.cat(outs).float().cpu().numpy()
 
 
 # --------------------------------------------------------------------------------------------
@@ -714,6 +739,6 @@ class EmbeddingCache:
 __all__ = [
     "ALPHA_MEAN", "ALPHA_STD", "CLIP_MEAN", "CLIP_STD", "DEFAULT_PROMPT", "DEFAULT_WEIGHTS", "WEIGHTS",
     "EmbeddingCache", "EncoderConfig", "RegionAwareDualEncoder", "WeightsEntry", "WeightsInfo",
-    "default_cache_dir", "pad_to_square", "preprocess_mask", "preprocess_slice", "resolve_checkpoint",
+    "default_cache_dir", "encode_regions_with", "pad_to_square", "preprocess_mask", "preprocess_slice", "resolve_checkpoint",
     "sha256_file", "slice_to_uint8", "urllib_download",
 ]

@@ -6,7 +6,8 @@ How a new volume is segmented (paper section 3 / METHOD.md 1.6):
 2. Era = Adapter(Et ⊕ Ev) is computed once: Et is the text embedding stored in the bundle, and
    Ev is the bundle's *mean* region embedding over the training cohort's annotated slices (one
    mean per visual-prompt plane, concatenated), unless the caller passes the new volume's own
-   region embedding (a region prompt at test time, when it carries sparse annotations);
+   region embedding (a region prompt at test time, when it carries sparse annotations:
+   :mod:`RADALib.region_prompt`);
 3. windows of ``patch`` voxels are taken at start positions ``0, s, 2s, ...`` per axis, the last
    one moved back to end exactly at the border (as UA-MT's ``test_single_case``); a volume
    smaller than the patch is padded (centred) and cropped back. The padding value is the
@@ -48,6 +49,7 @@ from .data import normalize_intensity
 from .errors import InputError
 from .events import Progress
 from .networks import DOWNSAMPLING, TripleViewModel
+from .region_prompt import prompt_source
 from .volume import Oblique, Volume, file_suffix, read_volume, write_like
 
 PAPER_PATCH: tuple[int, int, int] = (112, 112, 80)
@@ -347,7 +349,7 @@ def predict_files(
     patch: Sequence[int] | None = None,
     stride: str | Sequence[int] | None = None,
     device: str | torch.device = "cpu",
-    region_embedding: np.ndarray | None = None,
+    region_embedding: np.ndarray | Sequence[np.ndarray | None] | None = None,
     batch_size: int = 1,
     amp: bool | None = None,
     write_probabilities: bool = False,
@@ -362,9 +364,19 @@ def predict_files(
     ``<case>_rada_probabilities.nrrd`` holds the foreground probability (float32) for a
     two-class model; with more classes one file per foreground class,
     ``<case>_rada_probabilities_<k>.nrrd``. Returns the label map paths, in input order.
+
+    ``region_embedding``: one array for every input, or a list with one entry per input (the
+    volume's own Ev from :func:`~RADALib.region_prompt.region_embedding_for`, or None for the
+    bundle's stored mean). Each case's progress message says which prompt it got.
     """
     bundle = bundle_folder if isinstance(bundle_folder, Bundle) else load_bundle(bundle_folder)
     inputs = [Path(p) for p in inputs]
+    if region_embedding is None or isinstance(region_embedding, np.ndarray):
+        regions: list[np.ndarray | None] = [region_embedding] * len(inputs)
+    else:
+        regions = list(region_embedding)
+        if len(regions) != len(inputs):
+            raise InputError("region_embedding", f"has {len(regions)} entries for {len(inputs)} inputs")
     out_dir = Path(out_dir)
     seen: dict[str, Path] = {}
     for path in inputs:
@@ -375,10 +387,11 @@ def predict_files(
     written: list[Path] = []
     for i, path in enumerate(inputs):
         if progress is not None:
-            progress.message(f"case {i + 1}/{len(inputs)}: {path.name}")
+            source = prompt_source(bundle, regions[i])
+            progress.message(f"case {i + 1}/{len(inputs)}: {path.name} (region prompt: {source})", region_prompt=source)
         volume = read_volume(path, "image", oblique=oblique)
         result = predict_volume(
-            bundle, volume, patch=patch, stride=stride, device=device, region_embedding=region_embedding,
+            bundle, volume, patch=patch, stride=stride, device=device, region_embedding=regions[i],
             batch_size=batch_size, amp=amp, return_probabilities=write_probabilities, progress=progress,
         )
         label_path, probability_path = output_paths(path, out_dir)

@@ -17,6 +17,11 @@ One iteration t:
    L = Σ_k L_k; one SGD step over the three nets and the shared Adapter (the same as three
    SGD optimisers with one schedule: the lr step applies to every parameter).
 
+Steps 2-4 are one :class:`TrainingStep` (made by :func:`build_training_step` from
+:func:`build_model`, :func:`build_optimizer`, a :class:`GuidancePrompt` and
+:func:`setup_runtime`'s :class:`Runtime`): :func:`train` runs exactly that object, and so does
+``Testing/Benchmarks/benchmark_training.py``.
+
 Settings are a :class:`TrainConfig` (presets "paper" and "small"). ``T`` (uncertainty_passes):
 UA-MT used 8 with a mean teacher; here each of the three nets makes its own pseudo-label every
 iteration (3·T·U extra forward samples, no backward), so the paper preset uses 4 and the small
@@ -427,7 +432,10 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 @dataclass
-class _Runtime:
+class Runtime:
+    """Where and how this process trains: device, rank among ``world`` processes, AMP dtype
+    (``None``: fp32) and channels-last-3d layout (see :func:`setup_runtime`)."""
+
     device: torch.device
     rank: int
     world: int
@@ -457,7 +465,10 @@ def _resolve_device(name: str, local_rank: int) -> torch.device:
     return device
 
 
-def _setup_runtime(config: TrainConfig) -> _Runtime:
+def setup_runtime(config: TrainConfig) -> Runtime:
+    """Resolve ``config``'s device, AMP and channels-last choices, join the process group under
+    ``torchrun`` (WORLD_SIZE > 1) and set the backend flags (cuDNN autotuning, TF32, determinism,
+    CPU threads)."""
     import torch.distributed as dist
 
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
@@ -481,7 +492,7 @@ def _setup_runtime(config: TrainConfig) -> _Runtime:
         torch.use_deterministic_algorithms(True, warn_only=True)
     if config.threads:
         torch.set_num_threads(int(config.threads))
-    return _Runtime(device, rank, world, owns, torch.bfloat16 if use_bf16 else None, cl)
+    return Runtime(device, rank, world, owns, torch.bfloat16 if use_bf16 else None, cl)
 
 
 def _rng_state(device: torch.device, sampler_state: dict) -> dict[str, Any]:
@@ -498,7 +509,7 @@ def _set_rng_state(device: torch.device, state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state(state["torch_cuda"], device)
 
 
-def _gather(obj: Any, runtime: _Runtime) -> list[Any]:
+def _gather(obj: Any, runtime: Runtime) -> list[Any]:
     if not runtime.distributed:
         return [obj]
     import torch.distributed as dist
@@ -508,7 +519,7 @@ def _gather(obj: Any, runtime: _Runtime) -> list[Any]:
     return items
 
 
-def _sync_buffers(model: nn.Module, runtime: _Runtime) -> None:
+def _sync_buffers(model: nn.Module, runtime: Runtime) -> None:
     """Give every rank rank 0's buffers (batch-norm statistics)."""
     if not runtime.distributed:
         return
@@ -533,6 +544,121 @@ def _check_compatible(saved: Mapping[str, Any], config: TrainConfig, path: Path)
             f"{path}: the checkpoint was made with other settings ({', '.join(differ)}); "
             "train into a new folder, or turn resuming off to start over"
         )
+
+
+# ----------------------------------------------------------------------------- one iteration
+
+
+def build_model(config: TrainConfig, runtime: Runtime) -> TripleViewModel:
+    """The initial model, seeded by ``config.seed`` (identical on every rank), on the runtime's
+    device and in its memory layout."""
+    torch.manual_seed(config.seed)
+    model = config.network.build().to(runtime.device)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last_3d)
+    return model
+
+
+def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.SGD:
+    """One SGD over every parameter (the three nets and the shared Adapter); the step sets its lr."""
+    return torch.optim.SGD(
+        model.parameters(), lr=config.schedule.base_lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+
+
+@dataclass
+class StepResult:
+    """One iteration's losses (detached, on the device: reading them syncs) and schedule values."""
+
+    loss: Tensor
+    supervised: Tensor
+    unsupervised: Tensor
+    lr: float
+    beta: float
+
+    def stacked(self) -> Tensor:
+        """``(loss, supervised, unsupervised)`` as one (3,) tensor, for running sums."""
+        return torch.stack([self.loss, self.supervised, self.unsupervised])
+
+
+class TrainingStep:
+    """One training iteration (module docstring, steps 2-4), as :func:`train` runs it.
+
+    Calling it on a host batch and its iteration t sets the lr of t, moves the batch to the
+    device, makes the cross pseudo-labels (unless ``semi_supervised`` is off: β = 0), runs the
+    three nets under the runtime's autocast, and takes one SGD step. The model must be in train
+    mode. Build it with :func:`build_training_step`.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: TripleViewModel,
+        optimizer: torch.optim.Optimizer,
+        forward: nn.Module,
+        prompt: GuidancePrompt,
+        runtime: Runtime,
+        semi_supervised: bool,
+    ) -> None:
+        self.config, self.model, self.optimizer, self.forward = config, model, optimizer, forward
+        self.prompt, self.runtime, self.semi_supervised = prompt, runtime, semi_supervised
+        # Et is fed as zeros when use_text is off, so the Adapter and the guidance MLP (fed by
+        # GAP(f_img) too, eq. 4) always run: the ablation removes the prompt, not the branch
+        self.text_input: Tensor = (prompt.text if prompt.text is not None
+                                   else torch.zeros(1, config.network.text_dim, device=runtime.device))
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        dtype = self.runtime.amp_dtype
+        return torch.autocast(self.runtime.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+    def __call__(self, host_batch: Batch, iteration: int) -> StepResult:
+        t, config, model, schedule = iteration, self.config, self.model, self.config.schedule
+        lr, b = learning_rate(t, schedule), beta(t, schedule) if self.semi_supervised else 0.0
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        batch = host_batch.to(self.runtime.device, non_blocking=True, channels_last=self.runtime.channels_last)
+        region = self.prompt.region(batch.labeled_index)
+        with self._autocast():
+            pseudo = None
+            if self.semi_supervised:
+                threshold = uncertainty_threshold(t, schedule, config.network.n_classes)
+                with torch.no_grad():
+                    era = model.embed(self.text_input, region)
+                pseudo = peer_pseudo_labels(model, batch.x_u, era, config.uncertainty_passes, threshold,
+                                            config.noise_std, config.noise_clip)
+                x = torch.cat([batch.x_l, batch.x_u])
+            else:
+                x = batch.x_l
+            logits = self.forward(x, self.text_input, region)
+        loss, loss_sup, loss_unsup = iteration_losses(logits, batch, pseudo, b)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return StepResult(loss.detach(), loss_sup, loss_unsup, lr, b)
+
+
+def build_training_step(
+    config: TrainConfig,
+    model: TripleViewModel,
+    optimizer: torch.optim.Optimizer,
+    prompt: GuidancePrompt,
+    runtime: Runtime,
+    semi_supervised: bool = True,
+) -> TrainingStep:
+    """The step :func:`train` runs: each net compiled if ``config.compile``, the differentiable
+    part wrapped in DistributedDataParallel under ``torchrun``. Call it after loading any
+    checkpoint into ``model``. ``semi_supervised=False``: no unlabeled patches (β = 0)."""
+    if config.compile:
+        for net in model.nets.values():
+            net.compile()
+    forward: nn.Module = _TrainForward(model)
+    if runtime.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # every parameter takes part in every iteration (Et is fed as zeros when use_text is off)
+        device = runtime.device
+        forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
+    return TrainingStep(config, model, optimizer, forward, prompt, runtime, semi_supervised)
 
 
 # ----------------------------------------------------------------------------- training
@@ -593,7 +719,7 @@ def train_on_cases(
     if not labeled:
         raise RADAError("training needs at least one labeled case")
     progress = progress or Progress()
-    runtime = _setup_runtime(config)
+    runtime = setup_runtime(config)
     try:
         return _train(config, list(labeled), list(unlabeled), text_embedding, region_embeddings, Path(out_dir),
                       progress if runtime.main else Progress(), validate, resume, stop_after, runtime)
@@ -624,7 +750,7 @@ def _train(
     validate: Callable | None,
     resume: bool,
     stop_after: int | None,
-    runtime: _Runtime,
+    runtime: Runtime,
 ) -> TrainResult:
     device = runtime.device
     if config.use_text and text_embedding is None:
@@ -659,13 +785,8 @@ def _train(
         )
 
     # model and optimizer, identical on every rank
-    torch.manual_seed(config.seed)
-    model = config.network.build().to(device)
-    if runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last_3d)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.schedule.base_lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
+    model = build_model(config, runtime)
+    optimizer = build_optimizer(config, model)
     sampler = TwoStreamSampler(
         labeled, unlabeled, config.patch, config.labeled_batch, config.unlabeled_batch,
         seed=(config.seed, runtime.rank), use_registration=config.use_registration, augment=config.augment,
@@ -704,15 +825,8 @@ def _train(
     if runtime.main:  # after the resume check, so a refused run leaves the folder as it was
         write_text_atomic(out_dir / CONFIG_FILE, json.dumps(config.to_dict(), indent=2) + "\n")
 
-    if config.compile:
-        for net in model.nets.values():
-            net.compile()
-    forward: nn.Module = _TrainForward(model)
-    if runtime.distributed:
-        from torch.nn.parallel import DistributedDataParallel
-
-        # every parameter takes part in every iteration (Et is fed as zeros when use_text is off)
-        forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
+    step = build_training_step(config, model, optimizer, prompt, runtime,
+                               semi_supervised=bool(unlabeled) and config.unlabeled_batch > 0)
 
     end = config.iterations if stop_after is None else min(config.iterations, int(stop_after))
     result = TrainResult(model, history, out_dir, start, seconds_before, config)
@@ -721,15 +835,7 @@ def _train(
         return result
 
     schedule = config.schedule
-    has_unlabeled = bool(unlabeled) and config.unlabeled_batch > 0
-    autocast = (
-        (lambda: torch.autocast(device.type, dtype=runtime.amp_dtype))
-        if runtime.amp_dtype is not None else contextlib.nullcontext
-    )
-    # Et is fed as zeros when use_text is off, so the Adapter and the guidance MLP (fed by
-    # GAP(f_img) too, eq. 4) always run: the ablation removes the prompt, not the branch
-    text_input = prompt.text if prompt.text is not None else torch.zeros(1, config.network.text_dim, device=device)
-    infer_text, infer_region = text_input, prompt.inference_region()
+    infer_text, infer_region = step.text_input, prompt.inference_region()
 
     def save(completed: int, state: dict) -> None:
         _sync_buffers(model, runtime)
@@ -762,28 +868,9 @@ def _train(
     try:
         for host_batch in prefetcher:
             t = host_batch.iteration
-            lr, a, b = learning_rate(t, schedule), host_batch.alpha, beta(t, schedule) if has_unlabeled else 0.0
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            batch = host_batch.to(device, non_blocking=True, channels_last=runtime.channels_last)
-            region = prompt.region(batch.labeled_index)
-            with autocast():
-                pseudo = None
-                if has_unlabeled:
-                    threshold = uncertainty_threshold(t, schedule, n_classes)
-                    with torch.no_grad():
-                        era = model.embed(text_input, region)
-                    pseudo = peer_pseudo_labels(model, batch.x_u, era, config.uncertainty_passes, threshold,
-                                                config.noise_std, config.noise_clip)
-                    x = torch.cat([batch.x_l, batch.x_u])
-                else:
-                    x = batch.x_l
-                logits = forward(x, text_input, region)
-            loss, loss_sup, loss_unsup = iteration_losses(logits, batch, pseudo, b)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            sums += torch.stack([loss.detach(), loss_sup, loss_unsup])
+            outcome = step(host_batch, t)
+            lr, a, b = outcome.lr, host_batch.alpha, outcome.beta
+            sums += outcome.stacked()
             window_n += 1
             last_state = host_batch.sampler_state
             completed = t + 1

@@ -96,6 +96,7 @@ def train_model(
     Training resumes from the experiment's checkpoint when there is one.
     """
     from .bundle import save_bundle
+    from .region_prompt import encoder_record
     from .training import train
 
     experiment = Path(experiment)
@@ -135,8 +136,8 @@ def train_model(
         # use_text=False trained on zeros in place of Et: store those zeros, so inference matches
         "text_embedding": (embeddings.text if train_config.use_text else np.zeros_like(embeddings.text)) if embeddings else None,
         "region_embedding_mean": embeddings.region_mean(planes) if embeddings and train_config.region_mode != "none" else None,
-        "encoder": {"identity": embeddings.identity if embeddings else None,
-                    "pretrained": embeddings.pretrained if embeddings else {}},
+        # what rebuilds the same frozen encoder for a volume's own region prompt (region_prompt.py)
+        "encoder": encoder_record(embeddings, train_config.region_mode),
         "inference": {"patch": list(train_config.patch)},
         "training": {"iterations": result.iteration, "seconds": round(result.seconds, 1),
                      "config": train_config.to_dict(), "history_tail": result.history[-5:],

@@ -601,8 +601,13 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
 
     def segment(self, volumeNodes: Iterable[Any] | Any | None = None, model: str | os.PathLike[str] | None = None,
                 settings: RADASegmentSettings | None = None, wait: bool = False,
-                onEvent: EventCallback | None = None, onFinished: FinishedCallback | None = None) -> Any:
+                onEvent: EventCallback | None = None, onFinished: FinishedCallback | None = None,
+                usePaintedSlices: bool = True) -> Any:
         """Segment volumes with a trained model; results become segmentation nodes.
+
+        A volume with painted slices on all three planes gives the model its own region prompt
+        (``--sparse-label``); the others use the prompt stored with the model (the training
+        cohort's mean). ``usePaintedSlices=False`` uses the stored prompt for every volume.
 
         Returns the job (``wait=False``), else the segmentation node (one volume) or the list
         of nodes. Each node is named "<volume> RADA", holds the model's classes with their
@@ -620,18 +625,26 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         self._checkClasses(model, classes, settings)
         entries = self._entries(volumeNodes)
         folder = self._newWorkFolder("segment")
-        images, used = [], set()
+        images, sparse, used = [], [], set()
         for entry in entries:
             volume = self.volumeNode(entry)
-            images.append(nodes.export_volume(volume, folder / "images" / f"{_safe_id(volume.GetName(), used)}.nrrd"))
+            caseId = _safe_id(volume.GetName(), used)
+            images.append(nodes.export_volume(volume, folder / "images" / f"{caseId}.nrrd"))
+            self.updatePlanes(volume)
+            if entry.annotated and usePaintedSlices:  # its own region prompt (METHOD: Era at inference)
+                segmentation = slicer.mrmlScene.GetNodeByID(entry.segmentationNodeID)
+                sparse.append(str(nodes.export_label_map(segmentation, {1: entry.segmentID}, volume,
+                                                         folder / "sparse" / f"{caseId}.nrrd")))
+            else:
+                sparse.append("-")
             entry.predictionStatus = "running"
         out = folder / "predictions"
         device = settings.device
         if device == "auto":
             device = "cuda" if self.cudaAvailable() else "cpu"
         arguments = ["--model", str(model), "--out", str(out), "--stride", settings.stride, "--device", device]
-        for image in images:
-            arguments += ["--image", str(image)]
+        for image, label in zip(images, sparse):
+            arguments += ["--image", str(image), "--sparse-label", label]
 
         def finish() -> Any:
             from RADALib.inference import LABEL_SUFFIX

@@ -127,12 +127,13 @@ class RADASegmentTest(ScriptedLoadableModuleTest):
         self.assertEqual([m.name for m in logic.listModels()], ["selftest"])
         self.assertGreater(len(logic.trainingCurves()), 0)
 
-        self.delayDisplay("Segmenting the unlabeled volume")
-        result = logic.segment(volumes[2], model, wait=True)
-        segmentId = result.GetSegmentation().GetSegmentIdBySegmentName(settings.structureName)
-        self.assertTrue(segmentId, "the result has a segment named after the structure")
-        array = slicer.util.arrayFromSegmentBinaryLabelmap(result, segmentId, volumes[2])
-        self.assertEqual(array.shape, truths[2].shape)
-        self.assertEqual(logic.entry(volumes[2]).predictionStatus, "done")
+        self.delayDisplay("Segmenting a painted volume (its own region prompt) and the unlabeled one")
+        results = logic.segment([volumes[0], volumes[2]], model, wait=True)
+        for volume, truth, result in zip((volumes[0], volumes[2]), (truths[0], truths[2]), results):
+            segmentId = result.GetSegmentation().GetSegmentIdBySegmentName(settings.structureName)
+            self.assertTrue(segmentId, "the result has a segment named after the structure")
+            array = slicer.util.arrayFromSegmentBinaryLabelmap(result, segmentId, volume)
+            self.assertEqual(array.shape, truth.shape)
+            self.assertEqual(logic.entry(volume).predictionStatus, "done")
         self.delayDisplay("Test passed")
 

@@ -4,11 +4,11 @@ Measures one training iteration of the triple-view model (paper Algorithm 1) for
 (default ``paper``: patch 112x112x80, base 16 filters, T = 4 uncertainty passes) on the device
 present, two ways, side by side in the same run:
 
-- **engine**: the step of ``RADALib.training._train``, rebuilt from the engine's own pieces
-  (``_setup_runtime`` for the device, AMP and channels-last choices, ``GuidancePrompt``,
-  ``peer_pseudo_labels`` with the T noisy passes batched into one forward per net,
-  ``_TrainForward``, ``iteration_losses``, SGD): bf16 autocast and channels-last-3d on CUDA
-  (the preset's "auto"), cuDNN autotuning, pinned host batches;
+- **engine**: the production step itself, ``RADALib.training.TrainingStep`` as ``train`` runs
+  it (``setup_runtime`` for the device, AMP and channels-last choices, ``build_model``,
+  ``build_optimizer``, ``GuidancePrompt``, ``build_training_step``; inside, the T noisy passes
+  of ``peer_pseudo_labels`` batched into one forward per net): bf16 autocast and
+  channels-last-3d on CUDA (the preset's "auto"), cuDNN autotuning, pinned host batches;
 - **plain**: the same math written the obvious way: fp32, eager, contiguous layout, PyTorch's
   default backend flags, each net's T MC-dropout passes run one by one (batch U each), then the
   three nets one after another (forward, L_sup, masked CE against the two peers' pseudo-labels),
@@ -27,12 +27,15 @@ activations); on CPU the peak resident set size minus the resident size just bef
 is built (``/proc/self/status`` VmHWM, else ``getrusage`` ru_maxrss). Each variant runs in a
 fresh child process (spawned), so neither its memory high-water mark nor the engine's global
 backend flags (cuDNN benchmark, TF32) leak into the other; ``--in-process`` runs both in this
-process instead (plain first; the CPU peak then relies on resetting VmHWM via
-``/proc/self/clear_refs``).
+process instead (plain first; the CPU peak then relies on ``malloc_trim`` and on resetting
+VmHWM via ``/proc/self/clear_refs``). Before its baseline each variant runs one iteration of a
+miniature of itself, so libraries loaded once (``torch.distributed``, ``torch._dynamo``, oneDNN
+kernels: over 100 MiB) are not charged to either. On CUDA the plain loop keeps PyTorch's default
+backend flags, which let cuDNN convolutions use TF32; ``--strict-fp32`` turns that off.
 
     python Testing/Benchmarks/benchmark_training.py [--preset paper] [--device auto|cpu|cuda]
         [--iterations N] [--warmup N] [--patch X,Y,Z] [--threads N] [--data ../shared/data/LA2018]
-        [--compile] [--in-process] [--json results.json]
+        [--compile] [--strict-fp32] [--in-process] [--json results.json]
 
 Not a test. On a GPU the paper preset takes seconds; on a 2-core CPU one paper iteration takes
 about 5 minutes per variant, so use ``--preset small`` there (seconds).
@@ -41,7 +44,7 @@ about 5 minutes per variant, so use ``--preset small`` there (seconds).
 from __future__ import annotations
 
 import argparse
-import contextlib
+import gc
 import json
 import os
 import platform
@@ -67,12 +70,12 @@ from RADALib.schedules import alpha, beta, learning_rate, uncertainty_threshold 
 from RADALib.training import (  # noqa: E402
     GuidancePrompt,
     TrainConfig,
-    _setup_runtime,
-    _TrainForward,
-    iteration_losses,
-    peer_pseudo_labels,
+    build_model,
+    build_optimizer,
+    build_training_step,
     preset,
     presets,
+    setup_runtime,
 )
 
 LA_SHAPE = (183, 140, 88)
@@ -93,14 +96,14 @@ def build_config(settings: dict[str, Any]) -> TrainConfig:
     return preset(settings["preset"], **changes)
 
 
-def _ball_case(case_id: str, seed: int, labeled: bool) -> TrainingCase:
+def _ball_case(case_id: str, seed: int, labeled: bool, shape=LA_SHAPE) -> TrainingCase:
     """A noisy bright ball in an LA-sized volume, with slices through its centre "annotated"."""
     rng = np.random.default_rng(seed)
-    grid = np.ogrid[tuple(slice(0, n) for n in LA_SHAPE)]
-    centre = [n / 2 + rng.uniform(-5, 5) for n in LA_SHAPE]
-    radius = 0.3 * min(LA_SHAPE)
+    grid = np.ogrid[tuple(slice(0, n) for n in shape)]
+    centre = [n / 2 + rng.uniform(-0.03, 0.03) * n for n in shape]
+    radius = 0.3 * min(shape)
     label = (sum((g - c) ** 2 for g, c in zip(grid, centre)) <= radius**2).astype(np.uint8)
-    image = normalize_intensity(100 + 40 * label + rng.normal(0, 8, LA_SHAPE).astype(np.float32))
+    image = normalize_intensity(100 + 40 * label + rng.normal(0, 8, shape).astype(np.float32))
     return _training_case(case_id, image, label if labeled else None)
 
 
@@ -114,12 +117,12 @@ def _training_case(case_id: str, image: np.ndarray, label: np.ndarray | None) ->
     return TrainingCase(case_id, image, (label, label, label), distances, mask, label * mask)
 
 
-def training_cases(config: TrainConfig, data: str | None) -> tuple[list[TrainingCase], list[TrainingCase]]:
+def training_cases(config: TrainConfig, data: str | None, shape=LA_SHAPE) -> tuple[list[TrainingCase], list[TrainingCase]]:
     """``labeled_batch`` labeled and ``unlabeled_batch`` unlabeled cases (synthetic or LA2018)."""
     n_l, n_u = config.labeled_batch, config.unlabeled_batch
     if not data:
-        return ([_ball_case(f"l{i}", i, True) for i in range(n_l)],
-                [_ball_case(f"u{i}", 100 + i, False) for i in range(n_u)])
+        return ([_ball_case(f"l{i}", i, True, shape) for i in range(n_l)],
+                [_ball_case(f"u{i}", 100 + i, False, shape) for i in range(n_u)])
     from RADALib.volume import read_volume
 
     folder = Path(data)
@@ -135,10 +138,10 @@ def training_cases(config: TrainConfig, data: str | None) -> tuple[list[Training
     return labeled, unlabeled
 
 
-def host_batches(config: TrainConfig, data: str | None, count: int) -> tuple[list[Batch], list[str]]:
+def host_batches(config: TrainConfig, data: str | None, count: int, shape=LA_SHAPE) -> tuple[list[Batch], list[str]]:
     """The first ``count`` batches of the engine's sampler (identical in both variants) and the
     labeled case ids in sampler order (what ``Batch.labeled_index`` refers to)."""
-    labeled, unlabeled = training_cases(config, data)
+    labeled, unlabeled = training_cases(config, data, shape)
     sampler = TwoStreamSampler(labeled, unlabeled, config.patch, config.labeled_batch, config.unlabeled_batch,
                                seed=(config.seed, 0), use_registration=config.use_registration,
                                augment=config.augment)
@@ -160,30 +163,17 @@ def embeddings(config: TrainConfig, labeled_ids: list[str]) -> tuple[np.ndarray,
 
 
 class EngineStep:
-    """One iteration exactly as the loop of ``RADALib.training._train`` runs it (single process)."""
+    """One iteration of ``RADALib.training``'s own :class:`TrainingStep`, built as ``train``
+    builds it (single process), plus the loop's running sums of the losses."""
 
-    def __init__(self, config: TrainConfig, labeled_ids: list[str]) -> None:
-        self.config = config
-        runtime = _setup_runtime(config)
+    def __init__(self, config: TrainConfig, labeled_ids: list[str], strict_fp32: bool = False) -> None:
+        runtime = setup_runtime(config)
         self.runtime, self.device = runtime, runtime.device
         text, regions = embeddings(config, labeled_ids)
-        self.prompt = GuidancePrompt.build(config, text, regions, labeled_ids, self.device)
-        torch.manual_seed(config.seed)
-        model = config.network.build().to(self.device)
-        if runtime.channels_last:
-            model = model.to(memory_format=torch.channels_last_3d)
-        self.model = model
-        self.optimizer = torch.optim.SGD(model.parameters(), lr=config.schedule.base_lr,
-                                         momentum=config.momentum, weight_decay=config.weight_decay)
-        if config.compile:
-            for net in model.nets.values():
-                net.compile()
-        self.forward = _TrainForward(model)
-        # as in _train: Et is fed as zeros when there is none
-        self.text_input = (self.prompt.text if self.prompt.text is not None
-                           else torch.zeros(1, config.network.text_dim, device=self.device))
+        prompt = GuidancePrompt.build(config, text, regions, labeled_ids, self.device)
+        model = build_model(config, runtime)
+        self.step = build_training_step(config, model, build_optimizer(config, model), prompt, runtime)
         self.sums = torch.zeros(3, device=self.device)
-        self.autocast_dtype = runtime.amp_dtype
         torch.manual_seed(config.seed)
         model.train()
 
@@ -191,37 +181,25 @@ class EngineStep:
         return batch.pin_memory() if self.device.type == "cuda" else batch
 
     def __call__(self, host_batch: Batch, t: int) -> torch.Tensor:
-        config, model, schedule = self.config, self.model, self.config.schedule
-        lr, b = learning_rate(t, schedule), beta(t, schedule)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        batch = host_batch.to(self.device, non_blocking=True, channels_last=self.runtime.channels_last)
-        region = self.prompt.region(batch.labeled_index)
-        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
-                    else contextlib.nullcontext())
-        with autocast:
-            threshold = uncertainty_threshold(t, schedule, config.network.n_classes)
-            with torch.no_grad():
-                era = model.embed(self.text_input, region)
-            pseudo = peer_pseudo_labels(model, batch.x_u, era, config.uncertainty_passes, threshold,
-                                        config.noise_std, config.noise_clip)
-            x = torch.cat([batch.x_l, batch.x_u])
-            logits = self.forward(x, self.text_input, region)
-        loss, loss_sup, loss_unsup = iteration_losses(logits, batch, pseudo, b)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        self.sums += torch.stack([loss.detach(), loss_sup, loss_unsup])
-        return loss_sup
+        result = self.step(host_batch, t)
+        self.sums += result.stacked()  # as train's loop does between two log lines
+        return result.supervised
 
 
 class PlainStep:
-    """The same iteration written plainly: fp32, eager, contiguous, T passes one by one."""
+    """The same iteration written plainly: fp32, eager, contiguous, T passes one by one.
 
-    def __init__(self, config: TrainConfig, labeled_ids: list[str]) -> None:
+    Backend flags stay at PyTorch's defaults (which allow TF32 in cuDNN convolutions) unless
+    ``strict_fp32``.
+    """
+
+    def __init__(self, config: TrainConfig, labeled_ids: list[str], strict_fp32: bool = False) -> None:
         self.config = config
         name = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
         self.device = torch.device(name)
+        if strict_fp32 and self.device.type == "cuda":  # PyTorch's default lets cuDNN convolutions use TF32
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
         if config.threads:
             torch.set_num_threads(int(config.threads))
         text, regions = embeddings(config, labeled_ids)
@@ -302,6 +280,18 @@ def _rss_bytes() -> int:
         return 0
 
 
+def _release_freed_memory() -> None:
+    """Hand freed heap memory back to the system (glibc keeps it otherwise, which would hide the
+    second in-process variant's memory inside the first one's leftovers)."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def _reset_peak_rss() -> bool:
     """Reset the kernel's high-water mark of this process's RSS (Linux >= 4.0)."""
     try:
@@ -312,22 +302,16 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _prime(device: str) -> None:
-    """Load the convolution kernels and thread pools once, so the RSS baseline taken after this
-    counts the library's own code and buffers, not the variant's (``_setup_runtime`` imports
-    ``torch.distributed``, and the first SGD optimizer pulls in ``torch._dynamo``: together well
-    over 100 MiB of code that is no part of a training step)."""
-    import torch.distributed  # noqa: F401
-
-    dev = torch.device("cuda" if device == "cuda" else "cpu")
-    conv = torch.nn.Conv3d(1, 4, 3, padding=1).to(dev)
-    for fmt in (torch.contiguous_format, torch.channels_last_3d):
-        x = torch.randn(2, 1, 16, 16, 16, device=dev).contiguous(memory_format=fmt)
-        torch.softmax(conv.to(memory_format=fmt)(x), dim=1).sum().backward()
-    optimizer = torch.optim.SGD(conv.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    del conv, x, optimizer
+def _prime(variant: str, config: TrainConfig, strict_fp32: bool = False) -> None:
+    """One iteration of a miniature of the same step (patch 16³, base 2 filters), so that the RSS
+    baseline taken after it counts what the first step loads once (``torch.distributed`` imported
+    by ``setup_runtime``, ``torch._dynamo`` by the first optimizer, oneDNN kernels, thread
+    pools: over 100 MiB here), not what a step of the benchmarked size holds."""
+    mini = config.replace(patch=(16, 16, 16), compile=False, network={"base_filters": 2})
+    batches, ids = host_batches(mini, None, 1, shape=(20, 20, 20))
+    step = (EngineStep if variant == "engine" else PlainStep)(mini, ids, strict_fp32)
+    step(step.prepare(batches[0]), 0)
+    del step, batches
 
 
 def _peak_rss_bytes() -> int:
@@ -354,13 +338,15 @@ def run_variant(variant: str, settings: dict[str, Any]) -> dict[str, Any]:
     batches, labeled_ids = host_batches(config, settings.get("data"), min(warmup + iterations, 4))
 
     cuda = settings["device"] == "cuda"
-    _prime(settings["device"])
+    strict = bool(settings.get("strict_fp32"))
+    _prime(variant, config, strict)
     if cuda:
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats()
+    _release_freed_memory()
     baseline_rss = _rss_bytes()
     reset_ok = _reset_peak_rss()
-    step = (EngineStep if variant == "engine" else PlainStep)(config, labeled_ids)
+    step = (EngineStep if variant == "engine" else PlainStep)(config, labeled_ids, strict)
     device = step.device
     batches = [step.prepare(b) for b in batches]
 
@@ -368,22 +354,18 @@ def run_variant(variant: str, settings: dict[str, Any]) -> dict[str, Any]:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    first_sup = None
-    for t in range(warmup):
-        out = step(batches[t % len(batches)], t)
-        if t == 0:
-            first_sup = float(out)
-    sync()
+    first = last = None
     started = time.perf_counter()
-    last = None
-    for i in range(iterations):
-        t = warmup + i
+    for t in range(warmup + iterations):
+        if t == warmup:  # the measured window starts on an idle device
+            sync()
+            started = time.perf_counter()
         last = step(batches[t % len(batches)], t)
+        if t == 0:
+            first = last
     sync()
     seconds = time.perf_counter() - started
-    last_sup = float(last) if last is not None else float("nan")
-    if first_sup is None:
-        first_sup = last_sup
+    first_sup, last_sup = float(first), float(last)  # type: ignore[arg-type]
 
     result: dict[str, Any] = {
         "variant": variant, "iterations": iterations, "warmup": warmup, "seconds": seconds,
@@ -391,6 +373,9 @@ def run_variant(variant: str, settings: dict[str, Any]) -> dict[str, Any]:
         "s_per_it": seconds / iterations if iterations else float("nan"),
         "first_loss_sup": first_sup, "last_loss_sup": last_sup, "device": str(device),
         "threads": torch.get_num_threads(),
+        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
+        "tf32_conv": bool(torch.backends.cudnn.allow_tf32) if cuda else False,
+        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32) if cuda else False,
     }
     if variant == "engine":
         result.update(amp=str(step.runtime.amp_dtype), channels_last=bool(step.runtime.channels_last))
@@ -457,6 +442,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--data", default=None, help="LA2018 folder: real patches instead of synthetic ones")
     parser.add_argument("--compile", action="store_true", help="torch.compile the engine's nets (TrainConfig.compile)")
+    parser.add_argument("--strict-fp32", action="store_true",
+                        help="plain loop on CUDA without TF32 (PyTorch's default allows it in cuDNN convolutions)")
     parser.add_argument("--in-process", action="store_true", help="run both variants in this process (plain first)")
     parser.add_argument("--json", help="write all figures here")
     args = parser.parse_args()
@@ -474,7 +461,7 @@ def main() -> int:
         parser.error("--iterations must be >= 1 and --warmup >= 0")
     settings = {"preset": args.preset, "device": device, "iterations": iterations, "warmup": warmup,
                 "patch": _parse_patch(args.patch), "threads": args.threads, "data": args.data,
-                "compile": args.compile}
+                "compile": args.compile, "strict_fp32": args.strict_fp32}
     config = build_config(settings)
 
     info = machine_info(device)
@@ -492,7 +479,7 @@ def main() -> int:
     for variant in VARIANTS:  # plain first: the engine sets global backend flags
         results[variant] = run_variant(variant, settings) if args.in_process else run_isolated(variant, settings)
         r = results[variant]
-        print(f"  {variant}: {r['s_per_it']:.3f} s/it, peak {_mib(r['peak_bytes'])}", flush=True)
+        print(f"  {variant}: {r['s_per_it']:.3f} s/it, peak {_mib(r['peak_bytes'])}, {r['threads']} torch thread(s)", flush=True)
 
     plain, engine = results["plain"], results["engine"]
     speedup = engine["it_per_s"] / plain["it_per_s"]
@@ -500,8 +487,13 @@ def main() -> int:
     print(f"\n{'':<8} {'it/s':>9} {'s/it':>9} {'peak memory':>13} {'amp':>15} {'ch-last':>8} {'L_sup(t=0)':>11}")
     for name in VARIANTS:
         r = results[name]
-        print(f"{name:<8} {r['it_per_s']:>9.3f} {r['s_per_it']:>9.3f} {_mib(r['peak_bytes']):>13} "
+        print(f"{name:<8} {r['it_per_s']:>9.4g} {r['s_per_it']:>9.4g} {_mib(r['peak_bytes']):>13} "
               f"{r['amp']:>15} {str(r['channels_last']):>8} {r['first_loss_sup']:>11.4f}")
+    if cuda:
+        for name in VARIANTS:
+            r = results[name]
+            print(f"{name} backend: cudnn.benchmark {r['cudnn_benchmark']}, TF32 conv {r['tf32_conv']}, "
+                  f"TF32 matmul {r['tf32_matmul']}, peak reserved {_mib(r['peak_reserved_bytes'])}")
     print(f"\nspeed-up engine/plain: x{speedup:.2f}; peak memory plain/engine: x{memory_ratio:.2f} "
           f"({engine['memory_kind']})")
     if args.json:

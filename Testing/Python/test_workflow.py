@@ -7,12 +7,15 @@ import json
 import numpy as np
 import SimpleITK as sitk
 
+from RADALib.bundle import load_bundle
 from RADALib.cohort import Case, Cohort
+from RADALib.embeddings import CohortEmbeddings
 from RADALib.inference import predict_files
 from RADALib.propagation import PropagationConfig
-from RADALib.pseudo_labels import propagate_cohort
+from RADALib.pseudo_labels import load_case_result, propagate_cohort
+from RADALib.region_prompt import region_embedding_for
 from RADALib.training import preset
-from RADALib.volume import volume_from_array, write_like
+from RADALib.volume import read_volume, volume_from_array, write_like
 from RADALib.workflow import model_folder, train_model
 
 from conftest import TranslationRegistrar, disk_stack
@@ -41,6 +44,16 @@ def test_train_model_writes_a_bundle_that_segments_with_the_input_header(tmp_pat
     assert len(manifest["text_embedding"]) == 512 and len(manifest["region_embedding_mean"]) == 1024
     assert manifest["classes"]["1"]["name"] == "left atrium"
     assert (experiment / "embeddings.npz").exists() and (experiment / "checkpoint.pt").exists()
+    assert manifest["encoder"]["region_mode"] == "alpha"
+    assert manifest["encoder"]["files"] == {"vision": None, "text": None}  # random towers: no files
+
+    # a training case's own region prompt, recomputed with the encoder rebuilt from the manifest
+    # (random ViT-B/16 towers, same seed), equals the Ev stored at training
+    stored = CohortEmbeddings.load(experiment / "embeddings.npz").regions["c0"]["axial"]
+    image = read_volume(cases[0].image)
+    sparse = image.with_array(load_case_result(experiment / "propagation" / "cases" / "c0").annotation.label)
+    recomputed = region_embedding_for(load_bundle(run.model), image, sparse)
+    np.testing.assert_allclose(recomputed, np.concatenate([stored, stored]), rtol=1e-5, atol=1e-5)
 
     [output] = predict_files(run.model, [cases[2].image], tmp_path / "predictions", patch=(16, 16, 16))
     written, source = sitk.ReadImage(str(output)), sitk.ReadImage(str(cases[2].image))

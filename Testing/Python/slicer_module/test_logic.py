@@ -83,6 +83,7 @@ def fake_train(args):
 
 
 def fake_predict(args):
+    assert args.count("--sparse-label") == args.count("--image"), "one --sparse-label (or -) per --image"
     out = Path(_argument(args, "--out"))
     out.mkdir(parents=True, exist_ok=True)
     images = [args[i + 1] for i, a in enumerate(args) if a == "--image"]
@@ -351,3 +352,18 @@ def test_annotate_puts_the_three_slice_views_on_the_suggested_slices_of_the_volu
         assert matrix.GetElement(axis, 3) == pytest.approx(expected[plane], abs=1e-6), layout  # plane through it
     for composite in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"):
         assert composite.GetBackgroundVolumeID() == node.GetID()
+
+
+def test_segment_gives_a_painted_volume_its_own_region_prompt_and_others_the_stored_one(make_logic, tmp_path):
+    logic = make_logic(work=fake_predict)
+    model = write_fake_bundle(tmp_path / "models" / "kid")
+    painted, truth, _, direction = _volume("painted")
+    plain, _, _, _ = _volume("plain", seed=1)
+    _paint(logic, painted, truth, direction)
+    logic.segment([painted, plain], str(model), wait=True)
+    args = logic.started[0].args
+    labels = [args[i + 1] for i, a in enumerate(args) if a == "--sparse-label"]
+    assert labels[1] == "-"
+    image = read_volume(_argument(args, "--image"), "image")
+    exported = read_label_for(image, labels[0]).array
+    assert exported.any() and not exported.all()
