@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Literal, Mapping
+from typing import Callable, Literal, Mapping, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -177,22 +177,44 @@ def annotation_box(annotation: SparseAnnotation, margin: int) -> list[tuple[int,
 
 def interpolate_shapes(first: np.ndarray, last: np.ndarray, fraction: float) -> np.ndarray:
     """Shape-based interpolation between two 2D label maps (signed distances, per class)."""
-    out = np.zeros_like(first)
-    best = np.full(first.shape, np.inf, np.float32)
-    for value in np.union1d(np.unique(first), np.unique(last)):
+    return interpolate_shapes_at(first, last, [fraction])[0]
+
+
+def interpolate_shapes_at(first: np.ndarray, last: np.ndarray, fractions: Sequence[float]) -> list[np.ndarray]:
+    """:func:`interpolate_shapes` at several fractions, with each class's distances computed once.
+
+    Distances are computed on the box around both labels grown by one pixel (a background
+    ring, except at the slice's edges), which gives the same values as on the whole slice.
+    """
+    outs = [np.zeros_like(first) for _ in fractions]
+    labeled = (first != 0) | (last != 0)
+    if not labeled.any():
+        return outs
+    rows, cols = np.nonzero(labeled)
+    r0, r1 = max(int(rows.min()) - 1, 0), min(int(rows.max()) + 2, first.shape[0])
+    c0, c1 = max(int(cols.min()) - 1, 0), min(int(cols.max()) + 2, first.shape[1])
+    box = (slice(r0, r1), slice(c0, c1))
+    a, b = first[box], last[box]
+    bests = [np.full(a.shape, np.inf, np.float32) for _ in fractions]
+    for value in np.union1d(np.unique(a), np.unique(b)):
         if value == 0:
             continue
-        blend = (1.0 - fraction) * _signed_distance(first == value) + fraction * _signed_distance(last == value)
-        take = (blend < 0) & (blend < best)
-        out[take] = value
-        best = np.where(take, blend, best)
-    return out
+        far = float(sum(first.shape))  # the whole slice's "no label" distance
+        da, db = _signed_distance(a == value, far), _signed_distance(b == value, far)
+        for out, best, fraction in zip(outs, bests, fractions):
+            blend = (1.0 - fraction) * da + fraction * db
+            take = (blend < 0) & (blend < best)
+            out[box][take] = value
+            best[take] = blend[take]
+    return outs
 
 
-def _signed_distance(mask: np.ndarray) -> np.ndarray:
-    """Negative inside, positive outside, zero half-way between boundary pixels."""
+def _signed_distance(mask: np.ndarray, empty: float | None = None) -> np.ndarray:
+    """Negative inside, positive outside, zero half-way between boundary pixels.
+
+    An empty mask is ``empty`` everywhere (default: the slice's height + width)."""
     if not mask.any():
-        return np.full(mask.shape, float(sum(mask.shape)), np.float32)
+        return np.full(mask.shape, float(sum(mask.shape)) if empty is None else empty, np.float32)
     outside = ndimage.distance_transform_edt(~mask)
     inside = ndimage.distance_transform_edt(mask)
     return np.where(mask, 0.5 - inside, outside - 0.5).astype(np.float32)
@@ -340,9 +362,10 @@ def _propagate_view(
             warped = smooth_slice(warp_label(cropped_labels[chain.source], chain.coordinates), config.slice_smoothing)
             cropped_labels[target] = warped
             gap = abs(target - previous)
-            for j in range(1, gap):
-                between = previous + chain.direction * j
-                cropped_labels[between] = interpolate_shapes(cropped_labels[previous], warped, j / gap)
+            if gap > 1:
+                between = interpolate_shapes_at(cropped_labels[previous], warped, [j / gap for j in range(1, gap)])
+                for j, label in enumerate(between, start=1):
+                    cropped_labels[previous + chain.direction * j] = label
             chain.current = target
             if config.stop_when_empty and not warped.any():
                 chain.finished = True

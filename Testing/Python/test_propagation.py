@@ -189,3 +189,40 @@ def test_weighted_fusion_trusts_the_view_that_agrees_with_the_annotation(transla
     result.labels[0] = np.roll(label, 6, axis=1)  # two views drift the same wrong way
     result.labels[1] = np.roll(label, 6, axis=1)
     assert dice(result.fused("majority"), label) < dice(result.fused("weighted"), label)
+
+
+def _whole_slice_interpolation(first, last, fraction):
+    """The plain definition: signed distances over the whole slice, per class."""
+    from scipy import ndimage
+
+    def signed(mask):
+        if not mask.any():
+            return np.full(mask.shape, float(sum(mask.shape)))
+        return np.where(mask, 0.5 - ndimage.distance_transform_edt(mask), ndimage.distance_transform_edt(~mask) - 0.5)
+
+    out, best = np.zeros_like(first), np.full(first.shape, np.inf)
+    for value in np.union1d(np.unique(first), np.unique(last)):
+        if value:
+            blend = (1 - fraction) * signed(first == value) + fraction * signed(last == value)
+            take = (blend < 0) & (blend < best)
+            out[take], best = value, np.where(take, blend, best)
+    return out
+
+
+def test_interpolation_on_the_labels_box_equals_the_whole_slice_definition():
+    from RADALib.propagation import interpolate_shapes_at
+
+    rng = np.random.default_rng(1)
+    for _ in range(60):  # discs of two classes, touching the edges or not, some slices empty
+        h, w = rng.integers(8, 50, 2)
+        y, x = np.ogrid[:h, :w]
+        pair = []
+        for _ in range(2):
+            label = np.zeros((h, w), np.uint8)
+            for _ in range(rng.integers(0, 3)):
+                r, c, radius = rng.integers(0, h), rng.integers(0, w), rng.integers(1, 10)
+                label[(y - r) ** 2 + (x - c) ** 2 <= radius**2] = rng.integers(1, 3)
+            pair.append(label)
+        fractions = [1 / 3, 2 / 3]
+        for fraction, fast in zip(fractions, interpolate_shapes_at(*pair, fractions)):
+            np.testing.assert_array_equal(fast, _whole_slice_interpolation(*pair, fraction))
