@@ -1,0 +1,85 @@
+"""The LA2018 GPU-run scripts (Testing/Benchmarks/la_gpu): importable without ANTs/SimpleITK/open_clip,
+chunks decoded as unpack_la.py rebuilds them, schedule scaling and segment timing."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+HERE = Path(__file__).resolve().parents[1] / "Benchmarks" / "la_gpu"
+
+
+def _module(name: str):
+    key = f"la_gpu_{name}"
+    if key in sys.modules:
+        return sys.modules[key]
+    spec = importlib.util.spec_from_file_location(key, HERE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    sys.modules[key] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_run_script_imports_without_the_packages_the_gpu_machine_lacks():
+    done = subprocess.run(
+        [sys.executable, str(HERE / "run_blocked.py"), str(HERE / "run_la_gpu.py"), "--imports-only"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "imports ok" in done.stdout
+    assert "loaded: none" in done.stderr
+
+
+def test_blocker_refuses_the_packages():
+    blocked = _module("run_blocked")
+    finder = blocked.Blocker(["SimpleITK"])
+    with pytest.raises(ModuleNotFoundError):
+        finder.find_spec("SimpleITK._SimpleITK")
+    assert finder.find_spec("numpy") is None
+
+
+def test_chunks_decode_as_unpack_rebuilds_them(tmp_path):
+    data = tmp_path / "LA"
+    rng = np.random.default_rng(0)
+    ids = ["caseA", "caseB"]
+    for case_id in ids:
+        (data / case_id).mkdir(parents=True)
+        with h5py.File(data / case_id / "mri_norm2.h5", "w") as handle:
+            handle["image"] = rng.standard_normal((12, 10, 8)).astype(np.float32)
+            handle["label"] = (rng.random((12, 10, 8)) > 0.7).astype(np.uint8)
+    (data / "train.list").write_text("\n".join(ids) + "\n")
+    packed, unpacked = tmp_path / "packed", tmp_path / "unpacked"
+    for script, options in (("pack_la.py", ["--data", str(data), "--out", str(packed), "--chunks", "2"]),
+                            ("unpack_la.py", ["--src", str(packed), "--out", str(unpacked)])):
+        subprocess.run([sys.executable, str(HERE / script), *options], check=True, timeout=120)
+    run = _module("run_la_gpu")
+    index = run.chunk_index(packed)
+    assert sorted(index) == ids
+    for case_id in ids:
+        decoded = run.decode_chunk_case(index[case_id])
+        rebuilt = run.read_la_case(unpacked, case_id)
+        np.testing.assert_array_equal(decoded.image, rebuilt.image)
+        np.testing.assert_array_equal(decoded.label, rebuilt.label)
+        with h5py.File(data / case_id / "mri_norm2.h5", "r") as handle:
+            np.testing.assert_array_equal(decoded.label, handle["label"][()])
+            assert np.abs(decoded.image - handle["image"][()]).max() < 0.02
+
+
+def test_scaled_schedule_and_segment_rate():
+    run = _module("run_la_gpu")
+    from RADALib.training import preset
+
+    config = run.scaled_schedule(preset("paper"), 3000)
+    assert config.iterations == config.schedule.max_iterations == 3000
+    assert (config.schedule.lr_step, config.schedule.alpha_step, config.schedule.beta_step) == (1250, 500, 75)
+    history = [{"step": 5, "seconds": 1.0}, {"step": 11, "seconds": 9.0}, {"step": 20, "seconds": 10.0},
+               {"step": 40, "seconds": 12.0}]
+    assert run.segment_rate(history, 10, 40) == pytest.approx((40 - 11) / (12.0 - 9.0))
+    assert run.segment_rate(history, 30, 40) is None
