@@ -549,6 +549,17 @@ def _check_compatible(saved: Mapping[str, Any], config: TrainConfig, path: Path)
 # ----------------------------------------------------------------------------- one iteration
 
 
+def fit_network_to_prompt(config: TrainConfig, prompt: GuidancePrompt) -> tuple[TrainConfig, dict[str, int]]:
+    """``config`` with the Adapter's input widths set to the embeddings actually given, and the
+    widths that changed (empty when none did)."""
+    changes = {}
+    if prompt.text_dim is not None and prompt.text_dim != config.network.text_dim:
+        changes["text_dim"] = prompt.text_dim
+    if prompt.region_dim is not None and prompt.region_dim != config.network.region_dim:
+        changes["region_dim"] = prompt.region_dim
+    return (config.replace(network=changes) if changes else config), changes
+
+
 def build_model(config: TrainConfig, runtime: Runtime) -> TripleViewModel:
     """The initial model, seeded by ``config.seed`` (identical on every rank), on the runtime's
     device and in its memory layout."""
@@ -757,14 +768,8 @@ def _train(
         progress.message("no text embedding given: Et is fed as zeros, as with use_text=False", level="warning")
     prompt = GuidancePrompt.build(config, text_embedding, region_embeddings, [c.id for c in labeled], device,
                                   require_text=False)
-    # the Adapter's input widths follow the embeddings actually given
-    net_changes = {}
-    if prompt.text_dim is not None and prompt.text_dim != config.network.text_dim:
-        net_changes["text_dim"] = prompt.text_dim
-    if prompt.region_dim is not None and prompt.region_dim != config.network.region_dim:
-        net_changes["region_dim"] = prompt.region_dim
+    config, net_changes = fit_network_to_prompt(config, prompt)
     if net_changes:
-        config = config.replace(network=net_changes)
         progress.message(f"network input widths set from the embeddings: {net_changes}")
     n_classes = config.network.n_classes
     largest = max(c.max_label for c in labeled)

@@ -96,6 +96,7 @@ from RADALib.training import (  # noqa: E402
     build_model,
     build_optimizer,
     build_training_step,
+    fit_network_to_prompt,
     load_checkpoint,
     preset,
     setup_runtime,
@@ -366,13 +367,7 @@ def probe_rate(config: TrainConfig, labeled: list[TrainingCase], unlabeled: list
     runtime = setup_runtime(config)
     device = runtime.device
     prompt = GuidancePrompt.build(config, text, regions, [c.id for c in labeled], device, require_text=False)
-    changes = {}
-    if prompt.text_dim is not None and prompt.text_dim != config.network.text_dim:
-        changes["text_dim"] = prompt.text_dim
-    if prompt.region_dim is not None and prompt.region_dim != config.network.region_dim:
-        changes["region_dim"] = prompt.region_dim
-    if changes:
-        config = config.replace(network=changes)
+    config, _ = fit_network_to_prompt(config, prompt)
     model = build_model(config, runtime)
     optimizer = build_optimizer(config, model)
     step = build_training_step(config, model, optimizer, prompt, runtime,
