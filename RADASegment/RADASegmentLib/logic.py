@@ -364,15 +364,21 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         return [self.addVolume(v) for v in volumeNodes]
 
     def _writeCohort(self, folder: Path, entries: list[CohortEntry], structureName: str,
-                     requireAnnotated: bool) -> tuple[Path, dict[str, CohortEntry]]:
-        """Export volumes and painted slices, and write a cohort manifest for the engine."""
+                     unannotated: str) -> tuple[Path, dict[str, CohortEntry]]:
+        """Export volumes and painted slices, and write a cohort manifest for the engine.
+
+        A volume not painted on all three planes is an error (``unannotated="error"``), left
+        out (``"skip"``) or an unlabeled case (``"unlabeled"``).
+        """
         from RADALib.cohort import Case, Cohort, save_cohort
 
         cases, byId, used = [], {}, set()
         for entry in entries:
             volume = self.volumeNode(entry)
             self.updatePlanes(volume)
-            if requireAnnotated and not entry.annotated:
+            if not entry.annotated and unannotated == "skip":
+                continue
+            if not entry.annotated and unannotated == "error":
                 raise RADASegmentError(
                     f"volume '{volume.GetName()}': no painted {', '.join(entry.missingPlanes)} slice; paint one slice "
                     "of the structure in each of the sagittal, coronal and axial planes")
@@ -428,13 +434,11 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         Returns the job (``wait=False``), or the fused pseudo-label segmentation nodes.
         """
         settings = self._settings(settings)
-        entries = [e for e in self._entries(volumeNodes)]
-        if volumeNodes is None:
-            for e in entries:
-                self.updatePlanes(self.volumeNode(e))
-            entries = [e for e in entries if e.annotated]
+        entries = self._entries(volumeNodes)
         folder = self._newWorkFolder("propagate")
-        cohortFile, byId = self._writeCohort(folder, entries, settings.structureName, requireAnnotated=True)
+        # the whole cohort: its annotated volumes; volumes asked for by name: each must be annotated
+        cohortFile, byId = self._writeCohort(folder, entries, settings.structureName,
+                                             unannotated="skip" if volumeNodes is None else "error")
         out = folder / "propagation"
         for entry in byId.values():
             entry.pseudoLabelStatus = "running"
@@ -485,7 +489,7 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
                                    "choose another model name")
         entries = self._entries(volumeNodes)
         folder = self._newWorkFolder("train")
-        cohortFile, _ = self._writeCohort(folder, entries, settings.structureName, requireAnnotated=False)
+        cohortFile, _ = self._writeCohort(folder, entries, settings.structureName, unannotated="unlabeled")
         experiment = self.modelsFolder.parent / "experiments" / settings.modelName
         arguments = ["--cohort", str(cohortFile), "--out", str(experiment), "--preset", settings.preset,
                      "--device", settings.device, "--workers", str(settings.workers)] + self._cacheArguments()
