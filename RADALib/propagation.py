@@ -7,12 +7,12 @@ the source label is resampled once per slice with nearest neighbour. The result 
 dense pseudo-label Ŷv and, per slice, the distance d (in slices) to the source slice.
 
 Speed, all settable in :class:`PropagationConfig`:
-- every registration is cropped to the box that the three annotated slices span, plus a margin;
-- chains stop where the propagated label has vanished, and start out only as far as the box
-  (plus a margin), growing in waves while the label is still there;
+- each registration is cropped to the box of the label it carries (the last propagated slice's
+  label) plus a margin, inside the box that the three annotated slices span plus that margin;
+- chains stop where the propagated label has vanished;
 - with ``slice_step`` k > 1, slices k apart are registered and the k-1 slices between them get
   a shape-based interpolation (signed distances) of the two propagated labels;
-- all the neighbour-pair registrations of a wave are independent and run in a process pool.
+- the chains of all planes run at once, each with one slice pair in a process pool.
 
 Dense ground truth never enters here: only the sparse annotation does.
 """
@@ -20,6 +20,7 @@ Dense ground truth never enters here: only the sparse annotation does.
 from __future__ import annotations
 
 import time
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Literal, Mapping, Sequence
 
@@ -27,9 +28,16 @@ import numpy as np
 from scipy import ndimage
 
 from .annotation import PLANES, SparseAnnotation
-from .registration import PairRegistrar, RegistrationConfig
+from .registration import PairRegistrar, PairResult, RegistrationConfig, identity_coordinates, submit_pair
 
 Fusion = Literal["weighted", "majority"]
+
+SCHEME = 2
+"""Version of the propagation scheme (part of the cache key): 2 = chains run one pair at a time,
+each pair cropped to the label it carries; 1 = waves of pairs cropped to the annotation box."""
+
+OBSOLETE_SETTINGS = ("extent_margin",)
+"""Settings of scheme 1 that older manifests may carry; ignored."""
 
 
 @dataclass(frozen=True)
@@ -39,7 +47,6 @@ class PropagationConfig:
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
     slice_step: int = 3
     crop_margin: int = 15
-    extent_margin: int = 6
     stop_when_empty: bool = True
     slice_smoothing: int = 2
     fusion: Fusion = "weighted"
@@ -48,8 +55,8 @@ class PropagationConfig:
     def __post_init__(self) -> None:
         if self.slice_step < 1:
             raise ValueError(f"slice_step must be >= 1, got {self.slice_step}")
-        if self.crop_margin < 0 or self.extent_margin < 0:
-            raise ValueError("crop_margin and extent_margin must be >= 0")
+        if self.crop_margin < 0:
+            raise ValueError(f"crop_margin must be >= 0, got {self.crop_margin}")
         if not 0.0 < self.fusion_alpha <= 1.0:
             raise ValueError(f"fusion_alpha must lie in (0, 1], got {self.fusion_alpha}")
         if self.fusion not in ("weighted", "majority"):
@@ -60,7 +67,7 @@ class PropagationConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping) -> "PropagationConfig":
-        values = dict(values)
+        values = {k: v for k, v in values.items() if k not in OBSOLETE_SETTINGS}
         registration = values.pop("registration", {})
         if isinstance(registration, Mapping):
             registration = RegistrationConfig(
@@ -250,29 +257,60 @@ def warp_label(label: np.ndarray, coordinates: np.ndarray) -> np.ndarray:
     return ndimage.map_coordinates(label, coordinates, order=0, mode="constant", cval=0).astype(label.dtype)
 
 
+def pair_crop(label: np.ndarray, margin: int) -> tuple[slice, slice]:
+    """The box around ``label``'s foreground grown by ``margin`` (within the slice); the whole
+    slice when the label is empty."""
+    rows, cols = np.nonzero(label)
+    if rows.size == 0:
+        return (slice(0, label.shape[0]), slice(0, label.shape[1]))
+    return (
+        slice(max(int(rows.min()) - margin, 0), min(int(rows.max()) + 1 + margin, label.shape[0])),
+        slice(max(int(cols.min()) - margin, 0), min(int(cols.max()) + 1 + margin, label.shape[1])),
+    )
+
+
+def embed_coordinates(coordinates: np.ndarray, crop: tuple[slice, slice], shape: tuple[int, int]) -> np.ndarray:
+    """A coordinate map found on ``crop`` of both slices, as a map of the whole (``shape``)
+    slice: shifted by the crop's corner inside it, the identity outside it."""
+    full = identity_coordinates(shape)
+    inner = coordinates.copy()
+    outside = (inner[0] < -0.5) | (inner[1] < -0.5)
+    inner[0] += crop[0].start
+    inner[1] += crop[1].start
+    inner[:, outside] = -1.0
+    full[:, crop[0], crop[1]] = inner
+    return full
+
+
 @dataclass
-class _Chain:
-    """One direction of one view's propagation: slices visited so far, the composed map."""
+class _View:
+    """One annotated plane: the volume and sparse label with that plane's axis first, cropped
+    in-plane to the annotation box, and the labels propagated so far (slice -> 2D label)."""
 
     axis: int
+    volume: np.ndarray
+    spacing: tuple[float, float]
+    labels: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class _Chain:
+    """One direction from one source slice: where it is, and the composed map back to the source."""
+
+    view: _View
     source: int
     direction: int
-    end: int  # last slice this chain may reach (inclusive)
-    limit: int  # hard limit (volume edge or halfway to the next source)
+    limit: int  # last slice it may reach (the volume's edge, or half-way to the next source)
     current: int
     coordinates: np.ndarray | None = None
+    busy: bool = False
     finished: bool = False
 
+    def remaining(self) -> int:
+        return abs(self.limit - self.current)
 
-def _chain_targets(chain: _Chain, step: int) -> list[int]:
-    targets = []
-    position = chain.current
-    while (position - chain.end) * chain.direction < 0:
-        position = position + chain.direction * step
-        if (position - chain.end) * chain.direction > 0:
-            position = chain.end
-        targets.append(position)
-    return targets
+    def next_target(self, step: int) -> int:
+        return self.current + self.direction * min(step, self.remaining())
 
 
 def propagate(
@@ -287,101 +325,112 @@ def propagate(
 
     ``image`` and ``annotation.label`` are (x, y, z) arrays on one grid; ``registrar`` does the
     2D registrations (ANTs in a process pool in production, a fake in tests).
+
+    Every chain (one direction from one source slice, all planes at once) keeps one slice pair
+    in flight: when its registration returns, the label is carried onto the new slice and the
+    next pair is sent, cropped to that label's box plus ``crop_margin``. The pool is kept full,
+    the chains with the longest way to go first. What a chain computes depends on its own
+    labels only, so the result does not depend on the order in which registrations finish.
     """
     started = time.perf_counter()
     if image.shape != annotation.label.shape:
         raise ValueError(f"image shape {image.shape} and annotation shape {annotation.label.shape} differ")
     box = annotation_box(annotation, config.crop_margin)
-    labels: dict[int, np.ndarray] = {}
-    distances: dict[int, np.ndarray] = {}
-    methods: dict[str, int] = {}
+    views: dict[int, _View] = {}
+    chains: list[_Chain] = []
     for axis, sources in sorted(annotation.slices.items()):
+        sources = sorted(sources)
         if progress:
             progress(f"{PLANES[axis]} view: propagating from slice(s) {', '.join(map(str, sources))}")
-        label, distance = _propagate_view(image, annotation, axis, sorted(sources), spacing, box, registrar, config, methods)
-        labels[axis] = label
-        distances[axis] = distance
+        in_plane = [a for a in range(3) if a != axis]
+        crop = (slice(None), slice(*box[in_plane[0]]), slice(*box[in_plane[1]]))
+        view = _View(
+            axis,
+            np.moveaxis(image, axis, 0)[crop],
+            (float(spacing[in_plane[0]]), float(spacing[in_plane[1]])),
+        )
+        sparse = np.moveaxis(annotation.label, axis, 0)[crop]
+        n = image.shape[axis]
+        for k, source in enumerate(sources):
+            view.labels[source] = sparse[source]
+            low = 0 if k == 0 else (sources[k - 1] + source) // 2 + 1
+            high = n - 1 if k == len(sources) - 1 else (source + sources[k + 1]) // 2
+            for direction, limit in ((1, high), (-1, low)):
+                if (limit - source) * direction > 0:
+                    chains.append(_Chain(view, source, direction, limit, source))
+        views[axis] = view
+
+    methods: dict[str, int] = {}
+    _run_chains(chains, registrar, config, methods)
+
+    labels: dict[int, np.ndarray] = {}
+    distances: dict[int, np.ndarray] = {}
+    for axis, view in views.items():
+        labels[axis], distances[axis] = _view_outputs(view, annotation, sorted(annotation.slices[axis]), box)
     return PropagationResult(annotation, labels, distances, methods, time.perf_counter() - started)
 
 
-def _propagate_view(
-    image: np.ndarray,
-    annotation: SparseAnnotation,
-    axis: int,
-    sources: list[int],
-    spacing: tuple[float, float, float],
-    box: list[tuple[int, int]],
-    registrar: PairRegistrar,
-    config: PropagationConfig,
-    methods: dict[str, int],
-) -> tuple[np.ndarray, np.ndarray]:
-    n = image.shape[axis]
-    volume = np.moveaxis(image, axis, 0)
+def _run_chains(chains: list[_Chain], registrar: PairRegistrar, config: PropagationConfig, methods: dict[str, int]) -> None:
+    """Advance every chain until its label vanishes (``stop_when_empty``) or it reaches its limit."""
+    capacity = max(1, int(getattr(registrar, "workers", 1))) + 1  # one queued: no idle worker
+    running: dict[Future, tuple[_Chain, int, tuple[slice, slice]]] = {}
+    try:
+        while True:
+            idle = [c for c in chains if not c.busy and not c.finished]
+            idle.sort(key=lambda c: -c.remaining())  # stable: ties keep the chains' order
+            for chain in idle[: max(0, capacity - len(running))]:
+                target = chain.next_target(max(1, config.slice_step))
+                previous = chain.current
+                crop = pair_crop(chain.view.labels[previous], config.crop_margin)
+                pair = (chain.view.volume[target][crop], chain.view.volume[previous][crop])
+                running[submit_pair(registrar, *pair, chain.view.spacing)] = (chain, target, crop)
+                chain.busy = True
+            if not running:
+                return
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in done:
+                chain, target, crop = running.pop(future)
+                chain.busy = False
+                _advance(chain, target, crop, future.result(), config, methods)
+    finally:
+        for future in running:
+            future.cancel()
+
+
+def _advance(chain: _Chain, target: int, crop: tuple[slice, slice], result: PairResult, config: PropagationConfig,
+             methods: dict[str, int]) -> None:
+    """Carry the chain's source label onto ``target`` through the newly registered pair."""
+    view = chain.view
+    methods[result.method] = methods.get(result.method, 0) + 1
+    source_label = view.labels[chain.source]
+    step = embed_coordinates(result.coordinates, crop, source_label.shape)
+    chain.coordinates = compose(chain.coordinates, step)
+    warped = smooth_slice(warp_label(source_label, chain.coordinates), config.slice_smoothing)
+    previous = chain.current
+    view.labels[target] = warped
+    gap = abs(target - previous)
+    if gap > 1:
+        between = interpolate_shapes_at(view.labels[previous], warped, [j / gap for j in range(1, gap)])
+        for j, label in enumerate(between, start=1):
+            view.labels[previous + chain.direction * j] = label
+    chain.current = target
+    if target == chain.limit or (config.stop_when_empty and not warped.any()):
+        chain.finished = True
+
+
+def _view_outputs(view: _View, annotation: SparseAnnotation, sources: list[int], box: list[tuple[int, int]]
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """The view's dense pseudo-label (x, y, z) and its per-slice distance to the nearest source."""
+    axis = view.axis
     sparse = np.moveaxis(annotation.label, axis, 0)
     in_plane = [a for a in range(3) if a != axis]
     crop = (slice(*box[in_plane[0]]), slice(*box[in_plane[1]]))
-    spacing_2d = (float(spacing[in_plane[0]]), float(spacing[in_plane[1]]))
     output = np.zeros(sparse.shape, dtype=annotation.label.dtype)
-    cropped_labels: dict[int, np.ndarray] = {}
-
-    index = np.arange(n)
+    for position, label in view.labels.items():
+        output[position][crop] = label
+    for source in sources:  # annotated slices keep their true labels (they are the sources)
+        output[source] = sparse[source]
+    index = np.arange(sparse.shape[0])
     nearest = np.array([min(sources, key=lambda s: abs(s - i)) for i in index])
     distance = np.abs(index - nearest).astype(np.int32)
-
-    chains: list[_Chain] = []
-    for k, source in enumerate(sources):
-        cropped_labels[source] = sparse[source][crop]
-        low_limit = 0 if k == 0 else (sources[k - 1] + source) // 2 + 1
-        high_limit = n - 1 if k == len(sources) - 1 else (source + sources[k + 1]) // 2
-        box_low, box_high = box[axis][0] - config.extent_margin, box[axis][1] - 1 + config.extent_margin
-        for direction, limit, planned in ((1, high_limit, box_high), (-1, low_limit, box_low)):
-            if not config.stop_when_empty:
-                planned = limit
-            end = min(limit, planned) if direction > 0 else max(limit, planned)
-            if (end - source) * direction > 0:
-                chains.append(_Chain(axis, source, direction, end, limit, source))
-
-    while True:
-        work: list[tuple[_Chain, list[int]]] = [(c, _chain_targets(c, config.slice_step)) for c in chains if not c.finished]
-        work = [(c, t) for c, t in work if t]
-        if not work:
-            break
-        pairs, owners = [], []
-        for chain, targets in work:
-            previous = chain.current
-            for target in targets:
-                pairs.append((volume[target][crop], volume[previous][crop]))
-                owners.append((chain, previous, target))
-                previous = target
-        results = registrar.register(pairs, spacing_2d)
-        for (chain, previous, target), result in zip(owners, results):
-            if chain.finished:
-                continue
-            methods[result.method] = methods.get(result.method, 0) + 1
-            chain.coordinates = compose(chain.coordinates, result.coordinates)
-            warped = smooth_slice(warp_label(cropped_labels[chain.source], chain.coordinates), config.slice_smoothing)
-            cropped_labels[target] = warped
-            gap = abs(target - previous)
-            if gap > 1:
-                between = interpolate_shapes_at(cropped_labels[previous], warped, [j / gap for j in range(1, gap)])
-                for j, label in enumerate(between, start=1):
-                    cropped_labels[previous + chain.direction * j] = label
-            chain.current = target
-            if config.stop_when_empty and not warped.any():
-                chain.finished = True
-        for chain, _ in work:
-            if chain.finished:
-                continue
-            at_limit = chain.current == chain.limit
-            if at_limit:
-                chain.finished = True
-            else:  # still labeled at the planned end: grow the chain by another wave
-                grow = max(config.extent_margin, config.slice_step)
-                chain.end = min(chain.limit, chain.end + grow) if chain.direction > 0 else max(chain.limit, chain.end - grow)
-
-    for position, cropped in cropped_labels.items():
-        output[position][crop] = cropped
-    # annotated slices of this plane keep their true labels (they are the sources)
-    for source in sources:
-        output[source] = sparse[source]
     return np.ascontiguousarray(np.moveaxis(output, 0, axis)), distance

@@ -32,7 +32,7 @@ from .cache import ArrayCache, content_key
 from .cohort import Case, Cohort
 from .errors import InputError
 from .events import Progress
-from .propagation import PropagationConfig, PropagationResult, propagate
+from .propagation import SCHEME, PropagationConfig, PropagationResult, propagate
 from .registration import PairRegistrar
 from .volume import Oblique, Volume, read_label_for, read_volume, write_like
 
@@ -59,7 +59,7 @@ def propagation_key(image: Volume, annotation: SparseAnnotation, config: Propaga
     for unused in ("fusion", "fusion_alpha"):  # they only shape the fused review label
         settings.pop(unused)
     slices = {str(a): list(s) for a, s in annotation.slices.items()}
-    return content_key("propagation", __version__, image.array, list(image.spacing), annotation.label, slices, settings)
+    return content_key("propagation", __version__, SCHEME, image.array, list(image.spacing), annotation.label, slices, settings)
 
 
 def result_arrays(result: PropagationResult) -> dict[str, np.ndarray]:

@@ -14,7 +14,9 @@ reported per pair so callers can count fallbacks.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ProcessPoolExecutor
+import tempfile
+import uuid
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
 from typing import Protocol, Sequence
@@ -139,18 +141,14 @@ def _register_ants(
         if transform == IDENTITY:
             break
         try:
-            result = ants.registration(fixed_image, moving_image, **config.ants_arguments(transform))
+            result = ants.registration(
+                fixed_image, moving_image, outprefix=scratch_prefix(), **config.ants_arguments(transform)
+            )
         except (RuntimeError, ValueError):
             continue
         files = set(result["fwdtransforms"]) | set(result["invtransforms"])
         try:
-            maps = []
-            for axis in range(2):
-                coordinate = ants.from_numpy(grid[axis], spacing=tuple(spacing))
-                warped = ants.apply_transforms(
-                    fixed_image, coordinate, result["fwdtransforms"], interpolator="linear", defaultvalue=-1.0
-                )
-                maps.append(warped.numpy())
+            coordinates = coordinate_map(fixed_image, result["fwdtransforms"], spacing)
         except (RuntimeError, ValueError):
             continue
         finally:
@@ -159,16 +157,93 @@ def _register_ants(
                     os.remove(name)
                 except OSError:
                     pass
-        return PairResult(np.stack(maps).astype(np.float32), transform)
+        return PairResult(coordinates, transform)
     return PairResult(grid, IDENTITY)
 
 
+def scratch_prefix() -> str:
+    """A unique file prefix for ANTs' transform files, in memory (``/dev/shm``) where there is
+    one: writing them to a disk-backed temporary folder cost about 40 ms per pair here."""
+    folder = "/dev/shm"
+    if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+        folder = tempfile.gettempdir()
+    return os.path.join(folder, f"rada_{os.getpid()}_{uuid.uuid4().hex[:12]}_")
+
+
+def coordinate_map(fixed_image, transforms: Sequence[str], spacing: tuple[float, float]) -> np.ndarray:
+    """(2, H, W) positions in the moving slice of every fixed pixel under ANTs' ``transforms``.
+
+    A SyN result without a linear part (one displacement field and identity affines) is read
+    directly (:func:`displacement_coordinates`); anything else is resampled by ANTs
+    (:func:`resampled_coordinates`). Both give the same map.
+    """
+    import ants
+
+    fields = [name for name in transforms if name.endswith((".nii.gz", ".nii"))]
+    linear = [name for name in transforms if name.endswith(".mat")]
+    if len(fields) == 1 and len(transforms) == 1 + len(linear) and all(_is_identity(ants.read_transform(n)) for n in linear):
+        return displacement_coordinates(fields[0], tuple(fixed_image.shape), spacing)
+    return resampled_coordinates(fixed_image, transforms, spacing)
+
+
+def displacement_coordinates(field: str, shape: tuple[int, int], spacing: tuple[float, float]) -> np.ndarray:
+    """Positions from an ANTs displacement field file: pixel + displacement / spacing, clamped
+    to the slice as ITK's linear interpolator does, -1 where they fall outside it."""
+    import ants
+
+    displacement = ants.image_read(field).numpy()
+    grid = identity_coordinates(shape)
+    position = np.stack([grid[axis] + displacement[..., axis] / spacing[axis] for axis in range(2)])
+    size = np.array(shape, np.float32).reshape(2, 1, 1)
+    outside = np.any((position < -0.5) | (position > size - 0.5), axis=0)
+    position = np.clip(position, 0.0, size - 1.0)
+    position[:, outside] = -1.0
+    return position.astype(np.float32)
+
+
+def resampled_coordinates(fixed_image, transforms: Sequence[str], spacing: tuple[float, float]) -> np.ndarray:
+    """Positions found by resampling the identity coordinates with ANTs (-1 outside)."""
+    import ants
+
+    grid = identity_coordinates(tuple(fixed_image.shape))
+    maps = []
+    for axis in range(2):
+        coordinate = ants.from_numpy(grid[axis], spacing=tuple(spacing))
+        warped = ants.apply_transforms(fixed_image, coordinate, list(transforms), interpolator="linear", defaultvalue=-1.0)
+        maps.append(warped.numpy())
+    return np.stack(maps).astype(np.float32)
+
+
+def _is_identity(transform) -> bool:
+    parameters = np.asarray(transform.parameters, dtype=np.float64)
+    dimension = int(round(np.sqrt(parameters.size + 0.25) - 0.5))  # d*d matrix + d translation
+    expected = np.concatenate([np.eye(dimension).ravel(), np.zeros(dimension)])
+    return parameters.shape == expected.shape and np.allclose(parameters, expected, atol=1e-6)
+
+
 class PairRegistrar(Protocol):
-    """Registers many independent slice pairs; injectable so tests need no ANTs."""
+    """Registers many independent slice pairs; injectable so tests need no ANTs.
+
+    A registrar may also have ``submit(fixed, moving, spacing) -> Future[PairResult]`` to start
+    one pair without waiting, and ``workers`` (how many pairs it runs at once):
+    :func:`submit_pair` uses them when they are there.
+    """
 
     def register(
         self, pairs: Sequence[tuple[np.ndarray, np.ndarray]], spacing: tuple[float, float]
     ) -> list[PairResult]: ...
+
+
+def submit_pair(
+    registrar: PairRegistrar, fixed: np.ndarray, moving: np.ndarray, spacing: tuple[float, float]
+) -> "Future[PairResult]":
+    """Start registering one pair: in the registrar's pool if it has one, else here and now."""
+    submit = getattr(registrar, "submit", None)
+    if submit is not None:
+        return submit(fixed, moving, spacing)
+    future: Future[PairResult] = Future()
+    future.set_result(registrar.register([(fixed, moving)], spacing)[0])
+    return future
 
 
 def _seed_ants(seed: int) -> None:
@@ -220,6 +295,14 @@ class AntsRegistrar:
         # one pair per task: a pair costs ~0.3 s against ~1 ms to send it, and larger chunks
         # leave a worker idle at the end of each wave while the other finishes its chunk
         return list(self._executor().map(_register_job, jobs, chunksize=1))
+
+    def submit(self, fixed: np.ndarray, moving: np.ndarray, spacing: tuple[float, float]) -> "Future[PairResult]":
+        """Start one pair in the pool (``workers=1``: register it now) and return its future."""
+        if self.workers == 1:
+            future: Future[PairResult] = Future()
+            future.set_result(self.register([(fixed, moving)], spacing)[0])
+            return future
+        return self._executor().submit(_register_job, (fixed, moving, tuple(spacing), self.config))
 
     def start(self) -> None:
         """Start the worker processes now (ANTs loads in each) rather than on the first pairs."""

@@ -70,19 +70,19 @@ def test_chains_stop_where_the_label_vanishes():
     image[:, :, 28:] = 0
     stopping, exhaustive = BlankMapsOutside(), BlankMapsOutside()
     annotation = axial_only(label, 20)
-    stopped = propagate(image, annotation, (1, 1, 1), stopping, PropagationConfig(slice_step=1, extent_margin=2))
+    stopped = propagate(image, annotation, (1, 1, 1), stopping, PropagationConfig(slice_step=1))
     propagate(image, annotation, (1, 1, 1), exhaustive, PropagationConfig(slice_step=1, stop_when_empty=False))
     assert stopping.calls < exhaustive.calls == 39
     assert stopped.labels[2][:, :, 12:28].any(axis=(0, 1)).all()
     assert not stopped.labels[2][:, :, :12].any() and not stopped.labels[2][:, :, 28:].any()
 
 
-def test_chains_grow_past_the_planned_extent_while_the_label_lasts(translation_registrar):
+def test_chains_go_on_past_the_annotated_box_while_the_label_lasts(translation_registrar):
     image, label = disk_stack(shape=(48, 40, 40), shift_per_slice=(0.0, 0.0))
     sparse = np.zeros_like(label)
     sparse[:, :, 20] = label[:, :, 20]
     annotation = SparseAnnotation(sparse, {2: (20,)})  # the box says one slice; the label goes on
-    result = propagate(image, annotation, (1, 1, 1), translation_registrar, PropagationConfig(slice_step=1, extent_margin=3))
+    result = propagate(image, annotation, (1, 1, 1), translation_registrar, PropagationConfig(slice_step=1))
     assert result.labels[2].any(axis=(0, 1)).all()
 
 
@@ -226,3 +226,76 @@ def test_interpolation_on_the_labels_box_equals_the_whole_slice_definition():
         fractions = [1 / 3, 2 / 3]
         for fraction, fast in zip(fractions, interpolate_shapes_at(*pair, fractions)):
             np.testing.assert_array_equal(fast, _whole_slice_interpolation(*pair, fraction))
+
+
+def cone_stack(shape=(60, 60, 24)):
+    """Axial slices holding a disk whose radius shrinks from 14 (z = 0) by 0.5 per slice."""
+    x, y = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    rng = np.random.default_rng(1)
+    label = np.zeros(shape, np.uint8)
+    for z in range(shape[2]):
+        label[:, :, z] = (x - 30) ** 2 + (y - 30) ** 2 <= (14 - 0.5 * z) ** 2
+    image = label.astype(np.float32) + rng.normal(0, 0.05, shape).astype(np.float32)
+    return image, label
+
+
+def test_each_pair_is_cropped_to_the_label_it_carries():
+    image, label = cone_stack()
+    seen = []
+
+    class Spy(AntsRegistrar):
+        def register(self, pairs, spacing):
+            seen.extend(fixed.shape for fixed, _ in pairs)
+            return super().register(pairs, spacing)
+
+    with Spy(RegistrationConfig(), workers=1) as registrar:
+        result = propagate(image, axial_only(label, 0), (1, 1, 1), registrar, PropagationConfig(slice_step=1, crop_margin=3))
+    assert seen[0] == (29 + 6, 29 + 6)  # the source disk's box (29 pixels) plus the margin
+    assert seen[-1][0] < seen[0][0] - 10  # the crops shrink with the disk
+    assert all(later[0] <= earlier[0] + 2 for earlier, later in zip(seen, seen[1:]))
+    assert dice(result.labels[2], label) > 0.85
+
+
+class ShuffledPool:
+    """A registrar whose pairs finish in a random order (threads with random delays)."""
+
+    workers = 3
+
+    def __init__(self, inner) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.inner = inner
+        self.pool = ThreadPoolExecutor(3)
+        self.rng = np.random.default_rng(0)
+
+    def register(self, pairs, spacing):
+        return self.inner.register(pairs, spacing)
+
+    def submit(self, fixed, moving, spacing):
+        import time
+
+        delay = float(self.rng.uniform(0, 0.01))
+
+        def job():
+            time.sleep(delay)
+            return self.inner.register([(fixed, moving)], spacing)[0]
+
+        return self.pool.submit(job)
+
+
+def test_the_labels_do_not_depend_on_the_order_registrations_finish(translation_registrar):
+    image, label = disk_stack(shift_per_slice=(0.8, 0.4))
+    annotation = simulate_sparse_annotation(label)
+    config = PropagationConfig(crop_margin=6)
+    in_order = propagate(image, annotation, (1, 1, 1), translation_registrar, config)
+    pool = ShuffledPool(translation_registrar)
+    shuffled = propagate(image, annotation, (1, 1, 1), pool, config)
+    pool.pool.shutdown()
+    assert shuffled.registrations == in_order.registrations > 0
+    for axis in range(3):
+        np.testing.assert_array_equal(shuffled.labels[axis], in_order.labels[axis])
+
+
+def test_settings_of_older_manifests_are_ignored():
+    old = PropagationConfig().to_dict() | {"extent_margin": 6, "crop_margin": 12}
+    assert PropagationConfig.from_dict(old) == PropagationConfig(crop_margin=12)

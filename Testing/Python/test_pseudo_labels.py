@@ -117,21 +117,19 @@ def test_a_rerun_resumes_and_a_new_folder_reuses_the_cache(cohort_folder, transl
 def test_an_interrupted_run_keeps_finished_cases_and_leaves_no_partial_case(cohort_folder, translation_registrar):
     cohort = cohort_from_folders(cohort_folder / "images", cohort_folder / "labels", labeled=2)
     original = translation_registrar.register
-    done = []
 
     def interrupt_on_second_case(pairs, spacing):
-        if len(done) >= 3:  # three views of the first case went through
-            raise KeyboardInterrupt
-        done.append(1)
+        if (cohort_folder / "out" / "cases" / "case0" / "case.json").exists():
+            raise KeyboardInterrupt  # the first case is finished: interrupt the second
         return original(pairs, spacing)
 
     translation_registrar.register = interrupt_on_second_case
     with pytest.raises(KeyboardInterrupt):
-        propagate_cohort(cohort, cohort_folder / "out", translation_registrar, PropagationConfig(crop_margin=30, extent_margin=40))
+        propagate_cohort(cohort, cohort_folder / "out", translation_registrar, PropagationConfig(crop_margin=30))
     assert (cohort_folder / "out" / "cases" / "case0" / "case.json").exists()
     assert not (cohort_folder / "out" / "cases" / "case1").exists()
     translation_registrar.register = original
-    reports = propagate_cohort(cohort, cohort_folder / "out", translation_registrar, PropagationConfig(crop_margin=30, extent_margin=40))
+    reports = propagate_cohort(cohort, cohort_folder / "out", translation_registrar, PropagationConfig(crop_margin=30))
     assert [r.status for r in reports] == ["resumed", "propagated"]
 
 
