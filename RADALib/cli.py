@@ -289,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--cohort", help="segment the cases of a cohort manifest")
     predict.add_argument("--split", choices=("all", "train", "validation"), default="all", help="which cohort cases (default all)")
     predict.add_argument("--out", required=True, help="output folder: <case>_rada.nrrd per input, with the input's header")
-    predict.add_argument("--stride", default=None, help="sliding-window stride x,y,z or a preset name (dense, fast)")
+    predict.add_argument("--stride", default=None, help="sliding-window stride x,y,z, a preset (dense, fast), or whole (one pass over the volume)")
     predict.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     predict.add_argument("--probabilities", action="store_true", help="also write the foreground probability map")
     predict.add_argument("--oblique", choices=("refuse", "resample"), default="refuse")

@@ -8,7 +8,7 @@ from typing import Any
 
 PRESETS = ("paper", "small")
 DEVICES = ("auto", "cuda", "cpu")
-STRIDES = ("fast", "dense")
+STRIDES = ("fast", "dense", "whole")
 FUSIONS = ("weighted", "majority")
 PARAMETER_KEY = "RADASegmentSettings"
 """Name of the parameter-node entry that holds the settings as JSON."""

@@ -51,8 +51,9 @@ import torch  # noqa: E402
 
 from RADALib.bundle import Bundle, load_bundle  # noqa: E402
 from RADALib.inference import (  # noqa: E402
+    INFERENCE_MODES,
     PAPER_PATCH,
-    STRIDE_PRESETS,
+    WHOLE,
     bundle_patch,
     check_stride,
     predict_volume,
@@ -92,13 +93,13 @@ def parse_strides(text: str) -> list[str | tuple[int, int, int]]:
             if len(numbers) == 3:
                 out.append(tuple(numbers))  # type: ignore[arg-type]
                 numbers = []
-        elif token in STRIDE_PRESETS:
+        elif token in INFERENCE_MODES:
             if numbers:
                 raise argparse.ArgumentTypeError(f"--strides: {numbers} is not a whole X,Y,Z triple")
             out.append(token)
         else:
             raise argparse.ArgumentTypeError(
-                f"--strides: unknown preset {token!r} (presets: {', '.join(STRIDE_PRESETS)}; or X,Y,Z triples)")
+                f"--strides: unknown preset {token!r} (presets: {', '.join(INFERENCE_MODES)}; or X,Y,Z triples)")
     if numbers:
         raise argparse.ArgumentTypeError(f"--strides: {numbers} is not a whole X,Y,Z triple")
     if not out:
@@ -232,9 +233,10 @@ def main() -> int:
         bundle = random_bundle(args.patch or PAPER_PATCH)
         trained = False
     patch = bundle_patch(bundle, args.patch)
-    strides = {stride_name(s): resolve_stride(s, patch) for s in args.strides}
+    strides = {stride_name(s): s if s == WHOLE else resolve_stride(s, patch) for s in args.strides}
     for stride in strides.values():
-        check_stride(patch, stride)
+        if stride != WHOLE:
+            check_stride(patch, stride)
     cases = load_cases(args)
 
     info = machine_info(device)
@@ -276,8 +278,9 @@ def main() -> int:
             sync()
             seconds = time.perf_counter() - started
             labels[sname] = prediction.label
-            windows = windows_per_volume(volume.shape, patch, stride)
-            row = {"case": name, "shape": list(volume.shape), "stride_name": sname, "stride": list(stride),
+            windows = 1 if stride == WHOLE else windows_per_volume(volume.shape, patch, stride)
+            row = {"case": name, "shape": list(volume.shape), "stride_name": sname,
+                   "stride": stride if stride == WHOLE else list(stride),
                    "windows": windows, "seconds": seconds, "seconds_per_window": seconds / windows,
                    "foreground_voxels": int(np.count_nonzero(prediction.label))}
             # foreground Dice; None where both masks are empty (NaN)
@@ -295,7 +298,7 @@ def main() -> int:
     for sname in strides:
         mine = [r for r in rows if r["stride_name"] == sname]
         summary[sname] = {
-            "stride": list(strides[sname]),
+            "stride": strides[sname] if strides[sname] == WHOLE else list(strides[sname]),
             "seconds_per_volume": float(np.mean([r["seconds"] for r in mine])),
             "windows_per_volume": float(np.mean([r["windows"] for r in mine])),
             "dice_vs_reference": _mean([r["dice_vs_reference"] for r in mine]),

@@ -18,6 +18,7 @@ from RADALib.inference import (
     predict_volume,
     resolve_stride,
     sliding_window_inference,
+    whole_volume_inference,
     window_grid,
     window_starts,
 )
@@ -172,6 +173,65 @@ def test_predict_volume_uses_the_given_region_embedding(tmp_path):
         predict_volume(bundle, volume, region_embedding=np.zeros(5))
     with pytest.raises(ValueError, match="multiple of 16"):
         predict_volume(bundle, volume, patch=(20, 16, 16))
+
+
+# ----------------------------------------------------------------------------- whole volume
+
+
+def test_whole_volume_inference_of_a_one_patch_volume_is_the_windowed_inference():
+    torch.manual_seed(0)
+    model = tiny_config(3).build().eval()
+    x = torch.randn(1, 1, *PATCH)
+    for era in (model.embed(torch.randn(8), torch.randn(12)), None):
+        windowed = sliding_window_inference(x, lambda w: ensemble_probabilities(model, w, era), PATCH, "fast")
+        whole = whole_volume_inference(model, x, era, PATCH)
+        torch.testing.assert_close(whole, windowed, rtol=1e-5, atol=1e-6)
+
+
+def test_whole_volume_inference_takes_gamma_from_each_windows_part_of_the_bottleneck():
+    torch.manual_seed(1)
+    model = tiny_config(2).build().eval()
+    with torch.no_grad():
+        for net in model.nets.values():  # a strong guidance, so that γ visibly matters
+            for parameter in net.mlp.parameters():
+                parameter.mul_(4.0)
+    x = torch.randn(1, 1, 32, 16, 16)  # two windows of PATCH along x, with different contents
+    x[:, :, 16:] = 3.0 * x[:, :, 16:] + 2.0
+    era = model.embed(torch.randn(8), torch.randn(12))
+    got = whole_volume_inference(model, x, era, PATCH)
+    with torch.no_grad():
+        expected = torch.zeros(2, 32, 16, 16)
+        global_gamma = torch.zeros(2, 32, 16, 16)
+        for net in model.nets.values():
+            features = net.vnet.encode(x)
+            z = net.vnet.decode(features)
+            for start in (0, 16):
+                gamma = net.gamma(era, features[-1][:, :, start // 16 : start // 16 + 1])
+                expected[:, start : start + 16] += torch.softmax(net.head(z[:, :, start : start + 16] + gamma), 1)[0]
+            global_gamma += torch.softmax(net.head(z + net.gamma(era, features[-1])), 1)[0]
+    torch.testing.assert_close(got, expected / 3, rtol=1e-5, atol=1e-6)
+    assert (got - global_gamma / 3).abs().max() > 1e-4  # one γ for the whole volume would differ
+
+
+def test_predict_volume_whole_pads_crops_back_and_falls_back_to_windows_when_too_large(tmp_path, monkeypatch):
+    from RADALib import inference
+    from RADALib.volume import volume_from_array
+
+    bundle = load_bundle(tiny_bundle(tmp_path))
+    volume = volume_from_array(np.random.default_rng(0).normal(size=(20, 18, 16)).astype(np.float32))
+    whole = predict_volume(bundle, volume, stride="whole", return_probabilities=True)
+    assert whole.label.shape == (20, 18, 16) and whole.probabilities.shape == (2, 20, 18, 16)
+    np.testing.assert_allclose(whole.probabilities.sum(0), 1.0, rtol=1e-5)
+    monkeypatch.setattr(inference, "MAX_WHOLE_VOXELS", 1000)
+    progress = Progress()
+    messages = []
+    progress.message = messages.append
+    fallback = predict_volume(bundle, volume, stride="whole", return_probabilities=True, progress=progress)
+    fast = predict_volume(bundle, volume, stride="fast", return_probabilities=True)
+    np.testing.assert_array_equal(fallback.probabilities, fast.probabilities)
+    assert any("too large" in m for m in messages)
+    with pytest.raises(ValueError, match="not a stride"):
+        resolve_stride("whole", PATCH)
 
 
 # ----------------------------------------------------------------------------- files and geometry

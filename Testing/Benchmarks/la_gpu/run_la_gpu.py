@@ -82,7 +82,7 @@ from RADALib.data import (  # noqa: E402
 )
 from RADALib.embeddings import CohortEmbeddings  # noqa: E402
 from RADALib.events import Progress  # noqa: E402
-from RADALib.inference import predict_volume, resolve_stride, window_grid  # noqa: E402
+from RADALib.inference import WHOLE, predict_volume, resolve_stride, whole_volume_voxels, window_grid  # noqa: E402
 from RADALib.metrics import SegmentationMetrics, metrics_for_masks, summarize  # noqa: E402
 from RADALib.pseudo_labels import load_case_result  # noqa: E402
 from RADALib.region_prompt import encoder_record  # noqa: E402
@@ -479,7 +479,10 @@ def bundle_fields(config: TrainConfig, embeddings: CohortEmbeddings, split: dict
     }
 
 
-def n_windows(shape: Sequence[int], patch: Sequence[int], stride: str) -> int:
+def n_windows(shape: Sequence[int], patch: Sequence[int], stride: str) -> float:
+    """Windows per volume; for ``whole``, the padded volume in patch-sized window equivalents."""
+    if stride == WHOLE:
+        return whole_volume_voxels(shape, patch) / float(np.prod(patch))
     padded = [max(n, p) for n, p in zip(shape, patch)]
     grid = window_grid(padded, patch, resolve_stride(stride, patch))
     return len(grid[0]) * len(grid[1]) * len(grid[2])
@@ -715,11 +718,11 @@ def run_mode(args: argparse.Namespace, split: dict, embeddings: CohortEmbeddings
         windows = sum(n_windows(c.image.shape, config.patch, stride) for c in validation)
         left = args.limit_s - elapsed()
         if per_window is not None and windows * per_window * 1.3 + 5 > left:
-            report["evaluation"][stride] = {"skipped": f"{windows} windows at {per_window:.3f} s each would not fit "
+            report["evaluation"][stride] = {"skipped": f"{windows:.0f} windows at {per_window:.3f} s each would not fit "
                                                       f"the {left:.0f} s left before --limit-s"}
             say(f"evaluation {stride}: skipped ({report['evaluation'][stride]['skipped']})")
             continue
-        say(f"evaluation, stride {stride}: {len(validation)} cases, {windows} windows")
+        say(f"evaluation, stride {stride}: {len(validation)} cases, {windows:.0f} windows")
         result_eval = evaluate(bundle, validation, stride, device, args.window_batch, spacing)
         result_eval["windows"] = windows
         report["evaluation"][stride] = result_eval
@@ -774,7 +777,8 @@ def main() -> None:
                         help="checkpoints inside a segment (each segment also ends with one); 235 MB each")
     parser.add_argument("--log-every", type=int, default=20)
     parser.add_argument("--print-every", type=int, default=200, help="print every N-th training step")
-    parser.add_argument("--strides", default="fast,dense", help="evaluation strides, in order")
+    parser.add_argument("--strides", default="fast,whole,dense",
+                        help="evaluation strides (or whole), in order")
     parser.add_argument("--window-batch", type=int, default=0, help="windows per forward (0: 4 on CUDA, 1 on CPU)")
     parser.add_argument("--validation-cases", type=int, default=0, help="evaluate only the first N validation cases")
     parser.add_argument("--fresh", action="store_true", help="delete --run-dir first (no resume)")
