@@ -40,7 +40,7 @@ def _add_propagation(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("propagation")
     group.add_argument("--transform", default=None, help="ANTs transform per slice pair (default SyNOnly; the paper used SyNRA)")
     group.add_argument("--slice-step", type=int, default=None, help="register slices this far apart, interpolate between (default 3)")
-    group.add_argument("--crop-margin", type=int, default=None, help="pixels kept around the annotated box (default 15)")
+    group.add_argument("--crop-margin", type=int, default=None, help="pixels kept around the label each registration carries (default 10)")
     group.add_argument("--no-stop", action="store_true", help="propagate to the volume edge even after the label vanished")
     group.add_argument("--workers", type=int, default=0, help="registration processes (default: one per CPU core)")
     group.add_argument("--fusion", choices=("weighted", "majority"), default=None, help="three-view vote for fused.nrrd")

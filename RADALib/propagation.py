@@ -42,11 +42,13 @@ OBSOLETE_SETTINGS = ("extent_margin",)
 
 @dataclass(frozen=True)
 class PropagationConfig:
-    """How annotations are propagated. Defaults are the measured speed/quality trade-off."""
+    """How annotations are propagated. Defaults are the measured speed/quality trade-off
+    (README): ``crop_margin`` 10 gave the same fused Dice on LA as 15 (0.888) for 17 % fewer
+    registered pixels and 12 % less time."""
 
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
     slice_step: int = 3
-    crop_margin: int = 15
+    crop_margin: int = 10
     stop_when_empty: bool = True
     slice_smoothing: int = 2
     fusion: Fusion = "weighted"
@@ -284,8 +286,9 @@ def embed_coordinates(coordinates: np.ndarray, crop: tuple[slice, slice], shape:
 
 @dataclass
 class _View:
-    """One annotated plane: the volume and sparse label with that plane's axis first, cropped
-    in-plane to the annotation box, and the labels propagated so far (slice -> 2D label)."""
+    """One annotated plane: the volume with that plane's axis first, cropped in-plane to the
+    annotation box, its in-plane spacing, and the labels so far (slice -> 2D label, sources
+    included)."""
 
     axis: int
     volume: np.ndarray

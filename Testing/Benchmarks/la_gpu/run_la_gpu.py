@@ -22,7 +22,7 @@ What a run does:
    the budget, trains fewer with the schedule's steps (lr, α, β) scaled in proportion, so the run
    completes its whole schedule in this call;
 3. writes the model bundle (``run-dir/model``), reloads it, segments the validation cases
-   (stride ``fast``, then ``dense`` if it fits before ``--limit-s``) and scores Dice, Jaccard,
+   (stride ``fast``, ``whole``, then ``dense``, each if it fits before ``--limit-s``) and scores Dice, Jaccard,
    HD95 and ASD (mm, 0.625 mm voxels);
 4. writes ``OUT/la_gpu_metrics.json`` (also once right after training, in case evaluation is cut
    off), ``OUT/la_gpu_log.txt``, ``OUT/metrics.jsonl`` and prints a table: iterations done, it/s,
