@@ -72,8 +72,9 @@ INFERENCE_MODES: tuple[str, ...] = (*STRIDE_PRESETS, WHOLE)
 """What ``stride`` may name: the stride presets, or ``"whole"``."""
 
 MAX_WHOLE_VOXELS = 8_000_000
-"""Above this many (padded) voxels ``"whole"`` falls back to ``"fast"`` windows: a whole-volume
-pass holds about 16 x base_filters feature maps of the volume's size at once (about 3 GB here)."""
+"""Above this many (padded) voxels ``"whole"`` falls back to ``"fast"`` windows. On CPU an LA
+volume (2.65 M padded voxels, paper network) needed about 0.85 GB more than the windowed pass's
+baseline, so this bound is about 2.6 GB."""
 
 DEFAULT_STRIDE = "fast"
 """The stride used when neither the caller nor the bundle names one."""
@@ -162,6 +163,23 @@ def _padding(shape: Sequence[int], patch: Sequence[int]) -> list[tuple[int, int]
     return out
 
 
+def _pad(image: Tensor, pads: Sequence[tuple[int, int]], value: float) -> Tensor:
+    """``image`` (B, C, X, Y, Z) padded by (before, after) voxels per spatial axis with ``value``."""
+    if not any(before or after for before, after in pads):
+        return image
+    flat = [v for before_after in reversed(pads) for v in before_after]  # F.pad: last axis first
+    return F.pad(image, flat, mode="constant", value=float(value))
+
+
+def _windows(grid: Sequence[Sequence[int]], padded: Sequence[int], patch: Sequence[int], device: torch.device
+             ) -> tuple[list[tuple[int, int, int]], Tensor]:
+    """The windows' corners and, per voxel, how many windows cover it."""
+    corners = [(x, y, z) for x in grid[0] for y in grid[1] for z in grid[2]]
+    counts = [torch.from_numpy(_coverage(n, p, starts)) for n, p, starts in zip(padded, patch, grid)]
+    coverage = counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]
+    return corners, coverage.to(device)
+
+
 def sliding_window_inference(
     image: Tensor,
     predictor: Callable[[Tensor], Tensor],
@@ -191,14 +209,10 @@ def sliding_window_inference(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     shape = tuple(int(n) for n in image.shape[2:])
     pads = _padding(shape, patch)
-    if any(before or after for before, after in pads):
-        flat = [v for before_after in reversed(pads) for v in before_after]  # F.pad: last axis first
-        image = F.pad(image, flat, mode="constant", value=float(pad_value))
+    image = _pad(image, pads, pad_value)
     padded = tuple(int(n) for n in image.shape[2:])
     grid = window_grid(padded, patch, stride)
-    corners = [(x, y, z) for x in grid[0] for y in grid[1] for z in grid[2]]
-    counts = [torch.from_numpy(_coverage(n, p, starts)) for n, p, starts in zip(padded, patch, grid)]
-    coverage = (counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]).to(image.device)
+    corners, coverage = _windows(grid, padded, patch, image.device)
 
     if progress is not None:
         progress.start("inference", len(corners), message or f"{len(corners)} windows of {patch}")
@@ -263,13 +277,8 @@ def whole_volume_inference(
     shape = tuple(int(n) for n in image.shape[2:])
     padded = tuple(max(p, DOWNSAMPLING * math.ceil(n / DOWNSAMPLING)) for n, p in zip(shape, patch))
     pads = [((t - n) // 2, t - n - (t - n) // 2) for n, t in zip(shape, padded)]
-    if any(before or after for before, after in pads):
-        image = F.pad(image, [v for before_after in reversed(pads) for v in before_after], value=float(pad_value))
-    image = image.contiguous(memory_format=memory_format)
-    grid = window_grid(padded, patch, patch)
-    corners = [(x, y, z) for x in grid[0] for y in grid[1] for z in grid[2]]
-    counts = [torch.from_numpy(_coverage(n, p, starts)) for n, p, starts in zip(padded, patch, grid)]
-    coverage = (counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]).to(image.device)
+    image = _pad(image, pads, pad_value).contiguous(memory_format=memory_format)
+    corners, coverage = _windows(window_grid(padded, patch, patch), padded, patch, image.device)
 
     model.eval()
     nets = list(model.nets.values())

@@ -271,8 +271,10 @@ class AntsRegistrar:
     """Registers slice pairs with ANTs in ``workers`` processes (one ITK thread each).
 
     Processes, not threads: a second ITK thread does not help at slice size, a second process
-    nearly doubles throughput. ``workers=1`` runs in this process. Use as a context manager, or
-    call :meth:`close`, to stop the workers.
+    nearly doubles throughput. ``workers=1`` is one worker process too, never this process:
+    ITK fixes its thread count once per process, so registering here after this process had
+    used ITK with more threads gave slightly different labels than the pool. Use as a context
+    manager, or call :meth:`close`, to stop the workers.
     """
 
     config: RegistrationConfig = field(default_factory=RegistrationConfig)
@@ -289,25 +291,17 @@ class AntsRegistrar:
         jobs = [(fixed, moving, tuple(spacing), self.config) for fixed, moving in pairs]
         if not jobs:
             return []
-        if self.workers == 1:
-            _init_worker(self.config.seed)  # this process is the one worker
-            return [_register_job(job) for job in jobs]
         # one pair per task: a pair costs ~0.3 s against ~1 ms to send it, and larger chunks
         # leave a worker idle at the end of each wave while the other finishes its chunk
         return list(self._executor().map(_register_job, jobs, chunksize=1))
 
     def submit(self, fixed: np.ndarray, moving: np.ndarray, spacing: tuple[float, float]) -> "Future[PairResult]":
-        """Start one pair in the pool (``workers=1``: register it now) and return its future."""
-        if self.workers == 1:
-            future: Future[PairResult] = Future()
-            future.set_result(self.register([(fixed, moving)], spacing)[0])
-            return future
+        """Start one pair in the pool and return its future."""
         return self._executor().submit(_register_job, (fixed, moving, tuple(spacing), self.config))
 
     def start(self) -> None:
         """Start the worker processes now (ANTs loads in each) rather than on the first pairs."""
-        if self.workers > 1:
-            list(self._executor().map(_worker_ready, range(self.workers)))
+        list(self._executor().map(_worker_ready, range(self.workers)))
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:

@@ -244,9 +244,9 @@ def test_each_pair_is_cropped_to_the_label_it_carries():
     seen = []
 
     class Spy(AntsRegistrar):
-        def register(self, pairs, spacing):
-            seen.extend(fixed.shape for fixed, _ in pairs)
-            return super().register(pairs, spacing)
+        def submit(self, fixed, moving, spacing):
+            seen.append(fixed.shape)
+            return super().submit(fixed, moving, spacing)
 
     with Spy(RegistrationConfig(), workers=1) as registrar:
         result = propagate(image, axial_only(label, 0), (1, 1, 1), registrar, PropagationConfig(slice_step=1, crop_margin=3))
