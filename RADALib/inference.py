@@ -27,7 +27,8 @@ was no closer to dense than fast in a random-weight comparison, so it is not a p
 ``"whole"`` is not a stride: each network runs once over the whole volume and γ is taken per
 ``fast`` window from that window's part of the bottleneck (:func:`whole_volume_inference`);
 about 3x faster than ``fast`` on an LA volume on CPU. How close it comes to ``dense`` needs a
-trained model (the LA GPU run evaluates all three).
+trained model (the LA GPU run evaluates all three); on a weak CPU-trained stand-in (patch
+64x64x48) it was not close (mean |ΔDice| 0.048 vs 0.031 for ``fast``; README, "Measured figures").
 
 Cost: each window runs three VNets (about 240 GFLOP at base 16 and 112x112x80), about 5 s on
 two shared CPU cores in the channels-last-3d layout (which oneDNN ran 25-40 % faster than the

@@ -83,3 +83,17 @@ def test_scaled_schedule_and_segment_rate():
                {"step": 40, "seconds": 12.0}]
     assert run.segment_rate(history, 10, 40) == pytest.approx((40 - 11) / (12.0 - 9.0))
     assert run.segment_rate(history, 30, 40) is None
+
+
+def test_set_overrides_nested_and_plain_training_settings():
+    run = _module("run_la_gpu")
+    assert run.parse_setting("network.base_filters=4") == ("network.base_filters", 4)
+    assert run.parse_setting("amp=off") == ("amp", "off")
+    with pytest.raises(Exception, match="KEY=VALUE"):
+        run.parse_setting("base_filters")
+    args = type("Args", (), {"device": "cpu", "log_every": 5, "compile": False, "checkpoint_every": 100,
+                             "iterations": None, "patch": None, "threads": 0, "preset": "paper",
+                             "set": [("network.base_filters", 4), ("unlabeled_batch", 0)]})()
+    config = run.requested_config(args)
+    assert config.network.base_filters == 4 and config.unlabeled_batch == 0
+    assert config.patch == (112, 112, 80) and config.iterations == 6000  # the rest stays the preset's

@@ -333,7 +333,20 @@ def requested_config(args: argparse.Namespace) -> TrainConfig:
         changes["patch"] = args.patch
     if args.threads:
         changes["threads"] = args.threads
+    changes.update(args.set)
     return preset(args.preset, **changes)
+
+
+def parse_setting(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` for ``--set``: a training setting (dotted for nested ones), VALUE as JSON or text."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"--set takes KEY=VALUE, e.g. network.base_filters=4; got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
 
 
 def scaled_schedule(config: TrainConfig, iterations: int) -> TrainConfig:
@@ -757,6 +770,8 @@ def main() -> None:
     parser.add_argument("--preset", default="paper")
     parser.add_argument("--iterations", type=int, default=None, help="override the preset's iterations")
     parser.add_argument("--patch", type=parse_patch, default=None, help="override the preset's patch, e.g. 32,32,32")
+    parser.add_argument("--set", type=parse_setting, action="append", default=[], metavar="KEY=VALUE",
+                        help="override a training setting, e.g. --set network.base_filters=4 --set unlabeled_batch=0")
     parser.add_argument("--device", default="auto", help="auto, cuda, cuda:0 or cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--compile", action="store_true", help="torch.compile each sub-network (recompiles per segment)")
