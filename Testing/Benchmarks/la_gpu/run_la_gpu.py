@@ -645,7 +645,7 @@ def run_mode(args: argparse.Namespace, split: dict, embeddings: CohortEmbeddings
         config = with_runtime(TrainConfig.from_dict(saved["config"]), args)
         fit = saved.get("fit")
         say(f"resuming the run in {run_dir} with its stored settings ({config.iterations} iterations, patch "
-            f"{config.patch}); --preset/--iterations/--patch/--fit-budget of this call are not used")
+            f"{config.patch}); --preset/--iterations/--patch/--set/--fit-budget of this call are not used")
     else:
         config = requested_config(args)
         if args.fit_budget:
