@@ -7,11 +7,12 @@ input; ``--events json`` turns progress into one JSON object per line on standar
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from . import __version__
 from .errors import RADAError
@@ -119,6 +120,18 @@ def cmd_propagate(args: argparse.Namespace) -> int:
     return 0
 
 
+def parse_setting(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` of ``--set``: a training setting (dotted for nested ones), VALUE as JSON or text."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"--set takes KEY=VALUE, e.g. network.base_filters=8; got {text!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip(), value
+
+
 def _encoder_config(args: argparse.Namespace):
     from .encoders import EncoderConfig
 
@@ -137,7 +150,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.iterations:
         changes["iterations"] = args.iterations
     if args.patch:
-        changes["patch"] = tuple(int(v) for v in args.patch.split(","))
+        try:
+            changes["patch"] = tuple(int(v) for v in args.patch.replace("x", ",").split(","))
+        except ValueError:
+            raise RADAError(f"--patch takes three integers x,y,z (multiples of 16), got {args.patch!r}") from None
     if args.visual_planes:
         changes["visual_planes"] = tuple(args.visual_planes.split(","))
     if args.no_text:
@@ -146,7 +162,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         changes["region_mode"] = args.region_mode
     if args.no_registration:
         changes["use_registration"] = False
-    config = preset(args.preset, **changes)
+    changes.update(args.set)
+    try:
+        config = preset(args.preset, **changes)
+    except (TypeError, ValueError) as exc:
+        raise RADAError(f"training settings: {exc}") from None
     run = train_model(cohort, args.out, config, args.propagation, _propagation_config(args), _encoder_config(args),
                       Path(args.cache_dir or default_cache_dir()), args.workers, _progress(args), cohort.validation)
     print(f"model written to {run.model} ({run.iterations} iterations, {run.seconds:.0f} s)",
@@ -249,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--cohort", required=True, help="cohort manifest (rada cohort)")
     train.add_argument("--out", required=True, help="experiment folder (resumes from its checkpoint); the model goes to OUT/model")
     train.add_argument("--preset", default="paper", help="paper (LA recipe, a GPU job) or small (CPU demo)")
-    train.add_argument("--iterations", type=int, help="override the preset's iteration count")
+    train.add_argument("--iterations", type=int, help="override the preset's iteration count (its lr, α and β steps scale with it)")
     train.add_argument("--patch", help="patch size x,y,z (multiples of 16)")
     train.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
     train.add_argument("--propagation", help="folder of `rada propagate` results (default OUT/propagation)")
@@ -258,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-text", action="store_true", help="ablation: no text prompt")
     train.add_argument("--region-mode", choices=("alpha", "no_mask", "none"), help="ablation: region prompt with mask (default), CLIP vision without mask, none")
     train.add_argument("--no-registration", action="store_true", help="ablation: supervise the annotated slices only")
+    train.add_argument("--set", dest="set", type=parse_setting, action="append", default=[], metavar="KEY=VALUE",
+                       help="any training setting, dotted for nested ones, e.g. network.base_filters=8 or "
+                       "schedule.base_lr=0.02 (repeatable; applied last)")
     train.add_argument("--encoder-arch", default="ViT-B-16", help="ViT-B-16 (default) or ViT-L-14")
     train.add_argument("--vision-weights", help="Alpha-CLIP visual checkpoint: a file, or a known name")
     train.add_argument("--text-weights", help="CLIP checkpoint for the text tower: a file, or a known name")

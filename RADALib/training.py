@@ -80,7 +80,8 @@ class TrainConfig:
     """Training settings (paper / LA defaults). See the module docstring for the algorithm.
 
     ``schedule.max_iterations`` always equals ``iterations`` (the ramps of α, β and the
-    threshold span the run); the other schedule steps are absolute iteration counts.
+    threshold span the run); the other schedule steps are absolute iteration counts
+    (:func:`preset` with a new ``iterations`` scales them, :func:`scale_schedule`).
     ``amp``: "auto" = bf16 autocast on CUDA, off on CPU; "bf16" forces it, "off" disables it.
     ``channels_last``: "auto" = channels-last 3D memory format on CUDA only.
     ``region_mode``: "alpha" (Alpha-CLIP with the mask), "no_mask" (the caller passes
@@ -227,11 +228,39 @@ presets: dict[str, TrainConfig] = {"paper": TrainConfig(), "small": _small_prese
 """Named settings: "paper" (LA recipe, a GPU job) and "small" (demo and tests on a CPU)."""
 
 
+def scale_schedule(config: TrainConfig, iterations: int) -> TrainConfig:
+    """``config`` run for ``iterations``, its schedule's steps (lr, α, β) scaled in proportion.
+
+    The schedule keeps its shape: the paper's lr drops at 5/12 and 5/6 of the run, α and β
+    change as often relative to the run's length. Without scaling, a longer run of the small
+    preset would spend most of its iterations at a learning rate 10⁻⁴ to 10⁻⁸ times the base.
+    """
+    iterations = int(iterations)
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    scale = iterations / config.iterations
+    s = config.schedule
+    return config.replace(iterations=iterations, schedule={
+        "max_iterations": iterations,
+        "lr_step": max(1, round(s.lr_step * scale)),
+        "alpha_step": max(1, round(s.alpha_step * scale)),
+        "beta_step": max(1, round(s.beta_step * scale)),
+    })
+
+
 def preset(name: str, **changes: Any) -> TrainConfig:
-    """A copy of a named preset, with ``changes`` applied (see :meth:`TrainConfig.replace`)."""
+    """A copy of a named preset, with ``changes`` applied (see :meth:`TrainConfig.replace`).
+
+    A new ``iterations`` first scales the preset's schedule steps in proportion
+    (:func:`scale_schedule`); schedule settings in ``changes`` then override the scaled ones.
+    """
     if name not in presets:
         raise RADAError(f"unknown training preset {name!r}; choose one of {', '.join(presets)}")
-    return presets[name].replace(**changes)
+    config = presets[name]
+    changes = dict(changes)
+    if "iterations" in changes:
+        config = scale_schedule(config, int(changes.pop("iterations")))
+    return config.replace(**changes)
 
 
 # ----------------------------------------------------------------------------- guidance inputs

@@ -100,3 +100,49 @@ def test_propagate_command_emits_json_events_for_each_case(tmp_path, capsys, mon
     assert events[0]["stage"] == "propagate" and events[0]["total"] == 1
     assert events[-1]["step"] == 1 and events[-1]["case"] == "c0"
     assert (tmp_path / "out" / "cases" / "c0" / "fused.nrrd").exists()
+
+
+def _tiny_cohort(tmp_path) -> str:
+    volume = volume_from_array(np.zeros((8, 8, 8), np.float32))
+    for i in range(2):
+        write_like(volume, volume.array, tmp_path / "img" / f"c{i}.nrrd")
+        label = np.zeros((8, 8, 8), np.uint8)
+        label[2:5, 2:5, 2:5] = 1
+        write_like(volume, label, tmp_path / "lab" / f"c{i}_label.nrrd")
+    assert main(["cohort", "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"),
+                 "--labeled", "1", "--out", str(tmp_path / "cohort.json")]) == 0
+    return str(tmp_path / "cohort.json")
+
+
+def test_train_set_overrides_settings_and_iterations_scale_the_schedule(tmp_path, capsys, monkeypatch):
+    import RADALib.workflow as workflow
+
+    seen = {}
+
+    def fake_train_model(cohort, out, config, *rest, **kw):
+        seen["config"] = config
+        return workflow.TrainedRun(tmp_path, tmp_path / "model", config.iterations, 0.0, {})
+
+    monkeypatch.setattr(workflow, "train_model", fake_train_model)
+    cohort = _tiny_cohort(tmp_path)
+    code = main(["train", "--cohort", cohort, "--out", str(tmp_path / "exp"), "--preset", "small", "--iterations", "400",
+                 "--set", "network.base_filters=8", "--set", "schedule.base_lr=0.02", "--set", "amp=off"])
+    assert code == 0, capsys.readouterr().err
+    config = seen["config"]
+    assert config.network.base_filters == 8 and config.schedule.base_lr == 0.02 and config.amp == "off"
+    assert config.iterations == config.schedule.max_iterations == 400
+    assert config.schedule.lr_step == 2 * 83  # the small preset's 83 of 200, scaled with the run
+
+
+@pytest.mark.parametrize("argument, message", [
+    (["--set", "network.base_filterz=8"], "rada: training settings: unknown network setting 'base_filterz'"),
+    (["--set", "patch=[40,40,40]"], "multiples of 16"),
+    (["--patch", "64,x"], "rada: --patch takes three integers"),
+])
+def test_train_with_a_bad_setting_gives_a_one_line_error(tmp_path, capsys, argument, message):
+    cohort = _tiny_cohort(tmp_path)
+    capsys.readouterr()
+    code = main(["train", "--cohort", cohort, "--out", str(tmp_path / "exp"), "--preset", "small", *argument])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and message in err
+    assert not (tmp_path / "exp").exists()

@@ -38,10 +38,12 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(**changes) -> TrainConfig:
+    """A seconds-long config; it keeps the small preset's schedule steps (lr 0.01 over these short runs)."""
+    steps = {k: getattr(presets["small"].schedule, k) for k in ("lr_step", "alpha_step", "beta_step")}
     base = preset(
         "small", patch=(16, 16, 16), iterations=4, uncertainty_passes=2, log_every=1, checkpoint_every=2,
         validate_every=0, network={"base_filters": 2, "era_dim": 16, "adapter_hidden_dim": 16,
-                                   "text_dim": TEXT_DIM, "region_dim": 2 * REGION_DIM},
+                                   "text_dim": TEXT_DIM, "region_dim": 2 * REGION_DIM}, schedule=steps,
     )
     return base.replace(**changes)
 
@@ -111,6 +113,23 @@ def test_config_defaults_round_trip_and_replace():
     with pytest.raises(RADAError, match="unknown training preset"):
         preset("huge")
 
+
+
+def test_preset_with_other_iterations_scales_its_schedule_steps():
+    from RADALib.schedules import learning_rate
+
+    half = preset("paper", iterations=3000)
+    assert half.iterations == half.schedule.max_iterations == 3000
+    assert (half.schedule.lr_step, half.schedule.alpha_step, half.schedule.beta_step) == (1250, 500, 75)
+    # a 5x longer small run keeps the preset's shape: lr 0.01 for the first 5/12 of it, not 10^-8 at the end
+    longer = preset("small", iterations=1000)
+    small = presets["small"]
+    assert longer.schedule.lr_step == 5 * small.schedule.lr_step
+    assert learning_rate(999, longer.schedule) == pytest.approx(learning_rate(199, small.schedule))
+    # schedule settings given explicitly win over the scaled ones; the others are still scaled
+    explicit = preset("small", iterations=1000, **{"schedule.lr_step": 100})
+    assert explicit.schedule.lr_step == 100 and explicit.schedule.alpha_step == longer.schedule.alpha_step
+    assert preset("small").schedule == small.schedule
 
 def test_guidance_prompt_takes_one_plane_per_labeled_sample():
     text, regions = embeddings(["a", "b", "c"])

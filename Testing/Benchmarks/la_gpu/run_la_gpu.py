@@ -73,6 +73,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from RADALib.bundle import load_bundle, save_bundle  # noqa: E402
+from RADALib.cli import parse_setting  # noqa: E402
 from RADALib.data import (  # noqa: E402
     BatchPrefetcher,
     TrainingCase,
@@ -99,6 +100,7 @@ from RADALib.training import (  # noqa: E402
     fit_network_to_prompt,
     load_checkpoint,
     preset,
+    scale_schedule,
     setup_runtime,
     train_on_cases,
 )
@@ -335,30 +337,6 @@ def requested_config(args: argparse.Namespace) -> TrainConfig:
         changes["threads"] = args.threads
     changes.update(args.set)
     return preset(args.preset, **changes)
-
-
-def parse_setting(text: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` for ``--set``: a training setting (dotted for nested ones), VALUE as JSON or text."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.strip():
-        raise argparse.ArgumentTypeError(f"--set takes KEY=VALUE, e.g. network.base_filters=4; got {text!r}")
-    try:
-        value = json.loads(raw)
-    except json.JSONDecodeError:
-        value = raw
-    return key.strip(), value
-
-
-def scaled_schedule(config: TrainConfig, iterations: int) -> TrainConfig:
-    """``config`` with fewer iterations and its schedule steps scaled in proportion."""
-    scale = iterations / config.iterations
-    s = config.schedule
-    return config.replace(iterations=iterations, schedule={
-        "max_iterations": iterations,
-        "lr_step": max(1, round(s.lr_step * scale)),
-        "alpha_step": max(1, round(s.alpha_step * scale)),
-        "beta_step": max(1, round(s.beta_step * scale)),
-    })
 
 
 def with_runtime(saved: TrainConfig, args: argparse.Namespace) -> TrainConfig:
@@ -658,7 +636,7 @@ def run_mode(args: argparse.Namespace, split: dict, embeddings: CohortEmbeddings
             if fits < config.iterations:
                 if fits < 1:
                     raise SystemExit("fit-budget: no iteration fits the budget")
-                config = scaled_schedule(config, fits)
+                config = scale_schedule(config, fits)
                 fit["scaled"] = True
                 say(f"fit-budget: training {fits} iterations with the schedule scaled by {fits / fit['requested']:.3f} "
                     f"(lr step {config.schedule.lr_step}, alpha step {config.schedule.alpha_step}, "
