@@ -21,13 +21,18 @@ def test_missing_cohort_file_gives_a_one_line_error_and_exit_code_2(tmp_path, ca
     assert not (tmp_path / "out").exists()
 
 
-def test_cohort_command_writes_a_manifest_from_folders(tmp_path, capsys):
+def _write_cube_cases(tmp_path, n: int) -> None:
+    """``n`` blank 8³ images in ``img/`` and a cube label each in ``lab/``."""
     volume = volume_from_array(np.zeros((8, 8, 8), np.float32))
-    for i in range(3):
+    label = np.zeros((8, 8, 8), np.uint8)
+    label[2:5, 2:5, 2:5] = 1
+    for i in range(n):
         write_like(volume, volume.array, tmp_path / "img" / f"c{i}.nrrd")
-        label = np.zeros((8, 8, 8), np.uint8)
-        label[2:5, 2:5, 2:5] = 1
         write_like(volume, label, tmp_path / "lab" / f"c{i}_label.nrrd")
+
+
+def test_cohort_command_writes_a_manifest_from_folders(tmp_path, capsys):
+    _write_cube_cases(tmp_path, 3)
     code = main(["cohort", "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"),
                  "--labeled", "2", "--validation", "1", "--out", str(tmp_path / "cohort.json")])
     assert code == 0
@@ -103,12 +108,7 @@ def test_propagate_command_emits_json_events_for_each_case(tmp_path, capsys, mon
 
 
 def _tiny_cohort(tmp_path) -> str:
-    volume = volume_from_array(np.zeros((8, 8, 8), np.float32))
-    for i in range(2):
-        write_like(volume, volume.array, tmp_path / "img" / f"c{i}.nrrd")
-        label = np.zeros((8, 8, 8), np.uint8)
-        label[2:5, 2:5, 2:5] = 1
-        write_like(volume, label, tmp_path / "lab" / f"c{i}_label.nrrd")
+    _write_cube_cases(tmp_path, 2)
     assert main(["cohort", "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"),
                  "--labeled", "1", "--out", str(tmp_path / "cohort.json")]) == 0
     return str(tmp_path / "cohort.json")
