@@ -204,7 +204,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     regions = region_embeddings_for_files(bundle, inputs, sparse, Path(args.cache_dir or default_cache_dir()),
                                           args.vision_weights, args.device, args.oblique, progress)
     outputs = predict_files(bundle, inputs, Path(args.out), stride=stride, device=args.device, region_embedding=regions,
-                            write_probabilities=args.probabilities, progress=progress, oblique=args.oblique)
+                            write_probabilities=args.probabilities, progress=progress, oblique=args.oblique,
+                            largest_component=args.largest_component)
     print(f"{len(outputs)} label map(s) written to {args.out}", file=sys.stderr if args.events == "json" else sys.stdout)
     return 0
 
@@ -315,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--stride", default=None, help="sliding-window stride x,y,z, a preset (dense, fast), or whole (one pass over the volume)")
     predict.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     predict.add_argument("--probabilities", action="store_true", help="also write the foreground probability map")
+    predict.add_argument("--largest-component", action="store_true",
+                         help="keep only the largest connected component of each structure (for a single organ such "
+                         "as the left atrium: removes look-alike islands elsewhere; not for structures in several parts)")
     predict.add_argument("--oblique", choices=("refuse", "resample"), default="refuse")
     _add_events(predict)
     predict.set_defaults(run=cmd_predict)

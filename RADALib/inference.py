@@ -15,7 +15,9 @@ How a new volume is segmented (paper section 3 / METHOD.md 1.6):
    background-like value; UA-MT pads with 0, which looks like average tissue);
 4. each window goes through the three networks; their softmax are averaged (the ensemble);
 5. overlapping windows are averaged with **uniform** weights (sum of probabilities divided by
-   the number of windows covering the voxel), the paper's choice; then argmax.
+   the number of windows covering the voxel), the paper's choice; then argmax;
+6. optionally (``largest_component``, not in the paper) each class keeps only its largest
+   connected component (:mod:`RADALib.postprocessing`).
 
 Stride presets (for the paper patch 112x112x80): ``"dense"`` = (18, 18, 4), the evaluation
 protocol of UA-MT/DeSCO/SGTC/RADA, and ``"fast"`` = the patch itself, i.e. the fewest windows
@@ -54,6 +56,7 @@ from .data import normalize_intensity
 from .errors import InputError
 from .events import Progress
 from .networks import DOWNSAMPLING, TripleViewModel
+from .postprocessing import keep_largest_component
 from .region_prompt import prompt_source
 from .volume import Oblique, Volume, file_suffix, read_volume, write_like
 
@@ -379,6 +382,7 @@ def predict_volume(
     amp: bool | None = None,
     return_probabilities: bool = False,
     progress: Progress | None = None,
+    largest_component: bool = False,
 ) -> Prediction:
     """Segment one volume with a bundle (see the module docstring for the steps).
 
@@ -387,6 +391,8 @@ def predict_volume(
     ``region_embedding`` (the volume's own Ev, ``region_dim`` values) replaces the bundle's
     mean. ``amp`` (default: on for CUDA) runs the networks under bfloat16 autocast on CUDA; it
     has no effect on CPU. Probabilities are returned when ``return_probabilities``.
+    ``largest_component`` keeps only each class's largest connected component in the label map
+    (:func:`~RADALib.postprocessing.keep_largest_component`); the probabilities stay as predicted.
     """
     device = torch.device(device)
     normalization = bundle.manifest.get("normalization", "zscore")
@@ -441,6 +447,8 @@ def predict_volume(
             )
         label = probabilities.argmax(dim=0).to(torch.uint8).cpu().numpy()
         kept = probabilities.cpu().numpy().astype(np.float32, copy=False) if return_probabilities else None
+    if largest_component:
+        label = keep_largest_component(label, range(1, config.n_classes))
     return Prediction(label=label, probabilities=kept)
 
 
@@ -474,6 +482,7 @@ def predict_files(
     write_probabilities: bool = False,
     progress: Progress | None = None,
     oblique: Oblique = "refuse",
+    largest_component: bool = False,
 ) -> list[Path]:
     """Segment image files; writes ``<case>_rada.nrrd`` per input into ``out_dir``.
 
@@ -487,6 +496,7 @@ def predict_files(
     ``region_embedding``: one array for every input, or a list with one entry per input (the
     volume's own Ev from :func:`~RADALib.region_prompt.region_embedding_for`, or None for the
     bundle's stored mean). Each case's progress message says which prompt it got.
+    ``largest_component``: see :func:`predict_volume`.
     """
     bundle = bundle_folder if isinstance(bundle_folder, Bundle) else load_bundle(bundle_folder)
     inputs = [Path(p) for p in inputs]
@@ -512,6 +522,7 @@ def predict_files(
         result = predict_volume(
             bundle, volume, patch=patch, stride=stride, device=device, region_embedding=regions[i],
             batch_size=batch_size, amp=amp, return_probabilities=write_probabilities, progress=progress,
+            largest_component=largest_component,
         )
         label_path, probability_path = output_paths(path, out_dir)
         write_like(volume, result.label, label_path)

@@ -647,6 +647,8 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         if device == "auto":
             device = "cuda" if self.cudaAvailable() else "cpu"
         arguments = ["--model", str(model), "--out", str(out), "--stride", settings.stride, "--device", device]
+        if settings.largestComponent:
+            arguments.append("--largest-component")
         for image, label in zip(images, sparse):
             arguments += ["--image", str(image), "--sparse-label", label]
 

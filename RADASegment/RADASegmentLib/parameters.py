@@ -20,6 +20,7 @@ class RADASegmentSettings:
 
     ``iterations`` 0 means the preset's own count (paper 6000, small 200). ``device`` ``auto``
     trains on CUDA when present, else on CPU (with a warning and a time estimate).
+    ``largestComponent`` keeps only the largest connected region of the segmented structure.
     """
 
     structureName: str = "structure"
@@ -31,6 +32,7 @@ class RADASegmentSettings:
     allowDownload: bool = False
     modelName: str = "rada-model"
     stride: str = "fast"
+    largestComponent: bool = False
     fusion: str = "weighted"
     workers: int = 0
 

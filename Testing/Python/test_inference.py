@@ -272,3 +272,35 @@ def test_predict_files_writes_labels_on_the_inputs_exact_grid(tmp_path):
 def test_predict_files_refuses_colliding_case_names(tmp_path):
     with pytest.raises(InputError, match="same case name"):
         predict_files(tiny_bundle(tmp_path), [tmp_path / "a" / "x.nrrd", tmp_path / "b" / "x.nii.gz"], tmp_path / "out")
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_predict_volume_can_keep_only_each_class_largest_component(tmp_path, monkeypatch, n_classes):
+    from scipy import ndimage
+
+    import RADALib.inference as inference
+    from RADALib.data import normalize_intensity
+    from RADALib.volume import volume_from_array
+
+    # image: background 0; each class k a large block and a small island of value k
+    array = np.zeros((24, 20, 18), np.float32)
+    for k in range(1, n_classes):
+        array[2:9, 2 + 8 * (k - 1):8 + 8 * (k - 1), 2:9] = k
+        array[14 + 4 * (k - 1):16 + 4 * (k - 1), 16:18, 14:16] = k
+    levels = torch.as_tensor(np.unique(normalize_intensity(array)))  # the z-scored values of 0, 1, ...
+
+    def by_intensity(model, x, era):  # class k where the input has level k: islands by construction
+        return torch.softmax(-100 * (x - levels.view(1, -1, 1, 1, 1)) ** 2, dim=1)
+
+    monkeypatch.setattr(inference, "ensemble_probabilities", by_intensity)
+    volume = volume_from_array(array, (1.0, 1.0, 1.0))
+    bundle = load_bundle(tiny_bundle(tmp_path, n_classes))
+    plain = predict_volume(bundle, volume, return_probabilities=True)
+    kept = predict_volume(bundle, volume, return_probabilities=True, largest_component=True)
+    np.testing.assert_array_equal(plain.label, array.astype(np.uint8))  # the fake predictor is exact
+    expected = array.astype(np.uint8)
+    expected[14:, 16:18, 14:16] = 0  # the islands go to background
+    np.testing.assert_array_equal(kept.label, expected)
+    for k in range(1, n_classes):
+        assert ndimage.label(kept.label == k)[1] == 1
+    np.testing.assert_array_equal(kept.probabilities, plain.probabilities)

@@ -92,3 +92,32 @@ def test_set_overrides_nested_and_plain_training_settings():
     config = run.requested_config(args)
     assert config.network.base_filters == 4 and config.unlabeled_batch == 0
     assert config.patch == (112, 112, 80) and config.iterations == 6000  # the rest stays the preset's
+
+
+def test_evaluate_scores_each_case_with_and_without_the_largest_component(tmp_path, monkeypatch):
+    import torch
+
+    import RADALib.inference as inference
+    from RADALib.bundle import load_bundle, save_bundle
+    from RADALib.networks import NetworkConfig
+
+    run = _module("run_la_gpu")
+    torch.manual_seed(0)
+    model = NetworkConfig(base_filters=2, text_dim=8, region_dim=12, era_dim=8, adapter_hidden_dim=8).build()
+    bundle = load_bundle(save_bundle(tmp_path / "model", model, {
+        "classes": {1: "left atrium"}, "prompt": "p", "visual_planes": ["axial", "axial"],
+        "text_embedding": np.zeros(8), "region_embedding_mean": np.zeros(12),
+        "inference": {"patch": [16, 16, 16]}}))
+    # the prediction: foreground where the image is bright; the image has the organ and an island
+    monkeypatch.setattr(inference, "ensemble_probabilities",
+                        lambda model, x, era: torch.cat([(x <= 0).float(), (x > 0).float()], dim=1))
+    image = np.full((24, 20, 16), -1.0, np.float32)
+    image[2:12, 2:12, 2:12] = 1.0  # the organ, 1000 voxels
+    image[18:22, 14:18, 10:14] = 1.0  # a look-alike, 64 voxels
+    truth = np.zeros(image.shape, np.uint8)
+    truth[2:12, 2:12, 2:12] = 1
+    result = run.evaluate(bundle, [run.LoadedCase("c1", image, truth)], "fast", torch.device("cpu"), 1, (1.0, 1.0, 1.0))
+    case = result["per_case"]["c1"]
+    assert case["dice"] == pytest.approx(2000 / 2064)
+    assert case["dice_largest_component"] == 1.0
+    assert result["dice_largest_component_mean"] == 1.0

@@ -280,3 +280,24 @@ def test_rada_predict_with_sparse_labels_end_to_end(cohort_run, tmp_path, capsys
     assert sources == {"c0.nrrd": "from this volume's sparse slices", "c1.nrrd": "from this volume's sparse slices",
                        "c2.nrrd": "the training cohort's mean"}
     np.testing.assert_array_equal(read_volume(output_paths(case.image, tmp_path / "cohort")[1]).array, p_own)
+
+
+def test_rada_predict_largest_component_reaches_the_label_maps(cohort_run, tmp_path, monkeypatch):
+    import RADALib.inference as inference
+    from RADALib.postprocessing import keep_largest_component
+
+    root, cohort = cohort_run
+    embeddings = compute_embeddings(cohort, root / "propagation", tiny_encoder())
+    model = write_bundle(tmp_path / "model", embeddings)
+    case = cohort.cases[0]
+    common = ["predict", "--model", str(model), "--cache-dir", str(tmp_path / "cache"), "--image", str(case.image),
+              "--stride", "fast"]
+    asked = []
+    real = inference.predict_files
+    monkeypatch.setattr(inference, "predict_files", lambda *a, **k: asked.append(k["largest_component"]) or real(*a, **k))
+    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*common, "--out", str(tmp_path / "kept"), "--largest-component"]) == 0
+    assert asked == [False, True]
+    plain = read_volume(output_paths(case.image, tmp_path / "plain")[0], "label").array
+    kept = read_volume(output_paths(case.image, tmp_path / "kept")[0], "label").array
+    np.testing.assert_array_equal(kept, keep_largest_component(plain))

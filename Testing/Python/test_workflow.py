@@ -83,3 +83,24 @@ class _Managed:
 
     def __exit__(self, *exc):
         return None
+
+
+def test_demo_scores_rada_with_and_without_the_largest_component(tmp_path, monkeypatch, capsys):
+    import RADALib.demo as demo
+    from RADALib.metrics import dice
+    from RADALib.postprocessing import keep_largest_component
+    from RADALib.synthetic import SyntheticConfig
+
+    monkeypatch.setattr(demo, "AntsRegistrar", lambda config, workers=0: _Managed(TranslationRegistrar()))
+    monkeypatch.setattr(demo, "SyntheticConfig", lambda: SyntheticConfig(shape=(48, 40, 32)))
+    report = demo.run_demo(tmp_path / "demo", n_cases=2, n_labeled=1, iterations=2)
+    rada = report["rada"]
+    assert rada["iterations"] == 2 and [r["labeled"] for r in rada["cases"]] == [True, False]
+    for row in rada["cases"]:  # both scores recomputed from the files the demo wrote
+        truth = read_volume(tmp_path / "demo" / "data" / "labels" / f"{row['id']}_label.nrrd", "label").array
+        prediction = read_volume(tmp_path / "demo" / "predictions" / f"{row['id']}_rada.nrrd", "label").array
+        assert row["dice"] == dice(prediction, truth)
+        assert row["dice_largest_component"] == dice(keep_largest_component(prediction), truth)
+    assert rada["dice_largest_component_unlabeled"] == rada["cases"][1]["dice_largest_component"]
+    assert "with --largest-component: labeled" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "demo" / "overlays").iterdir()) == ["case_000.png", "case_001.png"]

@@ -304,6 +304,18 @@ def test_segment_loads_named_coloured_results_aligned_with_each_volume(make_logi
     assert logic.entry(node).predictionStatus == "done"
 
 
+@pytest.mark.parametrize("largest", [False, True])
+def test_segment_asks_the_engine_for_the_largest_component_only_when_set(make_logic, tmp_path, largest):
+    from RADASegmentLib.parameters import RADASegmentSettings
+
+    logic = make_logic(work=fake_predict)
+    model = write_fake_bundle(tmp_path / "models" / "kid")
+    node, _, _, _ = _volume("scan")
+    logic.segment(node, str(model), settings=RADASegmentSettings(structureName="kidney", largestComponent=largest),
+                  wait=True)
+    assert ("--largest-component" in logic.started[-1].args) == largest
+
+
 def test_segment_refuses_a_model_trained_for_another_structure(make_logic, tmp_path):
     from RADASegmentLib.logic import RADASegmentError
     from RADASegmentLib.parameters import RADASegmentSettings

@@ -317,7 +317,7 @@ def test_settings_in_the_parameter_node_are_shown_by_the_widgets(logic):
 
     RADASegmentSettings(structureName="left atrium", preset="small", iterations=300, device="cpu",
                         visionWeights="/w/v.pth", allowDownload=True, modelName="la-1", stride="dense",
-                        fusion="majority").to_parameter_node(logic.getParameterNode())
+                        largestComponent=True, fusion="majority").to_parameter_node(logic.getParameterNode())
     panel = make_panel(logic)
     try:
         ui = panel.ui
@@ -329,6 +329,7 @@ def test_settings_in_the_parameter_node_are_shown_by_the_widgets(logic):
         assert ui.allowDownloadCheckBox.checked
         assert ui.modelNameLineEdit.text == "la-1"
         assert ui.strideComboBox.currentText == "dense"
+        assert ui.largestComponentCheckBox.checked
         assert ui.fusionComboBox.currentText == "majority"
     finally:
         panel.cleanup()
@@ -344,6 +345,7 @@ def test_changing_widgets_writes_the_settings_to_the_parameter_node(panel, logic
     ui.textWeightsPathLineEdit.setCurrentPath("/w/text.bin")
     ui.allowDownloadCheckBox.click()
     ui.strideComboBox.chooseText("dense")
+    ui.largestComponentCheckBox.click()
     ui.fusionComboBox.chooseText("majority")
     ui.modelNameLineEdit.typeText("liver-model")
     ui.showViewsCheckBox.click()
@@ -351,7 +353,7 @@ def test_changing_widgets_writes_the_settings_to_the_parameter_node(panel, logic
     assert (settings.preset, settings.iterations, settings.device) == ("small", 250, "cpu")
     assert settings.structureName == "liver"
     assert (settings.textWeights, settings.allowDownload) == ("/w/text.bin", True)
-    assert (settings.stride, settings.fusion) == ("dense", "majority")
+    assert (settings.stride, settings.fusion, settings.largestComponent) == ("dense", "majority", True)
     assert settings.modelName == "liver-model"
     assert settings.workers == 3, "a setting without a widget is kept"
     assert logic.getParameterNode().GetParameter("RADASegmentShowViews") == "true"
