@@ -109,6 +109,11 @@ def segment(model, image: np.ndarray, text, region, patch: Sequence[int]) -> np.
     return probabilities.argmax(0).cpu().numpy()
 
 
+def mean_over(values: dict[str, float], ids: Sequence[str]) -> float | None:
+    """Mean of ``values`` over ``ids``; None without ids."""
+    return float(np.mean([values[i] for i in ids])) if ids else None
+
+
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("rada-supervision"))
@@ -159,27 +164,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"Dice on the labeled ones {pseudo_dice:.3f}; training: patch {config.patch}, base "
           f"{config.network.base_filters}, {config.iterations} iterations, {config.labeled_batch}+"
           f"{config.unlabeled_batch} per batch; encoders pretrained: {embeddings.pretrained}", flush=True)
+    text = torch.as_tensor(embeddings.text, dtype=torch.float32)[None]
+    region_mean = embeddings.region_mean(list(config.visual_planes))
+    region = None if region_mean is None else torch.as_tensor(region_mean, dtype=torch.float32)[None]
     results: dict[str, Any] = {}
     for source in sources:
         started = time.perf_counter()
         run = train_on_cases(config, supervision(source, labeled, truths, fused), unlabeled, embeddings.text,
                              embeddings.regions, out / "runs" / source, resume=False)
         seconds = time.perf_counter() - started
-        model = run.model
-        text = torch.as_tensor(embeddings.text, dtype=torch.float32)[None]
-        region_mean = embeddings.region_mean(list(config.visual_planes))
-        region = None if region_mean is None else torch.as_tensor(region_mean, dtype=torch.float32)[None]
-        labels = {c.id: segment(model, images[c.id], text, region, config.patch) for c in cohort.cases}
+        labels = {c.id: segment(run.model, images[c.id], text, region, config.patch) for c in cohort.cases}
         scores = {i: dice(label, truths[i]) for i, label in labels.items()}
         kept = {i: dice(keep_largest_component(label), truths[i]) for i, label in labels.items()}
-
-        def mean(values: dict[str, float], ids: list[str]) -> float | None:
-            return float(np.mean([values[i] for i in ids])) if ids else None
-
         results[source] = {
-            "dice_labeled": mean(scores, labeled_ids), "dice_unlabeled": mean(scores, unlabeled_ids),
-            "dice_largest_component_labeled": mean(kept, labeled_ids),
-            "dice_largest_component_unlabeled": mean(kept, unlabeled_ids),
+            "dice_labeled": mean_over(scores, labeled_ids), "dice_unlabeled": mean_over(scores, unlabeled_ids),
+            "dice_largest_component_labeled": mean_over(kept, labeled_ids),
+            "dice_largest_component_unlabeled": mean_over(kept, unlabeled_ids),
             "per_case": scores, "per_case_largest_component": kept, "train_seconds": round(seconds, 1),
             "final_loss_sup": run.history[-1]["loss_sup"] if run.history else None,
         }

@@ -114,7 +114,6 @@ def test_config_defaults_round_trip_and_replace():
         preset("huge")
 
 
-
 def test_preset_with_other_iterations_scales_its_schedule_steps():
     from RADALib.schedules import learning_rate
 
@@ -130,6 +129,7 @@ def test_preset_with_other_iterations_scales_its_schedule_steps():
     explicit = preset("small", iterations=1000, **{"schedule.lr_step": 100})
     assert explicit.schedule.lr_step == 100 and explicit.schedule.alpha_step == longer.schedule.alpha_step
     assert preset("small").schedule == small.schedule
+
 
 def test_guidance_prompt_takes_one_plane_per_labeled_sample():
     text, regions = embeddings(["a", "b", "c"])
