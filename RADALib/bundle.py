@@ -14,7 +14,8 @@ A bundle is a folder holding two files:
      "text_embedding": [512 floats], "region_embedding_mean": [region_dim floats],
      "encoder": {"identity": identity of the frozen encoders, "pretrained": {"vision": bool, "text": bool},
                  "files": {"vision": path, "text": path}, "region_mode": "alpha"},
-     "normalization": "zscore", "inference": {"patch": [..], "stride": [..] or a preset name},
+     "normalization": "zscore", "inference": {"patch": [..], "stride": [..] or a preset name,
+                                              "largest_component": {"classes": [1], "fractions": ...}},
      "training": {metrics, iterations, config...},
      "checksums": {"weights.safetensors": sha256 hex}}
 
@@ -24,6 +25,10 @@ mean per visual-prompt plane position, concatenated in ``visual_planes`` order. 
 so that inference never runs CLIP (see :mod:`RADALib.inference`); ``encoder`` lets inference
 rebuild the same Alpha-CLIP tower for a new volume's own region prompt
 (:mod:`RADALib.region_prompt`; ``files`` and ``region_mode`` are absent from older bundles).
+``inference.largest_component`` names the classes that were one connected region in the
+training cohort's pseudo-labels (:func:`~RADALib.postprocessing.recommend_largest_component`):
+inference keeps only their largest component unless told otherwise (absent from older bundles:
+nothing is post-processed).
 
 A bundle is written into a temporary sibling folder and renamed into place only when complete,
 so an interrupted save never leaves a half bundle; an existing bundle of the same name is
@@ -122,6 +127,12 @@ class Bundle:
     def inference_settings(self) -> dict[str, Any]:
         """The manifest's ``inference`` entry (``patch``, ``stride``), possibly empty."""
         return dict(self.manifest.get("inference") or {})
+
+    @property
+    def largest_component_classes(self) -> list[int]:
+        """Classes whose largest connected component alone is kept by default (may be empty)."""
+        record = self.inference_settings.get("largest_component") or {}
+        return list(record.get("classes") or [])  # checked by load_bundle
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -350,6 +361,13 @@ def load_bundle(folder: str | os.PathLike[str], device: str | torch.device = "cp
             f"field 'classes' names classes {sorted(classes)}, but the network has {config.n_classes} outputs "
             f"(expected classes 1..{config.n_classes - 1})",
         )
+    inference = manifest.get("inference") or {}
+    record = inference.get("largest_component") if isinstance(inference, Mapping) else None
+    if record is not None:
+        kept = record.get("classes") if isinstance(record, Mapping) else None
+        if not isinstance(kept, list) or not all(type(c) is int and 0 < c < config.n_classes for c in kept):
+            raise InputError(manifest_path, "field 'inference.largest_component' must hold a list 'classes' of "
+                             f"class numbers 1..{config.n_classes - 1}, got {str(record)[:80]}")
     return Bundle(
         folder=folder,
         model=model,

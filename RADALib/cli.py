@@ -316,9 +316,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--stride", default=None, help="sliding-window stride x,y,z, a preset (dense, fast), or whole (one pass over the volume)")
     predict.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     predict.add_argument("--probabilities", action="store_true", help="also write the foreground probability map")
-    predict.add_argument("--largest-component", action="store_true",
-                         help="keep only the largest connected component of each structure (for a single organ such "
-                         "as the left atrium: removes look-alike islands elsewhere; not for structures in several parts)")
+    predict.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=None,
+                         help="keep only the largest connected component of each structure (removes look-alike "
+                         "islands elsewhere; wrong for structures in several parts). Default: as the model "
+                         "recommends (structures that were one region in its training pseudo-labels)")
     predict.add_argument("--oblique", choices=("refuse", "resample"), default="refuse")
     _add_events(predict)
     predict.set_defaults(run=cmd_predict)

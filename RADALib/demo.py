@@ -98,6 +98,7 @@ def run_demo(
 
 def _train_and_segment(cohort: Cohort, out: Path, iterations: int | None, workers: int, progress: Progress) -> dict:
     """Train with the small preset, segment every volume, score it; PNG overlays of a few."""
+    from .bundle import load_bundle
     from .inference import predict_files
     from .postprocessing import keep_largest_component
     from .training import preset
@@ -109,7 +110,9 @@ def _train_and_segment(cohort: Cohort, out: Path, iterations: int | None, worker
     run = train_model(cohort, out / "experiment", preset("small", **changes), out / "propagation",
                       cache_dir=out / "cache", workers=workers, progress=progress)
     images = [case.image for case in cohort.cases]
-    outputs = predict_files(run.model, images, out / "predictions", progress=progress)
+    bundle = load_bundle(run.model)
+    # the plain argmax (the paper's output); the largest component is scored beside it
+    outputs = predict_files(bundle, images, out / "predictions", progress=progress, largest_component=False)
     per_case = []
     labeled_ids = [c.id for c in cohort.cases if c.labeled]
     unlabeled_ids = [c.id for c in cohort.cases if not c.labeled]
@@ -132,6 +135,7 @@ def _train_and_segment(cohort: Cohort, out: Path, iterations: int | None, worker
         "dice_unlabeled": mean("dice", False),
         "dice_largest_component_labeled": mean("dice_largest_component", True),
         "dice_largest_component_unlabeled": mean("dice_largest_component", False),
+        "largest_component_recommended": bundle.largest_component_classes,
         "iterations": run.iterations,
         "train_seconds": round(run.seconds, 1),
         "encoders_pretrained": run.pretrained,
@@ -181,8 +185,11 @@ def format_report(report: dict) -> str:
         unlabeled = rada["dice_unlabeled"] is not None
         lines.append(f"mean: labeled {rada['dice_labeled']:.3f} (propagation alone, fused: {report['mean']['dice_fused']:.3f})"
                      + (f", unlabeled {rada['dice_unlabeled']:.3f}" if unlabeled else ""))
-        lines.append(f"with --largest-component: labeled {rada['dice_largest_component_labeled']:.3f}"
+        lines.append(f"with the largest component kept: labeled {rada['dice_largest_component_labeled']:.3f}"
                      + (f", unlabeled {rada['dice_largest_component_unlabeled']:.3f}" if unlabeled else ""))
+        lines.append("`rada predict` keeps the largest component by default for this model (its pseudo-labels were one "
+                     "region)" if rada.get("largest_component_recommended") else
+                     "`rada predict` keeps every region by default for this model (--largest-component to change)")
         if not all(rada["encoders_pretrained"].values()):
             lines.append("note: the Alpha-CLIP/CLIP encoders ran with RANDOM weights (none found in the cache)")
     lines.append(f"total {report['seconds_total']} s")

@@ -16,8 +16,10 @@ How a new volume is segmented (paper section 3 / METHOD.md 1.6):
 4. each window goes through the three networks; their softmax are averaged (the ensemble);
 5. overlapping windows are averaged with **uniform** weights (sum of probabilities divided by
    the number of windows covering the voxel), the paper's choice; then argmax;
-6. optionally (``largest_component``, not in the paper) each class keeps only its largest
-   connected component (:mod:`RADALib.postprocessing`).
+6. (not in the paper) each class the bundle marks as one region (it was one connected region
+   in the training cohort's pseudo-labels) keeps only its largest connected component
+   (:mod:`RADALib.postprocessing`); ``largest_component=True``/``False`` overrides that for
+   every class. The paper's figures are the plain argmax: benchmarks pass ``False``.
 
 Stride presets (for the paper patch 112x112x80): ``"dense"`` = (18, 18, 4), the evaluation
 protocol of UA-MT/DeSCO/SGTC/RADA, and ``"fast"`` = the patch itself, i.e. the fewest windows
@@ -349,6 +351,8 @@ class Prediction:
 
     label: np.ndarray
     probabilities: np.ndarray | None = None
+    largest_component: tuple[int, ...] = ()
+    """The classes whose largest connected component alone was kept."""
 
 
 def bundle_patch(bundle: Bundle, patch: Sequence[int] | None = None) -> tuple[int, int, int]:
@@ -382,7 +386,7 @@ def predict_volume(
     amp: bool | None = None,
     return_probabilities: bool = False,
     progress: Progress | None = None,
-    largest_component: bool = False,
+    largest_component: bool | None = None,
 ) -> Prediction:
     """Segment one volume with a bundle (see the module docstring for the steps).
 
@@ -391,8 +395,8 @@ def predict_volume(
     ``region_embedding`` (the volume's own Ev, ``region_dim`` values) replaces the bundle's
     mean. ``amp`` (default: on for CUDA) runs the networks under bfloat16 autocast on CUDA; it
     has no effect on CPU. Probabilities are returned when ``return_probabilities``.
-    ``largest_component`` keeps only each class's largest connected component in the label map
-    (:func:`~RADALib.postprocessing.keep_largest_component`); the probabilities stay as predicted.
+    ``largest_component`` (see :func:`largest_component_classes`) keeps only the largest
+    connected component of those classes in the label map; the probabilities stay as predicted.
     """
     device = torch.device(device)
     normalization = bundle.manifest.get("normalization", "zscore")
@@ -447,9 +451,30 @@ def predict_volume(
             )
         label = probabilities.argmax(dim=0).to(torch.uint8).cpu().numpy()
         kept = probabilities.cpu().numpy().astype(np.float32, copy=False) if return_probabilities else None
-    if largest_component:
-        label = keep_largest_component(label, range(1, config.n_classes))
-    return Prediction(label=label, probabilities=kept)
+    post = largest_component_classes(bundle, largest_component)
+    if post:
+        label = keep_largest_component(label, post)
+    return Prediction(label=label, probabilities=kept, largest_component=tuple(post))
+
+
+def largest_component_classes(bundle: Bundle, largest_component: bool | None = None) -> list[int]:
+    """Classes to keep only the largest component of: the bundle's recommendation (``None``),
+    every class (``True``) or none (``False``)."""
+    if largest_component is None:
+        return bundle.largest_component_classes
+    return list(range(1, bundle.config.n_classes)) if largest_component else []
+
+
+def describe_largest_component(bundle: Bundle, largest_component: bool | None = None) -> str:
+    """One line for the log: which classes are post-processed, and on whose say."""
+    names = [bundle.class_names.get(c, str(c)) for c in largest_component_classes(bundle, largest_component)]
+    if largest_component is None:
+        if not names and bundle.inference_settings.get("largest_component") is None:
+            return "every connected region kept (the model records no recommendation; --largest-component keeps the largest)"
+        if not names:
+            return "every connected region kept (the structure was not one region in the model's pseudo-labels)"
+        return f"largest connected component of {', '.join(names)} kept (the model's recommendation)"
+    return f"largest connected component of {', '.join(names)} kept (asked)" if names else "every connected region kept (asked)"
 
 
 # ----------------------------------------------------------------------------- files
@@ -482,7 +507,7 @@ def predict_files(
     write_probabilities: bool = False,
     progress: Progress | None = None,
     oblique: Oblique = "refuse",
-    largest_component: bool = False,
+    largest_component: bool | None = None,
 ) -> list[Path]:
     """Segment image files; writes ``<case>_rada.nrrd`` per input into ``out_dir``.
 
@@ -513,6 +538,8 @@ def predict_files(
         if case in seen:
             raise InputError(path, f"has the same case name '{case}' as {seen[case]}; their outputs would collide")
         seen[case] = path
+    if progress is not None:
+        progress.message(describe_largest_component(bundle, largest_component))
     written: list[Path] = []
     for i, path in enumerate(inputs):
         if progress is not None:

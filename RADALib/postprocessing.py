@@ -6,17 +6,30 @@ chambers and vessels in LA MRI; the distractor blobs of the synthetic cohort), a
 from the organ. Keeping each class's largest component removes them; voxels removed become
 background. It is the same rule as nnU-Net's "remove all but the largest component" and MONAI's
 ``KeepLargestConnectedComponent``; it is wrong for structures with several parts (both kidneys
-as one class, lesions), so it is an inference option, off unless asked for.
+as one class, lesions). So the bundle records, per class, whether the structure was one region
+in the training cohort's pseudo-labels (:func:`recommend_largest_component`), and ``rada predict``
+follows that record unless told otherwise (``--largest-component`` / ``--no-largest-component``).
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["keep_largest_component"]
+__all__ = [
+    "SINGLE_REGION_FRACTION",
+    "keep_largest_component",
+    "largest_component_fraction",
+    "recommend_largest_component",
+]
+
+SINGLE_REGION_FRACTION = 0.95
+"""A class counts as one region when its cases' largest components hold at least this share of
+all its voxels: fragments a registration leaves here and there do not disqualify an organ (on
+the LA2018 pseudo-labels 99.7 % of the voxels lie in the largest region; 97.1 % in the worst
+case), a second part of real size (the other kidney: about half) does."""
 
 
 def keep_largest_component(label: np.ndarray, classes: Iterable[int] | None = None, connectivity: int = 1) -> np.ndarray:
@@ -47,3 +60,62 @@ def keep_largest_component(label: np.ndarray, classes: Iterable[int] | None = No
         keep = int(np.argmax(sizes)) + 1
         out[mask & (components != keep)] = 0
     return out
+
+
+def _component_sizes(label: np.ndarray, value: int, connectivity: int) -> tuple[int, int]:
+    """(voxels of class ``value``, voxels in its largest connected component)."""
+    mask = np.asarray(label) == value
+    total = int(mask.sum())
+    if total == 0:
+        return 0, 0
+    components, count = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, connectivity))
+    return total, (total if count <= 1 else int(np.bincount(components.ravel())[1:].max()))
+
+
+def largest_component_fraction(label: np.ndarray, value: int, connectivity: int = 1) -> float | None:
+    """Share of the voxels of class ``value`` that lie in its largest connected component.
+
+    1.0 for a single region; ``None`` when ``label`` has no voxel of the class.
+    ``connectivity`` as in :func:`keep_largest_component`.
+    """
+    total, largest = _component_sizes(label, value, connectivity)
+    return largest / total if total else None
+
+
+def recommend_largest_component(
+    labels: Iterable[np.ndarray],
+    classes: Iterable[int],
+    min_fraction: float = SINGLE_REGION_FRACTION,
+    connectivity: int = 1,
+) -> dict[str, Any]:
+    """Which classes to keep only the largest component of, judged from the labeled cases.
+
+    ``labels``: the training cohort's pseudo-labels (one label map per labeled case). A class is
+    recommended when, over all the maps, at least ``min_fraction`` of its voxels lie in the
+    largest component of their map (a pooled share, so one fragmented pseudo-label does not
+    decide alone). Returns the bundle's record: ``{"classes": [...], "fractions": {"k": pooled
+    share}, "worst_case": {"k": smallest share of one map}, "min_fraction", "connectivity",
+    "cases"}``. A class absent from every map, or no map at all, is not recommended.
+    """
+    wanted = [int(c) for c in classes if int(c) != 0]
+    totals = {c: 0 for c in wanted}
+    largest = {c: 0 for c in wanted}
+    worst: dict[int, float] = {}
+    cases = 0
+    for label in labels:
+        cases += 1
+        for value in wanted:
+            total, kept = _component_sizes(label, value, connectivity)
+            if total:
+                totals[value] += total
+                largest[value] += kept
+                worst[value] = min(kept / total, worst.get(value, 1.0))
+    pooled = {c: largest[c] / totals[c] for c in wanted if totals[c]}
+    return {
+        "classes": [c for c in wanted if pooled.get(c, 0.0) >= min_fraction],
+        "fractions": {str(c): round(f, 4) for c, f in pooled.items()},
+        "worst_case": {str(c): round(f, 4) for c, f in worst.items()},
+        "min_fraction": float(min_fraction),
+        "connectivity": int(connectivity),
+        "cases": cases,
+    }

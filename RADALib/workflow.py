@@ -129,6 +129,12 @@ def train_model(
         experiment, progress, validate,
     )
     planes = list(train_config.visual_planes)
+    components = largest_component_record(cohort, propagation, propagation_config or PropagationConfig())
+    if components["classes"]:
+        names = ", ".join(str(cohort.classes.get(c, c)) for c in components["classes"])
+        progress.message(f"{names}: one connected region in every pseudo-label (share of the largest region "
+                         f"{components['fractions']}): predictions keep only the largest component by default "
+                         "(rada predict --no-largest-component keeps every region)")
     fields = {
         "classes": dict(cohort.classes),
         "prompt": embeddings.prompts[0] if embeddings and embeddings.prompts else None,
@@ -138,7 +144,7 @@ def train_model(
         "region_embedding_mean": embeddings.region_mean(planes) if embeddings and train_config.region_mode != "none" else None,
         # what rebuilds the same frozen encoder for a volume's own region prompt (region_prompt.py)
         "encoder": encoder_record(embeddings, train_config.region_mode),
-        "inference": {"patch": list(train_config.patch)},
+        "inference": {"patch": list(train_config.patch), "largest_component": components},
         "training": {"iterations": result.iteration, "seconds": round(result.seconds, 1),
                      "config": train_config.to_dict(), "history_tail": result.history[-5:],
                      "cohort": str(cohort.path) if cohort.path else cohort.name},
@@ -146,6 +152,21 @@ def train_model(
     model_folder = save_bundle(experiment / MODEL_FOLDER, result.model.cpu(), fields)
     return TrainedRun(experiment, model_folder, result.iteration, result.seconds,
                       embeddings.pretrained if embeddings else {})
+
+
+def largest_component_record(cohort: Cohort, propagation: Path | None, config: PropagationConfig) -> dict:
+    """The bundle's post-processing record, from the labeled cases' fused pseudo-labels.
+
+    See :func:`~RADALib.postprocessing.recommend_largest_component`; without propagation
+    results (the ablation without registration) nothing is recommended.
+    """
+    from .postprocessing import recommend_largest_component
+    from .pseudo_labels import load_case_result
+
+    folders = [propagation / "cases" / case.id for case in cohort.labeled] if propagation is not None else []
+    labels = (load_case_result(f).fused(config.fusion, config.fusion_alpha)
+              for f in folders if (f / "propagation.npz").exists())
+    return recommend_largest_component(labels, sorted(cohort.classes))
 
 
 def _validator(cases: Sequence[Case], train_config):

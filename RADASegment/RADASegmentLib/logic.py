@@ -647,8 +647,8 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         if device == "auto":
             device = "cuda" if self.cudaAvailable() else "cpu"
         arguments = ["--model", str(model), "--out", str(out), "--stride", settings.stride, "--device", device]
-        if settings.largestComponent:
-            arguments.append("--largest-component")
+        if settings.largestComponent != "auto":  # auto: as the model's manifest recommends
+            arguments.append("--largest-component" if settings.largestComponent == "on" else "--no-largest-component")
         for image, label in zip(images, sparse):
             arguments += ["--image", str(image), "--sparse-label", label]
 

@@ -10,6 +10,7 @@ PRESETS = ("paper", "small")
 DEVICES = ("auto", "cuda", "cpu")
 STRIDES = ("fast", "dense", "whole")
 FUSIONS = ("weighted", "majority")
+LARGEST_COMPONENT = ("auto", "on", "off")
 PARAMETER_KEY = "RADASegmentSettings"
 """Name of the parameter-node entry that holds the settings as JSON."""
 
@@ -20,7 +21,9 @@ class RADASegmentSettings:
 
     ``iterations`` 0 means the preset's own count (paper 6000, small 200). ``device`` ``auto``
     trains on CUDA when present, else on CPU (with a warning and a time estimate).
-    ``largestComponent`` keeps only the largest connected region of the segmented structure.
+    ``largestComponent``: keep only the largest connected region of the segmented structure
+    (``on``), every region (``off``), or as the model recommends (``auto``: on for structures
+    that were one region in its training pseudo-labels).
     """
 
     structureName: str = "structure"
@@ -32,7 +35,7 @@ class RADASegmentSettings:
     allowDownload: bool = False
     modelName: str = "rada-model"
     stride: str = "fast"
-    largestComponent: bool = False
+    largestComponent: str = "auto"
     fusion: str = "weighted"
     workers: int = 0
 
@@ -41,7 +44,8 @@ class RADASegmentSettings:
         if not self.structureName.strip():
             raise ValueError("structure name is empty: name the structure you segment (e.g. 'left atrium')")
         for name, value, allowed in (("preset", self.preset, PRESETS), ("device", self.device, DEVICES),
-                                     ("stride", self.stride, STRIDES), ("fusion", self.fusion, FUSIONS)):
+                                     ("stride", self.stride, STRIDES), ("fusion", self.fusion, FUSIONS),
+                                     ("largest component", self.largestComponent, LARGEST_COMPONENT)):
             if value not in allowed:
                 raise ValueError(f"{name} {value!r} is not one of {', '.join(allowed)}")
         if int(self.iterations) < 0:
@@ -66,6 +70,8 @@ class RADASegmentSettings:
         except ValueError:
             return cls()
         known = {f.name: f.type for f in fields(cls)}
+        if isinstance(values.get("largestComponent"), bool):  # a checkbox before: ticked = on, else the model's choice
+            values["largestComponent"] = "on" if values["largestComponent"] else "auto"
         return cls(**{k: v for k, v in values.items() if k in known})
 
     @classmethod

@@ -141,11 +141,11 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
 
         ui.structureNameLineEdit.connect("textChanged(QString)", self.onSettingsChanged)
         ui.modelNameLineEdit.connect("textChanged(QString)", self.onSettingsChanged)
-        for combo in (ui.presetComboBox, ui.deviceComboBox, ui.strideComboBox, ui.fusionComboBox):
+        for combo in (ui.presetComboBox, ui.deviceComboBox, ui.strideComboBox, ui.fusionComboBox,
+                      ui.largestComponentComboBox):
             combo.connect("currentIndexChanged(int)", self.onSettingsChanged)
         ui.iterationsSpinBox.connect("valueChanged(int)", self.onSettingsChanged)
         ui.allowDownloadCheckBox.connect("toggled(bool)", self.onSettingsChanged)
-        ui.largestComponentCheckBox.connect("toggled(bool)", self.onSettingsChanged)
         ui.showViewsCheckBox.connect("toggled(bool)", self.onSettingsChanged)
         ui.visionWeightsPathLineEdit.connect("currentPathChanged(QString)", self.onSettingsChanged)
         ui.textWeightsPathLineEdit.connect("currentPathChanged(QString)", self.onSettingsChanged)
@@ -215,7 +215,7 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
             self._setComboText(ui.fusionComboBox, settings.fusion)
             ui.iterationsSpinBox.setValue(int(settings.iterations))
             ui.allowDownloadCheckBox.setChecked(bool(settings.allowDownload))
-            ui.largestComponentCheckBox.setChecked(bool(settings.largestComponent))
+            self._setComboText(ui.largestComponentComboBox, settings.largestComponent)
             ui.visionWeightsPathLineEdit.setCurrentPath(settings.visionWeights)
             ui.textWeightsPathLineEdit.setCurrentPath(settings.textWeights)
             ui.showViewsCheckBox.setChecked(node is not None and node.GetParameter(SHOW_VIEWS_PARAMETER) == "true")
@@ -244,7 +244,7 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
             allowDownload=bool(ui.allowDownloadCheckBox.checked),
             modelName=ui.modelNameLineEdit.text.strip(),
             stride=ui.strideComboBox.currentText,
-            largestComponent=bool(ui.largestComponentCheckBox.checked),
+            largestComponent=ui.largestComponentComboBox.currentText,
             fusion=ui.fusionComboBox.currentText,
         )
 

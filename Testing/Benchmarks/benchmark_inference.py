@@ -274,7 +274,7 @@ def main() -> int:
             sync()
             started = time.perf_counter()
             prediction = predict_volume(bundle, volume, patch=patch, stride=stride, device=device,
-                                        batch_size=args.batch_size)
+                                        batch_size=args.batch_size, largest_component=False)  # the plain argmax
             sync()
             seconds = time.perf_counter() - started
             labels[sname] = prediction.label

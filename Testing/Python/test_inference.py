@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -35,7 +37,9 @@ def tiny_config(n_classes: int = 2) -> NetworkConfig:
     return NetworkConfig(n_classes=n_classes, base_filters=2, text_dim=8, region_dim=12, era_dim=8, adapter_hidden_dim=8)
 
 
-def tiny_bundle(tmp_path, n_classes: int = 2):
+def tiny_bundle(tmp_path, n_classes: int = 2, largest_component: list[int] | None = None, name: str = "model"):
+    """A bundle of a tiny random model; ``largest_component``: the classes its manifest marks
+    as one region (``None``: no record, as in bundles older than the record)."""
     torch.manual_seed(0)
     model = tiny_config(n_classes).build()
     rng = np.random.default_rng(0)
@@ -47,7 +51,9 @@ def tiny_bundle(tmp_path, n_classes: int = 2):
         "region_embedding_mean": rng.normal(size=12),
         "inference": {"patch": list(PATCH), "stride": [8, 8, 8]},
     }
-    return save_bundle(tmp_path / "model", model, fields)
+    if largest_component is not None:
+        fields["inference"]["largest_component"] = {"classes": largest_component}
+    return save_bundle(tmp_path / name, model, fields)
 
 
 def pointwise(x: torch.Tensor) -> torch.Tensor:
@@ -294,13 +300,34 @@ def test_predict_volume_can_keep_only_each_class_largest_component(tmp_path, mon
 
     monkeypatch.setattr(inference, "ensemble_probabilities", by_intensity)
     volume = volume_from_array(array, (1.0, 1.0, 1.0))
-    bundle = load_bundle(tiny_bundle(tmp_path, n_classes))
+    bundle = load_bundle(tiny_bundle(tmp_path, n_classes))  # no recommendation recorded
     plain = predict_volume(bundle, volume, return_probabilities=True)
     kept = predict_volume(bundle, volume, return_probabilities=True, largest_component=True)
     np.testing.assert_array_equal(plain.label, array.astype(np.uint8))  # the fake predictor is exact
+    assert plain.largest_component == ()
     expected = array.astype(np.uint8)
     expected[14:, 16:18, 14:16] = 0  # the islands go to background
     np.testing.assert_array_equal(kept.label, expected)
+    assert kept.largest_component == tuple(range(1, n_classes))
     for k in range(1, n_classes):
         assert ndimage.label(kept.label == k)[1] == 1
     np.testing.assert_array_equal(kept.probabilities, plain.probabilities)
+
+    # by default, the classes the bundle marks as one region; False overrides the record
+    marked = load_bundle(tiny_bundle(tmp_path, n_classes, largest_component=[n_classes - 1], name="marked"))
+    default = predict_volume(marked, volume)
+    assert default.largest_component == (n_classes - 1,)
+    only_last = array.astype(np.uint8)
+    only_last[(only_last == n_classes - 1) & (expected == 0)] = 0
+    np.testing.assert_array_equal(default.label, only_last)
+    np.testing.assert_array_equal(predict_volume(marked, volume, largest_component=False).label, plain.label)
+
+
+@pytest.mark.parametrize("record", [{"classes": [2]}, {"classes": "1"}, {"classes": [True]}, [1]])
+def test_a_bundle_whose_largest_component_record_is_malformed_is_refused(tmp_path, record):
+    folder = tiny_bundle(tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["inference"]["largest_component"] = record
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(InputError, match="manifest.json: field 'inference.largest_component'"):
+        load_bundle(folder)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from RADALib.postprocessing import keep_largest_component
+from RADALib.postprocessing import keep_largest_component, largest_component_fraction, recommend_largest_component
 
 
 def _blocks() -> np.ndarray:
@@ -60,3 +60,56 @@ def test_a_single_region_or_an_empty_map_is_returned_unchanged():
 def test_bad_arguments_are_refused(label, kwargs, message):
     with pytest.raises(ValueError, match=message):
         keep_largest_component(label, **kwargs)
+
+
+def test_largest_component_fraction_is_the_share_of_the_class_in_its_largest_region():
+    label = _blocks()
+    assert largest_component_fraction(label, 1) == pytest.approx(216 / 225)
+    assert largest_component_fraction(label, 2) == pytest.approx(128 / 140)
+    assert largest_component_fraction(label, 3) is None, "an absent class has no fraction"
+    one = np.zeros((5, 5, 5), np.uint8)
+    one[1:4, 1:4, 1:4] = 1
+    assert largest_component_fraction(one, 1) == 1.0
+
+
+def _organ(shape=(20, 16, 12), fragment: bool = False, second_part: bool = False) -> np.ndarray:
+    label = np.zeros(shape, np.uint8)
+    label[2:12, 2:12, 2:10] = 1  # 800 voxels
+    if fragment:
+        label[16, 14, 1] = 1  # a registration speck: 1 voxel
+    if second_part:
+        label[14:19, 2:12, 2:10] = 1  # a second part of 400 voxels (the other kidney)
+    return label
+
+
+def test_a_structure_that_is_one_region_in_every_pseudo_label_is_recommended_despite_specks():
+    record = recommend_largest_component([_organ(), _organ(fragment=True)], classes=[1])
+    assert record["classes"] == [1]
+    assert record["fractions"] == {"1": round(1600 / 1601, 4)}, "pooled over the maps"
+    assert record["worst_case"] == {"1": round(800 / 801, 4)}
+    assert record["cases"] == 2 and record["connectivity"] == 1
+
+
+def test_a_structure_in_two_parts_is_not_recommended():
+    record = recommend_largest_component([_organ(second_part=True)] * 2, classes=[1])
+    assert record["classes"] == []
+    assert record["fractions"] == {"1": round(800 / 1200, 4)}
+
+
+def test_one_fragmented_pseudo_label_does_not_decide_alone_but_the_pooled_share_does():
+    fragmented = _organ()
+    fragmented[14:18, 2:12, 2:6] = 1  # 160 voxels apart: 800 of 960 in the largest region (0.83)
+    many = recommend_largest_component([_organ()] * 9 + [fragmented], classes=[1])
+    assert many["classes"] == [1] and many["worst_case"] == {"1": round(800 / 960, 4)}
+    assert many["fractions"] == {"1": round(8000 / 8160, 4)}
+    assert recommend_largest_component([_organ(), fragmented], classes=[1])["classes"] == [], "1600/1760 < 0.95"
+
+
+def test_each_class_is_judged_on_its_own_and_absent_classes_or_no_labels_recommend_nothing():
+    label = _organ()
+    label[14:19, 2:6, 2:4] = 2
+    label[14:19, 12:16, 8:12] = 2  # class 2 in two equal parts
+    record = recommend_largest_component([label], classes=[0, 1, 2, 3])
+    assert record["classes"] == [1]
+    assert set(record["fractions"]) == {"1", "2"}, "background is skipped, class 3 never appears"
+    assert recommend_largest_component(iter([]), classes=[1])["classes"] == []

@@ -282,7 +282,7 @@ def test_rada_predict_with_sparse_labels_end_to_end(cohort_run, tmp_path, capsys
     np.testing.assert_array_equal(read_volume(output_paths(case.image, tmp_path / "cohort")[1]).array, p_own)
 
 
-def test_rada_predict_largest_component_reaches_the_label_maps(cohort_run, tmp_path, monkeypatch):
+def test_rada_predict_largest_component_flags_reach_the_label_maps(cohort_run, tmp_path, monkeypatch):
     import RADALib.inference as inference
     from RADALib.postprocessing import keep_largest_component
 
@@ -295,9 +295,10 @@ def test_rada_predict_largest_component_reaches_the_label_maps(cohort_run, tmp_p
     asked = []
     real = inference.predict_files
     monkeypatch.setattr(inference, "predict_files", lambda *a, **k: asked.append(k["largest_component"]) or real(*a, **k))
-    assert main([*common, "--out", str(tmp_path / "plain")]) == 0
+    assert main([*common, "--out", str(tmp_path / "auto")]) == 0
+    assert main([*common, "--out", str(tmp_path / "plain"), "--no-largest-component"]) == 0
     assert main([*common, "--out", str(tmp_path / "kept"), "--largest-component"]) == 0
-    assert asked == [False, True]
+    assert asked == [None, False, True], "no flag: the model's recommendation (None)"
     plain = read_volume(output_paths(case.image, tmp_path / "plain")[0], "label").array
     kept = read_volume(output_paths(case.image, tmp_path / "kept")[0], "label").array
     np.testing.assert_array_equal(kept, keep_largest_component(plain))

@@ -16,7 +16,7 @@ from RADALib.pseudo_labels import load_case_result, propagate_cohort
 from RADALib.region_prompt import region_embedding_for
 from RADALib.training import preset
 from RADALib.volume import read_volume, volume_from_array, write_like
-from RADALib.workflow import model_folder, train_model
+from RADALib.workflow import largest_component_record, model_folder, train_model
 
 from conftest import TranslationRegistrar, disk_stack
 
@@ -46,6 +46,9 @@ def test_train_model_writes_a_bundle_that_segments_with_the_input_header(tmp_pat
     assert (experiment / "embeddings.npz").exists() and (experiment / "checkpoint.pt").exists()
     assert manifest["encoder"]["region_mode"] == "alpha"
     assert manifest["encoder"]["files"] == {"vision": None, "text": None}  # random towers: no files
+    # the tube is one region in both labeled cases' pseudo-labels: predictions keep its largest component
+    assert manifest["inference"]["largest_component"]["classes"] == [1]
+    assert manifest["inference"]["largest_component"]["cases"] == 2
 
     # a training case's own region prompt, recomputed with the encoder rebuilt from the manifest
     # (random ViT-B/16 towers, same seed), equals the Ev stored at training
@@ -60,6 +63,36 @@ def test_train_model_writes_a_bundle_that_segments_with_the_input_header(tmp_pat
     assert written.GetSize() == source.GetSize()
     np.testing.assert_allclose(written.GetDirection(), source.GetDirection())
     np.testing.assert_allclose(written.GetSpacing(), source.GetSpacing())
+
+
+def _tubes(shape=(48, 32, 24), parts=1, seed=0) -> tuple[np.ndarray, np.ndarray]:
+    """``parts`` parallel tubes along z (x centres 12 and 36): one structure in one or two parts."""
+    x, y = np.mgrid[0 : shape[0], 0 : shape[1]]
+    label = np.zeros(shape, np.uint8)
+    for centre in (12, 36)[:parts]:
+        label[((x - centre) ** 2 + (y - 16) ** 2 <= 25)[:, :, None] & (np.arange(shape[2]) >= 2)[None, None, :]
+              & (np.arange(shape[2]) < 22)[None, None, :]] = 1
+    image = label + np.random.default_rng(seed).normal(0, 0.05, shape).astype(np.float32)
+    return image.astype(np.float32), label
+
+
+def test_largest_component_is_recommended_only_for_a_structure_that_is_one_region_in_the_pseudo_labels(tmp_path):
+    config = PropagationConfig(crop_margin=20)
+    for parts, expected in ((1, [1]), (2, [])):
+        cases = []
+        for i in range(2):
+            image, label = _tubes(parts=parts, seed=i)
+            reference = volume_from_array(image, spacing=(1.0, 1.0, 1.0))
+            folder = tmp_path / f"parts{parts}"
+            cases.append(Case(f"c{i}", write_like(reference, image, folder / "images" / f"c{i}.nrrd"), None,
+                              write_like(reference, label, folder / "labels" / f"c{i}.nrrd"), simulate_from_dense=True))
+        cohort = Cohort("tubes", cases, {1: "vessel"})
+        propagate_cohort(cohort, folder / "propagation", TranslationRegistrar(), config)
+        record = largest_component_record(cohort, folder / "propagation", config)
+        assert record["classes"] == expected, record
+        assert record["cases"] == 2
+    # no propagation (the ablation without registration): nothing to judge, nothing recommended
+    assert largest_component_record(cohort, None, config)["classes"] == []
 
 
 def test_demo_without_training_reports_pseudo_label_dice(tmp_path, monkeypatch):
@@ -102,5 +135,6 @@ def test_demo_scores_rada_with_and_without_the_largest_component(tmp_path, monke
         assert row["dice"] == dice(prediction, truth)
         assert row["dice_largest_component"] == dice(keep_largest_component(prediction), truth)
     assert rada["dice_largest_component_unlabeled"] == rada["cases"][1]["dice_largest_component"]
-    assert "with --largest-component: labeled" in capsys.readouterr().out
+    assert "with the largest component kept: labeled" in capsys.readouterr().out
+    assert rada["largest_component_recommended"] == [1], "the synthetic organ is one region in its pseudo-labels"
     assert sorted(p.name for p in (tmp_path / "demo" / "overlays").iterdir()) == ["case_000.png", "case_001.png"]

@@ -85,7 +85,7 @@ from RADALib.embeddings import CohortEmbeddings  # noqa: E402
 from RADALib.events import Progress  # noqa: E402
 from RADALib.inference import WHOLE, predict_volume, resolve_stride, whole_volume_voxels, window_grid  # noqa: E402
 from RADALib.metrics import SegmentationMetrics, dice, metrics_for_masks, summarize  # noqa: E402
-from RADALib.postprocessing import keep_largest_component  # noqa: E402
+from RADALib.postprocessing import keep_largest_component, recommend_largest_component  # noqa: E402
 from RADALib.pseudo_labels import load_case_result  # noqa: E402
 from RADALib.region_prompt import encoder_record  # noqa: E402
 from RADALib.schedules import alpha  # noqa: E402
@@ -453,9 +453,12 @@ def train_within_budget(config: TrainConfig, labeled, unlabeled, text, regions, 
 # ----------------------------------------------------------------------------- evaluation
 
 
-def bundle_fields(config: TrainConfig, embeddings: CohortEmbeddings, split: dict, result: TrainResult) -> dict[str, Any]:
+def bundle_fields(config: TrainConfig, embeddings: CohortEmbeddings, split: dict, result: TrainResult,
+                  prep: Path) -> dict[str, Any]:
     """The manifest fields workflow.train_model writes (without running the encoders)."""
     planes = list(config.visual_planes)
+    fused = (load_case_result(prep / "propagation" / "cases" / i).fused() for i in split["labeled"])
+    components = recommend_largest_component(fused, sorted(int(k) for k in split["classes"]))
     return {
         "classes": {int(k): v for k, v in split["classes"].items()},
         "prompt": embeddings.prompts[0] if embeddings.prompts else None,
@@ -465,7 +468,7 @@ def bundle_fields(config: TrainConfig, embeddings: CohortEmbeddings, split: dict
                                                   for p in planes]).astype(np.float32)
                                   if config.region_mode != "none" else None),
         "encoder": encoder_record(embeddings, config.region_mode),
-        "inference": {"patch": list(config.patch)},
+        "inference": {"patch": list(config.patch), "largest_component": components},
         "training": {"iterations": result.iteration, "seconds": round(result.seconds, 1), "config": config.to_dict(),
                      "history_tail": result.history[-5:], "cohort": "LA2018 (Testing/Benchmarks/la_gpu)"},
     }
@@ -490,7 +493,7 @@ def evaluate(bundle, cases: Sequence[LoadedCase], stride: str, device: torch.dev
     for case in cases:
         t = time.perf_counter()
         prediction = predict_volume(bundle, volume_from_array(case.image, tuple(spacing)), stride=stride,
-                                    device=device, batch_size=window_batch)
+                                    device=device, batch_size=window_batch, largest_component=False)
         predict_s = time.perf_counter() - t
         m = metrics_for_masks(prediction.label == 1, case.label == 1, spacing)
         kept = dice(keep_largest_component(prediction.label) == 1, case.label == 1)
@@ -592,7 +595,7 @@ def check_mode(args: argparse.Namespace, split: dict, embeddings: CohortEmbeddin
     model = build_model(config, runtime).eval()
     temporary = Path(tempfile.mkdtemp(prefix="la_gpu_check_")) / "model"  # never in OUT (112 MiB of weights)
     fake = TrainResult(model, [], temporary, 0, 0.0, config)
-    save_bundle(temporary, model.cpu(), bundle_fields(config, embeddings, split, fake))
+    save_bundle(temporary, model.cpu(), bundle_fields(config, embeddings, split, fake, Path(args.prep)))
     bundle = load_bundle(temporary, device)
     case = present[-1]
     began = time.perf_counter()
@@ -703,10 +706,13 @@ def run_mode(args: argparse.Namespace, split: dict, embeddings: CohortEmbeddings
     say(f"training: {result.iteration}/{config.iterations} iterations ({this_call} in this call, {train_wall:.1f} s)")
 
     # evaluation through the product path: bundle on disk, reloaded, predict_volume
-    model_dir = save_bundle(run_dir / "model", result.model.cpu(), bundle_fields(config, embeddings, split, result))
+    model_dir = save_bundle(run_dir / "model", result.model.cpu(), bundle_fields(config, embeddings, split, result, Path(args.prep)))
     del result
     gc.collect()
     bundle = load_bundle(model_dir, device)
+    report["largest_component_recommended"] = bundle.inference_settings.get("largest_component")
+    say(f"bundle: largest component kept by default for classes {bundle.largest_component_classes} "
+        f"(pseudo-label fractions {report['largest_component_recommended']['fractions']})")
     spacing = tuple(split["spacing_mm"])
     validation = [loaded[i] for i in validation_ids]
     strides = [s.strip() for s in args.strides.split(",") if s.strip()]

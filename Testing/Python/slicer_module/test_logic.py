@@ -304,16 +304,17 @@ def test_segment_loads_named_coloured_results_aligned_with_each_volume(make_logi
     assert logic.entry(node).predictionStatus == "done"
 
 
-@pytest.mark.parametrize("largest", [False, True])
-def test_segment_asks_the_engine_for_the_largest_component_only_when_set(make_logic, tmp_path, largest):
+@pytest.mark.parametrize("choice, flags", [("auto", []), ("on", ["--largest-component"]),
+                                           ("off", ["--no-largest-component"])])
+def test_segment_passes_the_largest_component_choice_and_leaves_auto_to_the_model(make_logic, tmp_path, choice, flags):
     from RADASegmentLib.parameters import RADASegmentSettings
 
     logic = make_logic(work=fake_predict)
     model = write_fake_bundle(tmp_path / "models" / "kid")
     node, _, _, _ = _volume("scan")
-    logic.segment(node, str(model), settings=RADASegmentSettings(structureName="kidney", largestComponent=largest),
+    logic.segment(node, str(model), settings=RADASegmentSettings(structureName="kidney", largestComponent=choice),
                   wait=True)
-    assert ("--largest-component" in logic.started[-1].args) == largest
+    assert [a for a in logic.started[-1].args if "largest-component" in a] == flags
 
 
 def test_segment_refuses_a_model_trained_for_another_structure(make_logic, tmp_path):
@@ -337,6 +338,17 @@ def test_settings_round_trip_through_the_parameter_node_and_bad_values_are_refus
         logic.setSettings(RADASegmentSettings(preset="huge"))
     with pytest.raises(ValueError, match="model name"):
         logic.setSettings(RADASegmentSettings(modelName="../x"))
+    with pytest.raises(ValueError, match="largest component 'yes' is not one of auto, on, off"):
+        logic.setSettings(RADASegmentSettings(largestComponent="yes"))
+
+
+@pytest.mark.parametrize("stored, read", [(True, "on"), (False, "auto"), ("off", "off")])
+def test_a_scene_saved_with_the_largest_component_checkbox_reads_as_the_new_choice(stored, read):
+    from RADASegmentLib.parameters import RADASegmentSettings
+
+    settings = RADASegmentSettings.from_json(json.dumps({"largestComponent": stored, "stride": "dense"}))
+    assert (settings.largestComponent, settings.stride) == (read, "dense")
+    settings.validate()
 
 
 def test_annotate_puts_the_three_slice_views_on_the_suggested_slices_of_the_volume(make_logic):

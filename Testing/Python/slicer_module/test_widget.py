@@ -58,7 +58,7 @@ def test_ui_declares_every_slicer_class_it_uses_as_a_custom_widget():
 
 
 def test_ui_has_the_cohort_table_columns_and_the_choice_lists_of_the_settings():
-    from RADASegmentLib.parameters import DEVICES, FUSIONS, PRESETS, STRIDES
+    from RADASegmentLib.parameters import DEVICES, FUSIONS, LARGEST_COMPONENT, PRESETS, STRIDES
 
     root = ET.parse(UI_FILE).getroot()
     widgets = {w.get("name"): w for w in root.iter("widget")}
@@ -72,6 +72,7 @@ def test_ui_has_the_cohort_table_columns_and_the_choice_lists_of_the_settings():
     assert items("deviceComboBox") == list(DEVICES)
     assert items("strideComboBox") == list(STRIDES)
     assert items("fusionComboBox") == list(FUSIONS)
+    assert items("largestComponentComboBox") == list(LARGEST_COMPONENT)
 
 
 # ---------------------------------------------------------------- a fake logic
@@ -317,7 +318,7 @@ def test_settings_in_the_parameter_node_are_shown_by_the_widgets(logic):
 
     RADASegmentSettings(structureName="left atrium", preset="small", iterations=300, device="cpu",
                         visionWeights="/w/v.pth", allowDownload=True, modelName="la-1", stride="dense",
-                        largestComponent=True, fusion="majority").to_parameter_node(logic.getParameterNode())
+                        largestComponent="off", fusion="majority").to_parameter_node(logic.getParameterNode())
     panel = make_panel(logic)
     try:
         ui = panel.ui
@@ -329,7 +330,7 @@ def test_settings_in_the_parameter_node_are_shown_by_the_widgets(logic):
         assert ui.allowDownloadCheckBox.checked
         assert ui.modelNameLineEdit.text == "la-1"
         assert ui.strideComboBox.currentText == "dense"
-        assert ui.largestComponentCheckBox.checked
+        assert ui.largestComponentComboBox.currentText == "off"
         assert ui.fusionComboBox.currentText == "majority"
     finally:
         panel.cleanup()
@@ -345,7 +346,7 @@ def test_changing_widgets_writes_the_settings_to_the_parameter_node(panel, logic
     ui.textWeightsPathLineEdit.setCurrentPath("/w/text.bin")
     ui.allowDownloadCheckBox.click()
     ui.strideComboBox.chooseText("dense")
-    ui.largestComponentCheckBox.click()
+    ui.largestComponentComboBox.chooseText("on")
     ui.fusionComboBox.chooseText("majority")
     ui.modelNameLineEdit.typeText("liver-model")
     ui.showViewsCheckBox.click()
@@ -353,7 +354,7 @@ def test_changing_widgets_writes_the_settings_to_the_parameter_node(panel, logic
     assert (settings.preset, settings.iterations, settings.device) == ("small", 250, "cpu")
     assert settings.structureName == "liver"
     assert (settings.textWeights, settings.allowDownload) == ("/w/text.bin", True)
-    assert (settings.stride, settings.fusion, settings.largestComponent) == ("dense", "majority", True)
+    assert (settings.stride, settings.fusion, settings.largestComponent) == ("dense", "majority", "on")
     assert settings.modelName == "liver-model"
     assert settings.workers == 3, "a setting without a widget is kept"
     assert logic.getParameterNode().GetParameter("RADASegmentShowViews") == "true"
