@@ -92,6 +92,10 @@ class Progress:
         self._stage, self._total, self._started, self._first_step = stage, int(total), self.clock(), first_step
         self.sink({"stage": stage, "step": first_step, "total": int(total), "message": message, "eta_s": None})
 
+    def enter(self, stage: str) -> None:
+        """Label the messages that follow with ``stage`` (a stage without counted steps)."""
+        self._stage, self._total, self._started, self._first_step = stage, 0, self.clock(), 0
+
     def update(self, step: int, message: str = "", **metrics: Any) -> None:
         """Report that ``step`` of the current stage's steps are done."""
         elapsed = self.clock() - self._started

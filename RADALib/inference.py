@@ -539,6 +539,7 @@ def predict_files(
             raise InputError(path, f"has the same case name '{case}' as {seen[case]}; their outputs would collide")
         seen[case] = path
     if progress is not None:
+        progress.enter("inference")
         progress.message(describe_largest_component(bundle, largest_component))
     written: list[Path] = []
     for i, path in enumerate(inputs):

@@ -165,6 +165,15 @@ def propagate_case(
     return _report(case, status, record, folder)
 
 
+def _status_text(report: CaseReport) -> str:
+    """How a case's propagation went, for the progress line."""
+    if report.status == "resumed":
+        return "already propagated (kept)"
+    if report.status == "cached":
+        return f"taken from the result cache in {report.seconds:.1f} s"
+    return f"propagated in {report.seconds:.1f} s"
+
+
 def _report(case: Case, status: str, record: dict, folder: Path) -> CaseReport:
     return CaseReport(
         case.id, status, float(record.get("seconds", 0.0)), int(record.get("registrations", 0)),
@@ -198,7 +207,7 @@ def propagate_cohort(
     for number, case in enumerate(cases, start=1):
         report = propagate_case(case, out, registrar, config, cache, allow_multiple, oblique, progress)
         reports.append(report)
-        progress.update(number, f"{case.id}: {report.status} in {report.seconds:.1f} s", case=case.id)
+        progress.update(number, f"{case.id}: {_status_text(report)}", case=case.id)
     summary = {
         "cohort": str(cohort.path) if cohort.path else cohort.name,
         "config": config.to_dict(),

@@ -339,6 +339,8 @@ def region_embeddings_for_files(
     out: list[np.ndarray | None] = [None] * len(images)
     if not any(label is not None for label in sparse_labels):
         return out
+    if progress is not None:
+        progress.enter("prompt")
     if not uses_region_prompt(bundle):
         if progress is not None:
             progress.message("this model was trained without a region prompt: the sparse labels are not used", level="warning")

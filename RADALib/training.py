@@ -793,6 +793,7 @@ def _train(
     runtime: Runtime,
 ) -> TrainResult:
     device = runtime.device
+    progress.enter("train")
     if config.use_text and text_embedding is None:
         progress.message("no text embedding given: Et is fed as zeros, as with use_text=False", level="warning")
     prompt = GuidancePrompt.build(config, text_embedding, region_embeddings, [c.id for c in labeled], device,

@@ -109,6 +109,7 @@ def train_model(
         ensure_propagation(cohort, propagation, propagation_config or PropagationConfig(), cache_dir, workers, progress)
     elif not propagation_dir:
         propagation = None  # type: ignore[assignment]
+    progress.enter("embed")
     progress.message("computing the frozen encoders' embeddings (once per cohort)")
     embeddings = cohort_embeddings(
         cohort, propagation or experiment / "propagation", experiment, encoder_config, cache_dir,
@@ -131,9 +132,9 @@ def train_model(
     planes = list(train_config.visual_planes)
     components = largest_component_record(cohort, propagation, propagation_config or PropagationConfig())
     if components["classes"]:
-        names = ", ".join(str(cohort.classes.get(c, c)) for c in components["classes"])
-        progress.message(f"{names}: one connected region in every pseudo-label (share of the largest region "
-                         f"{components['fractions']}): predictions keep only the largest component by default "
+        parts = [f"{cohort.classes.get(c, c)} ({100 * components['fractions'][str(c)]:.2f} % of its pseudo-label "
+                 "voxels in one connected region)" for c in components["classes"]]
+        progress.message(f"{'; '.join(parts)}: predictions keep only the largest region by default "
                          "(rada predict --no-largest-component keeps every region)")
     fields = {
         "classes": dict(cohort.classes),

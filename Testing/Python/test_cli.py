@@ -75,6 +75,18 @@ def test_json_events_are_one_object_per_line_with_an_eta(capsys):
     assert events[2]["eta_s"] == 20.0 and events[2]["dice"] is None
 
 
+def test_messages_carry_the_stage_they_belong_to():
+    events = []
+    progress = Progress(events.append, clock=lambda: 0.0)
+    progress.message("before any stage")
+    progress.start("propagate", 2)
+    progress.message("a case")
+    progress.enter("embed")
+    progress.message("computing embeddings", level="warning")
+    assert [(e["stage"], e["message"]) for e in events] == [
+        ("rada", "before any stage"), ("propagate", ""), ("propagate", "a case"), ("embed", "computing embeddings")]
+
+
 def test_propagate_command_emits_json_events_for_each_case(tmp_path, capsys, monkeypatch):
     from conftest import TranslationRegistrar, disk_stack
 
@@ -104,7 +116,13 @@ def test_propagate_command_emits_json_events_for_each_case(tmp_path, capsys, mon
     assert code == 0
     assert events[0]["stage"] == "propagate" and events[0]["total"] == 1
     assert events[-1]["step"] == 1 and events[-1]["case"] == "c0"
+    assert events[-1]["message"].startswith("c0: propagated in ")
     assert (tmp_path / "out" / "cases" / "c0" / "fused.nrrd").exists()
+    # again: the finished case is kept, and the line says so (no second timing)
+    assert main(["propagate", "--cohort", str(tmp_path / "cohort.json"), "--out", str(tmp_path / "out"),
+                 "--no-cache", "--events", "json"]) == 0
+    again = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert again[-1]["message"] == "c0: already propagated (kept)"
 
 
 def _tiny_cohort(tmp_path) -> str:

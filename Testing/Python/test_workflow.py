@@ -10,6 +10,7 @@ import SimpleITK as sitk
 from RADALib.bundle import load_bundle
 from RADALib.cohort import Case, Cohort
 from RADALib.embeddings import CohortEmbeddings
+from RADALib.events import Progress
 from RADALib.inference import predict_files
 from RADALib.propagation import PropagationConfig
 from RADALib.pseudo_labels import load_case_result, propagate_cohort
@@ -126,8 +127,12 @@ def test_demo_scores_rada_with_and_without_the_largest_component(tmp_path, monke
 
     monkeypatch.setattr(demo, "AntsRegistrar", lambda config, workers=0: _Managed(TranslationRegistrar()))
     monkeypatch.setattr(demo, "SyntheticConfig", lambda: SyntheticConfig(shape=(48, 40, 32)))
-    report = demo.run_demo(tmp_path / "demo", n_cases=2, n_labeled=1, iterations=2)
+    events = []
+    report = demo.run_demo(tmp_path / "demo", n_cases=2, n_labeled=1, iterations=2, progress=Progress(events.append))
     rada = report["rada"]
+    stage_of = {e["message"].split(" (")[0]: e["stage"] for e in events if e.get("message")}
+    assert stage_of["computing the frozen encoders' embeddings"] == "embed"
+    assert stage_of["case 1/2: case_000.nrrd"] == "inference"
     assert rada["iterations"] == 2 and [r["labeled"] for r in rada["cases"]] == [True, False]
     for row in rada["cases"]:  # both scores recomputed from the files the demo wrote
         truth = read_volume(tmp_path / "demo" / "data" / "labels" / f"{row['id']}_label.nrrd", "label").array
