@@ -81,6 +81,8 @@ class ModelInfo:
     classes: list[str]
     pretrained: bool
     created: str
+    largestComponent: list[str] | None = None
+    """Classes whose largest region alone the model keeps by default (None: an older model that does not say)."""
 
 
 def _default_process_factory(args: Sequence[str], env: dict) -> Any:
@@ -599,8 +601,11 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
                 continue
             classes = [c.get("name", str(k)) for k, c in sorted((manifest.get("classes") or {}).items(), key=lambda kv: int(kv[0]))]
             pretrained = (manifest.get("encoder") or {}).get("pretrained") or {}
+            record = (manifest.get("inference") or {}).get("largest_component")
+            names = {str(k): c.get("name", str(k)) for k, c in (manifest.get("classes") or {}).items()}
+            kept = None if not isinstance(record, dict) else [names.get(str(c), str(c)) for c in record.get("classes") or []]
             models.append(ModelInfo(folder.name, str(folder), classes, bool(pretrained.get("vision")),
-                                    str(manifest.get("created", ""))))
+                                    str(manifest.get("created", "")), kept))
         return models
 
     def segment(self, volumeNodes: Iterable[Any] | Any | None = None, model: str | os.PathLike[str] | None = None,

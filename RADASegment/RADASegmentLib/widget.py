@@ -71,6 +71,16 @@ def planeText(slices: list[int] | None) -> str:
     return "✓ " + ", ".join(str(s) for s in slices)
 
 
+def postprocessingNote(info: Any) -> str:
+    """What *Largest component: auto* does with this model (its manifest's recommendation)."""
+    kept = getattr(info, "largestComponent", None)
+    if kept is None:
+        return "Largest component 'auto': every region kept (this model predates the recommendation)"
+    if not kept:
+        return "Largest component 'auto': every region kept (the structure was not one region in its pseudo-labels)"
+    return f"Largest component 'auto': only the largest region of {', '.join(kept)} kept"
+
+
 class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # noqa: F405
     """The module panel. ``logic`` may be injected (constructor argument or attribute set before ``setup``).
 
@@ -540,7 +550,8 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
             for info in models:
                 classes = ", ".join(info.classes) if info.classes else "no classes"
                 combo.addItem(f"{info.name} ({classes})" + (" [pretrained encoders]" if info.pretrained else ""))
-                combo.setItemData(combo.count - 1, f"{info.path}\ncreated {info.created}", qt.Qt.ToolTipRole)
+                combo.setItemData(combo.count - 1, f"{info.path}\ncreated {info.created}\n{postprocessingNote(info)}",
+                                  qt.Qt.ToolTipRole)
             paths = [m.path for m in models]
             names = [m.name for m in models]
             if selectName in names:

@@ -28,6 +28,12 @@ sources alike. Segmentation: the three nets' mean softmax over windows of stride
         [--cases 6] [--labeled 3] [--seed 0] [--iterations 200] [--patch 32,32,32]
         [--base-filters 4] [--set KEY=VALUE ...] [--threads 1] [--workers 0] [--json results.json]
 
+The paper's ablations run through ``--set``: ``use_registration=false`` (the annotated slices
+only), ``use_text=false`` (Et as zeros), ``region_mode=no_mask`` (Ev computed without the mask),
+``region_mode=none``; evaluation then feeds the prompt the way training did, and each setting
+trains into its own ``runs/<source>+<key>=<value>`` folder. With random encoders (no weights on
+these machines) the text and mask ablations test the plumbing, not the method.
+
 Not a test: each source trains for as long as the demo's training (about 3 minutes with one
 thread on the 2-core VM, small preset, 200 iterations); sources can run in separate processes
 (``--sources rada`` and ``--sources truth`` with the same ``--out``, once one run has prepared
@@ -150,7 +156,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cohort = write_synthetic_cohort(out / "data", args.cases, args.labeled, args.seed, SyntheticConfig())
     propagation_config = PropagationConfig()
     ensure_propagation(cohort, out / "propagation", propagation_config, out / "cache", args.workers)
-    embeddings = cohort_embeddings(cohort, out / "propagation", out, cache_dir=out / "cache")
+    embeddings = cohort_embeddings(cohort, out / "propagation", out, cache_dir=out / "cache",
+                                   use_mask=config.region_mode != "no_mask")
     labeled, unlabeled = load_training_cases(cohort, out / "propagation")
     truths = {c.id: (read_volume(c.dense_label, "label").array > 0).astype(np.uint8) for c in cohort.cases}
     fused = {c.id: load_case_result(out / "propagation" / "cases" / c.id).fused(
@@ -164,14 +171,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"Dice on the labeled ones {pseudo_dice:.3f}; training: patch {config.patch}, base "
           f"{config.network.base_filters}, {config.iterations} iterations, {config.labeled_batch}+"
           f"{config.unlabeled_batch} per batch; encoders pretrained: {embeddings.pretrained}", flush=True)
-    text = torch.as_tensor(embeddings.text, dtype=torch.float32)[None]
-    region_mean = embeddings.region_mean(list(config.visual_planes))
+    # the prompt at evaluation as training saw it: an ablated embedding is None (zeros in the Adapter)
+    text = torch.as_tensor(embeddings.text, dtype=torch.float32)[None] if config.use_text else None
+    region_mean = embeddings.region_mean(list(config.visual_planes)) if config.region_mode != "none" else None
     region = None if region_mean is None else torch.as_tensor(region_mean, dtype=torch.float32)[None]
+    tag = "".join(f"+{key}={value}" for key, value in args.settings)  # one run folder per setting
     results: dict[str, Any] = {}
     for source in sources:
         started = time.perf_counter()
         run = train_on_cases(config, supervision(source, labeled, truths, fused), unlabeled, embeddings.text,
-                             embeddings.regions, out / "runs" / source, resume=False)
+                             embeddings.regions, out / "runs" / f"{source}{tag}", resume=False)
         seconds = time.perf_counter() - started
         labels = {c.id: segment(run.model, images[c.id], text, region, config.patch) for c in cohort.cases}
         scores = {i: dice(label, truths[i]) for i, label in labels.items()}

@@ -68,11 +68,13 @@ def fake_propagate(args):
             write_like(image, sparse, folder / f"pseudo_{plane}.nrrd")
 
 
-def write_fake_bundle(folder: Path, class_name: str = "kidney") -> Path:
+def write_fake_bundle(folder: Path, class_name: str = "kidney", largest_component: list[int] | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     manifest = {"format": "rada-bundle", "format_version": 1, "created": "2026-11-27T00:00:00Z",
                 "classes": {"1": {"name": class_name, "color": [0.7, 0.4, 0.3], "terminology": None}},
                 "encoder": {"pretrained": {"vision": False, "text": False}}}
+    if largest_component is not None:
+        manifest["inference"] = {"largest_component": {"classes": largest_component}}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     (folder / "weights.safetensors").write_bytes(b"")
     return folder
@@ -274,6 +276,15 @@ def test_train_exports_labeled_and_unlabeled_cases_and_keeps_the_model_in_the_mo
     assert cohort.classes == {1: "kidney"}
     assert [row[1] for row in logic.trainingCurves()] == [0.9, 0.7]
     assert [m.name for m in logic.listModels()] == ["m1"]
+
+
+def test_list_models_says_which_structures_each_model_keeps_one_region_of(make_logic, tmp_path):
+    write_fake_bundle(tmp_path / "models" / "a-old")
+    write_fake_bundle(tmp_path / "models" / "b-la", "left atrium", largest_component=[1])
+    write_fake_bundle(tmp_path / "models" / "c-kidneys", "kidneys", largest_component=[])
+    logic = make_logic()
+    assert {m.name: m.largestComponent for m in logic.listModels()} == {
+        "a-old": None, "b-la": ["left atrium"], "c-kidneys": []}
 
 
 def test_train_never_overwrites_an_existing_model(make_logic, tmp_path):

@@ -99,6 +99,7 @@ class FakeModel:
     classes: list
     pretrained: bool = False
     created: str = "2026-01-01"
+    largestComponent: list | None = None
 
 
 class FakeJob:
@@ -615,6 +616,7 @@ def test_segment_buttons_pass_the_volume_and_the_chosen_model_path(logic):
     panel = make_panel(logic)
     try:
         volume = add_volume("case07")
+        assert panel.ui.modelComboBox.itemToolTip(0).startswith("/m/a\ncreated 2026-01-01\n")
         panel.ui.volumeSelector.setCurrentNode(volume)
         panel.ui.modelComboBox.chooseText("b (spleen) [pretrained encoders]")
         panel.ui.strideComboBox.chooseText("dense")
@@ -698,3 +700,17 @@ def test_the_fake_rejects_a_signal_the_widget_class_does_not_have(fakes):
     button = fakes.qt.QPushButton()
     with pytest.raises(AttributeError, match="no signal"):
         button.connect("clicked(int)", lambda: None)
+
+
+@pytest.mark.parametrize("kept, note", [
+    (None, "every region kept (this model predates the recommendation)"),
+    ([], "every region kept (the structure was not one region in its pseudo-labels)"),
+    (["left atrium"], "only the largest region of left atrium kept"),
+])
+def test_the_model_list_tooltip_says_what_largest_component_auto_does_with_the_model(logic, kept, note):
+    logic.models = [FakeModel("la", "/m/la", ["left atrium"], largestComponent=kept)]
+    panel = make_panel(logic)
+    try:
+        assert panel.ui.modelComboBox.itemToolTip(0).endswith(f"Largest component 'auto': {note}")
+    finally:
+        panel.cleanup()
