@@ -132,6 +132,29 @@ def parse_setting(text: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
+def parse_triple(text: str, option: str | None = None) -> tuple[int, int, int]:
+    """``"112,112,80"`` or ``"112x112x80"`` -> ``(112, 112, 80)``: a patch, stride or crop size.
+
+    Raises ``argparse.ArgumentTypeError`` (usable as an option's ``type``) naming ``option``.
+    """
+    try:
+        values = tuple(int(v) for v in text.replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{option + ' ' if option else ''}takes three positive integers X,Y,Z (e.g. 112,112,80), got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _triple_option(text: str, option: str) -> tuple[int, int, int]:
+    """:func:`parse_triple` for a command's own parsing: a bad value is a one-line RADAError."""
+    try:
+        return parse_triple(text, option)
+    except argparse.ArgumentTypeError as exc:
+        raise RADAError(str(exc)) from None
+
+
 def _encoder_config(args: argparse.Namespace):
     from .encoders import EncoderConfig
 
@@ -150,10 +173,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.iterations:
         changes["iterations"] = args.iterations
     if args.patch:
-        try:
-            changes["patch"] = tuple(int(v) for v in args.patch.replace("x", ",").split(","))
-        except ValueError:
-            raise RADAError(f"--patch takes three integers x,y,z (multiples of 16), got {args.patch!r}") from None
+        changes["patch"] = _triple_option(args.patch, "--patch")
     if args.visual_planes:
         changes["visual_planes"] = tuple(args.visual_planes.split(","))
     if args.no_text:
@@ -177,7 +197,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .bundle import load_bundle
     from .cohort import load_cohort
-    from .inference import predict_files
+    from .inference import INFERENCE_MODES, predict_files
     from .region_prompt import region_embeddings_for_files
     from .workflow import model_folder
 
@@ -198,7 +218,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
         raise RADAError("rada predict: give --image FILE (repeatable) or --cohort FILE")
     if args.mean_prompt:
         sparse = [None] * len(inputs)
-    stride = tuple(int(v) for v in args.stride.split(",")) if args.stride and "," in args.stride else args.stride
+    stride = args.stride
+    if stride and stride not in INFERENCE_MODES:
+        try:
+            stride = parse_triple(stride)
+        except argparse.ArgumentTypeError:
+            raise RADAError(f"--stride takes {', '.join(INFERENCE_MODES)} or three positive integers X,Y,Z "
+                            f"(e.g. 18,18,4), got {args.stride!r}") from None
     progress = _progress(args)
     bundle = load_bundle(model_folder(args.model))
     regions = region_embeddings_for_files(bundle, inputs, sparse, Path(args.cache_dir or default_cache_dir()),

@@ -50,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from RADALib.bundle import Bundle, load_bundle  # noqa: E402
+from RADALib.cli import parse_triple  # noqa: E402
 from RADALib.inference import (  # noqa: E402
     INFERENCE_MODES,
     PAPER_PATCH,
@@ -66,17 +67,6 @@ from RADALib.volume import Volume, read_volume, volume_from_array  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- arguments
-
-
-def parse_triple(text: str, name: str) -> tuple[int, int, int]:
-    values = [v for v in text.replace("x", ",").split(",") if v.strip()]
-    try:
-        out = tuple(int(v) for v in values)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{name} takes X,Y,Z, got {text!r}") from None
-    if len(out) != 3 or min(out) < 1:
-        raise argparse.ArgumentTypeError(f"{name} takes three positive integers X,Y,Z, got {text!r}")
-    return out  # type: ignore[return-value]
 
 
 def parse_strides(text: str) -> list[str | tuple[int, int, int]]:
@@ -211,9 +201,9 @@ def main() -> int:
     parser.add_argument("--strides", type=parse_strides, default=parse_strides("dense,fast"),
                         help="comma-separated presets or X,Y,Z triples; the first is the reference (default dense,fast)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all cores)")
-    parser.add_argument("--patch", type=lambda t: parse_triple(t, "--patch"), default=None,
+    parser.add_argument("--patch", type=parse_triple, default=None,
                         help="window size X,Y,Z (multiples of 16; default the bundle's, else 112,112,80)")
-    parser.add_argument("--crop", type=lambda t: parse_triple(t, "--crop"), default=None,
+    parser.add_argument("--crop", type=parse_triple, default=None,
                         help="crop every volume around its centre to X,Y,Z voxels")
     parser.add_argument("--batch-size", type=int, default=1, help="windows per forward")
     parser.add_argument("--device", default="cpu")

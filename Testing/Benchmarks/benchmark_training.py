@@ -63,6 +63,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from RADALib.cli import parse_triple  # noqa: E402
 from RADALib.data import Batch, TrainingCase, TwoStreamSampler, normalize_intensity  # noqa: E402
 from RADALib.losses import masked_cross_entropy, supervised_loss, uncertainty_mask  # noqa: E402
 from RADALib.networks import VIEWS  # noqa: E402
@@ -419,15 +420,6 @@ def machine_info(device: str) -> dict[str, Any]:
     return info
 
 
-def _parse_patch(text: str | None) -> list[int] | None:
-    if not text:
-        return None
-    values = [int(v) for v in text.replace("x", ",").split(",") if v.strip()]
-    if len(values) != 3:
-        raise argparse.ArgumentTypeError(f"--patch takes X,Y,Z, got {text!r}")
-    return values
-
-
 def _mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
@@ -438,7 +430,7 @@ def main() -> int:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--iterations", type=int, default=None, help="measured iterations (default 5 on CUDA, 2 on CPU)")
     parser.add_argument("--warmup", type=int, default=None, help="untimed iterations first (default 3 on CUDA, 1 on CPU)")
-    parser.add_argument("--patch", default=None, help="override the preset's patch, X,Y,Z (multiples of 16)")
+    parser.add_argument("--patch", type=parse_triple, default=None, help="override the preset's patch, X,Y,Z (multiples of 16)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--data", default=None, help="LA2018 folder: real patches instead of synthetic ones")
     parser.add_argument("--compile", action="store_true", help="torch.compile the engine's nets (TrainConfig.compile)")
@@ -460,7 +452,7 @@ def main() -> int:
     if iterations < 1 or warmup < 0:
         parser.error("--iterations must be >= 1 and --warmup >= 0")
     settings = {"preset": args.preset, "device": device, "iterations": iterations, "warmup": warmup,
-                "patch": _parse_patch(args.patch), "threads": args.threads, "data": args.data,
+                "patch": list(args.patch) if args.patch else None, "threads": args.threads, "data": args.data,
                 "compile": args.compile, "strict_fp32": args.strict_fp32}
     config = build_config(settings)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 
@@ -155,7 +156,7 @@ def test_train_set_overrides_settings_and_iterations_scale_the_schedule(tmp_path
 @pytest.mark.parametrize("argument, message", [
     (["--set", "network.base_filterz=8"], "rada: training settings: unknown network setting 'base_filterz'"),
     (["--set", "patch=[40,40,40]"], "multiples of 16"),
-    (["--patch", "64,x"], "rada: --patch takes three integers"),
+    (["--patch", "64,x"], "rada: --patch takes three positive integers X,Y,Z (e.g. 112,112,80), got '64,x'"),
 ])
 def test_train_with_a_bad_setting_gives_a_one_line_error(tmp_path, capsys, argument, message):
     cohort = _tiny_cohort(tmp_path)
@@ -164,3 +165,22 @@ def test_train_with_a_bad_setting_gives_a_one_line_error(tmp_path, capsys, argum
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and message in err
     assert not (tmp_path / "exp").exists()
+
+
+def test_sizes_parse_as_three_positive_integers_with_commas_or_x():
+    from RADALib.cli import parse_triple
+
+    assert parse_triple("112,112,80") == parse_triple("112x112x80") == parse_triple(" 112, 112, 80,") == (112, 112, 80)
+    for bad in ("112,112", "1,2,3,4", "0,16,16", "a,b,c", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match=f"--patch takes three positive integers X,Y,Z .*got {bad!r}"):
+            parse_triple(bad, "--patch")
+
+
+@pytest.mark.parametrize("stride", ["8,8", "densest"])
+def test_predict_with_a_bad_stride_gives_a_one_line_error(tmp_path, capsys, stride):
+    code = main(["predict", "--model", str(tmp_path / "none"), "--image", str(tmp_path / "x.nrrd"), "--out",
+                 str(tmp_path / "out"), "--stride", stride])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err == f"rada: --stride takes dense, fast, whole or three positive integers X,Y,Z (e.g. 18,18,4), got {stride!r}"
+    assert not (tmp_path / "out").exists()

@@ -73,7 +73,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from RADALib.bundle import load_bundle, save_bundle  # noqa: E402
-from RADALib.cli import parse_setting  # noqa: E402
+from RADALib.cli import parse_setting, parse_triple  # noqa: E402
 from RADALib.data import (  # noqa: E402
     BatchPrefetcher,
     TrainingCase,
@@ -316,15 +316,6 @@ def training_cases(split: dict, loaded: dict[str, LoadedCase], prep: Path) -> tu
 
 
 # ----------------------------------------------------------------------------- configuration
-
-
-def parse_patch(text: str | None) -> tuple[int, int, int] | None:
-    if not text:
-        return None
-    values = tuple(int(v) for v in text.replace("x", ",").split(","))
-    if len(values) != 3:
-        raise SystemExit(f"--patch takes three sizes, e.g. 112,112,80; got {text!r}")
-    return values  # type: ignore[return-value]
 
 
 def requested_config(args: argparse.Namespace) -> TrainConfig:
@@ -759,7 +750,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="report folder (default $OUT, else .devcarry/out)")
     parser.add_argument("--preset", default="paper")
     parser.add_argument("--iterations", type=int, default=None, help="override the preset's iterations")
-    parser.add_argument("--patch", type=parse_patch, default=None, help="override the preset's patch, e.g. 32,32,32")
+    parser.add_argument("--patch", type=parse_triple, default=None, help="override the preset's patch, e.g. 32,32,32")
     parser.add_argument("--set", type=parse_setting, action="append", default=[], metavar="KEY=VALUE",
                         help="override a training setting, e.g. --set network.base_filters=4 --set unlabeled_batch=0")
     parser.add_argument("--device", default="auto", help="auto, cuda, cuda:0 or cpu")
