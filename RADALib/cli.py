@@ -147,14 +147,6 @@ def parse_triple(text: str, option: str | None = None) -> tuple[int, int, int]:
     return values  # type: ignore[return-value]
 
 
-def _triple_option(text: str, option: str) -> tuple[int, int, int]:
-    """:func:`parse_triple` for a command's own parsing: a bad value is a one-line RADAError."""
-    try:
-        return parse_triple(text, option)
-    except argparse.ArgumentTypeError as exc:
-        raise RADAError(str(exc)) from None
-
-
 def _encoder_config(args: argparse.Namespace):
     from .encoders import EncoderConfig
 
@@ -173,7 +165,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.iterations:
         changes["iterations"] = args.iterations
     if args.patch:
-        changes["patch"] = _triple_option(args.patch, "--patch")
+        try:
+            changes["patch"] = parse_triple(args.patch, "--patch")
+        except argparse.ArgumentTypeError as exc:
+            raise RADAError(str(exc)) from None
     if args.visual_planes:
         changes["visual_planes"] = tuple(args.visual_planes.split(","))
     if args.no_text:

@@ -21,7 +21,6 @@ from scipy import ndimage
 __all__ = [
     "SINGLE_REGION_FRACTION",
     "keep_largest_component",
-    "largest_component_fraction",
     "recommend_largest_component",
 ]
 
@@ -70,16 +69,6 @@ def _component_sizes(label: np.ndarray, value: int, connectivity: int) -> tuple[
         return 0, 0
     components, count = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, connectivity))
     return total, (total if count <= 1 else int(np.bincount(components.ravel())[1:].max()))
-
-
-def largest_component_fraction(label: np.ndarray, value: int, connectivity: int = 1) -> float | None:
-    """Share of the voxels of class ``value`` that lie in its largest connected component.
-
-    1.0 for a single region; ``None`` when ``label`` has no voxel of the class.
-    ``connectivity`` as in :func:`keep_largest_component`.
-    """
-    total, largest = _component_sizes(label, value, connectivity)
-    return largest / total if total else None
 
 
 def recommend_largest_component(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from RADALib.postprocessing import keep_largest_component, largest_component_fraction, recommend_largest_component
+from RADALib.postprocessing import keep_largest_component, recommend_largest_component
 
 
 def _blocks() -> np.ndarray:
@@ -62,14 +62,13 @@ def test_bad_arguments_are_refused(label, kwargs, message):
         keep_largest_component(label, **kwargs)
 
 
-def test_largest_component_fraction_is_the_share_of_the_class_in_its_largest_region():
-    label = _blocks()
-    assert largest_component_fraction(label, 1) == pytest.approx(216 / 225)
-    assert largest_component_fraction(label, 2) == pytest.approx(128 / 140)
-    assert largest_component_fraction(label, 3) is None, "an absent class has no fraction"
+def test_the_share_in_the_largest_region_is_counted_per_class():
+    record = recommend_largest_component([_blocks()], classes=[1, 2, 3])
+    assert record["fractions"] == {"1": round(216 / 225, 4), "2": round(128 / 140, 4)}, "class 3 is absent"
+    assert record["classes"] == [1], "0.96 is one region with specks, 0.91 is not"
     one = np.zeros((5, 5, 5), np.uint8)
     one[1:4, 1:4, 1:4] = 1
-    assert largest_component_fraction(one, 1) == 1.0
+    assert recommend_largest_component([one], classes=[1])["fractions"] == {"1": 1.0}
 
 
 def _organ(shape=(20, 16, 12), fragment: bool = False, second_part: bool = False) -> np.ndarray:
