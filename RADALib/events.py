@@ -36,8 +36,16 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
-def terminal_sink(stream: TextIO | None = None, width: int = 30) -> Sink:
-    """Draws a one-line bar per stage when ``stream`` is a terminal, else prints messages."""
+def terminal_sink(
+    stream: TextIO | None = None, width: int = 30, every_s: float = 5.0, clock: Callable[[], float] = time.monotonic
+) -> Sink:
+    """Draws a one-line bar per stage when ``stream`` is a terminal, else prints a line per event.
+
+    Off a terminal (a log file), a counted step without a message (an inference window) is
+    printed only when ``every_s`` seconds have passed since the stage's last line; a stage's
+    first and last steps, and every step with a message, are always printed.
+    """
+    last_line: dict[str, float] = {}  # stage -> time of its last printed line
 
     def emit(event: dict[str, Any]) -> None:
         out = stream or sys.stderr
@@ -57,7 +65,12 @@ def terminal_sink(stream: TextIO | None = None, width: int = 30) -> Sink:
             if step >= total:
                 out.write("\n")
         else:
-            out.write(f"[{event['stage']}] {step}/{total}{eta_text} {extras} {message}\n")
+            now = clock()
+            quiet = not message and not extras and 0 < step < total
+            if quiet and now - last_line.get(event["stage"], -math.inf) < every_s:
+                return
+            last_line[event["stage"]] = now
+            out.write(f"[{event['stage']}] {step}/{total}{eta_text} {extras} {message}".rstrip() + "\n")
         out.flush()
 
     return emit

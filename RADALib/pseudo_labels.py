@@ -125,13 +125,9 @@ def propagate_case(
     key = propagation_key(image, annotation, config)
     folder = out / "cases" / case.id
     marker = folder / CASE_FILE
-    if marker.exists():
-        try:
-            done = json.loads(marker.read_text())
-        except (OSError, json.JSONDecodeError):
-            done = {}
-        if done.get("key") == key and (folder / ARRAYS_FILE).exists():
-            return _report(case, "resumed", done, folder)
+    done = _finished_record(folder, key)
+    if done is not None:
+        return _report(case, "resumed", done, folder)
 
     cached = cache.get(key) if cache is not None else None
     if cached is not None:
@@ -163,6 +159,37 @@ def propagate_case(
     }
     _write_json(marker, record)
     return _report(case, status, record, folder)
+
+
+def _finished_record(folder: Path, key: str) -> dict | None:
+    """The case record in ``folder`` when it finished with the inputs and settings of ``key``."""
+    try:
+        done = json.loads((folder / CASE_FILE).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return done if done.get("key") == key and (folder / ARRAYS_FILE).exists() else None
+
+
+def _is_propagated(
+    case: Case, out: Path, config: PropagationConfig, allow_multiple: bool = False, oblique: Oblique = "refuse"
+) -> bool:
+    """Whether ``out/cases/<id>`` already holds this case's result for its current inputs and ``config``."""
+    folder = Path(out) / "cases" / case.id
+    if not (folder / CASE_FILE).exists():
+        return False
+    image = read_volume(case.image, "image", oblique)
+    key = propagation_key(image, case_annotation(case, image, allow_multiple, oblique), config)
+    return _finished_record(folder, key) is not None
+
+
+def _plan_text(n_cases: int, n_kept: int) -> str:
+    """What a cohort's propagation is about to do, for its first progress line."""
+    if not n_kept:
+        return f"{n_cases} labeled case(s)"
+    if n_kept == n_cases:
+        return f"all {n_cases} labeled case(s) already propagated with these inputs and settings (kept)"
+    return (f"{n_cases - n_kept} of {n_cases} labeled case(s) to propagate "
+            f"({n_kept} already done with these inputs and settings: kept)")
 
 
 def _status_text(report: CaseReport) -> str:
@@ -202,12 +229,16 @@ def propagate_cohort(
         raise InputError(cohort.path or cohort.name, "no labeled case: give sparse labels, or --labeled N with dense labels")
     ensure_writable_folder(out)
     progress = progress or Progress()
-    progress.start("propagate", len(cases), f"{len(cases)} labeled case(s)")
-    reports = []
-    for number, case in enumerate(cases, start=1):
+    kept = {c.id for c in cases if _is_propagated(c, out, config, allow_multiple, oblique)}
+    todo = len(cases) - len(kept)
+    progress.start("propagate", todo, _plan_text(len(cases), len(kept)))
+    reports, done = [], 0
+    for case in cases:
         report = propagate_case(case, out, registrar, config, cache, allow_multiple, oblique, progress)
         reports.append(report)
-        progress.update(number, f"{case.id}: {_status_text(report)}", case=case.id)
+        if case.id not in kept:  # the steps counted are the cases propagated now (a true ETA on resume)
+            done += 1
+            progress.update(done, f"{case.id}: {_status_text(report)}", case=case.id)
     summary = {
         "cohort": str(cohort.path) if cohort.path else cohort.name,
         "config": config.to_dict(),

@@ -18,14 +18,18 @@ and prints each one's Dice on the labeled and the unlabeled volumes with its rat
 --largest-component``). When ``truth`` itself stays far below the pseudo-labels, the budget is the limit;
 when ``truth`` is high and ``rada`` is not, the supervision is.
 
-Cohort: the demo's synthetic one (``--cases``, ``--labeled``, ``--seed``), written, propagated
-and embedded (frozen encoders, random weights unless their checkpoints are in the cache) into
-``--out`` (reused when run again). Training: the ``small`` preset, with ``--iterations``,
+Cohort: the demo's synthetic one (``--cases``, ``--labeled``, ``--seed``), or any cohort
+manifest whose labeled cases have dense labels (``--cohort``, e.g. ``rada cohort --la
+../shared/data/LA2018 --labeled 8 --validation 10``), propagated and embedded (frozen encoders,
+random weights unless their checkpoints are in the cache) into ``--out`` (reused when run
+again). Scored: the labeled volumes, and the validation cases (else the unlabeled ones) that
+have dense labels, the first ``--eval-cases`` of them. Training: the ``small`` preset, with ``--iterations``,
 ``--patch``, ``--base-filters`` and ``--set KEY=VALUE`` (as ``run_la_gpu.py``) applied to all
 sources alike. Segmentation: the three nets' mean softmax over windows of stride patch/2.
 
     python Testing/Benchmarks/benchmark_supervision.py [--out DIR] [--sources rada,fused,truth]
-        [--cases 6] [--labeled 3] [--seed 0] [--iterations 200] [--patch 32,32,32]
+        [--cases 6] [--labeled 3] [--seed 0] [--cohort MANIFEST] [--eval-cases N]
+        [--iterations 200] [--patch 32,32,32]
         [--base-filters 4] [--set KEY=VALUE ...] [--threads 1] [--workers 0] [--json results.json]
 
 The paper's ablations run through ``--set``: ``use_registration=false`` (the annotated slices
@@ -68,7 +72,9 @@ import torch  # noqa: E402
 
 from RADALib.atomic import write_text_atomic  # noqa: E402
 from RADALib.cli import parse_setting, parse_triple  # noqa: E402
+from RADALib.cohort import Cohort, load_cohort  # noqa: E402
 from RADALib.data import TrainingCase, load_training_cases, normalize_intensity  # noqa: E402
+from RADALib.errors import InputError  # noqa: E402
 from RADALib.demo import write_synthetic_cohort  # noqa: E402
 from RADALib.inference import ensemble_probabilities, sliding_window_inference  # noqa: E402
 from RADALib.metrics import dice  # noqa: E402
@@ -111,6 +117,12 @@ def segment(model, image: np.ndarray, text, region, patch: Sequence[int]) -> np.
     return probabilities.argmax(0).cpu().numpy()
 
 
+def scored_cases(cohort: Cohort, limit: int | None) -> list:
+    """The labeled cases, then the first ``limit`` validation (else unlabeled) cases with a dense label."""
+    others = [c for c in (cohort.validation or cohort.unlabeled) if c.dense_label is not None]
+    return list(cohort.labeled) + (others[:limit] if limit is not None else others)
+
+
 def mean_over(values: dict[str, float], ids: Sequence[str]) -> float | None:
     """Mean of ``values`` over ``ids``; None without ids."""
     return float(np.mean([values[i] for i in ids])) if ids else None
@@ -123,6 +135,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--cases", type=int, default=6)
     parser.add_argument("--labeled", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic cohort")
+    parser.add_argument("--cohort", type=Path, help="a cohort manifest instead of the synthetic cohort "
+                        "(its labeled cases need dense labels)")
+    parser.add_argument("--eval-cases", type=int, help="score only the first N validation (else unlabeled) cases")
     parser.add_argument("--iterations", type=int)
     parser.add_argument("--patch", type=parse_triple)
     parser.add_argument("--base-filters", type=int)
@@ -149,21 +164,30 @@ def main(argv: Sequence[str] | None = None) -> dict:
     torch.set_num_threads(args.threads)
 
     out = args.out.resolve()
-    cohort = write_synthetic_cohort(out / "data", args.cases, args.labeled, args.seed, SyntheticConfig())
+    if args.cohort:
+        cohort = load_cohort(args.cohort)
+        without = [c.id for c in cohort.labeled if c.dense_label is None]
+        if without:
+            raise InputError(args.cohort, f"labeled case(s) without a dense label: {', '.join(without)} "
+                             "(the truth source and the scores need one)")
+    else:
+        cohort = write_synthetic_cohort(out / "data", args.cases, args.labeled, args.seed, SyntheticConfig())
     propagation_config = PropagationConfig()
     ensure_propagation(cohort, out / "propagation", propagation_config, out / "cache", args.workers)
     embeddings = cohort_embeddings(cohort, out / "propagation", out, cache_dir=out / "cache",
                                    use_mask=config.region_mode != "no_mask")
     labeled, unlabeled = load_training_cases(cohort, out / "propagation")
-    truths = {c.id: (read_volume(c.dense_label, "label").array > 0).astype(np.uint8) for c in cohort.cases}
+    scored = scored_cases(cohort, args.eval_cases)
+    truths = {c.id: (read_volume(c.dense_label, "label").array > 0).astype(np.uint8) for c in scored}
     fused = {c.id: load_case_result(out / "propagation" / "cases" / c.id).fused(
         propagation_config.fusion, propagation_config.fusion_alpha) for c in cohort.labeled}
-    images = {c.id: normalize_intensity(read_volume(c.image, "image").array) for c in cohort.cases}
+    images = {c.id: normalize_intensity(read_volume(c.image, "image").array) for c in scored}
     labeled_ids = [c.id for c in cohort.labeled]
-    unlabeled_ids = [c.id for c in cohort.cases if not c.labeled]
+    unlabeled_ids = [c.id for c in scored if not c.labeled]
     pseudo_dice = float(np.mean([dice(fused[i], truths[i]) for i in labeled_ids]))
 
-    print(f"{len(labeled_ids)} labeled + {len(unlabeled_ids)} unlabeled synthetic volumes; fused pseudo-label "
+    print(f"{len(labeled)} labeled + {len(unlabeled)} unlabeled training volumes; scored: the labeled ones and "
+          f"{len(unlabeled_ids)} {'validation' if cohort.validation else 'unlabeled'} volume(s); fused pseudo-label "
           f"Dice on the labeled ones {pseudo_dice:.3f}; training: patch {config.patch}, base "
           f"{config.network.base_filters}, {config.iterations} iterations, {config.labeled_batch}+"
           f"{config.unlabeled_batch} per batch; encoders pretrained: {embeddings.pretrained}", flush=True)
@@ -178,7 +202,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         run = train_on_cases(config, supervision(source, labeled, truths, fused), unlabeled, embeddings.text,
                              embeddings.regions, out / "runs" / f"{source}{tag}", resume=False)
         seconds = time.perf_counter() - started
-        labels = {c.id: segment(run.model, images[c.id], text, region, config.patch) for c in cohort.cases}
+        labels = {c.id: segment(run.model, images[c.id], text, region, config.patch) for c in scored}
         scores = {i: dice(label, truths[i]) for i, label in labels.items()}
         kept = {i: dice(keep_largest_component(label), truths[i]) for i, label in labels.items()}
         results[source] = {
@@ -209,7 +233,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     report = {
         "machine": f"{platform.node()} ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
                    f"{args.threads} thread(s)",
-        "config": config.to_dict(), "cases": args.cases, "labeled": args.labeled, "seed": args.seed,
+        "config": config.to_dict(), "cohort": str(args.cohort) if args.cohort else "synthetic",
+        "cases": args.cases, "labeled": args.labeled, "seed": args.seed,
         "pseudo_label_dice": pseudo_dice, "encoders_pretrained": embeddings.pretrained, "results": results,
     }
     if args.json:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 
 import numpy as np
 import pytest
 
 from RADALib.cli import main
-from RADALib.events import Progress, json_sink
+from RADALib.events import Progress, json_sink, terminal_sink
 from RADALib.volume import volume_from_array, write_like
 
 
@@ -76,6 +77,19 @@ def test_json_events_are_one_object_per_line_with_an_eta(capsys):
     assert events[2]["eta_s"] == 20.0 and events[2]["dice"] is None
 
 
+def test_a_log_file_gets_silent_steps_at_most_every_few_seconds_but_always_the_last():
+    stream, now = io.StringIO(), [0.0]
+    sink = terminal_sink(stream, every_s=5.0, clock=lambda: now[0])
+    sink({"stage": "inference", "step": 0, "total": 20, "message": "20 windows", "eta_s": None})
+    for step in range(1, 21):  # one window every 0.5 s
+        now[0] = 0.5 * step
+        sink({"stage": "inference", "step": step, "total": 20, "message": "", "eta_s": 1.0})
+    sink({"stage": "train", "step": 3, "total": 9, "message": "sup 0.5", "eta_s": 2.0})  # a message: always printed
+    lines = stream.getvalue().splitlines()
+    assert [line.split()[1] for line in lines] == ["0/20", "10/20", "20/20", "3/9"]
+    assert lines[0] == "[inference] 0/20  20 windows" and lines[-1].endswith("sup 0.5")
+
+
 def test_messages_carry_the_stage_they_belong_to():
     events = []
     progress = Progress(events.append, clock=lambda: 0.0)
@@ -119,11 +133,12 @@ def test_propagate_command_emits_json_events_for_each_case(tmp_path, capsys, mon
     assert events[-1]["step"] == 1 and events[-1]["case"] == "c0"
     assert events[-1]["message"].startswith("c0: propagated in ")
     assert (tmp_path / "out" / "cases" / "c0" / "fused.nrrd").exists()
-    # again: the finished case is kept, and the line says so (no second timing)
+    # again: the finished case is kept, and one line says so (no case step, no second timing)
     assert main(["propagate", "--cohort", str(tmp_path / "cohort.json"), "--out", str(tmp_path / "out"),
                  "--no-cache", "--events", "json"]) == 0
     again = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
-    assert again[-1]["message"] == "c0: already propagated (kept)"
+    assert [(e["stage"], e["step"], e["total"]) for e in again] == [("propagate", 0, 0)]
+    assert again[0]["message"] == "all 1 labeled case(s) already propagated with these inputs and settings (kept)"
 
 
 def _tiny_cohort(tmp_path) -> str:

@@ -12,6 +12,7 @@ from RADALib.annotation import simulate_sparse_annotation
 from RADALib.cache import ArrayCache
 from RADALib.cohort import cohort_from_folders, cohort_from_la_folder, load_cohort, save_cohort
 from RADALib.errors import InputError
+from RADALib.events import Progress
 from RADALib.metrics import dice
 from RADALib.propagation import PropagationConfig
 from RADALib.pseudo_labels import load_case_result, propagate_cohort
@@ -129,8 +130,13 @@ def test_an_interrupted_run_keeps_finished_cases_and_leaves_no_partial_case(coho
     assert (cohort_folder / "out" / "cases" / "case0" / "case.json").exists()
     assert not (cohort_folder / "out" / "cases" / "case1").exists()
     translation_registrar.register = original
-    reports = propagate_cohort(cohort, cohort_folder / "out", translation_registrar, PropagationConfig(crop_margin=30))
+    events = []
+    reports = propagate_cohort(cohort, cohort_folder / "out", translation_registrar, PropagationConfig(crop_margin=30),
+                               progress=Progress(events.append))
     assert [r.status for r in reports] == ["resumed", "propagated"]
+    # the resumed run counts only the case left to do, and says the other one was kept
+    counted = [(e["step"], e["total"]) for e in events if e.get("total") is not None]
+    assert counted == [(0, 1), (1, 1)] and "1 of 2" in events[0]["message"] and events[-1]["case"] == "case1"
 
 
 def test_a_cohort_without_labeled_cases_is_refused(cohort_folder, translation_registrar):
