@@ -170,16 +170,15 @@ def _finished_record(folder: Path, key: str) -> dict | None:
     return done if done.get("key") == key and (folder / ARRAYS_FILE).exists() else None
 
 
-def _is_propagated(
+def _kept_record(
     case: Case, out: Path, config: PropagationConfig, allow_multiple: bool = False, oblique: Oblique = "refuse"
-) -> bool:
-    """Whether ``out/cases/<id>`` already holds this case's result for its current inputs and ``config``."""
+) -> dict | None:
+    """The record in ``out/cases/<id>`` when it holds this case's result for its current inputs and ``config``."""
     folder = Path(out) / "cases" / case.id
     if not (folder / CASE_FILE).exists():
-        return False
+        return None
     image = read_volume(case.image, "image", oblique)
-    key = propagation_key(image, case_annotation(case, image, allow_multiple, oblique), config)
-    return _finished_record(folder, key) is not None
+    return _finished_record(folder, propagation_key(image, case_annotation(case, image, allow_multiple, oblique), config))
 
 
 def _plan_text(n_cases: int, n_kept: int) -> str:
@@ -193,9 +192,7 @@ def _plan_text(n_cases: int, n_kept: int) -> str:
 
 
 def _status_text(report: CaseReport) -> str:
-    """How a case's propagation went, for the progress line."""
-    if report.status == "resumed":
-        return "already propagated (kept)"
+    """How a case's propagation went, for the progress line (kept cases have none)."""
     if report.status == "cached":
         return f"taken from the result cache in {report.seconds:.1f} s"
     return f"propagated in {report.seconds:.1f} s"
@@ -229,16 +226,18 @@ def propagate_cohort(
         raise InputError(cohort.path or cohort.name, "no labeled case: give sparse labels, or --labeled N with dense labels")
     ensure_writable_folder(out)
     progress = progress or Progress()
-    kept = {c.id for c in cases if _is_propagated(c, out, config, allow_multiple, oblique)}
+    kept = {c.id: record for c in cases if (record := _kept_record(c, out, config, allow_multiple, oblique))}
     todo = len(cases) - len(kept)
     progress.start("propagate", todo, _plan_text(len(cases), len(kept)))
     reports, done = [], 0
     for case in cases:
+        if case.id in kept:
+            reports.append(_report(case, "resumed", kept[case.id], out / "cases" / case.id))
+            continue
         report = propagate_case(case, out, registrar, config, cache, allow_multiple, oblique, progress)
         reports.append(report)
-        if case.id not in kept:  # the steps counted are the cases propagated now (a true ETA on resume)
-            done += 1
-            progress.update(done, f"{case.id}: {_status_text(report)}", case=case.id)
+        done += 1  # the steps counted are the cases propagated now (a true ETA on resume)
+        progress.update(done, f"{case.id}: {_status_text(report)}", case=case.id)
     summary = {
         "cohort": str(cohort.path) if cohort.path else cohort.name,
         "config": config.to_dict(),
