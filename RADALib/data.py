@@ -169,11 +169,27 @@ def labeled_case_from_result(case_id: str, image: np.ndarray, result) -> Trainin
     return TrainingCase(case_id, image, tuple(labels), tuple(distances), mask, sparse)  # type: ignore[arg-type]
 
 
+def fused_supervision(case: TrainingCase, fused: np.ndarray) -> TrainingCase:
+    """``case`` supervised by ``fused`` in every view with weight 1 on every voxel (α^0 = 1).
+
+    Not the paper's supervision (each view its own Ỹv, weights α^d of eq. 6): the
+    ``label_source="fused"`` option, for cohorts without an unlabeled stream.
+    """
+    if not case.labeled:
+        raise ValueError(f"case {case.id}: an unlabeled case has no supervision to replace")
+    label = np.asarray(fused, np.uint8)
+    if label.shape != case.shape:
+        raise ValueError(f"case {case.id}: fused label of shape {label.shape}, image {case.shape}")
+    distances = tuple(np.zeros(n, np.float32) for n in case.shape)
+    return TrainingCase(case.id, case.image, (label, label, label), distances, case.annotated, case.sparse)  # type: ignore[arg-type]
+
+
 def load_training_cases(
     cohort: Cohort,
     propagation_dir: str | os.PathLike[str] | None,
     require_propagation: bool = True,
     progress: Progress | None = None,
+    label_source: str = "views",
 ) -> tuple[list[TrainingCase], list[TrainingCase]]:
     """Read the cohort's training cases into memory: ``(labeled, unlabeled)``.
 
@@ -181,9 +197,12 @@ def load_training_cases(
     ``<propagation_dir>/cases/<id>/`` (written by ``rada propagate``). With
     ``require_propagation=False`` (the ``use_registration=False`` ablation) a labeled case
     without a propagation result is read from its own sparse annotation instead.
-    Validation cases are left out. Raises :class:`InputError` when there is no labeled case or
-    a labeled case has no (or a stale) propagation result. An empty unlabeled list is returned
-    as is: training then runs supervised only (and says so).
+    ``label_source="fused"`` supervises every view with the case's fused pseudo-label
+    (:func:`fused_supervision`, the default weighted fusion; a case annotated in fewer than
+    three planes has no fused label and keeps its views' supervision). Validation cases are
+    left out. Raises :class:`InputError` when there is no labeled case or a labeled case has no
+    (or a stale) propagation result. An empty unlabeled list is returned as is: training then
+    runs supervised only (and says so).
     """
     from .propagation import PropagationResult
     from .pseudo_labels import case_annotation, load_case_result
@@ -216,7 +235,10 @@ def load_training_cases(
                     f"case {case.id}: the propagation result has shape {result.annotation.label.shape} but the image "
                     f"{image.shape}; run `rada propagate` again",
                 )
-            labeled.append(labeled_case_from_result(case.id, image, result))
+            training_case = labeled_case_from_result(case.id, image, result)
+            if label_source == "fused" and len(result.labels) == N_VIEWS:
+                training_case = fused_supervision(training_case, result.fused())
+            labeled.append(training_case)
         else:
             unlabeled.append(TrainingCase(case.id, image))
         progress.update(number, case.id)

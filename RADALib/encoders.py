@@ -240,15 +240,29 @@ DEFAULT_WEIGHTS: Mapping[str, tuple[str, str]] = {
 }
 """Registry names used when a config gives no checkpoint for an architecture."""
 
+
+def random_weights_warning(random: Mapping[str, bool], arch: str, cache_dir: str | Path | None = None) -> str:
+    """The warning for the towers flagged in ``random`` ("vision", "text": True when random),
+    naming the checkpoint files of ``arch`` that would replace them and the folder they go in."""
+    towers = [(name, i) for i, (key, name) in enumerate((("vision", "Alpha-CLIP"), ("text", "CLIP"))) if random.get(key)]
+    message = RANDOM_WEIGHTS_WARNING.format(which="/".join(name for name, _ in towers))
+    defaults = DEFAULT_WEIGHTS.get(arch)
+    if defaults:
+        folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        message += f" (put {', '.join(WEIGHTS[defaults[i]].filename for _, i in towers)} in {folder} to use them)"
+    return message
+
+
 Downloader = Callable[[str, Path], None]
 """``downloader(url, destination)`` writes the bytes at ``url`` into ``destination``."""
 
 
 def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """``$RADA_CACHE_DIR`` if set, else ``~/.cache/rada/weights`` (read when called)."""
+    """The weights folder: ``$RADA_CACHE_DIR/weights`` if set, else ``~/.cache/rada/weights``
+    (read when called; the same folder ``rada`` uses, ``$RADA_CACHE_DIR`` being the cache root)."""
     env = os.environ if environ is None else environ
     value = env.get(CACHE_ENV, "").strip()
-    return Path(value).expanduser() if value else Path("~/.cache/rada/weights").expanduser()
+    return (Path(value).expanduser() if value else Path("~/.cache/rada").expanduser()) / "weights"
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -423,7 +437,6 @@ class WeightsInfo:
 class _Loaded:
     model: torch.nn.Module
     info: WeightsInfo
-    missing_name: str | None = None  # default registry name that was looked for and not found
 
 
 class RegionEncoderLike(Protocol):
@@ -484,8 +497,13 @@ class RegionAwareDualEncoder:
     # ---------------------------------------------------------------- construction
 
     @classmethod
-    def from_config(cls, config: EncoderConfig, downloader: Downloader | None = None) -> "RegionAwareDualEncoder":
-        """Resolve and load the checkpoints of ``config`` (random seeded towers where none)."""
+    def from_config(cls, config: EncoderConfig, downloader: Downloader | None = None,
+                    warn: bool = True) -> "RegionAwareDualEncoder":
+        """Resolve and load the checkpoints of ``config`` (random seeded towers where none).
+
+        Random towers are logged as a warning unless ``warn`` is False (a caller that reports
+        :func:`random_weights_warning` itself, once, through its progress).
+        """
         vision_spec, text_spec = specs_for_arch(config.arch)
         defaults = DEFAULT_WEIGHTS.get(config.arch, (None, None))
         cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
@@ -497,7 +515,7 @@ class RegionAwareDualEncoder:
                 if target.is_file() or config.allow_download:
                     requested = default
             if requested is None:
-                return _Loaded(build(), WeightsInfo(False), missing_name=default)
+                return _Loaded(build(), WeightsInfo(False))
             path, entry, digest = _resolve(requested, cache_dir, config.allow_download, downloader, WEIGHTS)
             model = loader(path)
             info = WeightsInfo(True, str(path), digest or sha256_file(path), entry.name if entry else None)
@@ -507,11 +525,9 @@ class RegionAwareDualEncoder:
                       lambda: build_vision_tower(vision_spec, seed=config.seed))
         text = load(config.text_checkpoint, defaults[1], load_clip_text,
                     lambda: build_text_tower(text_spec, seed=config.seed + 1))
-        random = [n for n, t in (("Alpha-CLIP", vision), ("CLIP", text)) if not t.info.pretrained]
-        if random:
-            wanted = [WEIGHTS[t.missing_name].filename for t in (vision, text) if t.missing_name]
-            hint = f" (put {', '.join(wanted)} in {cache_dir} to use them)" if wanted else ""
-            log.warning(RANDOM_WEIGHTS_WARNING.format(which="/".join(random)) + hint)
+        random = {key: not t.info.pretrained for key, t in (("vision", vision), ("text", text))}
+        if warn and any(random.values()):
+            log.warning(random_weights_warning(random, config.arch, cache_dir))
         return cls(
             vision.model,  # type: ignore[arg-type]
             text.model,

@@ -18,7 +18,8 @@ training) by :func:`encoder_for_bundle`:
 - a pretrained tower from the first file whose SHA256 equals the recorded one, among: a file the
   caller names (``--vision-weights``), the path recorded at training (``files``, written since
   this module exists; older bundles have only the file name), and the registry name or the file
-  name in the weights folders (``CACHE/weights``, ``$RADA_CACHE_DIR``, ``~/.cache/rada/weights``).
+  name in the weights folders (``CACHE/weights``, ``CACHE``, ``$RADA_CACHE_DIR/weights``, else
+  ``~/.cache/rada/weights``).
 
 Only the vision tower is rebuilt: Ev does not involve the text tower (Et is stored). The rebuilt
 encoder reports the recorded identity, so the embedding cache shares entries with training.
@@ -163,14 +164,12 @@ def check_encoder(bundle: Bundle, encoder) -> None:
 
 def weights_folders(cache_dir: str | os.PathLike[str] | None = None) -> list[Path]:
     """Where encoder weights are looked for: ``cache_dir/weights``, ``cache_dir``, then the defaults."""
-    from .encoders import CACHE_ENV, default_cache_dir
+    from .encoders import default_cache_dir
 
     folders: list[Path] = []
     if cache_dir is not None:
         folders += [Path(cache_dir).expanduser() / "weights", Path(cache_dir).expanduser()]
     folders.append(default_cache_dir())
-    if os.environ.get(CACHE_ENV, "").strip():
-        folders.append(Path(os.environ[CACHE_ENV].strip()).expanduser() / "weights")
     return list(dict.fromkeys(folders))
 
 

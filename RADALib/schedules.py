@@ -6,6 +6,9 @@
   multiples of ``alpha_step`` iterations, reaching 0 at ``max_iterations``:
   ``α(t) = α0 · ½(1 + cos(π · min(1, floor(t / 1000) · 1000 / max_iterations)))``;
   LA values at t = 0, 1000, ..., 6000: 0.97, 0.905, 0.7275, 0.485, 0.2425, 0.065, 0;
+  with ``alpha_floor`` > 0 (not in the paper, off by default) the ramp ends at the floor instead
+  of 0: ``α(t) = α_floor + (α0 − α_floor) · ½(1 + cos(...))``, for runs without unlabeled
+  volumes, where nothing else replaces the propagated labels once α^d has decayed;
 - β (eq. 11): ``β(t) = β0 + (β_max − β0) · r(floor(t / 150) · 150)`` with the sigmoid ramp-up
   ``r(t) = exp(−5 (1 − t / max_iterations)²)`` (Laine & Aila's form, as in UA-MT), so β steps
   every 150 iterations from β0 (+ (β_max − β0)·e⁻⁵ ≈ 0.1013 at t = 0) to β_max at the end;
@@ -33,6 +36,9 @@ class ScheduleConfig:
     lr_gamma: float = 0.1
     alpha0: float = 0.97
     alpha_step: int = 1000
+    alpha_floor: float = 0.0
+    """Where the α ramp-down ends (0 in the paper). Not a paper setting: a floor near α0 keeps
+    the propagated labels trusted all run, which helps when there is no unlabeled stream."""
     beta0: float = 0.1
     beta_step: int = 150
     beta_max: float = 0.3
@@ -45,6 +51,10 @@ class ScheduleConfig:
                 raise ValueError(f"ScheduleConfig.{name} must be positive, got {getattr(self, name)!r}")
         if not 0.0 <= self.alpha0 < 1.0:
             raise ValueError(f"ScheduleConfig.alpha0 must be in [0, 1), got {self.alpha0!r}")
+        if not 0.0 <= self.alpha_floor <= self.alpha0:
+            raise ValueError(
+                f"ScheduleConfig.alpha_floor must be in [0, alpha0 = {self.alpha0!r}], got {self.alpha_floor!r}"
+            )
         if not 0.0 <= self.beta0 <= self.beta_max <= 1.0:
             raise ValueError(
                 f"ScheduleConfig needs 0 <= beta0 <= beta_max <= 1, got {self.beta0!r}, {self.beta_max!r}"
@@ -100,7 +110,7 @@ def alpha(t: int, cfg: ScheduleConfig | None = None) -> float:
     cfg = cfg or ScheduleConfig()
     _check_t(t)
     t_step = (int(t) // cfg.alpha_step) * cfg.alpha_step
-    return cfg.alpha0 * cosine_rampdown(t_step, cfg.max_iterations)
+    return cfg.alpha_floor + (cfg.alpha0 - cfg.alpha_floor) * cosine_rampdown(t_step, cfg.max_iterations)
 
 
 def beta(t: int, cfg: ScheduleConfig | None = None) -> float:

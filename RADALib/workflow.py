@@ -69,10 +69,14 @@ def cohort_embeddings(
     cache_dir: Path | None = None,
     use_mask: bool = True,
 ) -> CohortEmbeddings:
-    """Et and Ev for the cohort with the frozen encoders (cached), saved in the experiment."""
+    """Et and Ev for the cohort with the frozen encoders (cached), saved in the experiment.
+
+    Random encoder weights are not logged here: ``embeddings.pretrained`` says so, and
+    :func:`train_model` reports it once through its progress (with a cache hit as well).
+    """
     from .encoders import EmbeddingCache, EncoderConfig, RegionAwareDualEncoder
 
-    encoder = RegionAwareDualEncoder.from_config(encoder_config or EncoderConfig())
+    encoder = RegionAwareDualEncoder.from_config(encoder_config or EncoderConfig(), warn=False)
     cache = EmbeddingCache(cache_dir / "embeddings") if cache_dir else None
     embeddings = compute_embeddings(cohort, propagation_dir, encoder, cache, use_mask=use_mask)
     embeddings.save(experiment / EMBEDDINGS_FILE)
@@ -96,6 +100,7 @@ def train_model(
     Training resumes from the experiment's checkpoint when there is one.
     """
     from .bundle import save_bundle
+    from .encoders import EncoderConfig, random_weights_warning
     from .region_prompt import encoder_record
     from .training import train
 
@@ -115,13 +120,10 @@ def train_model(
         cohort, propagation or experiment / "propagation", experiment, encoder_config, cache_dir,
         use_mask=train_config.region_mode != "no_mask",
     ) if propagation is not None else None
-    random = [name for name, ok in (embeddings.pretrained if embeddings else {}).items() if not ok]
-    if random:
-        progress.message(
-            f"RANDOM {'/'.join(random)} encoder weights: the guidance carries no pretrained semantics "
-            "and results will not match the paper (give the Alpha-CLIP/CLIP checkpoints to use them)",
-            level="warning",
-        )
+    random = {name: not ok for name, ok in (embeddings.pretrained if embeddings else {}).items()}
+    if any(random.values()):
+        encoders = encoder_config or EncoderConfig()
+        progress.message(random_weights_warning(random, encoders.arch, encoders.cache_dir), level="warning")
     validate = _validator(validation, train_config) if validation else None
     result = train(
         train_config, cohort, propagation,

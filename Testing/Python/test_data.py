@@ -22,7 +22,7 @@ from RADALib.data import (
 from RADALib.errors import InputError
 from RADALib.networks import VIEWS
 from RADALib.propagation import PropagationConfig
-from RADALib.pseudo_labels import propagate_cohort
+from RADALib.pseudo_labels import load_case_result, propagate_cohort
 from RADALib.registration import PairResult, identity_coordinates
 from RADALib.volume import volume_from_array, write_like
 
@@ -101,6 +101,22 @@ def test_load_training_cases_normalizes_and_carries_the_views(disk_cohort):
     assert case.annotated.any() and not case.annotated.all()
     assert np.array_equal(case.sparse[case.annotated] > 0, case.labels[0][case.annotated] > 0)  # mixing keeps the truth
     assert not unlabeled[0].labeled and unlabeled[0].labels is None
+
+
+def test_fused_label_source_gives_every_view_the_fused_pseudo_label_with_weight_one(disk_cohort):
+    cohort, propagation = disk_cohort
+    fused = load_case_result(propagation / "cases" / "case0").fused()
+    views = load_training_cases(cohort, propagation)[0][0]
+    case = load_training_cases(cohort, propagation, label_source="fused")[0][0]
+    assert all(np.array_equal(label, fused) for label in case.labels)
+    assert not all(np.array_equal(a, b) for a, b in zip(case.labels, views.labels))  # not the views' own Ỹv
+    assert np.array_equal(case.annotated, views.annotated) and np.array_equal(case.sparse, views.sparse)
+    # the sampler's weights: 1 on every voxel, whatever α (no α^d decay)
+    sampler = TwoStreamSampler([case], [], patch=(32, 32, 32), labeled_batch=1, seed=0, augment=False)
+    batch = sampler.sample(alpha=0.5)
+    for view in VIEWS:
+        assert batch.w_l[view][0].numpy().min() == 1.0
+        assert np.array_equal(batch.y_l[view][0].numpy(), fused)
 
 
 def test_missing_propagation_and_missing_labels_are_clear_errors(disk_cohort, tmp_path):

@@ -331,6 +331,7 @@ def test_random_weights_warn_and_vit_b16_text_shape(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="RADALib.encoders"):
         enc = RegionAwareDualEncoder.from_config(cfg)
     assert "encoder weights not found: running with RANDOM Alpha-CLIP/CLIP weights; results will not match the paper" in caplog.text
+    assert f"(put clip_b16_grit1m_fultune_8xe.pth, ViT-B-16.pt in {tmp_path / 'empty'} to use them)" in caplog.text
     assert enc.pretrained == {"vision": False, "text": False}
     ident = enc.identity()
     assert ident["pretrained"] == {"vision": False, "text": False} and ident["vision"]["sha256"] is None
@@ -464,7 +465,7 @@ def test_registry_names_and_default_cache_dir(tmp_path):
     assert WEIGHTS["alpha-clip-vit-b16"].filename == "clip_b16_grit1m_fultune_8xe.pth"
     for entry in WEIGHTS.values():
         assert entry.sha256 is None or len(entry.sha256) == 64
-    assert default_cache_dir({"RADA_CACHE_DIR": str(tmp_path)}) == tmp_path
+    assert default_cache_dir({"RADA_CACHE_DIR": str(tmp_path)}) == tmp_path / "weights"  # as `rada --cache-dir`
     assert default_cache_dir({}) == Path.home() / ".cache" / "rada" / "weights"
 
 

@@ -46,6 +46,22 @@ def test_alpha_is_piecewise_constant():
     assert alpha(7000, CFG) == 0.0
 
 
+def test_alpha_floor_ends_the_ramp_at_the_floor_and_zero_floor_is_the_paper():
+    assert CFG.alpha_floor == 0.0
+    floored = ScheduleConfig(alpha_floor=0.9)
+    got = [alpha(t, floored) for t in range(0, 6001, 1000)]
+    # 0.9 + (0.97 - 0.9) * (1 + cos(pi * k / 6)) / 2, by hand at k = 0, 3, 6
+    assert (got[0], got[3], got[6]) == pytest.approx((0.97, 0.935, 0.9), abs=1e-12)
+    assert all(a2 <= a1 for a1, a2 in zip(got, got[1:]))
+    assert alpha(9000, floored) == pytest.approx(0.9)
+
+
+@pytest.mark.parametrize("floor", [-0.1, 0.98])
+def test_alpha_floor_outside_zero_to_alpha0_is_refused(floor):
+    with pytest.raises(ValueError, match="alpha_floor"):
+        ScheduleConfig(alpha_floor=floor)
+
+
 def test_beta_monotone_from_beta0_to_beta_max():
     values = [beta(t, CFG) for t in range(0, 6001, 10)]
     assert all(b2 >= b1 for b1, b2 in zip(values, values[1:]))

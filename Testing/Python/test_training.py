@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from RADALib.data import TrainingCase, normalize_intensity
+from RADALib.data import TrainingCase, load_training_cases, normalize_intensity
 from RADALib.errors import RADAError
 from RADALib.events import Progress
 from RADALib.networks import VIEWS, NetworkConfig
+from RADALib.pseudo_labels import load_case_result
 from RADALib.training import (
     CHECKPOINT,
     GuidancePrompt,
@@ -110,6 +111,11 @@ def test_config_defaults_round_trip_and_replace():
         cfg.replace(patch=(40, 40, 40))
     with pytest.raises(ValueError, match="region_mode"):
         cfg.replace(region_mode="maybe")
+    assert cfg.label_source == "views" and cfg.schedule.alpha_floor == 0.0  # the paper's supervision
+    with pytest.raises(ValueError, match="label_source must be one of"):
+        cfg.replace(label_source="dense")
+    with pytest.raises(ValueError, match="'fused' needs the propagated labels"):
+        cfg.replace(label_source="fused", use_registration=False)
     with pytest.raises(RADAError, match="unknown training preset"):
         preset("huge")
 
@@ -268,7 +274,8 @@ def test_supervised_only_without_unlabeled_cases_and_validation(tmp_path):
     events = Events()
     cfg = tiny(iterations=2, validate_every=2, log_every=5)
     result = train_on_cases(cfg, labeled, [], text, regions, tmp_path, Progress(events), validate)
-    assert any(e.get("level") == "warning" and "supervised only" in e["message"] for e in events.events)
+    [warning] = [e["message"] for e in events.events if e.get("level") == "warning" and "supervised only" in e["message"]]
+    assert "--set label_source=fused" in warning  # the paper's α ramp-down leaves only the slices: say what helps
     assert all(h["loss_unsup"] == 0.0 and h["beta"] == 0.0 for h in result.history)
     assert seen == [(False, (1, TEXT_DIM), (1, 2 * REGION_DIM))]
     assert result.history[-1]["dice"] == 0.5
@@ -287,6 +294,27 @@ def test_ablations_run_without_text_region_or_registration(disk_cohort, tmp_path
     events = Events()
     train(cfg.replace(use_text=True), cohort, None, None, None, tmp_path / "b", Progress(events))
     assert any(e.get("level") == "warning" and "no text embedding" in e["message"] for e in events.events)
+
+
+def test_train_reads_the_fused_pseudo_labels_when_label_source_is_fused(disk_cohort, tmp_path, monkeypatch):
+    import RADALib.training as training
+
+    cohort, propagation = disk_cohort
+    loaded = []
+
+    def spy(*args, **kwargs):
+        labeled, unlabeled = load_training_cases(*args, **kwargs)
+        loaded.append(labeled)
+        return labeled, unlabeled
+
+    monkeypatch.setattr(training, "load_training_cases", spy)
+    text, regions = embeddings([c.id for c in cohort.cases])
+    result = train(tiny(iterations=1, label_source="fused"), cohort, propagation, text, regions, tmp_path)
+    assert result.iteration == 1 and np.isfinite(result.history[-1]["loss"])
+    [labeled] = loaded
+    fused = load_case_result(propagation / "cases" / labeled[0].id).fused()
+    assert all(np.array_equal(label, fused) for label in labeled[0].labels)
+    assert all(not d.any() for d in labeled[0].distances)  # α^0 = 1: no decay
 
 
 def test_patch_larger_than_the_volumes_is_padded_and_said(tmp_path):

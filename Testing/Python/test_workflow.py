@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import SimpleITK as sitk
@@ -22,7 +23,8 @@ from RADALib.workflow import largest_component_record, model_folder, train_model
 from conftest import TranslationRegistrar, disk_stack
 
 
-def test_train_model_writes_a_bundle_that_segments_with_the_input_header(tmp_path):
+def test_train_model_writes_a_bundle_that_segments_with_the_input_header(tmp_path, caplog, monkeypatch):
+    monkeypatch.setenv("RADA_CACHE_DIR", str(tmp_path / "no-weights"))
     cases = []
     direction = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1]], float)
     for i in range(3):
@@ -37,8 +39,16 @@ def test_train_model_writes_a_bundle_that_segments_with_the_input_header(tmp_pat
 
     config = preset("small", iterations=2, patch=(16, 16, 16), network={"base_filters": 2}, uncertainty_passes=1,
                     device="cpu", checkpoint_every=1, validate_every=0, prefetch=0)
-    run = train_model(cohort, experiment, config, propagation_dir=experiment / "propagation", cache_dir=tmp_path / "cache")
+    events: list[dict] = []
+    with caplog.at_level(logging.WARNING):
+        run = train_model(cohort, experiment, config, propagation_dir=experiment / "propagation",
+                          cache_dir=tmp_path / "cache", progress=Progress(events.append))
 
+    # random encoders are said once, with the files and folder that would replace them, not logged twice
+    random = [e["message"] for e in events if "RANDOM" in e["message"]]
+    assert len(random) == 1 and "RANDOM Alpha-CLIP/CLIP weights" in random[0]
+    assert "clip_b16_grit1m_fultune_8xe.pth, ViT-B-16.pt" in random[0] and str(tmp_path / "no-weights") in random[0]
+    assert "RANDOM" not in caplog.text
     manifest = json.loads((run.model / "manifest.json").read_text())
     assert run.iterations == 2 and model_folder(experiment) == run.model
     assert manifest["encoder"]["pretrained"] == {"vision": False, "text": False}  # said, never hidden
