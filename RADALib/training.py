@@ -823,7 +823,8 @@ def _train(
         hint = ""
         if config.label_source == "views" and config.use_registration and config.schedule.alpha_floor == 0:
             hint = ("; as α ramps down to 0, late training learns from the annotated slices alone: "
-                    "label_source=fused (--set label_source=fused) keeps the propagated labels")
+                    "label_source=fused (rada train --set label_source=fused; in Slicer, Training labels: fused) "
+                    "keeps the propagated labels")
         progress.message("no unlabeled training case: training runs supervised only (β = 0, no cross "
                          f"pseudo-labels){hint}", level="warning")
     small = [c for c in (*labeled, *unlabeled) if any(n < p for n, p in zip(c.shape, config.patch))]

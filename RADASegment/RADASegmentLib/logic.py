@@ -497,6 +497,8 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
                      "--device", settings.device, "--workers", str(settings.workers)] + self._cacheArguments()
         if settings.iterations:
             arguments += ["--iterations", str(settings.iterations)]
+        if settings.trainingLabels != "views":
+            arguments += ["--set", f"label_source={settings.trainingLabels}"]
         if settings.visionWeights:
             arguments += ["--vision-weights", settings.visionWeights]
         if settings.textWeights:

@@ -11,6 +11,7 @@ DEVICES = ("auto", "cuda", "cpu")
 STRIDES = ("fast", "dense", "whole")
 FUSIONS = ("weighted", "majority")
 LARGEST_COMPONENT = ("auto", "on", "off")
+TRAINING_LABELS = ("views", "fused")
 PARAMETER_KEY = "RADASegmentSettings"
 """Name of the parameter-node entry that holds the settings as JSON."""
 
@@ -24,6 +25,9 @@ class RADASegmentSettings:
     ``largestComponent``: keep only the largest connected region of the segmented structure
     (``on``), every region (``off``), or as the model recommends (``auto``: on for structures
     that were one region in its training pseudo-labels).
+    ``trainingLabels``: ``views`` (the paper: each view's network learns its own pseudo-label with
+    decaying weights) or ``fused`` (every network learns the fused pseudo-label with weight 1,
+    ``rada train --set label_source=fused``: for a cohort where every volume is annotated).
     """
 
     structureName: str = "structure"
@@ -37,6 +41,7 @@ class RADASegmentSettings:
     stride: str = "fast"
     largestComponent: str = "auto"
     fusion: str = "weighted"
+    trainingLabels: str = "views"
     workers: int = 0
 
     def validate(self) -> "RADASegmentSettings":
@@ -45,7 +50,8 @@ class RADASegmentSettings:
             raise ValueError("structure name is empty: name the structure you segment (e.g. 'left atrium')")
         for name, value, allowed in (("preset", self.preset, PRESETS), ("device", self.device, DEVICES),
                                      ("stride", self.stride, STRIDES), ("fusion", self.fusion, FUSIONS),
-                                     ("largest component", self.largestComponent, LARGEST_COMPONENT)):
+                                     ("largest component", self.largestComponent, LARGEST_COMPONENT),
+                                     ("training labels", self.trainingLabels, TRAINING_LABELS)):
             if value not in allowed:
                 raise ValueError(f"{name} {value!r} is not one of {', '.join(allowed)}")
         if int(self.iterations) < 0:

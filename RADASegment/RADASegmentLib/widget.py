@@ -152,7 +152,7 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
         ui.structureNameLineEdit.connect("textChanged(QString)", self.onSettingsChanged)
         ui.modelNameLineEdit.connect("textChanged(QString)", self.onSettingsChanged)
         for combo in (ui.presetComboBox, ui.deviceComboBox, ui.strideComboBox, ui.fusionComboBox,
-                      ui.largestComponentComboBox):
+                      ui.largestComponentComboBox, ui.trainingLabelsComboBox):
             combo.connect("currentIndexChanged(int)", self.onSettingsChanged)
         ui.iterationsSpinBox.connect("valueChanged(int)", self.onSettingsChanged)
         ui.allowDownloadCheckBox.connect("toggled(bool)", self.onSettingsChanged)
@@ -223,6 +223,7 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
             self._setComboText(ui.deviceComboBox, settings.device)
             self._setComboText(ui.strideComboBox, settings.stride)
             self._setComboText(ui.fusionComboBox, settings.fusion)
+            self._setComboText(ui.trainingLabelsComboBox, settings.trainingLabels)
             ui.iterationsSpinBox.setValue(int(settings.iterations))
             ui.allowDownloadCheckBox.setChecked(bool(settings.allowDownload))
             self._setComboText(ui.largestComponentComboBox, settings.largestComponent)
@@ -256,6 +257,7 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
             stride=ui.strideComboBox.currentText,
             largestComponent=ui.largestComponentComboBox.currentText,
             fusion=ui.fusionComboBox.currentText,
+            trainingLabels=ui.trainingLabelsComboBox.currentText,
         )
 
     def onSettingsChanged(self, *args: Any) -> None:

@@ -271,11 +271,26 @@ def test_train_exports_labeled_and_unlabeled_cases_and_keeps_the_model_in_the_mo
     assert Path(model) == tmp_path / "models" / "m1" and (Path(model) / "manifest.json").is_file()
     args = logic.started[0].args
     assert args[args.index("--preset") + 1] == "small" and args[args.index("--iterations") + 1] == "2"
+    assert "--set" not in args  # the paper's supervision unless the user picks fused training labels
     cohort = load_cohort(_argument(args, "--cohort"))
     assert [c.labeled for c in cohort.cases] == [True, False]
     assert cohort.classes == {1: "kidney"}
     assert [row[1] for row in logic.trainingCurves()] == [0.9, 0.7]
     assert [m.name for m in logic.listModels()] == ["m1"]
+
+
+def test_fused_training_labels_reach_rada_train_as_label_source(make_logic):
+    from RADASegmentLib.parameters import RADASegmentSettings
+
+    logic = make_logic(work=fake_train)
+    node, truth, _, direction = _volume("a")
+    _paint(logic, node, truth, direction)
+    settings = RADASegmentSettings(preset="small", iterations=2, device="cpu", modelName="m2", trainingLabels="fused")
+    logic.train(settings=settings, wait=True)
+    args = logic.started[0].args
+    assert args[args.index("--set") + 1] == "label_source=fused"
+    with pytest.raises(ValueError, match="training labels 'dense' is not one of views, fused"):
+        RADASegmentSettings(trainingLabels="dense").validate()
 
 
 def test_list_models_says_which_structures_each_model_keeps_one_region_of(make_logic, tmp_path):

@@ -58,7 +58,7 @@ def test_ui_declares_every_slicer_class_it_uses_as_a_custom_widget():
 
 
 def test_ui_has_the_cohort_table_columns_and_the_choice_lists_of_the_settings():
-    from RADASegmentLib.parameters import DEVICES, FUSIONS, LARGEST_COMPONENT, PRESETS, STRIDES
+    from RADASegmentLib.parameters import DEVICES, FUSIONS, LARGEST_COMPONENT, PRESETS, STRIDES, TRAINING_LABELS
 
     root = ET.parse(UI_FILE).getroot()
     widgets = {w.get("name"): w for w in root.iter("widget")}
@@ -73,6 +73,7 @@ def test_ui_has_the_cohort_table_columns_and_the_choice_lists_of_the_settings():
     assert items("strideComboBox") == list(STRIDES)
     assert items("fusionComboBox") == list(FUSIONS)
     assert items("largestComponentComboBox") == list(LARGEST_COMPONENT)
+    assert items("trainingLabelsComboBox") == list(TRAINING_LABELS)
 
 
 # ---------------------------------------------------------------- a fake logic
@@ -319,7 +320,8 @@ def test_settings_in_the_parameter_node_are_shown_by_the_widgets(logic):
 
     RADASegmentSettings(structureName="left atrium", preset="small", iterations=300, device="cpu",
                         visionWeights="/w/v.pth", allowDownload=True, modelName="la-1", stride="dense",
-                        largestComponent="off", fusion="majority").to_parameter_node(logic.getParameterNode())
+                        largestComponent="off", fusion="majority",
+                        trainingLabels="fused").to_parameter_node(logic.getParameterNode())
     panel = make_panel(logic)
     try:
         ui = panel.ui
@@ -333,6 +335,7 @@ def test_settings_in_the_parameter_node_are_shown_by_the_widgets(logic):
         assert ui.strideComboBox.currentText == "dense"
         assert ui.largestComponentComboBox.currentText == "off"
         assert ui.fusionComboBox.currentText == "majority"
+        assert ui.trainingLabelsComboBox.currentText == "fused"
     finally:
         panel.cleanup()
 
@@ -349,6 +352,7 @@ def test_changing_widgets_writes_the_settings_to_the_parameter_node(panel, logic
     ui.strideComboBox.chooseText("dense")
     ui.largestComponentComboBox.chooseText("on")
     ui.fusionComboBox.chooseText("majority")
+    ui.trainingLabelsComboBox.chooseText("fused")
     ui.modelNameLineEdit.typeText("liver-model")
     ui.showViewsCheckBox.click()
     settings = stored_settings(logic)
@@ -356,7 +360,7 @@ def test_changing_widgets_writes_the_settings_to_the_parameter_node(panel, logic
     assert settings.structureName == "liver"
     assert (settings.textWeights, settings.allowDownload) == ("/w/text.bin", True)
     assert (settings.stride, settings.fusion, settings.largestComponent) == ("dense", "majority", "on")
-    assert settings.modelName == "liver-model"
+    assert settings.modelName == "liver-model" and settings.trainingLabels == "fused"
     assert settings.workers == 3, "a setting without a widget is kept"
     assert logic.getParameterNode().GetParameter("RADASegmentShowViews") == "true"
 
