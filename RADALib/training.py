@@ -93,12 +93,12 @@ class TrainConfig:
     paper: every network learns the fused three-view pseudo-label with weight 1, which measured
     better on LA2018 when there is no unlabeled stream; README). ``prefetch``: batches prepared
     ahead by a background thread (0: in the training thread). ``compile``: ``torch.compile``
-    each sub-network (off by default). ``deterministic``: deterministic cuDNN kernels instead
-    of the fastest ones (CPU runs are deterministic anyway). ``threads``: torch CPU threads (0 = torch's default; on a
-    busy 2-core machine 1 thread was measured as fast as 2, or up to 4x faster, for the small
-    preset). ``uncertainty_passes`` (T): 4 for the paper preset (UA-MT used 8 for one teacher;
-    here all three nets make pseudo-labels every iteration, 3·T·U extra forward samples), 2 for
-    the small one.
+    each sub-network (off by default). ``deterministic``: deterministic cuDNN kernels instead of
+    the fastest ones (CPU runs are deterministic anyway). ``threads``: torch CPU threads (0 =
+    torch's default; on a busy 2-core machine 1 thread was measured as fast as 2, or up to 4x
+    faster, for the small preset). ``uncertainty_passes`` (T): 4 for the paper preset (UA-MT
+    used 8 for one teacher; here all three nets make pseudo-labels every iteration, 3·T·U extra
+    forward samples), 2 for the small one.
     """
 
     patch: tuple[int, int, int] = (112, 112, 80)
