@@ -196,7 +196,7 @@ class TrainConfig:
                     raise ValueError(f"unknown training setting {key!r}")
                 if name not in data[group]:
                     raise ValueError(f"unknown {group} setting {name!r}")
-                data[group][name] = value
+                data[group][name] = _typed_setting(key, data[group][name], value)
             elif key in ("schedule", "network"):
                 value = value.to_dict() if hasattr(value, "to_dict") else dict(value)
                 unknown = sorted(set(value) - set(data[key]))
@@ -204,12 +204,38 @@ class TrainConfig:
                     raise ValueError(f"unknown {key} setting(s): {', '.join(unknown)}")
                 data[key].update(value)
             elif key in data:
-                data[key] = value
+                data[key] = _typed_setting(key, data[key], value)
             else:
                 raise ValueError(f"unknown training setting {key!r}")
         if "iterations" in changes and "schedule.max_iterations" not in changes:
             data["schedule"]["max_iterations"] = int(changes["iterations"])
         return TrainConfig.from_dict(data)
+
+
+def _typed_setting(key: str, current: Any, value: Any) -> Any:
+    """``value`` for setting ``key``, or ``ValueError`` naming it when its kind differs from ``current``'s.
+
+    A whole number passes for a decimal one, a list (or comma-separated text, ``64,64,48``) for a
+    tuple; a setting that is ``None`` by default takes anything. (``rada train --set schedule.alpha_floor=x`` says what it wants,
+    instead of failing later at a comparison.)
+    """
+    if current is None:
+        return value
+    if isinstance(current, (list, tuple)) and isinstance(value, str) and current:  # "64,64,48", "axial,axial"
+        parts = [v.strip() for v in value.split(",")]
+        try:
+            return [type(current[0])(v) for v in parts]
+        except ValueError:
+            raise ValueError(f"setting {key} takes a comma-separated list like {','.join(map(str, current))}, "
+                             f"got {value!r}") from None
+    kinds = ((bool, "true or false", (bool,)), (int, "a whole number", (int,)), (float, "a number", (int, float)),
+             (str, "text", (str,)), ((list, tuple), "a list, e.g. [112,112,80]", (list, tuple)))
+    for kind, wanted, accepted in kinds:
+        if isinstance(current, kind):
+            if isinstance(value, bool) and kind is not bool or not isinstance(value, accepted):
+                raise ValueError(f"setting {key} takes {wanted}, got {value!r}")
+            return value
+    return value
 
 
 def _small_preset() -> TrainConfig:

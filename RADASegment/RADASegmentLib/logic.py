@@ -499,6 +499,8 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
             arguments += ["--iterations", str(settings.iterations)]
         if settings.trainingLabels != "views":
             arguments += ["--set", f"label_source={settings.trainingLabels}"]
+        for item in settings.extra_settings():
+            arguments += ["--set", item]
         if settings.visionWeights:
             arguments += ["--vision-weights", settings.visionWeights]
         if settings.textWeights:

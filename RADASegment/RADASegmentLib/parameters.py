@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
@@ -12,6 +13,9 @@ STRIDES = ("fast", "dense", "whole")
 FUSIONS = ("weighted", "majority")
 LARGEST_COMPONENT = ("auto", "on", "off")
 TRAINING_LABELS = ("views", "fused")
+OWN_FIELDS = {"iterations": "Iterations", "device": "Device", "label_source": "Training labels"}
+"""Training settings the panel sets with a field of their own (not through Extra settings)."""
+_SETTING = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)?=\S+")
 PARAMETER_KEY = "RADASegmentSettings"
 """Name of the parameter-node entry that holds the settings as JSON."""
 
@@ -28,6 +32,9 @@ class RADASegmentSettings:
     ``trainingLabels``: ``views`` (the paper: each view's network learns its own pseudo-label with
     decaying weights) or ``fused`` (every network learns the fused pseudo-label with weight 1,
     ``rada train --set label_source=fused``: for a cohort where every volume is annotated).
+    ``extraSettings``: any other training setting, ``KEY=VALUE`` separated by spaces, passed to
+    ``rada train --set`` (e.g. ``schedule.alpha_floor=0.9 network.base_filters=8``); the engine
+    checks the names and values when training starts.
     """
 
     structureName: str = "structure"
@@ -42,6 +49,7 @@ class RADASegmentSettings:
     largestComponent: str = "auto"
     fusion: str = "weighted"
     trainingLabels: str = "views"
+    extraSettings: str = ""
     workers: int = 0
 
     def validate(self) -> "RADASegmentSettings":
@@ -54,6 +62,7 @@ class RADASegmentSettings:
                                      ("training labels", self.trainingLabels, TRAINING_LABELS)):
             if value not in allowed:
                 raise ValueError(f"{name} {value!r} is not one of {', '.join(allowed)}")
+        self.extra_settings()
         if int(self.iterations) < 0:
             raise ValueError(f"iterations must be 0 (the preset's) or more, got {self.iterations}")
         if int(self.workers) < 0:
@@ -62,6 +71,17 @@ class RADASegmentSettings:
         if not name or name.startswith(".") or any(c in name for c in '/\\:*?"<>|'):
             raise ValueError(f"model name {self.modelName!r} cannot be a folder name: use letters, digits, '-' and '_'")
         return self
+
+    def extra_settings(self) -> list[str]:
+        """The ``KEY=VALUE`` items of ``extraSettings``, or ValueError naming the first bad one."""
+        items = self.extraSettings.split()
+        for item in items:
+            if not _SETTING.fullmatch(item):
+                raise ValueError(f"extra setting {item!r} is not KEY=VALUE (e.g. schedule.alpha_floor=0.9)")
+            key = item.split("=", 1)[0]
+            if key in OWN_FIELDS:
+                raise ValueError(f"extra setting {item!r}: set {key} with the {OWN_FIELDS[key]} field instead")
+        return items
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -151,6 +151,7 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
 
         ui.structureNameLineEdit.connect("textChanged(QString)", self.onSettingsChanged)
         ui.modelNameLineEdit.connect("textChanged(QString)", self.onSettingsChanged)
+        ui.extraSettingsLineEdit.connect("textChanged(QString)", self.onSettingsChanged)
         for combo in (ui.presetComboBox, ui.deviceComboBox, ui.strideComboBox, ui.fusionComboBox,
                       ui.largestComponentComboBox, ui.trainingLabelsComboBox):
             combo.connect("currentIndexChanged(int)", self.onSettingsChanged)
@@ -219,6 +220,7 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
         try:
             ui.structureNameLineEdit.setText(settings.structureName)
             ui.modelNameLineEdit.setText(settings.modelName)
+            ui.extraSettingsLineEdit.setText(settings.extraSettings)
             self._setComboText(ui.presetComboBox, settings.preset)
             self._setComboText(ui.deviceComboBox, settings.device)
             self._setComboText(ui.strideComboBox, settings.stride)
@@ -258,6 +260,7 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
             largestComponent=ui.largestComponentComboBox.currentText,
             fusion=ui.fusionComboBox.currentText,
             trainingLabels=ui.trainingLabelsComboBox.currentText,
+            extraSettings=" ".join(ui.extraSettingsLineEdit.text.split()),
         )
 
     def onSettingsChanged(self, *args: Any) -> None:

@@ -171,6 +171,9 @@ def test_train_set_overrides_settings_and_iterations_scale_the_schedule(tmp_path
 @pytest.mark.parametrize("argument, message", [
     (["--set", "network.base_filterz=8"], "rada: training settings: unknown network setting 'base_filterz'"),
     (["--set", "patch=[40,40,40]"], "multiples of 16"),
+    (["--set", "schedule.alpha_floor=high"], "rada: training settings: setting schedule.alpha_floor takes a number, got 'high'"),
+    (["--set", "use_text=1"], "rada: training settings: setting use_text takes true or false, got 1"),
+    (["--set", "network.base_filters=8.5"], "setting network.base_filters takes a whole number, got 8.5"),
     (["--patch", "64,x"], "rada: --patch takes three positive integers X,Y,Z (e.g. 112,112,80), got '64,x'"),
 ])
 def test_train_with_a_bad_setting_gives_a_one_line_error(tmp_path, capsys, argument, message):

@@ -120,6 +120,19 @@ def test_config_defaults_round_trip_and_replace():
         preset("huge")
 
 
+def test_a_setting_of_the_wrong_kind_is_refused_naming_it_and_lists_may_be_comma_text():
+    cfg = TrainConfig()
+    for key, value, wanted in (("schedule.alpha_floor", "high", "a number"), ("use_text", 1, "true or false"),
+                               ("network.base_filters", 8.5, "a whole number"), ("amp", True, "text"),
+                               ("seed", True, "a whole number"), ("patch", "64,a,48", "a comma-separated list")):
+        with pytest.raises(ValueError, match=f"setting {key} takes {wanted}"):
+            cfg.replace(**{key: value})
+    changed = cfg.replace(**{"patch": "64,64,48", "visual_planes": "axial,sagittal", "schedule.alpha_floor": 0,
+                             "noise_std": 0})  # a whole number for a decimal setting
+    assert changed.patch == (64, 64, 48) and changed.visual_planes == ("axial", "sagittal")
+    assert changed.schedule.alpha_floor == 0 and changed.noise_std == 0
+
+
 def test_preset_with_other_iterations_scales_its_schedule_steps():
     from RADALib.schedules import learning_rate
 

@@ -293,6 +293,25 @@ def test_fused_training_labels_reach_rada_train_as_label_source(make_logic):
         RADASegmentSettings(trainingLabels="dense").validate()
 
 
+def test_extra_settings_reach_rada_train_as_set_items_and_bad_ones_are_refused(make_logic):
+    from RADASegmentLib.parameters import RADASegmentSettings
+
+    logic = make_logic(work=fake_train)
+    node, truth, _, direction = _volume("a")
+    _paint(logic, node, truth, direction)
+    settings = RADASegmentSettings(preset="small", iterations=2, device="cpu", modelName="m3",
+                                   extraSettings="schedule.alpha_floor=0.9  patch=64,64,48")
+    logic.train(settings=settings, wait=True)
+    args = logic.started[0].args
+    items = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
+    assert items == ["schedule.alpha_floor=0.9", "patch=64,64,48"]
+    for text, message in (("alpha_floor", "'alpha_floor' is not KEY=VALUE"), ("=1", "'=1' is not KEY=VALUE"),
+                          ("iterations=5", "set iterations with the Iterations field instead"),
+                          ("label_source=fused", "with the Training labels field")):
+        with pytest.raises(ValueError, match=message):
+            RADASegmentSettings(extraSettings=text).validate()
+
+
 def test_list_models_says_which_structures_each_model_keeps_one_region_of(make_logic, tmp_path):
     write_fake_bundle(tmp_path / "models" / "a-old")
     write_fake_bundle(tmp_path / "models" / "b-la", "left atrium", largest_component=[1])

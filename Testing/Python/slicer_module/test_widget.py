@@ -321,7 +321,8 @@ def test_settings_in_the_parameter_node_are_shown_by_the_widgets(logic):
     RADASegmentSettings(structureName="left atrium", preset="small", iterations=300, device="cpu",
                         visionWeights="/w/v.pth", allowDownload=True, modelName="la-1", stride="dense",
                         largestComponent="off", fusion="majority",
-                        trainingLabels="fused").to_parameter_node(logic.getParameterNode())
+                        trainingLabels="fused", extraSettings="network.base_filters=8").to_parameter_node(
+        logic.getParameterNode())
     panel = make_panel(logic)
     try:
         ui = panel.ui
@@ -336,6 +337,7 @@ def test_settings_in_the_parameter_node_are_shown_by_the_widgets(logic):
         assert ui.largestComponentComboBox.currentText == "off"
         assert ui.fusionComboBox.currentText == "majority"
         assert ui.trainingLabelsComboBox.currentText == "fused"
+        assert ui.extraSettingsLineEdit.text == "network.base_filters=8"
     finally:
         panel.cleanup()
 
@@ -354,6 +356,7 @@ def test_changing_widgets_writes_the_settings_to_the_parameter_node(panel, logic
     ui.fusionComboBox.chooseText("majority")
     ui.trainingLabelsComboBox.chooseText("fused")
     ui.modelNameLineEdit.typeText("liver-model")
+    ui.extraSettingsLineEdit.typeText(" schedule.alpha_floor=0.9   seed=7 ")
     ui.showViewsCheckBox.click()
     settings = stored_settings(logic)
     assert (settings.preset, settings.iterations, settings.device) == ("small", 250, "cpu")
@@ -361,6 +364,7 @@ def test_changing_widgets_writes_the_settings_to_the_parameter_node(panel, logic
     assert (settings.textWeights, settings.allowDownload) == ("/w/text.bin", True)
     assert (settings.stride, settings.fusion, settings.largestComponent) == ("dense", "majority", "on")
     assert settings.modelName == "liver-model" and settings.trainingLabels == "fused"
+    assert settings.extraSettings == "schedule.alpha_floor=0.9 seed=7"
     assert settings.workers == 3, "a setting without a widget is kept"
     assert logic.getParameterNode().GetParameter("RADASegmentShowViews") == "true"
 
@@ -375,6 +379,16 @@ def test_invalid_setting_is_reported_in_one_line_and_not_written(panel, logic):
     ui.modelNameLineEdit.typeText("fixed")
     assert ui.statusLabel.text == "Ready."
     assert stored_settings(logic).modelName == "fixed"
+
+
+def test_a_malformed_extra_setting_is_reported_and_not_written(panel, logic):
+    ui = panel.ui
+    ui.extraSettingsLineEdit.typeText("seed=7")
+    ui.extraSettingsLineEdit.typeText("seed=7 schedule.alpha_floor")
+    assert "extra setting 'schedule.alpha_floor' is not KEY=VALUE" in ui.statusLabel.text
+    assert stored_settings(logic).extraSettings == "seed=7"
+    panel.ui.trainButton.click()
+    assert logic.called("train") == []
 
 
 def test_invalid_settings_keep_a_job_from_starting(panel, logic):
