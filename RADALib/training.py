@@ -751,14 +751,16 @@ def train(
     resume: bool = True,
     *,
     stop_after: int | None = None,
+    fusion: tuple[str, float] = ("weighted", 0.93),
 ) -> TrainResult:
     """Train on a cohort whose labeled cases were propagated into ``propagation_dir``.
 
     ``text_embedding``: Et (text_dim,); ``region_embeddings[case_id][plane]``: Ev (D,) of the
-    labeled cases (``None``: no region prompt). See :func:`train_on_cases` for the rest.
+    labeled cases (``None``: no region prompt). ``fusion``: the propagation's vote and α, for
+    ``label_source="fused"``. See :func:`train_on_cases` for the rest.
     """
     labeled, unlabeled = load_training_cases(cohort, propagation_dir, require_propagation=config.use_registration,
-                                             label_source=config.label_source)
+                                             label_source=config.label_source, fusion=fusion)
     return train_on_cases(
         config, labeled, unlabeled, text_embedding, region_embeddings, out_dir, progress, validate, resume,
         stop_after=stop_after,

@@ -110,8 +110,9 @@ def train_model(
     if not cohort.labeled:
         raise InputError(cohort.path or cohort.name, "no labeled case: training needs at least one annotated volume")
     propagation = Path(propagation_dir) if propagation_dir else experiment / "propagation"
+    propagation_config = propagation_config or PropagationConfig()
     if train_config.use_registration:
-        ensure_propagation(cohort, propagation, propagation_config or PropagationConfig(), cache_dir, workers, progress)
+        ensure_propagation(cohort, propagation, propagation_config, cache_dir, workers, progress)
     elif not propagation_dir:
         propagation = None  # type: ignore[assignment]
     progress.enter("embed")
@@ -129,10 +130,10 @@ def train_model(
         train_config, cohort, propagation,
         embeddings.text if embeddings else None,
         embeddings.regions if embeddings else None,
-        experiment, progress, validate,
+        experiment, progress, validate, fusion=(propagation_config.fusion, propagation_config.fusion_alpha),
     )
     planes = list(train_config.visual_planes)
-    components = largest_component_record(cohort, propagation, propagation_config or PropagationConfig())
+    components = largest_component_record(cohort, propagation, propagation_config)
     if components["classes"]:
         parts = [f"{cohort.classes.get(c, c)} ({100 * components['fractions'][str(c)]:.2f} % of its pseudo-label "
                  "voxels in one connected region)" for c in components["classes"]]

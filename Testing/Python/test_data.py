@@ -119,6 +119,15 @@ def test_fused_label_source_gives_every_view_the_fused_pseudo_label_with_weight_
         assert np.array_equal(batch.y_l[view][0].numpy(), fused)
 
 
+def test_fused_label_source_learns_the_fusion_the_propagation_was_reviewed_with(disk_cohort):
+    cohort, propagation = disk_cohort
+    result = load_case_result(propagation / "cases" / "case0")
+    majority, weighted = result.fused("majority"), result.fused("weighted")
+    assert not np.array_equal(majority, weighted)  # the two votes differ on this case
+    case = load_training_cases(cohort, propagation, label_source="fused", fusion=("majority", 0.93))[0][0]
+    assert all(np.array_equal(label, majority) for label in case.labels)
+
+
 def test_missing_propagation_and_missing_labels_are_clear_errors(disk_cohort, tmp_path):
     cohort, _ = disk_cohort
     with pytest.raises(InputError, match=r"case case0 has no propagation result: run `rada propagate`"):

@@ -6,6 +6,7 @@ import json
 import logging
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from RADALib.bundle import load_bundle
@@ -74,6 +75,31 @@ def test_train_model_writes_a_bundle_that_segments_with_the_input_header(tmp_pat
     assert written.GetSize() == source.GetSize()
     np.testing.assert_allclose(written.GetDirection(), source.GetDirection())
     np.testing.assert_allclose(written.GetSpacing(), source.GetSpacing())
+
+
+def test_train_model_trains_on_the_fusion_its_propagation_settings_name(tmp_path, monkeypatch):
+    import RADALib.training as training
+    import RADALib.workflow as workflow
+
+    image, label = disk_stack(shape=(32, 32, 32), radius=8, shift_per_slice=(0.5, 0.0), seed=0)
+    reference = volume_from_array(image)
+    case = Case("c0", write_like(reference, image, tmp_path / "c0.nrrd"), None,
+                write_like(reference, label, tmp_path / "c0_label.nrrd"), simulate_from_dense=True)
+    cohort = Cohort("tiny", [case], {1: "left atrium"})
+    settings = PropagationConfig(crop_margin=20, fusion="majority", fusion_alpha=0.8)
+    propagate_cohort(cohort, tmp_path / "propagation", TranslationRegistrar(), settings)
+    monkeypatch.setattr(workflow, "cohort_embeddings", lambda *a, **k: None)
+    seen = {}
+
+    def stop(*args, **kwargs):
+        seen.update(kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "train", stop)
+    with pytest.raises(KeyboardInterrupt):
+        train_model(cohort, tmp_path / "experiment", preset("small", label_source="fused"),
+                    propagation_dir=tmp_path / "propagation", propagation_config=settings)
+    assert seen["fusion"] == ("majority", 0.8)
 
 
 def _tubes(shape=(48, 32, 24), parts=1, seed=0) -> tuple[np.ndarray, np.ndarray]:
