@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -193,9 +194,9 @@ class TrainConfig:
             if "." in key:
                 group, name = key.split(".", 1)
                 if group not in ("schedule", "network"):
-                    raise ValueError(f"unknown training setting {key!r}")
+                    raise ValueError(f"unknown training setting {key!r}{_closest_setting(key, data)}")
                 if name not in data[group]:
-                    raise ValueError(f"unknown {group} setting {name!r}")
+                    raise ValueError(f"unknown {group} setting {name!r}{_closest_setting(key, data)}")
                 data[group][name] = _typed_setting(key, data[group][name], value)
             elif key in ("schedule", "network"):
                 value = value.to_dict() if hasattr(value, "to_dict") else dict(value)
@@ -206,10 +207,24 @@ class TrainConfig:
             elif key in data:
                 data[key] = _typed_setting(key, data[key], value)
             else:
-                raise ValueError(f"unknown training setting {key!r}")
+                raise ValueError(f"unknown training setting {key!r}{_closest_setting(key, data)}")
         if "iterations" in changes and "schedule.max_iterations" not in changes:
             data["schedule"]["max_iterations"] = int(changes["iterations"])
         return TrainConfig.from_dict(data)
+
+
+def _closest_setting(key: str, data: Mapping[str, Any]) -> str:
+    """`` (did you mean schedule.alpha_floor?)`` for a misspelt or unqualified setting name, else ``""``."""
+    names = [f"{k}.{n}" if k in ("schedule", "network") else k
+             for k, v in data.items() for n in (v if k in ("schedule", "network") else [k])]
+    bare = key.rsplit(".", 1)[-1]
+    exact = [n for n in names if n.rsplit(".", 1)[-1] == bare and n != key]
+    close = exact or difflib.get_close_matches(key, names, n=1, cutoff=0.7) or difflib.get_close_matches(
+        bare, [n.rsplit(".", 1)[-1] for n in names], n=1, cutoff=0.8)
+    if not close:
+        return ""
+    match = next(n for n in names if n == close[0] or n.rsplit(".", 1)[-1] == close[0])
+    return f" (did you mean {match}?)"
 
 
 def _typed_setting(key: str, current: Any, value: Any) -> Any:

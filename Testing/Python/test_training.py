@@ -105,8 +105,14 @@ def test_config_defaults_round_trip_and_replace():
     assert changed.schedule.base_lr == 0.02 and cfg.network.base_filters == 16  # a copy
     small = presets["small"]
     assert all(p % 16 == 0 for p in small.patch) and small.schedule.max_iterations == small.iterations
-    with pytest.raises(ValueError, match="unknown training setting"):
+    with pytest.raises(ValueError, match=r"unknown training setting 'iterationz' \(did you mean iterations\?\)"):
         cfg.replace(iterationz=3)
+    with pytest.raises(ValueError, match=r"unknown training setting 'alpha_floor' \(did you mean schedule.alpha_floor\?\)"):
+        cfg.replace(alpha_floor=0.9)  # a nested setting named without its group
+    with pytest.raises(ValueError, match=r"unknown network setting 'basefilters' \(did you mean network.base_filters\?\)"):
+        cfg.replace(**{"network.basefilters": 8})
+    with pytest.raises(ValueError, match=r"unknown training setting 'bogus'$"):
+        cfg.replace(bogus=1)  # nothing close: no guess
     with pytest.raises(ValueError, match="multiples of 16"):
         cfg.replace(patch=(40, 40, 40))
     with pytest.raises(ValueError, match="region_mode"):
