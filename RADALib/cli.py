@@ -157,7 +157,7 @@ def _encoder_config(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .cohort import load_cohort
-    from .training import preset
+    from .train_config import preset
     from .workflow import train_model
 
     cohort = load_cohort(args.cohort)

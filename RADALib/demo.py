@@ -101,7 +101,7 @@ def _train_and_segment(cohort: Cohort, out: Path, iterations: int | None, worker
     from .bundle import load_bundle
     from .inference import predict_files
     from .postprocessing import keep_largest_component
-    from .training import preset
+    from .train_config import preset
     from .workflow import train_model
 
     changes = {"device": "cpu"}

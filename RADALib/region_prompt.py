@@ -41,9 +41,9 @@ from .bundle import Bundle
 from .errors import InputError
 from .events import Progress
 from .model_store import MANIFEST_FILE
+from .train_config import REGION_MODES
 from .volume import Oblique, Volume, read_label_for, read_volume
 
-REGION_MODES = ("alpha", "no_mask", "none")
 FROM_VOLUME = "from this volume's sparse slices"
 FROM_MEAN = "the training cohort's mean"
 NO_PROMPT = "none (the model was trained without one)"

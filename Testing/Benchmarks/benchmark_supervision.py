@@ -90,7 +90,8 @@ from RADALib.postprocessing import keep_largest_component  # noqa: E402
 from RADALib.propagation import PropagationConfig  # noqa: E402
 from RADALib.pseudo_labels import load_case_result  # noqa: E402
 from RADALib.synthetic import SyntheticConfig  # noqa: E402
-from RADALib.training import TrainConfig, preset, train_on_cases  # noqa: E402
+from RADALib.train_config import TrainConfig, preset  # noqa: E402
+from RADALib.training import train_on_cases  # noqa: E402
 from RADALib.volume import read_volume  # noqa: E402
 from RADALib.workflow import cohort_embeddings, ensure_propagation  # noqa: E402
 

@@ -68,14 +68,12 @@ from RADALib.data import Batch, TrainingCase, TwoStreamSampler, normalize_intens
 from RADALib.losses import masked_cross_entropy, supervised_loss, uncertainty_mask  # noqa: E402
 from RADALib.networks import VIEWS  # noqa: E402
 from RADALib.schedules import alpha, beta, learning_rate, uncertainty_threshold  # noqa: E402
+from RADALib.train_config import TrainConfig, preset, presets  # noqa: E402
 from RADALib.training import (  # noqa: E402
     GuidancePrompt,
-    TrainConfig,
     build_model,
     build_optimizer,
     build_training_step,
-    preset,
-    presets,
     setup_runtime,
 )
 

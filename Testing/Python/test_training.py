@@ -15,16 +15,14 @@ from RADALib.errors import RADAError
 from RADALib.events import Progress
 from RADALib.networks import VIEWS, NetworkConfig
 from RADALib.pseudo_labels import load_case_result
+from RADALib.train_config import TrainConfig, preset, presets
 from RADALib.training import (
     CHECKPOINT,
     GuidancePrompt,
-    TrainConfig,
     _TrainForward,
     iteration_losses,
     load_checkpoint,
     peer_pseudo_labels,
-    preset,
-    presets,
     train,
     train_on_cases,
 )

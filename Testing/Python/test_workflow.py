@@ -17,7 +17,7 @@ from RADALib.inference import predict_files
 from RADALib.propagation import PropagationConfig
 from RADALib.pseudo_labels import load_case_result, propagate_cohort
 from RADALib.region_prompt import region_embedding_for
-from RADALib.training import preset
+from RADALib.train_config import preset
 from RADALib.volume import read_volume, volume_from_array, write_like
 from RADALib.workflow import largest_component_record, model_folder, train_model
 

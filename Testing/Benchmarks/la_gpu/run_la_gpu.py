@@ -89,19 +89,17 @@ from RADALib.postprocessing import keep_largest_component, recommend_largest_com
 from RADALib.pseudo_labels import load_case_result  # noqa: E402
 from RADALib.region_prompt import encoder_record  # noqa: E402
 from RADALib.schedules import alpha  # noqa: E402
+from RADALib.train_config import TrainConfig, preset, scale_schedule  # noqa: E402
 from RADALib.training import (  # noqa: E402
     CHECKPOINT,
     METRICS_FILE,
     GuidancePrompt,
-    TrainConfig,
     TrainResult,
     build_model,
     build_optimizer,
     build_training_step,
     fit_network_to_prompt,
     load_checkpoint,
-    preset,
-    scale_schedule,
     setup_runtime,
     train_on_cases,
 )

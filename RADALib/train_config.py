@@ -1,0 +1,258 @@
+"""Training settings: :class:`TrainConfig` with the paper's LA defaults, the named presets
+("paper", "small"), and :func:`preset` / :meth:`TrainConfig.replace`, which check every changed
+setting by name and kind (``rada train --set``, the Slicer panel's *Extra settings*).
+
+The algorithm these settings drive is in :mod:`RADALib.training`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .annotation import PLANES
+from .errors import RADAError
+from .networks import DOWNSAMPLING, NetworkConfig
+from .schedules import ScheduleConfig
+
+REGION_MODES = ("alpha", "no_mask", "none")
+LABEL_SOURCES = ("views", "fused")
+_SWITCHES = ("auto", "on", "off")
+
+
+@dataclass
+class TrainConfig:
+    """Training settings (paper / LA defaults). :mod:`RADALib.training` describes the algorithm.
+
+    ``schedule.max_iterations`` always equals ``iterations`` (the ramps of α, β and the
+    threshold span the run); the other schedule steps are absolute iteration counts
+    (:func:`preset` with a new ``iterations`` scales them, :func:`scale_schedule`).
+    ``amp``: "auto" = bf16 autocast on CUDA, off on CPU; "bf16" forces it, "off" disables it.
+    ``channels_last``: "auto" = channels-last 3D memory format on CUDA only.
+    ``region_mode``: "alpha" (Alpha-CLIP with the mask), "no_mask" (the caller passes
+    embeddings computed without the mask: used as given), "none" (no region prompt: zeros).
+    ``use_text=False``: Et is fed as zeros. ``use_registration=False``: only the truly annotated
+    voxels supervise (see ``data``). ``label_source``: "views" (the paper, eq. 6: each view's
+    network learns its own view's mixed label Ỹv with the weights α^d) or "fused" (not in the
+    paper: every network learns the fused three-view pseudo-label with weight 1, which measured
+    better on LA2018 when there is no unlabeled stream; README). ``prefetch``: batches prepared
+    ahead by a background thread (0: in the training thread). ``compile``: ``torch.compile``
+    each sub-network (off by default). ``deterministic``: deterministic cuDNN kernels instead of
+    the fastest ones (CPU runs are deterministic anyway). ``threads``: torch CPU threads (0 =
+    torch's default; on a busy 2-core machine 1 thread was measured as fast as 2, or up to 4x
+    faster, for the small preset). ``uncertainty_passes`` (T): 4 for the paper preset (UA-MT
+    used 8 for one teacher; here all three nets make pseudo-labels every iteration, 3·T·U extra
+    forward samples), 2 for the small one.
+    """
+
+    patch: tuple[int, int, int] = (112, 112, 80)
+    iterations: int = 6000
+    labeled_batch: int = 2
+    unlabeled_batch: int = 2
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    uncertainty_passes: int = 4
+    noise_std: float = 0.1
+    noise_clip: float = 0.2
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    seed: int = 1337
+    checkpoint_every: int = 500
+    validate_every: int = 500
+    log_every: int = 20
+    amp: str = "auto"
+    visual_planes: tuple[str, ...] = ("axial", "axial")
+    use_text: bool = True
+    region_mode: str = "alpha"
+    use_registration: bool = True
+    label_source: str = "views"
+    augment: bool = True
+    device: str = "auto"
+    compile: bool = False
+    channels_last: str = "auto"
+    prefetch: int = 2
+    deterministic: bool = False
+    threads: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.schedule, Mapping):
+            self.schedule = ScheduleConfig.from_dict(self.schedule)
+        if isinstance(self.network, Mapping):
+            self.network = NetworkConfig.from_dict(self.network)
+        self.patch = tuple(int(p) for p in self.patch)  # type: ignore[assignment]
+        self.visual_planes = tuple(str(p) for p in self.visual_planes)
+        if len(self.patch) != 3 or any(p < DOWNSAMPLING or p % DOWNSAMPLING for p in self.patch):
+            raise ValueError(f"patch must be 3 positive multiples of {DOWNSAMPLING}, got {self.patch}")
+        for name in ("iterations", "labeled_batch", "uncertainty_passes", "log_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("unlabeled_batch", "checkpoint_every", "validate_every", "prefetch", "threads"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.amp not in ("auto", "bf16", "off"):
+            raise ValueError(f"TrainConfig.amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
+        if self.channels_last not in _SWITCHES:
+            raise ValueError(f"TrainConfig.channels_last must be one of {_SWITCHES}, got {self.channels_last!r}")
+        if self.label_source not in LABEL_SOURCES:
+            raise ValueError(f"TrainConfig.label_source must be one of {LABEL_SOURCES}, got {self.label_source!r}")
+        if self.label_source == "fused" and not self.use_registration:
+            raise ValueError("TrainConfig.label_source 'fused' needs the propagated labels (use_registration=True)")
+        if self.region_mode not in REGION_MODES:
+            raise ValueError(f"TrainConfig.region_mode must be one of {REGION_MODES}, got {self.region_mode!r}")
+        bad = [p for p in self.visual_planes if p not in PLANES]
+        if bad or not self.visual_planes:
+            raise ValueError(f"TrainConfig.visual_planes must name planes among {PLANES}, got {self.visual_planes}")
+        if self.noise_std < 0 or self.noise_clip < 0:
+            raise ValueError("TrainConfig.noise_std and noise_clip must be >= 0")
+        if self.schedule.max_iterations != self.iterations:
+            self.schedule = dataclasses.replace(self.schedule, max_iterations=int(self.iterations))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict (nested schedule and network dicts)."""
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["schedule"] = self.schedule.to_dict()
+        data["network"] = self.network.to_dict()
+        data["patch"] = list(self.patch)
+        data["visual_planes"] = list(self.visual_planes)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``, missing keys take defaults."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown training setting(s): {', '.join(unknown)}")
+        return cls(**dict(data))
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with some settings changed.
+
+        Nested settings take a dict (merged) or dotted names passed as a dict:
+        ``cfg.replace(iterations=100, network={"base_filters": 8})`` or
+        ``cfg.replace(**{"schedule.base_lr": 0.02})``.
+        """
+        data = self.to_dict()
+        for key, value in changes.items():
+            if "." in key:
+                group, name = key.split(".", 1)
+                if group not in ("schedule", "network"):
+                    raise ValueError(f"unknown training setting {key!r}{_closest_setting(key, data)}")
+                if name not in data[group]:
+                    raise ValueError(f"unknown {group} setting {name!r}{_closest_setting(key, data)}")
+                data[group][name] = _typed_setting(key, data[group][name], value)
+            elif key in ("schedule", "network"):
+                value = value.to_dict() if hasattr(value, "to_dict") else dict(value)
+                unknown = sorted(set(value) - set(data[key]))
+                if unknown:
+                    raise ValueError(f"unknown {key} setting(s): {', '.join(unknown)}")
+                data[key].update(value)
+            elif key in data:
+                data[key] = _typed_setting(key, data[key], value)
+            else:
+                raise ValueError(f"unknown training setting {key!r}{_closest_setting(key, data)}")
+        if "iterations" in changes and "schedule.max_iterations" not in changes:
+            data["schedule"]["max_iterations"] = int(changes["iterations"])
+        return TrainConfig.from_dict(data)
+
+
+def _closest_setting(key: str, data: Mapping[str, Any]) -> str:
+    """`` (did you mean schedule.alpha_floor?)`` for a misspelt or unqualified setting name, else ``""``."""
+    names = [f"{k}.{n}" if k in ("schedule", "network") else k
+             for k, v in data.items() for n in (v if k in ("schedule", "network") else [k])]
+    bare = key.rsplit(".", 1)[-1]
+    exact = [n for n in names if n.rsplit(".", 1)[-1] == bare and n != key]
+    close = exact or difflib.get_close_matches(key, names, n=1, cutoff=0.7) or difflib.get_close_matches(
+        bare, [n.rsplit(".", 1)[-1] for n in names], n=1, cutoff=0.8)
+    if not close:
+        return ""
+    match = next(n for n in names if n == close[0] or n.rsplit(".", 1)[-1] == close[0])
+    return f" (did you mean {match}?)"
+
+
+def _typed_setting(key: str, current: Any, value: Any) -> Any:
+    """``value`` for setting ``key``, or ``ValueError`` naming it when its kind differs from ``current``'s.
+
+    A whole number passes for a decimal one, a list (or comma-separated text, ``64,64,48``) for a
+    tuple; a setting that is ``None`` by default takes anything. (``rada train --set schedule.alpha_floor=x`` says what it wants,
+    instead of failing later at a comparison.)
+    """
+    if current is None:
+        return value
+    if isinstance(current, (list, tuple)) and isinstance(value, str) and current:  # "64,64,48", "axial,axial"
+        parts = [v.strip() for v in value.split(",")]
+        try:
+            return [type(current[0])(v) for v in parts]
+        except ValueError:
+            raise ValueError(f"setting {key} takes a comma-separated list like {','.join(map(str, current))}, "
+                             f"got {value!r}") from None
+    kinds = ((bool, "true or false", (bool,)), (int, "a whole number", (int,)), (float, "a number", (int, float)),
+             (str, "text", (str,)), ((list, tuple), "a list, e.g. [112,112,80]", (list, tuple)))
+    for kind, wanted, accepted in kinds:
+        if isinstance(current, kind):
+            if isinstance(value, bool) and kind is not bool or not isinstance(value, accepted):
+                raise ValueError(f"setting {key} takes {wanted}, got {value!r}")
+            return value
+    return value
+
+
+def _small_preset() -> TrainConfig:
+    iterations = 200
+    scale = iterations / 6000  # the paper's schedule steps, shrunk to the shorter run
+    schedule = ScheduleConfig(
+        max_iterations=iterations,
+        lr_step=max(1, round(2500 * scale)),
+        alpha_step=max(1, round(1000 * scale)),
+        beta_step=max(1, round(150 * scale)),
+    )
+    return TrainConfig(
+        patch=(32, 32, 32),
+        iterations=iterations,
+        schedule=schedule,
+        network=NetworkConfig(base_filters=4),
+        uncertainty_passes=2,
+        checkpoint_every=50,
+        validate_every=50,
+        log_every=5,
+    )
+
+
+presets: dict[str, TrainConfig] = {"paper": TrainConfig(), "small": _small_preset()}
+"""Named settings: "paper" (LA recipe, a GPU job) and "small" (demo and tests on a CPU)."""
+
+
+def scale_schedule(config: TrainConfig, iterations: int) -> TrainConfig:
+    """``config`` run for ``iterations``, its schedule's steps (lr, α, β) scaled in proportion.
+
+    The schedule keeps its shape: the paper's lr drops at 5/12 and 5/6 of the run, α and β
+    change as often relative to the run's length. Without scaling, a longer run of the small
+    preset would spend most of its iterations at a learning rate 10⁻⁴ to 10⁻⁸ times the base.
+    """
+    iterations = int(iterations)
+    if iterations < 1:
+        raise ValueError(f"iterations must be >= 1, got {iterations}")
+    scale = iterations / config.iterations
+    s = config.schedule
+    return config.replace(iterations=iterations, schedule={
+        "max_iterations": iterations,
+        "lr_step": max(1, round(s.lr_step * scale)),
+        "alpha_step": max(1, round(s.alpha_step * scale)),
+        "beta_step": max(1, round(s.beta_step * scale)),
+    })
+
+
+def preset(name: str, **changes: Any) -> TrainConfig:
+    """A copy of a named preset, with ``changes`` applied (see :meth:`TrainConfig.replace`).
+
+    A new ``iterations`` first scales the preset's schedule steps in proportion
+    (:func:`scale_schedule`); schedule settings in ``changes`` then override the scaled ones.
+    """
+    if name not in presets:
+        raise RADAError(f"unknown training preset {name!r}; choose one of {', '.join(presets)}")
+    config = presets[name]
+    changes = dict(changes)
+    if "iterations" in changes:
+        config = scale_schedule(config, int(changes.pop("iterations")))
+    return config.replace(**changes)
