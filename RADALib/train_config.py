@@ -160,8 +160,9 @@ class TrainConfig:
 
 def _closest_setting(key: str, data: Mapping[str, Any]) -> str:
     """`` (did you mean schedule.alpha_floor?)`` for a misspelt or unqualified setting name, else ``""``."""
-    names = [f"{k}.{n}" if k in ("schedule", "network") else k
-             for k, v in data.items() for n in (v if k in ("schedule", "network") else [k])]
+    names: list[str] = []
+    for group, value in data.items():
+        names += [f"{group}.{name}" for name in value] if group in ("schedule", "network") else [group]
     bare = key.rsplit(".", 1)[-1]
     exact = [n for n in names if n.rsplit(".", 1)[-1] == bare and n != key]
     close = exact or difflib.get_close_matches(key, names, n=1, cutoff=0.7) or difflib.get_close_matches(
@@ -176,8 +177,8 @@ def _typed_setting(key: str, current: Any, value: Any) -> Any:
     """``value`` for setting ``key``, or ``ValueError`` naming it when its kind differs from ``current``'s.
 
     A whole number passes for a decimal one, a list (or comma-separated text, ``64,64,48``) for a
-    tuple; a setting that is ``None`` by default takes anything. (``rada train --set schedule.alpha_floor=x`` says what it wants,
-    instead of failing later at a comparison.)
+    tuple; a setting that is ``None`` by default takes anything. (``rada train --set
+    schedule.alpha_floor=x`` says what it wants, instead of failing later at a comparison.)
     """
     if current is None:
         return value
