@@ -37,6 +37,21 @@ def _add_events(parser: argparse.ArgumentParser) -> None:
                         help="progress as text/bar on stderr (default) or one JSON object per line on stdout")
 
 
+def _add_train_settings(parser: argparse.ArgumentParser) -> None:
+    """The options that choose the training settings (``rada train``, ``rada settings``)."""
+    parser.add_argument("--preset", default="paper", help="paper (LA recipe, a GPU job) or small (CPU demo)")
+    parser.add_argument("--iterations", type=int, help="override the preset's iteration count (its lr, α and β steps scale with it)")
+    parser.add_argument("--patch", help="patch size x,y,z (multiples of 16)")
+    parser.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
+    parser.add_argument("--visual-planes", help="planes feeding the region encoder, e.g. axial,axial (LA) or sagittal,axial")
+    parser.add_argument("--no-text", action="store_true", help="ablation: no text prompt")
+    parser.add_argument("--region-mode", choices=("alpha", "no_mask", "none"), help="ablation: region prompt with mask (default), CLIP vision without mask, none")
+    parser.add_argument("--no-registration", action="store_true", help="ablation: supervise the annotated slices only")
+    parser.add_argument("--set", dest="set", type=parse_setting, action="append", default=[], metavar="KEY=VALUE",
+                       help="any training setting, dotted for nested ones, e.g. network.base_filters=8 or "
+                       "schedule.base_lr=0.02 (repeatable; applied last; `rada settings` lists them)")
+
+
 def _add_propagation(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("propagation")
     group.add_argument("--transform", default=None, help="ANTs transform per slice pair (default SyNOnly; the paper used SyNRA)")
@@ -155,12 +170,10 @@ def _encoder_config(args: argparse.Namespace):
                          allow_download=args.allow_download)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from .cohort import load_cohort
+def _train_config(args: argparse.Namespace):
+    """The :class:`TrainConfig` that ``rada train`` / ``rada settings`` options name."""
     from .train_config import preset
-    from .workflow import train_model
 
-    cohort = load_cohort(args.cohort)
     changes: dict = {"device": args.device}
     if args.iterations:
         changes["iterations"] = args.iterations
@@ -179,13 +192,36 @@ def cmd_train(args: argparse.Namespace) -> int:
         changes["use_registration"] = False
     changes.update(args.set)
     try:
-        config = preset(args.preset, **changes)
+        return preset(args.preset, **changes)
     except (TypeError, ValueError) as exc:
         raise RADAError(f"training settings: {exc}") from None
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .cohort import load_cohort
+    from .workflow import train_model
+
+    cohort = load_cohort(args.cohort)
+    config = _train_config(args)
     run = train_model(cohort, args.out, config, args.propagation, _propagation_config(args), _encoder_config(args),
                       Path(args.cache_dir or default_cache_dir()), args.workers, _progress(args), cohort.validation)
     print(f"model written to {run.model} ({run.iterations} iterations, {run.seconds:.0f} s)",
           file=sys.stderr if args.events == "json" else sys.stdout)
+    return 0
+
+
+def cmd_settings(args: argparse.Namespace) -> int:
+    """Print every training setting the options resolve to, one ``KEY=VALUE`` per line (``--set`` form)."""
+    def text(value: Any) -> str:
+        return value if isinstance(value, str) else json.dumps(value).replace(" ", "")
+
+    data = _train_config(args).to_dict()
+    for key in sorted(data):
+        if key in ("schedule", "network"):
+            for name in sorted(data[key]):
+                print(f"{key}.{name}={text(data[key][name])}")
+        else:
+            print(f"{key}={text(data[key])}")
     return 0
 
 
@@ -290,19 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train the triple-view model on a cohort (propagates first where needed)")
     train.add_argument("--cohort", required=True, help="cohort manifest (rada cohort)")
     train.add_argument("--out", required=True, help="experiment folder (resumes from its checkpoint); the model goes to OUT/model")
-    train.add_argument("--preset", default="paper", help="paper (LA recipe, a GPU job) or small (CPU demo)")
-    train.add_argument("--iterations", type=int, help="override the preset's iteration count (its lr, α and β steps scale with it)")
-    train.add_argument("--patch", help="patch size x,y,z (multiples of 16)")
-    train.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
+    _add_train_settings(train)
     train.add_argument("--propagation", help="folder of `rada propagate` results (default OUT/propagation)")
     train.add_argument("--cache-dir", help="result, embedding and weight cache (default $RADA_CACHE_DIR or ~/.cache/rada)")
-    train.add_argument("--visual-planes", help="planes feeding the region encoder, e.g. axial,axial (LA) or sagittal,axial")
-    train.add_argument("--no-text", action="store_true", help="ablation: no text prompt")
-    train.add_argument("--region-mode", choices=("alpha", "no_mask", "none"), help="ablation: region prompt with mask (default), CLIP vision without mask, none")
-    train.add_argument("--no-registration", action="store_true", help="ablation: supervise the annotated slices only")
-    train.add_argument("--set", dest="set", type=parse_setting, action="append", default=[], metavar="KEY=VALUE",
-                       help="any training setting, dotted for nested ones, e.g. network.base_filters=8 or "
-                       "schedule.base_lr=0.02 (repeatable; applied last)")
     train.add_argument("--encoder-arch", default="ViT-B-16", help="ViT-B-16 (default) or ViT-L-14")
     train.add_argument("--vision-weights", help="Alpha-CLIP visual checkpoint: a file, or a known name")
     train.add_argument("--text-weights", help="CLIP checkpoint for the text tower: a file, or a known name")
@@ -310,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_propagation(train)
     _add_events(train)
     train.set_defaults(run=cmd_train)
+
+    settings = commands.add_parser("settings", help="print every training setting a preset and --set resolve to (KEY=VALUE)")
+    _add_train_settings(settings)
+    settings.set_defaults(run=cmd_settings)
 
     predict = commands.add_parser(
         "predict", help="segment volumes with a trained model",

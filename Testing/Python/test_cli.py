@@ -185,6 +185,24 @@ def test_train_with_a_bad_setting_gives_a_one_line_error(tmp_path, capsys, argum
     assert not (tmp_path / "exp").exists()
 
 
+def test_settings_lists_every_training_setting_in_a_form_set_reads_back(capsys):
+    from RADALib.train_config import preset
+
+    assert main(["settings", "--preset", "small", "--iterations", "400", "--set", "schedule.alpha_floor=0.5",
+                 "--set", "label_source=fused", "--patch", "64,64,48"]) == 0
+    lines = capsys.readouterr().out.split()
+    expected = preset("small", iterations=400, patch=(64, 64, 48), label_source="fused",
+                      **{"schedule.alpha_floor": 0.5, "device": "auto"})
+    data = expected.to_dict()
+    assert len(lines) == len(data) - 2 + len(data["schedule"]) + len(data["network"])  # every setting, once
+    assert {"schedule.alpha_floor=0.5", "label_source=fused", "patch=[64,64,48]", "schedule.lr_step=166"} <= set(lines)
+    # each line is a valid --set: feeding them all back gives the same settings
+    again = main(["settings", "--preset", "paper", *[a for line in lines for a in ("--set", line)]])
+    assert again == 0 and capsys.readouterr().out.split() == lines
+    assert main(["settings", "--set", "alphafloor=1"]) == 2
+    assert "unknown training setting 'alphafloor' (did you mean schedule.alpha_floor?)" in capsys.readouterr().err
+
+
 def test_sizes_parse_as_three_positive_integers_with_commas_or_x():
     from RADALib.cli import parse_triple
 
