@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+import numpy as np
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
@@ -263,6 +264,38 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         if not files:
             raise RADASegmentError(f"{folder}: no NRRD, NIfTI or MHA images found")
         return [self.addVolume(nodes.load_volume(path)) for path in files]
+
+    def loadSampleCohort(self, count: int = 6, painted: int = 3, seed: int = 0) -> list[Any]:
+        """Make the demo's synthetic cohort in the scene, to try the workflow without data.
+
+        ``count`` volumes (96×80×64 voxels of 1×1×1.5 mm: an organ-like structure with texture,
+        bias field and noise, different in each), all added to the cohort; in the first
+        ``painted`` ones one sagittal, one coronal and one axial slice of the structure are
+        painted (the largest cross-section of each plane, as a user would choose), so Propagate,
+        Train (``small`` preset on a CPU) and Segment can run at once. Computed here, nothing is
+        downloaded. The structure is named "organ" unless a structure name was chosen already.
+        """
+        from RADALib.annotation import simulate_sparse_annotation
+        from RADALib.synthetic import SyntheticConfig, synthetic_cohort
+
+        if count < 1 or not 0 <= painted <= count:
+            raise RADASegmentError(f"sample cohort: {count} volumes with {painted} painted is not possible")
+        settings = self.getSettings()
+        structureName = "organ" if settings.structureName == RADASegmentSettings.structureName else settings.structureName
+        config = SyntheticConfig()
+        direction = np.diag([-1.0, -1.0, 1.0])  # LPS-aligned, as most NRRD and DICOM volumes
+        volumes = []
+        for index, (_, image, label) in enumerate(synthetic_cohort(count, seed=seed, config=config)):
+            name = slicer.mrmlScene.GenerateUniqueName(f"RADA sample {index + 1}")
+            node = nodes.volume_node_from_canonical(image, config.spacing, direction, name, origin=(0.0, 0.0, 0.0))
+            self.addVolume(node)
+            if index < painted:
+                segmentation, segmentId = self.annotationSegmentation(node, structureName)
+                sparse = nodes.canonical_to_kji(simulate_sparse_annotation(label).label, direction).astype(np.uint8)
+                slicer.util.updateSegmentBinaryLabelmapFromArray(sparse, segmentation, segmentId, node)
+                self.updatePlanes(node)
+            volumes.append(node)
+        return volumes
 
     def removeVolume(self, volumeNode: Any) -> None:
         """Remove a volume from the cohort (its nodes stay in the scene)."""

@@ -18,6 +18,7 @@ import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleTest
 
 from .logic import RADASegmentLogic
+from .nodes import canonical_to_kji, volume_node_from_canonical
 from .parameters import RADASegmentSettings
 
 SHAPE = (48, 40, 32)
@@ -27,33 +28,6 @@ DIRECTIONS = (
     np.array([[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]),  # permuted and flipped IJK axes
     np.diag([1.0, 1.0, 1.0]),  # RAS-aligned
 )
-
-
-def canonical_to_kji(array: np.ndarray, direction: np.ndarray) -> np.ndarray:
-    """A canonical (x, y, z) array (RADALib's order: towards L, P, S) as the KJI array of a volume
-    node whose IJK-to-RAS ``direction`` columns are signed unit vectors along RAS axes."""
-    direction = np.asarray(direction, float)
-    world_of_ijk = [int(np.argmax(np.abs(direction[:, c]))) for c in range(3)]
-    lps_sign = np.array([-1.0, -1.0, 1.0])
-    ijk = np.transpose(array, world_of_ijk)  # IJK axis c runs along canonical axis world_of_ijk[c]
-    for c in range(3):
-        if direction[world_of_ijk[c], c] * lps_sign[world_of_ijk[c]] < 0:
-            ijk = np.flip(ijk, c)
-    return np.ascontiguousarray(np.transpose(ijk, (2, 1, 0)))
-
-
-def volume_node_from_canonical(image: np.ndarray, spacing: tuple[float, float, float], direction: np.ndarray,
-                               name: str) -> object:
-    """A scalar volume node showing the canonical ``image`` in the IJK layout ``direction`` sets."""
-    direction = np.asarray(direction, float)
-    world_of_ijk = [int(np.argmax(np.abs(direction[:, c]))) for c in range(3)]
-    node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
-    node.SetSpacing(*[spacing[world_of_ijk[c]] for c in range(3)])
-    node.SetOrigin(10.0, -20.0, 5.0)
-    node.SetIJKToRASDirections([[float(direction[r, c]) for c in range(3)] for r in range(3)])
-    slicer.util.updateVolumeFromArray(node, canonical_to_kji(image, direction))
-    node.CreateDefaultDisplayNodes()
-    return node
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:

@@ -139,6 +139,7 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
         ui.addVolumeButton.connect("clicked(bool)", self.onAddVolume)
         ui.addAllVolumesButton.connect("clicked(bool)", self.onAddAllVolumes)
         ui.addFolderButton.connect("clicked(bool)", self.onAddFolder)
+        ui.loadSampleCohortButton.connect("clicked(bool)", self.onLoadSampleCohort)
         ui.removeVolumeButton.connect("clicked(bool)", self.onRemoveVolume)
         ui.annotateButton.connect("clicked(bool)", self.onAnnotate)
         ui.propagateButton.connect("clicked(bool)", self.onPropagate)
@@ -440,6 +441,17 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
                                       waitCursor=True)
         if ok:
             self._setStatus(f"Added {len(entries)} volumes from {folder}.")
+        self.refreshCohortTable()
+
+    def onLoadSampleCohort(self) -> None:
+        """Make the synthetic sample cohort (some volumes painted) and show its first volume."""
+        ok, volumes = self._tryAction("Making the sample cohort", self.logic.loadSampleCohort, waitCursor=True)
+        if ok and volumes:
+            painted = sum(1 for v in volumes if getattr(self._entryFor(v), "annotated", False))
+            slicer.util.setSliceViewerLayers(background=volumes[0], fit=True)
+            self.updateGUIFromParameterNode()  # the structure's name may have changed
+            self._setStatus(f"Added {len(volumes)} sample volumes, {painted} painted in three planes: "
+                            "press Propagate, then Train (small preset on a CPU) and Segment.")
         self.refreshCohortTable()
 
     def onRemoveVolume(self) -> None:

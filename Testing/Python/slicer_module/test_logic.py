@@ -115,7 +115,7 @@ def make_logic(scene, tmp_path):
 
 
 def _volume(name="case", direction=None, seed=0):
-    from RADASegmentLib.selftest import canonical_to_kji, volume_node_from_canonical
+    from RADASegmentLib.nodes import canonical_to_kji, volume_node_from_canonical
 
     rng = np.random.default_rng(seed)
     x, y, z = np.mgrid[0:24, 0:20, 0:16]
@@ -128,7 +128,7 @@ def _volume(name="case", direction=None, seed=0):
 
 def _paint(logic, node, truth, direction, structure="kidney", planes=("sagittal", "coronal", "axial")):
     import slicer
-    from RADASegmentLib.selftest import canonical_to_kji
+    from RADASegmentLib.nodes import canonical_to_kji
 
     segmentation = logic.annotate(node, structure)
     sparse = simulate_sparse_annotation(truth)
@@ -144,6 +144,30 @@ def _paint(logic, node, truth, direction, structure="kidney", planes=("sagittal"
 
 
 PERMUTED = np.array([[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+
+
+def test_sample_cohort_adds_synthetic_volumes_with_three_painted_planes_the_engine_reads_back(make_logic):
+    from RADALib.synthetic import synthetic_cohort
+    from RADASegmentLib.logic import RADASegmentError
+
+    logic = make_logic(work=fake_propagate)
+    volumes = logic.loadSampleCohort(count=3, painted=2, seed=5)
+    assert [v.GetName() for v in volumes] == ["RADA sample 1", "RADA sample 2", "RADA sample 3"]
+    assert [logic.entry(v) is not None for v in volumes] == [True] * 3
+    assert [logic.entry(v).annotated for v in volumes] == [True, True, False]
+    assert all(len(logic.entry(v).planes[p]) == 1 for v in volumes[:2] for p in ("sagittal", "coronal", "axial"))
+    assert logic.getSettings().structureName == "organ"
+    logic.propagate(wait=True)
+    cohort = load_cohort(_argument(logic.started[0].args, "--cohort"))
+    assert cohort.classes == {1: "organ"} and len(cohort.labeled) == 2
+    # the painted slices the engine reads are the synthetic truth's largest cross-sections, voxel for voxel
+    for case, (_, _, truth) in zip(cohort.labeled, synthetic_cohort(2, seed=5)):
+        image = read_volume(case.image, "image")
+        assert image.array.shape == truth.shape and image.spacing == pytest.approx((1.0, 1.0, 1.5))
+        np.testing.assert_array_equal(read_label_for(image, case.sparse_label).array,
+                                      simulate_sparse_annotation(truth).label)
+    with pytest.raises(RADASegmentError, match="3 volumes with 4 painted is not possible"):
+        logic.loadSampleCohort(count=3, painted=4)
 
 
 def test_adding_no_volume_says_to_choose_one(make_logic):

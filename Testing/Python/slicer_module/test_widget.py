@@ -172,6 +172,19 @@ class FakeLogic(fakeslicer.ScriptedLoadableModuleLogic):
         self.calls.append(("addVolumesFromFolder", folder))
         return [self.addVolume(n) for n in self.folderVolumes]
 
+    def loadSampleCohort(self):
+        self.calls.append(("loadSampleCohort",))
+        volumes = [add_volume(f"RADA sample {i}") for i in (1, 2)]
+        for volume in volumes:
+            self.addVolume(volume)
+        self._entry(volumes[0]).planes = {p: [7] for p in PLANES}
+        from RADASegmentLib.parameters import RADASegmentSettings
+
+        settings = RADASegmentSettings.from_parameter_node(self.getParameterNode())
+        settings.structureName = "organ"
+        settings.to_parameter_node(self.getParameterNode())
+        return volumes
+
     def removeVolume(self, volumeNode):
         self.calls.append(("removeVolume", volumeNode.GetID()))
         self.cohort = [e for e in self.cohort if e.volumeNodeID != volumeNode.GetID()]
@@ -453,6 +466,19 @@ def test_add_all_and_add_folder_fill_the_table(panel, logic, fakes):
     assert [panel.ui.cohortTable.rowTexts(r)[0] for r in range(3)] == ["a", "b", "c"]
     panel.ui.addFolderButton.click()  # the user cancels the dialog
     assert len(logic.called("addVolumesFromFolder")) == 1
+
+
+def test_sample_cohort_button_fills_the_table_and_says_what_to_do_next(panel, logic):
+    import slicer
+
+    composite = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")  # a slice view's layers
+    panel.ui.loadSampleCohortButton.click()
+    assert logic.called("loadSampleCohort") == [("loadSampleCohort",)]
+    assert [panel.ui.cohortTable.rowTexts(r)[0] for r in range(2)] == ["RADA sample 1", "RADA sample 2"]
+    assert panel.ui.cohortTable.rowTexts(0)[1:4] == ["✓ 7"] * 3 and panel.ui.cohortTable.rowTexts(1)[1] != "✓ 7"
+    assert panel.ui.structureNameLineEdit.text == "organ"  # the sample's structure, shown
+    assert "Added 2 sample volumes, 1 painted in three planes: press Propagate" in panel.ui.statusLabel.text
+    assert composite.GetBackgroundVolumeID() == slicer.util.getNode("RADA sample 1").GetID()  # shown
 
 
 def test_remove_button_removes_the_selected_volume(panel, logic):
