@@ -590,8 +590,8 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
 
     def _actionButtons(self) -> list[Any]:
         ui = self.ui
-        return [ui.addVolumeButton, ui.addAllVolumesButton, ui.addFolderButton, ui.removeVolumeButton,
-                ui.annotateButton, ui.propagateButton, ui.trainButton, ui.segmentSelectedButton,
+        return [ui.addVolumeButton, ui.addAllVolumesButton, ui.addFolderButton, ui.loadSampleCohortButton,
+                ui.removeVolumeButton, ui.annotateButton, ui.propagateButton, ui.trainButton, ui.segmentSelectedButton,
                 ui.segmentCohortButton, ui.refreshModelsButton]
 
     def _updateActionButtons(self) -> None:

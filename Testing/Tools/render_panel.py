@@ -190,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     child("modelComboBox").addItem("la-small (left atrium)")
     child("visionWeightsPathLineEdit").setText("~/models/alpha-clip-b16.pth")
     child("trainButton").setText("Cancel")
-    for name in ("addVolumeButton", "addAllVolumesButton", "addFolderButton", "removeVolumeButton", "annotateButton",
-                 "propagateButton", "segmentSelectedButton", "segmentCohortButton", "refreshModelsButton"):
+    for name in ("addVolumeButton", "addAllVolumesButton", "addFolderButton", "loadSampleCohortButton", "removeVolumeButton",
+                 "annotateButton", "propagateButton", "segmentSelectedButton", "segmentCohortButton", "refreshModelsButton"):
         child(name).setEnabled(False)
     progress = child("progressBar")
     progress.setRange(0, 6000)
