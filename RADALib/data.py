@@ -201,10 +201,10 @@ def load_training_cases(
     ``label_source="fused"`` supervises every view with the case's fused pseudo-label
     (:func:`fused_supervision`; ``fusion``: the vote and its α, as ``PropagationConfig.fusion``
     and ``fusion_alpha``, so that training learns the ``fused.nrrd`` the user reviewed; a case
-    annotated in fewer than three planes has no fused label and keeps its views' supervision). Validation cases are
-    left out. Raises :class:`InputError` when there is no labeled case or a labeled case has no
-    (or a stale) propagation result. An empty unlabeled list is returned as is: training then
-    runs supervised only (and says so).
+    annotated in fewer than three planes has no fused label and keeps its views' supervision).
+    Validation cases are left out. Raises :class:`InputError` when there is no labeled case or
+    a labeled case has no (or a stale) propagation result. An empty unlabeled list is returned
+    as is: training then runs supervised only (and says so).
     """
     from .propagation import PropagationResult
     from .pseudo_labels import case_annotation, load_case_result
