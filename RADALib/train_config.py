@@ -148,7 +148,8 @@ class TrainConfig:
                 unknown = sorted(set(value) - set(data[key]))
                 if unknown:
                     raise ValueError(f"unknown {key} setting(s): {', '.join(unknown)}")
-                data[key].update(value)
+                for name, item in value.items():
+                    data[key][name] = _typed_setting(f"{key}.{name}", data[key][name], item)
             elif key in data:
                 data[key] = _typed_setting(key, data[key], value)
             else:

@@ -281,7 +281,8 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         if count < 1 or not 0 <= painted <= count:
             raise RADASegmentError(f"sample cohort: {count} volumes with {painted} painted is not possible")
         settings = self.getSettings()
-        structureName = "organ" if settings.structureName == RADASegmentSettings.structureName else settings.structureName
+        chosen = settings.structureName != RADASegmentSettings.structureName  # not the default name
+        structureName = settings.structureName if chosen else "organ"
         config = SyntheticConfig()
         direction = np.diag([-1.0, -1.0, 1.0])  # LPS-aligned, as most NRRD and DICOM volumes
         volumes = []

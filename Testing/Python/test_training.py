@@ -131,6 +131,8 @@ def test_a_setting_of_the_wrong_kind_is_refused_naming_it_and_lists_may_be_comma
                                ("seed", True, "a whole number"), ("patch", "64,a,48", "a comma-separated list")):
         with pytest.raises(ValueError, match=f"setting {key} takes {wanted}"):
             cfg.replace(**{key: value})
+    with pytest.raises(ValueError, match="setting network.base_filters takes a whole number, got 8.5"):
+        cfg.replace(network={"base_filters": 8.5})  # a group given as a dict is checked the same way
     changed = cfg.replace(**{"patch": "64,64,48", "visual_planes": "axial,sagittal", "schedule.alpha_floor": 0,
                              "noise_std": 0})  # a whole number for a decimal setting
     assert changed.patch == (64, 64, 48) and changed.visual_planes == ("axial", "sagittal")
