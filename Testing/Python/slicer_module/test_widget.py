@@ -173,13 +173,13 @@ class FakeLogic(fakeslicer.ScriptedLoadableModuleLogic):
         return [self.addVolume(n) for n in self.folderVolumes]
 
     def loadSampleCohort(self):
+        from RADASegmentLib.parameters import RADASegmentSettings
+
         self.calls.append(("loadSampleCohort",))
         volumes = [add_volume(f"RADA sample {i}") for i in (1, 2)]
         for volume in volumes:
             self.addVolume(volume)
         self._entry(volumes[0]).planes = {p: [7] for p in PLANES}
-        from RADASegmentLib.parameters import RADASegmentSettings
-
         settings = RADASegmentSettings.from_parameter_node(self.getParameterNode())
         settings.structureName = "organ"
         settings.to_parameter_node(self.getParameterNode())
