@@ -215,9 +215,11 @@ def cmd_settings(args: argparse.Namespace) -> int:
     def text(value: Any) -> str:
         return value if isinstance(value, str) else json.dumps(value).replace(" ", "")
 
+    from .train_config import SETTING_GROUPS
+
     data = _train_config(args).to_dict()
     for key in sorted(data):
-        if key in ("schedule", "network"):
+        if key in SETTING_GROUPS:
             for name in sorted(data[key]):
                 print(f"{key}.{name}={text(data[key][name])}")
         else:

@@ -190,7 +190,7 @@ def load_training_cases(
     require_propagation: bool = True,
     progress: Progress | None = None,
     label_source: str = "views",
-    fusion: tuple[str, float] = ("weighted", 0.93),
+    fusion: tuple[str, float] | None = None,
 ) -> tuple[list[TrainingCase], list[TrainingCase]]:
     """Read the cohort's training cases into memory: ``(labeled, unlabeled)``.
 
@@ -200,8 +200,9 @@ def load_training_cases(
     without a propagation result is read from its own sparse annotation instead.
     ``label_source="fused"`` supervises every view with the case's fused pseudo-label
     (:func:`fused_supervision`; ``fusion``: the vote and its α, as ``PropagationConfig.fusion``
-    and ``fusion_alpha``, so that training learns the ``fused.nrrd`` the user reviewed; a case
-    annotated in fewer than three planes has no fused label and keeps its views' supervision).
+    and ``fusion_alpha`` (None: :meth:`PropagationResult.fused`'s defaults), so that training
+    learns the ``fused.nrrd`` the user reviewed; a case annotated in fewer than three planes
+    has no fused label and keeps its views' supervision).
     Validation cases are left out. Raises :class:`InputError` when there is no labeled case or
     a labeled case has no (or a stale) propagation result. An empty unlabeled list is returned
     as is: training then runs supervised only (and says so).
@@ -239,7 +240,7 @@ def load_training_cases(
                 )
             training_case = labeled_case_from_result(case.id, image, result)
             if label_source == "fused" and len(result.labels) == N_VIEWS:
-                training_case = fused_supervision(training_case, result.fused(*fusion))
+                training_case = fused_supervision(training_case, result.fused(*(fusion or ())))
             labeled.append(training_case)
         else:
             unlabeled.append(TrainingCase(case.id, image))

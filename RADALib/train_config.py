@@ -20,7 +20,7 @@ from .schedules import ScheduleConfig
 REGION_MODES = ("alpha", "no_mask", "none")
 LABEL_SOURCES = ("views", "fused")
 _SWITCHES = ("auto", "on", "off")
-_GROUPS = ("schedule", "network")  # nested settings: schedule.<name>, network.<name>
+SETTING_GROUPS = ("schedule", "network")  # nested settings: schedule.<name>, network.<name>
 
 
 @dataclass
@@ -139,12 +139,12 @@ class TrainConfig:
         for key, value in changes.items():
             if "." in key:
                 group, name = key.split(".", 1)
-                if group not in _GROUPS:
+                if group not in SETTING_GROUPS:
                     raise ValueError(f"unknown training setting {key!r}{_closest_setting(key, data)}")
                 if name not in data[group]:
                     raise ValueError(f"unknown {group} setting {name!r}{_closest_setting(key, data)}")
                 data[group][name] = _typed_setting(key, data[group][name], value)
-            elif key in _GROUPS:
+            elif key in SETTING_GROUPS:
                 value = value.to_dict() if hasattr(value, "to_dict") else dict(value)
                 unknown = sorted(set(value) - set(data[key]))
                 if unknown:
@@ -164,7 +164,7 @@ def _closest_setting(key: str, data: Mapping[str, Any]) -> str:
     """`` (did you mean schedule.alpha_floor?)`` for a misspelt or unqualified setting name, else ``""``."""
     names: list[str] = []
     for group, value in data.items():
-        names += [f"{group}.{name}" for name in value] if group in _GROUPS else [group]
+        names += [f"{group}.{name}" for name in value] if group in SETTING_GROUPS else [group]
     bare = key.rsplit(".", 1)[-1]
     exact = [n for n in names if n.rsplit(".", 1)[-1] == bare and n != key]
     close = exact or difflib.get_close_matches(key, names, n=1, cutoff=0.7) or difflib.get_close_matches(

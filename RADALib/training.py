@@ -522,13 +522,13 @@ def train(
     resume: bool = True,
     *,
     stop_after: int | None = None,
-    fusion: tuple[str, float] = ("weighted", 0.93),
+    fusion: tuple[str, float] | None = None,
 ) -> TrainResult:
     """Train on a cohort whose labeled cases were propagated into ``propagation_dir``.
 
     ``text_embedding``: Et (text_dim,); ``region_embeddings[case_id][plane]``: Ev (D,) of the
     labeled cases (``None``: no region prompt). ``fusion``: the propagation's vote and α, for
-    ``label_source="fused"``. See :func:`train_on_cases` for the rest.
+    ``label_source="fused"`` (None: the default vote). See :func:`train_on_cases` for the rest.
     """
     labeled, unlabeled = load_training_cases(cohort, propagation_dir, require_propagation=config.use_registration,
                                              label_source=config.label_source, fusion=fusion)
