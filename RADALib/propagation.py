@@ -22,7 +22,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Literal, Mapping, Sequence
+from typing import Callable, Literal, Mapping, Sequence, get_args
 
 import numpy as np
 from scipy import ndimage
@@ -61,8 +61,8 @@ class PropagationConfig:
             raise ValueError(f"crop_margin must be >= 0, got {self.crop_margin}")
         if not 0.0 < self.fusion_alpha <= 1.0:
             raise ValueError(f"fusion_alpha must lie in (0, 1], got {self.fusion_alpha}")
-        if self.fusion not in ("weighted", "majority"):
-            raise ValueError(f"fusion must be 'weighted' or 'majority', got {self.fusion!r}")
+        if self.fusion not in get_args(Fusion):
+            raise ValueError(f"fusion must be one of {get_args(Fusion)}, got {self.fusion!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -626,6 +626,10 @@ def _train(
                     "keeps the propagated labels")
         progress.message("no unlabeled training case: training runs supervised only (β = 0, no cross "
                          f"pseudo-labels){hint}", level="warning")
+    elif config.label_source == "fused" and config.unlabeled_batch > 0:
+        progress.message("label_source=fused with unlabeled cases: the three networks learn the same labels, so "
+                         "their cross supervision (eq. 10) loses the view diversity it relies on; on LA2018 it "
+                         "scored below the default label_source=views (README, Measured figures)", level="warning")
     small = [c for c in (*labeled, *unlabeled) if any(n < p for n, p in zip(c.shape, config.patch))]
     if small:
         progress.message(

@@ -203,6 +203,21 @@ def test_settings_lists_every_training_setting_in_a_form_set_reads_back(capsys):
     assert "unknown training setting 'alphafloor' (did you mean schedule.alpha_floor?)" in capsys.readouterr().err
 
 
+def test_option_choices_are_the_ones_the_engine_accepts():
+    # cli.py spells the choices out so that `rada --help` stays free of torch; they must not drift
+    import typing
+
+    from RADALib.cli import build_parser
+    from RADALib.propagation import Fusion
+    from RADALib.train_config import REGION_MODES
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    choices = {(name, opt): tuple(a.choices) for name in ("train", "propagate") for a in commands[name]._actions
+               for opt in a.option_strings if a.choices}
+    assert choices[("train", "--region-mode")] == REGION_MODES
+    assert choices[("train", "--fusion")] == choices[("propagate", "--fusion")] == typing.get_args(Fusion)
+
+
 def test_sizes_parse_as_three_positive_integers_with_commas_or_x():
     from RADALib.cli import parse_triple
 

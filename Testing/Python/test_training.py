@@ -301,6 +301,20 @@ def test_supervised_only_without_unlabeled_cases_and_validation(tmp_path):
     assert [e["step"] for e in events.events if e.get("stage") == "train" and "dice" in e] == [2]
 
 
+def test_fused_labels_with_unlabeled_cases_warn_that_cross_supervision_loses_its_diversity(tmp_path):
+    labeled, unlabeled = memory_cases(2, 1)
+    text, regions = embeddings([c.id for c in labeled])
+    said = {}
+    for source in ("views", "fused"):
+        events = Events()
+        train_on_cases(tiny(iterations=1, label_source=source), labeled, unlabeled, text, regions,
+                       tmp_path / source, Progress(events))
+        said[source] = [e["message"] for e in events.events if e.get("level") == "warning"]
+    assert not any("label_source=fused" in m for m in said["views"])
+    [warning] = [m for m in said["fused"] if "label_source=fused with unlabeled cases" in m]
+    assert "view diversity" in warning and "label_source=views" in warning
+
+
 def test_ablations_run_without_text_region_or_registration(disk_cohort, tmp_path):
     cohort, _ = disk_cohort
     text, _ = embeddings([])
