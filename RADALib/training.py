@@ -629,7 +629,8 @@ def _train(
     elif config.label_source == "fused" and config.unlabeled_batch > 0:
         progress.message("label_source=fused with unlabeled cases: the three networks learn the same labels, so "
                          "their cross supervision (eq. 10) loses the view diversity it relies on; on LA2018 it "
-                         "scored below the default label_source=views (README, Measured figures)", level="warning")
+                         "scored below the default label_source=views on held-out volumes (README, Measured "
+                         "figures)", level="warning")
     small = [c for c in (*labeled, *unlabeled) if any(n < p for n, p in zip(c.shape, config.patch))]
     if small:
         progress.message(
