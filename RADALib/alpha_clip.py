@@ -43,9 +43,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
-
 from open_clip.transformer import LayerNorm, QuickGELU, TextTransformer, VisionTransformer
+from torch import nn
 
 from .errors import InputError
 
@@ -54,7 +53,12 @@ HEAD_WIDTH = 64
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module", "net", "weights")
 _TEXT_EXTRA_KEYS = (
-    "logit_scale", "logit_bias", "input_resolution", "context_length", "vocab_size", "attn_mask",
+    "logit_scale",
+    "logit_bias",
+    "input_resolution",
+    "context_length",
+    "vocab_size",
+    "attn_mask",
 )
 _RESBLOCK_RE = re.compile(r"^transformer\.resblocks\.(\d+)\.")
 
@@ -172,7 +176,9 @@ class AlphaCLIPVisionTransformer(VisionTransformer):
         if image.ndim != 4 or image.shape[1:] != (3, size, size):
             raise ValueError(f"image must be (B, 3, {size}, {size}), got {tuple(image.shape)}")
         if alpha.shape != (image.shape[0], 1, size, size):
-            raise ValueError(f"alpha must be ({image.shape[0]}, 1, {size}, {size}), got {tuple(alpha.shape)}")
+            raise ValueError(
+                f"alpha must be ({image.shape[0]}, 1, {size}, {size}), got {tuple(alpha.shape)}"
+            )
         dtype = self.conv1.weight.dtype
         x = self.conv1(image.to(dtype)) + self.conv1_alpha(alpha.to(dtype))  # (B, width, g, g)
         x = x.flatten(2).transpose(1, 2)  # (B, g*g, width)
@@ -286,7 +292,7 @@ def _strip_to(sd: Mapping[str, torch.Tensor], anchor: str) -> dict[str, torch.Te
     prefix = prefixes[0]
     if prefix and not prefix.endswith("."):
         return dict(sd)
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
 def _to_float32(t: torch.Tensor) -> torch.Tensor:
@@ -345,9 +351,18 @@ def _need(sd: Mapping[str, torch.Tensor], source: Path | str, *keys: str) -> Non
         )
 
 
-def infer_vision_spec(sd: Mapping[str, torch.Tensor], source: Path | str = "checkpoint") -> VisionSpec:
+def infer_vision_spec(
+    sd: Mapping[str, torch.Tensor], source: Path | str = "checkpoint"
+) -> VisionSpec:
     """Width, depth, patch, image size and output dim of a converted visual state dict."""
-    _need(sd, source, "conv1.weight", "positional_embedding", "proj", "transformer.resblocks.0.mlp.c_fc.weight")
+    _need(
+        sd,
+        source,
+        "conv1.weight",
+        "positional_embedding",
+        "proj",
+        "transformer.resblocks.0.mlp.c_fc.weight",
+    )
     width, _, patch, _ = sd["conv1.weight"].shape
     grid = round((sd["positional_embedding"].shape[0] - 1) ** 0.5)
     if grid * grid + 1 != sd["positional_embedding"].shape[0]:
@@ -366,7 +381,11 @@ def infer_vision_spec(sd: Mapping[str, torch.Tensor], source: Path | str = "chec
 def infer_text_spec(sd: Mapping[str, torch.Tensor], source: Path | str = "checkpoint") -> TextSpec:
     """Width, depth, context, vocabulary and output dim of a converted text state dict."""
     _need(
-        sd, source, "token_embedding.weight", "positional_embedding", "text_projection",
+        sd,
+        source,
+        "token_embedding.weight",
+        "positional_embedding",
+        "text_projection",
         "transformer.resblocks.0.mlp.c_fc.weight",
     )
     vocab, width = sd["token_embedding.weight"].shape

@@ -15,8 +15,8 @@ Two ways to get one:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -85,7 +85,10 @@ def simulate_sparse_annotation(
             indices = tuple(int(i) for i in slices[axis])
             for index in indices:
                 if not 0 <= index < dense.shape[axis]:
-                    raise InputError(source, f"{PLANES[axis]} slice {index} is outside 0..{dense.shape[axis] - 1}")
+                    raise InputError(
+                        source,
+                        f"{PLANES[axis]} slice {index} is outside 0..{dense.shape[axis] - 1}",
+                    )
         else:
             indices = (int(np.argmax(foreground_area(dense, axis))),)
         chosen[axis] = indices
@@ -137,7 +140,10 @@ def detect_sparse_annotation(
     if label.ndim != 3:
         raise InputError(source, f"expected a 3D label map, got shape {label.shape}")
     if not np.any(label):
-        raise InputError(source, "the label map is empty: paint the target on one sagittal, one coronal and one axial slice")
+        raise InputError(
+            source,
+            "the label map is empty: paint the target on one sagittal, one coronal and one axial slice",
+        )
 
     chosen = annotated_slice_cover(label)
     for axis in range(3):
@@ -151,10 +157,15 @@ def detect_sparse_annotation(
             )
     for axis in required_planes:
         if not chosen[axis]:
-            found = ", ".join(f"{PLANES[a]} {','.join(map(str, sorted(chosen[a])))}" for a in range(3) if chosen[a])
+            found = ", ".join(
+                f"{PLANES[a]} {','.join(map(str, sorted(chosen[a])))}"
+                for a in range(3)
+                if chosen[a]
+            )
             raise InputError(
                 source,
-                f"no annotated {PLANES[axis]} slice (found {found}); paint the target on one {PLANES[axis]} slice as well",
+                f"no annotated {PLANES[axis]} slice (found {found}); "
+                f"paint the target on one {PLANES[axis]} slice as well",
             )
     if not allow_multiple:
         for axis in range(3):

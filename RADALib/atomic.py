@@ -44,5 +44,8 @@ def ensure_writable_folder(folder: str | os.PathLike[str], purpose: str = "") ->
     except OSError as exc:
         raise InputError(folder, f"cannot create the output folder: {exc.strerror}") from None
     if not os.access(folder, os.W_OK):
-        raise InputError(folder, "output folder is not writable" + (f" (needed for {purpose})" if purpose else ""))
+        raise InputError(
+            folder,
+            "output folder is not writable" + (f" (needed for {purpose})" if purpose else ""),
+        )
     return folder

@@ -45,9 +45,10 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -55,14 +56,22 @@ import torch
 from . import __version__
 from .errors import InputError
 from .model_store import (  # noqa: F401  (re-exported: the bundle's public names)
-    FORMAT, FORMAT_VERSION, MANIFEST_FILE, WEIGHTS_FILE, bundle_folder, default_models_dir, is_bundle,
-    list_bundles, read_manifest,
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    bundle_folder,
+    default_models_dir,
+    is_bundle,
+    list_bundles,
+    read_manifest,
 )
 from .networks import NetworkConfig, TripleViewModel
 from .terminology import FALLBACK_COLORS, KNOWN_STRUCTURES, class_entry, normal_name  # noqa: F401
 
 RESERVED_FIELDS = ("format", "format_version", "network", "checksums")
 """Manifest fields :func:`save_bundle` sets itself (they cannot be passed in)."""
+
 
 def _classes_field(classes: Any, n_classes: int) -> dict[str, dict[str, Any]]:
     """Normalise ``{1: "name"}`` / ``{"1": {"name": ...}}`` / ``["name", ...]`` to manifest form."""
@@ -166,9 +175,13 @@ def _jsonable(value: Any) -> Any:
 def _vector(value: Any, width: int, name: str) -> list[float] | None:
     if value is None:
         return None
-    array = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value, dtype=np.float64).ravel()
+    array = np.asarray(
+        value.detach().cpu() if isinstance(value, torch.Tensor) else value, dtype=np.float64
+    ).ravel()
     if array.size != width:
-        raise ValueError(f"manifest field {name!r} has {array.size} values; the network expects {width}")
+        raise ValueError(
+            f"manifest field {name!r} has {array.size} values; the network expects {width}"
+        )
     if not np.all(np.isfinite(array)):
         raise ValueError(f"manifest field {name!r} holds NaN or Inf")
     return [float(v) for v in array.astype(np.float32)]
@@ -197,7 +210,9 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def save_bundle(folder: str | os.PathLike[str], model: TripleViewModel, manifest_fields: Mapping[str, Any]) -> Path:
+def save_bundle(
+    folder: str | os.PathLike[str], model: TripleViewModel, manifest_fields: Mapping[str, Any]
+) -> Path:
     """Write ``model`` and its manifest as the bundle ``folder``; returns the folder.
 
     ``manifest_fields`` holds everything but the fields set here (``format``,
@@ -228,7 +243,9 @@ def save_bundle(folder: str | os.PathLike[str], model: TripleViewModel, manifest
     }
     manifest.update({k: v for k, v in manifest_fields.items()})
     manifest["classes"] = _classes_field(manifest_fields["classes"], config.n_classes)
-    manifest["text_embedding"] = _vector(manifest_fields.get("text_embedding"), config.text_dim, "text_embedding")
+    manifest["text_embedding"] = _vector(
+        manifest_fields.get("text_embedding"), config.text_dim, "text_embedding"
+    )
     manifest["region_embedding_mean"] = _vector(
         manifest_fields.get("region_embedding_mean"), config.region_dim, "region_embedding_mean"
     )
@@ -248,11 +265,17 @@ def save_bundle(folder: str | os.PathLike[str], model: TripleViewModel, manifest
         from safetensors.torch import save_file
 
         weights = temporary / WEIGHTS_FILE
-        save_file(_state_dict(model), str(weights), metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+        save_file(
+            _state_dict(model),
+            str(weights),
+            metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)},
+        )
         _fsync(weights)
         manifest["checksums"] = {WEIGHTS_FILE: sha256_file(weights)}
         manifest_path = temporary / MANIFEST_FILE
-        manifest_path.write_text(json.dumps(manifest, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+        manifest_path.write_text(
+            json.dumps(manifest, indent=1, allow_nan=False) + "\n", encoding="utf-8"
+        )
         _fsync(manifest_path)
         _move_into_place(temporary, folder)
     except BaseException:
@@ -286,14 +309,18 @@ def _load_state(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except (SafetensorError, OSError, ValueError, RuntimeError) as exc:
-        raise InputError(path, f"cannot be read as safetensors ({exc}); the bundle is corrupt") from None
+        raise InputError(
+            path, f"cannot be read as safetensors ({exc}); the bundle is corrupt"
+        ) from None
 
 
 def _check_state(path: Path, model: TripleViewModel, state: Mapping[str, torch.Tensor]) -> None:
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    shapes = sorted(k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape))
+    shapes = sorted(
+        k for k in set(expected) & set(state) if tuple(expected[k].shape) != tuple(state[k].shape)
+    )
     if not (missing or unexpected or shapes):
         return
     parts = []
@@ -301,7 +328,10 @@ def _check_state(path: Path, model: TripleViewModel, state: Mapping[str, torch.T
         if keys:
             more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
             parts.append(f"{label}: {', '.join(keys[:3])}{more}")
-    raise InputError(path, "weights do not match the network described in manifest.json (" + "; ".join(parts) + ")")
+    raise InputError(
+        path,
+        "weights do not match the network described in manifest.json (" + "; ".join(parts) + ")",
+    )
 
 
 def _embedding(manifest: Mapping[str, Any], key: str, width: int, path: Path) -> np.ndarray | None:
@@ -313,7 +343,9 @@ def _embedding(manifest: Mapping[str, Any], key: str, width: int, path: Path) ->
     except (TypeError, ValueError):
         raise InputError(path, f"field {key!r} is not a list of numbers") from None
     if array.size != width:
-        raise InputError(path, f"field {key!r} has {array.size} values; the network expects {width}")
+        raise InputError(
+            path, f"field {key!r} has {array.size} values; the network expects {width}"
+        )
     return array
 
 
@@ -331,7 +363,9 @@ def load_bundle(folder: str | os.PathLike[str], device: str | torch.device = "cp
         raise InputError(weights, f"missing: the bundle {folder} has no {WEIGHTS_FILE}")
     expected_sum = (manifest.get("checksums") or {}).get(WEIGHTS_FILE)
     if not expected_sum:
-        raise InputError(manifest_path, f"has no checksum for {WEIGHTS_FILE}; the bundle is incomplete")
+        raise InputError(
+            manifest_path, f"has no checksum for {WEIGHTS_FILE}; the bundle is incomplete"
+        )
     found_sum = sha256_file(weights)
     if found_sum != str(expected_sum).lower():
         raise InputError(
@@ -354,7 +388,9 @@ def load_bundle(folder: str | os.PathLike[str], device: str | torch.device = "cp
         classes_raw = manifest.get("classes") or {}
         classes = {int(k): dict(v) for k, v in classes_raw.items()}
     except (AttributeError, TypeError, ValueError):
-        raise InputError(manifest_path, "field 'classes' must map class numbers to entries") from None
+        raise InputError(
+            manifest_path, "field 'classes' must map class numbers to entries"
+        ) from None
     if sorted(classes) != list(range(1, config.n_classes)):
         raise InputError(
             manifest_path,
@@ -365,16 +401,23 @@ def load_bundle(folder: str | os.PathLike[str], device: str | torch.device = "cp
     record = inference.get("largest_component") if isinstance(inference, Mapping) else None
     if record is not None:
         kept = record.get("classes") if isinstance(record, Mapping) else None
-        if not isinstance(kept, list) or not all(type(c) is int and 0 < c < config.n_classes for c in kept):
-            raise InputError(manifest_path, "field 'inference.largest_component' must hold a list 'classes' of "
-                             f"class numbers 1..{config.n_classes - 1}, got {str(record)[:80]}")
+        if not isinstance(kept, list) or not all(
+            type(c) is int and 0 < c < config.n_classes for c in kept
+        ):
+            raise InputError(
+                manifest_path,
+                "field 'inference.largest_component' must hold a list 'classes' of "
+                f"class numbers 1..{config.n_classes - 1}, got {str(record)[:80]}",
+            )
     return Bundle(
         folder=folder,
         model=model,
         manifest=manifest,
         classes=dict(sorted(classes.items())),
         text_embedding=_embedding(manifest, "text_embedding", config.text_dim, manifest_path),
-        region_embedding_mean=_embedding(manifest, "region_embedding_mean", config.region_dim, manifest_path),
+        region_embedding_mean=_embedding(
+            manifest, "region_embedding_mean", config.region_dim, manifest_path
+        ),
         config=config,
     )
 

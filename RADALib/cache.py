@@ -12,8 +12,9 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -63,7 +64,9 @@ class ArrayCache:
         handle, name = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".part.npz", dir=self.folder)
         os.close(handle)
         payload = dict(arrays)
-        payload[META] = np.frombuffer(json.dumps(dict(meta or {}), default=str).encode(), dtype=np.uint8)
+        payload[META] = np.frombuffer(
+            json.dumps(dict(meta or {}), default=str).encode(), dtype=np.uint8
+        )
         try:
             np.savez_compressed(name, **payload)
             os.replace(name, self.path(key))

@@ -19,9 +19,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Literal
 
 from .atomic import write_text_atomic
 from .errors import InputError
@@ -44,7 +45,9 @@ class Case:
 
     @property
     def labeled(self) -> bool:
-        return self.sparse_label is not None or (self.simulate_from_dense and self.dense_label is not None)
+        return self.sparse_label is not None or (
+            self.simulate_from_dense and self.dense_label is not None
+        )
 
 
 @dataclass
@@ -68,14 +71,16 @@ class Cohort:
     def validation(self) -> list[Case]:
         return [c for c in self.cases if c.split == "validation"]
 
-    def select(self, ids: Iterable[str]) -> "Cohort":
+    def select(self, ids: Iterable[str]) -> Cohort:
         """A cohort holding only the cases named in ``ids`` (unknown ids are an error)."""
         wanted = list(ids)
         known = {c.id for c in self.cases}
         missing = [i for i in wanted if i not in known]
         if missing:
             raise InputError(self.path or self.name, f"no case named {', '.join(missing)}")
-        return Cohort(self.name, [c for c in self.cases if c.id in wanted], dict(self.classes), self.path)
+        return Cohort(
+            self.name, [c for c in self.cases if c.id in wanted], dict(self.classes), self.path
+        )
 
     def to_json(self, relative_to: Path) -> dict:
         def rel(path: Path | None) -> str | None:
@@ -128,11 +133,15 @@ def load_cohort(path: str | os.PathLike[str], check_files: bool = True) -> Cohor
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(path, f"cannot read the cohort file: {exc}") from None
     except json.JSONDecodeError as exc:
-        raise InputError(path, f"not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from None
+        raise InputError(
+            path, f"not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}"
+        ) from None
     if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
         raise InputError(path, "not a RADA cohort file (expected an object with a 'cases' list)")
     if data.get("format", FORMAT) != FORMAT:
-        raise InputError(path, f"unknown cohort format {data.get('format')!r} (this version reads {FORMAT})")
+        raise InputError(
+            path, f"unknown cohort format {data.get('format')!r} (this version reads {FORMAT})"
+        )
     base = path.parent.resolve()
 
     def resolve(value: object, case_id: str, key: str) -> Path | None:
@@ -156,7 +165,9 @@ def load_cohort(path: str | os.PathLike[str], check_files: bool = True) -> Cohor
         seen.add(case_id)
         split = entry.get("split", "train")
         if split not in ("train", "validation"):
-            raise InputError(path, f"case {case_id}: split must be 'train' or 'validation', got {split!r}")
+            raise InputError(
+                path, f"case {case_id}: split must be 'train' or 'validation', got {split!r}"
+            )
         case = Case(
             id=case_id,
             image=resolve(entry["image"], case_id, "image"),  # type: ignore[arg-type]
@@ -179,7 +190,11 @@ _LABEL_TAGS = ("_label", "-label", "_seg", "-seg", ".seg", "_mask", "-mask", "_g
 
 def _volume_files(folder: Path) -> list[Path]:
     suffixes = _SITK_SUFFIXES + _H5_SUFFIXES
-    return sorted(p for p in folder.iterdir() if p.is_file() and file_suffix(p) in suffixes and not p.name.startswith("."))
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and file_suffix(p) in suffixes and not p.name.startswith(".")
+    )
 
 
 def case_id_of(path: Path) -> str:
@@ -223,7 +238,10 @@ def cohort_from_folders(
         return {case_id_of(p): p for p in _volume_files(folder)}
 
     dense, sparse = by_id(labels), by_id(sparse_labels)
-    cases = [Case(case_id_of(p), p.resolve(), sparse.get(case_id_of(p)), dense.get(case_id_of(p))) for p in image_files]
+    cases = [
+        Case(case_id_of(p), p.resolve(), sparse.get(case_id_of(p)), dense.get(case_id_of(p)))
+        for p in image_files
+    ]
     _assign_roles(cases, labeled, validation, images)
     return Cohort(name or images.name, cases, classes or {1: "foreground"})
 
@@ -260,14 +278,18 @@ def cohort_from_la_folder(
 
 def _assign_roles(cases: list[Case], labeled: int | None, validation: int, source: Path) -> None:
     if validation < 0 or validation >= len(cases):
-        raise InputError(source, f"cannot hold out {validation} of {len(cases)} cases for validation")
+        raise InputError(
+            source, f"cannot hold out {validation} of {len(cases)} cases for validation"
+        )
     for case in cases[len(cases) - validation :] if validation else []:
         case.split = "validation"
     if labeled is None:
         return
     candidates = [c for c in cases if c.split == "train" and c.sparse_label is None]
     if labeled > len(candidates):
-        raise InputError(source, f"asked for {labeled} labeled cases, only {len(candidates)} are available")
+        raise InputError(
+            source, f"asked for {labeled} labeled cases, only {len(candidates)} are available"
+        )
     for case in candidates[:labeled]:
         if case.dense_label is None:
             raise InputError(case.image, "no dense label to simulate the sparse annotation from")

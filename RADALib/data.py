@@ -45,9 +45,9 @@ import copy
 import os
 import queue
 import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -93,7 +93,9 @@ class TrainingCase:
     annotated: np.ndarray | None = None
     sparse: np.ndarray | None = None
     pad_value: float = field(default=0.0, init=False)
-    annotated_slabs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(default=None, init=False, repr=False)
+    annotated_slabs: tuple[np.ndarray, np.ndarray, np.ndarray] | None = field(
+        default=None, init=False, repr=False
+    )
 
     def __post_init__(self) -> None:
         self.image = np.asarray(self.image, dtype=np.float32)
@@ -104,7 +106,9 @@ class TrainingCase:
         if all(p is None for p in parts):
             return
         if any(p is None for p in parts):
-            raise ValueError(f"case {self.id}: a labeled case needs labels, distances, annotated and sparse")
+            raise ValueError(
+                f"case {self.id}: a labeled case needs labels, distances, annotated and sparse"
+            )
         shape = self.image.shape
         self.labels = tuple(np.asarray(a, dtype=np.uint8) for a in self.labels)  # type: ignore[assignment]
         self.distances = tuple(np.asarray(d, dtype=np.float32).reshape(-1) for d in self.distances)  # type: ignore[assignment]
@@ -114,11 +118,17 @@ class TrainingCase:
             raise ValueError(f"case {self.id}: expected one label and one distance vector per view")
         for v in range(N_VIEWS):
             if self.labels[v].shape != shape:
-                raise ValueError(f"case {self.id}: label of view {VIEWS[v]} has shape {self.labels[v].shape}, image {shape}")
+                raise ValueError(
+                    f"case {self.id}: label of view {VIEWS[v]} has shape {self.labels[v].shape}, image {shape}"
+                )
             if self.distances[v].shape != (shape[v],):
-                raise ValueError(f"case {self.id}: distances of view {VIEWS[v]} must have {shape[v]} values")
+                raise ValueError(
+                    f"case {self.id}: distances of view {VIEWS[v]} must have {shape[v]} values"
+                )
         if self.annotated.shape != shape or self.sparse.shape != shape:
-            raise ValueError(f"case {self.id}: annotated mask and sparse label must have the image's shape {shape}")
+            raise ValueError(
+                f"case {self.id}: annotated mask and sparse label must have the image's shape {shape}"
+            )
         self.annotated_slabs = _slabs_of(self.annotated)
 
     @property
@@ -140,7 +150,9 @@ class TrainingCase:
 def _slabs_of(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """Per axis, the indices of the whole slices that make up ``mask``; ``None`` if it is not a
     union of whole slices (then the mask itself is used, more slowly)."""
-    slabs = tuple(np.flatnonzero(mask.all(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3))
+    slabs = tuple(
+        np.flatnonzero(mask.all(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)
+    )
     union = np.zeros(mask.shape, bool)
     for axis, indices in enumerate(slabs):
         key: list = [slice(None)] * 3
@@ -181,7 +193,9 @@ def fused_supervision(case: TrainingCase, fused: np.ndarray) -> TrainingCase:
     if label.shape != case.shape:
         raise ValueError(f"case {case.id}: fused label of shape {label.shape}, image {case.shape}")
     distances = tuple(np.zeros(n, np.float32) for n in case.shape)
-    return TrainingCase(case.id, case.image, (label, label, label), distances, case.annotated, case.sparse)  # type: ignore[arg-type]
+    return TrainingCase(
+        case.id, case.image, (label, label, label), distances, case.annotated, case.sparse
+    )  # type: ignore[arg-type]
 
 
 def load_training_cases(
@@ -213,7 +227,9 @@ def load_training_cases(
 
     source = cohort.path or cohort.name
     if not cohort.labeled:
-        raise InputError(source, "no labeled training case: give sparse labels, or --labeled N with dense labels")
+        raise InputError(
+            source, "no labeled training case: give sparse labels, or --labeled N with dense labels"
+        )
     folder = Path(propagation_dir) if propagation_dir is not None else None
     progress = progress or Progress()
     cases = cohort.labeled + cohort.unlabeled
@@ -229,7 +245,10 @@ def load_training_cases(
                 result = load_case_result(case_folder)
             elif require_propagation:
                 where = case_folder if case_folder is not None else source
-                raise InputError(where, f"case {case.id} has no propagation result: run `rada propagate` for this cohort first")
+                raise InputError(
+                    where,
+                    f"case {case.id} has no propagation result: run `rada propagate` for this cohort first",
+                )
             else:  # the ablation without registration needs the sparse annotation only
                 result = PropagationResult(case_annotation(case, volume), {}, {})
             if tuple(result.annotation.label.shape) != image.shape:
@@ -273,7 +292,9 @@ def crop_window(shape: Sequence[int], patch: Sequence[int], rng: np.random.Gener
     return tuple(src), tuple(dst)  # type: ignore[return-value]
 
 
-def extract(array: np.ndarray, window: Window, patch: Sequence[int], fill: float = 0, dtype=None) -> np.ndarray:
+def extract(
+    array: np.ndarray, window: Window, patch: Sequence[int], fill: float = 0, dtype=None
+) -> np.ndarray:
     """The window of ``array`` as a ``patch``-shaped array, ``fill`` where it is padding."""
     src, dst = window
     out = np.full(tuple(int(p) for p in patch), fill, dtype=dtype or array.dtype)
@@ -319,7 +340,9 @@ def _write(dest: np.ndarray, array: np.ndarray, window: Window, fill: float, pad
     dest[dst] = array[src]
 
 
-def _write_weights(dest: np.ndarray, case: TrainingCase, axis: int, alpha: float, window: Window, padded: bool) -> None:
+def _write_weights(
+    dest: np.ndarray, case: TrainingCase, axis: int, alpha: float, window: Window, padded: bool
+) -> None:
     """Eq. (6) on the crop into ``dest``: α^d broadcast along ``axis``, 1 on annotated voxels, 0 on padding."""
     src, dst = window
     if padded:
@@ -366,12 +389,18 @@ class Batch:
     alpha: float = 0.0
     sampler_state: dict | None = None
 
-    def to(self, device: torch.device | str, non_blocking: bool = False, channels_last: bool = False) -> "Batch":
+    def to(
+        self, device: torch.device | str, non_blocking: bool = False, channels_last: bool = False
+    ) -> Batch:
         """A copy on ``device`` with int64 labels (and channels-last 5D images if asked)."""
         fmt = torch.channels_last_3d if channels_last else torch.contiguous_format
 
         def image(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device, non_blocking=non_blocking).contiguous(memory_format=fmt)
+            return (
+                None
+                if t is None
+                else t.to(device, non_blocking=non_blocking).contiguous(memory_format=fmt)
+            )
 
         return replace(
             self,
@@ -381,7 +410,7 @@ class Batch:
             w_l={v: t.to(device, non_blocking=non_blocking) for v, t in self.w_l.items()},
         )
 
-    def pin_memory(self) -> "Batch":
+    def pin_memory(self) -> Batch:
         """A copy in page-locked host memory (for asynchronous copies to a GPU)."""
         return replace(
             self,
@@ -414,7 +443,9 @@ class TwoStreamSampler:
         if not labeled:
             raise ValueError("TwoStreamSampler needs at least one labeled case")
         if any(not c.labeled for c in labeled) or any(c.labeled for c in unlabeled):
-            raise ValueError("TwoStreamSampler: labeled cases must carry labels and unlabeled ones must not")
+            raise ValueError(
+                "TwoStreamSampler: labeled cases must carry labels and unlabeled ones must not"
+            )
         if labeled_batch < 1 or unlabeled_batch < 0:
             raise ValueError("labeled_batch must be >= 1 and unlabeled_batch >= 0")
         self.labeled = list(labeled)
@@ -426,7 +457,9 @@ class TwoStreamSampler:
         self.unlabeled_batch = int(unlabeled_batch) if self.unlabeled else 0
         self.use_registration = bool(use_registration)
         self.augment = bool(augment)
-        self.rng = np.random.default_rng(np.random.SeedSequence(list(seed) if isinstance(seed, (list, tuple)) else int(seed)))
+        self.rng = np.random.default_rng(
+            np.random.SeedSequence(list(seed) if isinstance(seed, (list, tuple)) else int(seed))
+        )
 
     # -- state
     def state(self) -> dict:
@@ -462,7 +495,9 @@ class TwoStreamSampler:
             if self.use_registration:
                 for v in range(N_VIEWS):
                     _write(_inverse_view(y_l[v][n], k, flip), case.labels[v], window, 0, padded)  # type: ignore[index]
-                    _write_weights(_inverse_view(w_l[v][n], k, flip), case, v, alpha, window, padded)
+                    _write_weights(
+                        _inverse_view(w_l[v][n], k, flip), case, v, alpha, window, padded
+                    )
             else:  # ablation: only the truly annotated voxels supervise, for every view
                 _write(_inverse_view(y_l[0][n], k, flip), case.sparse, window, 0, padded)  # type: ignore[arg-type]
                 _write(_inverse_view(w_l[0][n], k, flip), case.annotated, window, 0, padded)  # type: ignore[arg-type]
@@ -473,7 +508,13 @@ class TwoStreamSampler:
             case = self.unlabeled[i]
             window = crop_window(case.shape, patch, self.rng)
             k, flip = self._transform()
-            _write(_inverse_view(x_u[n, 0], k, flip), case.image, window, case.pad_value, _padded(window, patch))
+            _write(
+                _inverse_view(x_u[n, 0], k, flip),
+                case.image,
+                window,
+                case.pad_value,
+                _padded(window, patch),
+            )
         return Batch(
             x_l=torch.from_numpy(x_l),
             y_l={VIEWS[v]: torch.from_numpy(y_l[v]) for v in range(N_VIEWS)},
@@ -575,7 +616,7 @@ class BatchPrefetcher:
             self._thread.join()
             self._thread = None
 
-    def __enter__(self) -> "BatchPrefetcher":
+    def __enter__(self) -> BatchPrefetcher:
         return self
 
     def __exit__(self, *exc) -> None:

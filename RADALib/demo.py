@@ -32,7 +32,9 @@ from .synthetic import SyntheticConfig, synthetic_cohort
 from .volume import read_volume, volume_from_array, write_like
 
 
-def write_synthetic_cohort(folder: Path, n_cases: int, n_labeled: int, seed: int, config: SyntheticConfig) -> Cohort:
+def write_synthetic_cohort(
+    folder: Path, n_cases: int, n_labeled: int, seed: int, config: SyntheticConfig
+) -> Cohort:
     """Write ``n_cases`` synthetic volumes and labels as NRRD and return their cohort."""
     if not 1 <= n_labeled <= n_cases:
         raise InputError("--labeled", f"needs 1 <= labeled <= cases, got {n_labeled} of {n_cases}")
@@ -41,7 +43,15 @@ def write_synthetic_cohort(folder: Path, n_cases: int, n_labeled: int, seed: int
         reference = volume_from_array(image, config.spacing, origin=(-40.0, -30.0, 10.0))
         image_path = write_like(reference, image, folder / "images" / f"{case_id}.nrrd")
         label_path = write_like(reference, label, folder / "labels" / f"{case_id}_label.nrrd")
-        cases.append(Case(case_id, image_path.resolve(), None, label_path.resolve(), simulate_from_dense=number < n_labeled))
+        cases.append(
+            Case(
+                case_id,
+                image_path.resolve(),
+                None,
+                label_path.resolve(),
+                simulate_from_dense=number < n_labeled,
+            )
+        )
     return Cohort("synthetic", cases, {1: "organ"})
 
 
@@ -70,7 +80,14 @@ def run_demo(
     progress.update(n_cases, "cohort written")
 
     with AntsRegistrar(config.registration, workers=workers) as registrar:
-        reports = propagate_cohort(cohort, out / "propagation", registrar, config, ArrayCache(out / "cache"), progress=progress)
+        reports = propagate_cohort(
+            cohort,
+            out / "propagation",
+            registrar,
+            config,
+            ArrayCache(out / "cache"),
+            progress=progress,
+        )
 
     rows = []
     for case, report in zip(cohort.labeled, reports):
@@ -96,7 +113,9 @@ def run_demo(
     return report
 
 
-def _train_and_segment(cohort: Cohort, out: Path, iterations: int | None, workers: int, progress: Progress) -> dict:
+def _train_and_segment(
+    cohort: Cohort, out: Path, iterations: int | None, workers: int, progress: Progress
+) -> dict:
     """Train with the small preset, segment every volume, score it; PNG overlays of a few."""
     from .bundle import load_bundle
     from .inference import predict_files
@@ -107,12 +126,21 @@ def _train_and_segment(cohort: Cohort, out: Path, iterations: int | None, worker
     changes = {"device": "cpu"}
     if iterations:
         changes["iterations"] = iterations
-    run = train_model(cohort, out / "experiment", preset("small", **changes), out / "propagation",
-                      cache_dir=out / "cache", workers=workers, progress=progress)
+    run = train_model(
+        cohort,
+        out / "experiment",
+        preset("small", **changes),
+        out / "propagation",
+        cache_dir=out / "cache",
+        workers=workers,
+        progress=progress,
+    )
     images = [case.image for case in cohort.cases]
     bundle = load_bundle(run.model)
     # the plain argmax (the paper's output); the largest component is scored beside it
-    outputs = predict_files(bundle, images, out / "predictions", progress=progress, largest_component=False)
+    outputs = predict_files(
+        bundle, images, out / "predictions", progress=progress, largest_component=False
+    )
     per_case = []
     labeled_ids = [c.id for c in cohort.cases if c.labeled]
     unlabeled_ids = [c.id for c in cohort.cases if not c.labeled]
@@ -120,10 +148,22 @@ def _train_and_segment(cohort: Cohort, out: Path, iterations: int | None, worker
     for case, path in zip(cohort.cases, outputs):
         truth = read_volume(case.dense_label, "label")
         prediction = read_volume(path, "label").array
-        per_case.append({"id": case.id, "labeled": case.labeled, "dice": dice(prediction, truth.array),
-                         "dice_largest_component": dice(keep_largest_component(prediction), truth.array)})
+        per_case.append(
+            {
+                "id": case.id,
+                "labeled": case.labeled,
+                "dice": dice(prediction, truth.array),
+                "dice_largest_component": dice(keep_largest_component(prediction), truth.array),
+            }
+        )
         if case.id in shown:
-            write_overlay(read_volume(case.image).array, truth.array, prediction, out / "overlays" / f"{case.id}.png", case.id)
+            write_overlay(
+                read_volume(case.image).array,
+                truth.array,
+                prediction,
+                out / "overlays" / f"{case.id}.png",
+                case.id,
+            )
 
     def mean(key: str, labeled: bool) -> float | None:
         values = [r[key] for r in per_case if r["labeled"] == labeled]
@@ -143,20 +183,31 @@ def _train_and_segment(cohort: Cohort, out: Path, iterations: int | None, worker
     }
 
 
-def write_overlay(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, path: Path, title: str) -> Path:
+def write_overlay(
+    image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, path: Path, title: str
+) -> Path:
     """A PNG of the middle sagittal, coronal and axial slices: image, truth (green), RADA (red)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    centre = [int(v) for v in np.round(np.mean(np.nonzero(truth), axis=1))] if truth.any() else [n // 2 for n in truth.shape]
+    centre = (
+        [int(v) for v in np.round(np.mean(np.nonzero(truth), axis=1))]
+        if truth.any()
+        else [n // 2 for n in truth.shape]
+    )
     figure, axes = plt.subplots(1, 3, figsize=(10, 3.6))
     for axis, ax in enumerate(axes):
-        take = lambda a: np.take(a, centre[axis], axis=axis).T  # noqa: E731 (rows: second in-plane axis)
+
+        def take(a: np.ndarray, axis: int = axis) -> np.ndarray:
+            return np.take(a, centre[axis], axis=axis).T  # rows: the second in-plane axis
+
         ax.imshow(take(image), cmap="gray", origin="lower")
         ax.contour(take(truth) > 0, levels=[0.5], colors="lime", linewidths=1.2)
-        ax.contour(take(prediction) > 0, levels=[0.5], colors="red", linewidths=1.0, linestyles="--")
+        ax.contour(
+            take(prediction) > 0, levels=[0.5], colors="red", linewidths=1.0, linestyles="--"
+        )
         ax.set_title(f"{title} {PLANES[axis]} {centre[axis]}", fontsize=9)
         ax.axis("off")
     figure.suptitle("truth (green), RADA (red, dashed)", fontsize=9)
@@ -170,27 +221,47 @@ def write_overlay(image: np.ndarray, truth: np.ndarray, prediction: np.ndarray, 
 
 def format_report(report: dict) -> str:
     """A short table of the demo's Dice: propagation alone, then RADA."""
-    lines = ["", "Propagation alone: pseudo-label Dice against the dense truth (3 annotated slices per volume)",
-             f"{'case':<10} {'sagittal':>9} {'coronal':>8} {'axial':>6} {'fused':>6} {'seconds':>8}"]
+    lines = [
+        "",
+        "Propagation alone: pseudo-label Dice against the dense truth (3 annotated slices per volume)",
+        f"{'case':<10} {'sagittal':>9} {'coronal':>8} {'axial':>6} {'fused':>6} {'seconds':>8}",
+    ]
     for row in report["cases"] + [dict(report["mean"], id="mean")]:
-        lines.append(f"{row['id']:<10} {row['dice_sagittal']:>9.3f} {row['dice_coronal']:>8.3f} {row['dice_axial']:>6.3f} "
-                     f"{row['dice_fused']:>6.3f} {row['seconds']:>8.1f}")
+        lines.append(
+            f"{row['id']:<10} {row['dice_sagittal']:>9.3f} {row['dice_coronal']:>8.3f} {row['dice_axial']:>6.3f} "
+            f"{row['dice_fused']:>6.3f} {row['seconds']:>8.1f}"
+        )
     rada = report.get("rada")
     if rada:
-        lines += ["", f"RADA ({rada['iterations']} iterations, small preset, {rada['train_seconds']:.0f} s of training): "
-                  "Dice of the segmentation against the dense truth"]
+        lines += [
+            "",
+            f"RADA ({rada['iterations']} iterations, small preset, {rada['train_seconds']:.0f} s of training): "
+            "Dice of the segmentation against the dense truth",
+        ]
         lines.append(f"{'case':<10} {'':>9} {'RADA':>6} {'+ largest component':>20}")
-        lines += [f"{r['id']:<10} {'labeled' if r['labeled'] else 'unlabeled':>9} {r['dice']:>6.3f} "
-                  f"{r['dice_largest_component']:>20.3f}" for r in rada["cases"]]
+        lines += [
+            f"{r['id']:<10} {'labeled' if r['labeled'] else 'unlabeled':>9} {r['dice']:>6.3f} "
+            f"{r['dice_largest_component']:>20.3f}"
+            for r in rada["cases"]
+        ]
         unlabeled = rada["dice_unlabeled"] is not None
-        lines.append(f"mean: labeled {rada['dice_labeled']:.3f} (propagation alone, fused: {report['mean']['dice_fused']:.3f})"
-                     + (f", unlabeled {rada['dice_unlabeled']:.3f}" if unlabeled else ""))
-        lines.append(f"with the largest component kept: labeled {rada['dice_largest_component_labeled']:.3f}"
-                     + (f", unlabeled {rada['dice_largest_component_unlabeled']:.3f}" if unlabeled else ""))
-        lines.append("`rada predict` keeps the largest component by default for this model (its pseudo-labels were one "
-                     "region)" if rada.get("largest_component_recommended") else
-                     "`rada predict` keeps every region by default for this model (--largest-component to change)")
+        lines.append(
+            f"mean: labeled {rada['dice_labeled']:.3f} (propagation alone, fused: {report['mean']['dice_fused']:.3f})"
+            + (f", unlabeled {rada['dice_unlabeled']:.3f}" if unlabeled else "")
+        )
+        lines.append(
+            f"with the largest component kept: labeled {rada['dice_largest_component_labeled']:.3f}"
+            + (f", unlabeled {rada['dice_largest_component_unlabeled']:.3f}" if unlabeled else "")
+        )
+        lines.append(
+            "`rada predict` keeps the largest component by default for this model (its pseudo-labels were one "
+            "region)"
+            if rada.get("largest_component_recommended")
+            else "`rada predict` keeps every region by default for this model (--largest-component to change)"
+        )
         if not all(rada["encoders_pretrained"].values()):
-            lines.append("note: the Alpha-CLIP/CLIP encoders ran with RANDOM weights (none found in the cache)")
+            lines.append(
+                "note: the Alpha-CLIP/CLIP encoders ran with RANDOM weights (none found in the cache)"
+            )
     lines.append(f"total {report['seconds_total']} s")
     return "\n".join(lines)

@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -45,11 +45,15 @@ class CohortEmbeddings:
 
     def region_input(self, case_ids: Sequence[str], planes: Sequence[str]) -> np.ndarray:
         """Ev of ``case_ids[i]``'s ``planes[i]`` slice, concatenated (the batch's region prompt)."""
-        return np.concatenate([self.regions[c][p] for c, p in zip(case_ids, planes)]).astype(np.float32)
+        return np.concatenate([self.regions[c][p] for c, p in zip(case_ids, planes)]).astype(
+            np.float32
+        )
 
     def region_mean(self, planes: Sequence[str]) -> np.ndarray:
         """The mean Ev over the cohort for each plane, concatenated (the prompt at inference)."""
-        return np.concatenate([np.mean([r[p] for r in self.regions.values()], axis=0) for p in planes]).astype(np.float32)
+        return np.concatenate(
+            [np.mean([r[p] for r in self.regions.values()], axis=0) for p in planes]
+        ).astype(np.float32)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         path = Path(path)
@@ -57,12 +61,17 @@ class CohortEmbeddings:
         for case_id, planes in self.regions.items():
             for plane, vector in planes.items():
                 arrays[f"region::{case_id}::{plane}"] = vector
-        meta = {"identity": self.identity, "pretrained": self.pretrained, "prompts": self.prompts, "files": self.files}
+        meta = {
+            "identity": self.identity,
+            "pretrained": self.pretrained,
+            "prompts": self.prompts,
+            "files": self.files,
+        }
         arrays["meta"] = np.frombuffer(json.dumps(meta, default=str).encode(), dtype=np.uint8)
         return write_npz_atomic(path, arrays, compress=False)
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> "CohortEmbeddings":
+    def load(cls, path: str | os.PathLike[str]) -> CohortEmbeddings:
         path = Path(path)
         if not path.exists():
             raise InputError(path, "embeddings not found")
@@ -73,7 +82,14 @@ class CohortEmbeddings:
                     _, case_id, plane = name.split("::")
                     regions.setdefault(case_id, {})[plane] = data[name]
             meta = json.loads(bytes(data["meta"]).decode())
-            return cls(data["text"], regions, meta["identity"], meta["pretrained"], meta["prompts"], meta.get("files", {}))
+            return cls(
+                data["text"],
+                regions,
+                meta["identity"],
+                meta["pretrained"],
+                meta["prompts"],
+                meta.get("files", {}),
+            )
 
 
 def compute_embeddings(
@@ -107,7 +123,11 @@ def compute_embeddings(
             mask = np.take(result.annotation.label, index, axis=axis) != 0
             masks.append(mask if use_mask else np.ones_like(mask))
             planes.append(PLANES[axis])
-        vectors = cache.regions(encoder, slices, masks) if cache is not None else encoder.encode_regions(slices, masks)
+        vectors = (
+            cache.regions(encoder, slices, masks)
+            if cache is not None
+            else encoder.encode_regions(slices, masks)
+        )
         regions[case.id] = {plane: np.asarray(v, np.float32) for plane, v in zip(planes, vectors)}
     return CohortEmbeddings(
         np.asarray(texts, np.float32).mean(axis=0),

@@ -67,7 +67,8 @@ ALPHA_STD = 0.26
 DEFAULT_PROMPT = "An image containing the {cls}, with the rest being background"
 PREPROCESS_VERSION = "rada-pre-1: minmax-uint8, pad-square, PIL-bicubic, mask-bilinear-aa"
 RANDOM_WEIGHTS_WARNING = (
-    "encoder weights not found: running with RANDOM {which} weights; results will not match the paper"
+    "encoder weights not found: running with RANDOM {which} weights; "
+    "results will not match the paper"
 )
 CACHE_ENV = "RADA_CACHE_DIR"
 
@@ -92,7 +93,7 @@ def pad_to_square(array: np.ndarray, value: float | int = 0) -> np.ndarray:
         return array
     out = np.full((side, side), value, dtype=array.dtype)
     top, left = (side - h) // 2, (side - w) // 2
-    out[top: top + h, left: left + w] = array
+    out[top : top + h, left : left + w] = array
     return out
 
 
@@ -107,7 +108,9 @@ def slice_to_uint8(slice2d: np.ndarray) -> np.ndarray:
     return np.rint((a - lo) * (255.0 / (hi - lo))).clip(0, 255).astype(np.uint8)
 
 
-def preprocess_slice(slice2d: np.ndarray, image_size: int = 224, transpose: bool = True) -> torch.Tensor:
+def preprocess_slice(
+    slice2d: np.ndarray, image_size: int = 224, transpose: bool = True
+) -> torch.Tensor:
     """A slice as Alpha-CLIP's image input: (3, S, S) float32, CLIP-normalised RGB."""
     u8 = slice_to_uint8(slice2d)
     if transpose:
@@ -122,7 +125,9 @@ def preprocess_slice(slice2d: np.ndarray, image_size: int = 224, transpose: bool
     return ((t - mean) / std).contiguous()
 
 
-def preprocess_mask(mask2d: np.ndarray, image_size: int = 224, transpose: bool = True) -> torch.Tensor:
+def preprocess_mask(
+    mask2d: np.ndarray, image_size: int = 224, transpose: bool = True
+) -> torch.Tensor:
     """A mask (nonzero = region) as Alpha-CLIP's alpha input: (1, S, S) float32.
 
     0/255 -> [0, 1] -> bilinear antialiased resize -> (x - 0.5) / 0.26.
@@ -134,7 +139,9 @@ def preprocess_mask(mask2d: np.ndarray, image_size: int = 224, transpose: bool =
     binary = pad_to_square(np.ascontiguousarray(binary), False)
     t = torch.from_numpy((binary.astype(np.uint8) * 255).astype(np.float32) / 255.0)[None, None]
     if t.shape[-2:] != (image_size, image_size):
-        t = F.interpolate(t, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+        t = F.interpolate(
+            t, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+        )
     return ((t[0] - ALPHA_MEAN) / ALPHA_STD).contiguous()
 
 
@@ -241,10 +248,16 @@ DEFAULT_WEIGHTS: Mapping[str, tuple[str, str]] = {
 """Registry names used when a config gives no checkpoint for an architecture."""
 
 
-def random_weights_warning(random: Mapping[str, bool], arch: str, cache_dir: str | Path | None = None) -> str:
+def random_weights_warning(
+    random: Mapping[str, bool], arch: str, cache_dir: str | Path | None = None
+) -> str:
     """The warning for the towers flagged in ``random`` ("vision", "text": True when random),
     naming the checkpoint files of ``arch`` that would replace them and the folder they go in."""
-    towers = [(name, i) for i, (key, name) in enumerate((("vision", "Alpha-CLIP"), ("text", "CLIP"))) if random.get(key)]
+    towers = [
+        (name, i)
+        for i, (key, name) in enumerate((("vision", "Alpha-CLIP"), ("text", "CLIP")))
+        if random.get(key)
+    ]
     message = RANDOM_WEIGHTS_WARNING.format(which="/".join(name for name, _ in towers))
     defaults = DEFAULT_WEIGHTS.get(arch)
     if defaults:
@@ -277,7 +290,10 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 def urllib_download(url: str, destination: Path, timeout: float = 60.0) -> None:
     """Stream ``url`` into ``destination`` with urllib (http(s) and file:// URLs)."""
     request = urllib.request.Request(url, headers={"User-Agent": "RADA"})
-    with urllib.request.urlopen(request, timeout=timeout) as response, open(destination, "wb") as out:
+    with (
+        urllib.request.urlopen(request, timeout=timeout) as response,
+        open(destination, "wb") as out,
+    ):
         while block := response.read(1 << 20):
             out.write(block)
 
@@ -307,11 +323,13 @@ def _download(entry: WeightsEntry, target: Path, downloader: Downloader) -> str:
             raise
         except Exception as exc:
             raise InputError(
-                entry.name, f"download from {entry.url} failed ({type(exc).__name__}: {exc}); {_where_to_put(entry, target)}"
+                entry.name,
+                f"download from {entry.url} failed ({type(exc).__name__}: {exc}); {_where_to_put(entry, target)}",
             ) from exc
         if tmp.stat().st_size == 0 or _looks_like_html(tmp):
             raise InputError(
-                entry.name, f"download from {entry.url} did not return a checkpoint file; {_where_to_put(entry, target)}"
+                entry.name,
+                f"download from {entry.url} did not return a checkpoint file; {_where_to_put(entry, target)}",
             )
         digest = sha256_file(tmp)
         if entry.sha256 and digest != entry.sha256.lower():
@@ -328,7 +346,10 @@ def _download(entry: WeightsEntry, target: Path, downloader: Downloader) -> str:
         sidecar = target.with_name(target.name + ".sha256")
         sidecar.write_text(f"{digest}  {target.name}\n")
         log.warning(
-            "downloaded %s with no known checksum; its SHA256 is %s (recorded in %s)", entry.name, digest, sidecar
+            "downloaded %s with no known checksum; its SHA256 is %s (recorded in %s)",
+            entry.name,
+            digest,
+            sidecar,
         )
     return digest
 
@@ -347,11 +368,14 @@ def _resolve(
         path = Path(text).expanduser()
         if path.is_file():
             return path, None, None
-        looks_like_path = os.sep in text or "/" in text or path.suffix in {".pt", ".pth", ".bin", ".ckpt"}
+        looks_like_path = (
+            os.sep in text or "/" in text or path.suffix in {".pt", ".pth", ".bin", ".ckpt"}
+        )
         if looks_like_path:
             raise InputError(path, "checkpoint file not found")
         raise InputError(
-            text, f"neither a checkpoint file nor a known weights name (known: {', '.join(sorted(registry))})"
+            text,
+            f"neither a checkpoint file nor a known weights name (known: {', '.join(sorted(registry))})",
         )
     folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     target = folder / entry.filename
@@ -391,7 +415,13 @@ def resolve_checkpoint(
     ``allow_download`` (to a temp name, SHA256-checked when known, then renamed); otherwise an
     :class:`InputError` says where to put it.
     """
-    path, _, _ = _resolve(name_or_path, cache_dir, allow_download, downloader, WEIGHTS if registry is None else registry)
+    path, _, _ = _resolve(
+        name_or_path,
+        cache_dir,
+        allow_download,
+        downloader,
+        WEIGHTS if registry is None else registry,
+    )
     return path
 
 
@@ -478,7 +508,9 @@ class RegionAwareDualEncoder:
                 f"{text_spec.output_dim}: the Alpha-CLIP and CLIP checkpoints belong to different architectures",
             )
         if text_spec.vocab_size != 49408:
-            raise InputError("encoder", f"text tower vocabulary {text_spec.vocab_size} is not CLIP's BPE (49408)")
+            raise InputError(
+                "encoder", f"text tower vocabulary {text_spec.vocab_size} is not CLIP's BPE (49408)"
+            )
         self.device = torch.device(device)
         self.vision = freeze(vision).to(self.device)
         self.text = freeze(text).to(self.device)
@@ -491,14 +523,20 @@ class RegionAwareDualEncoder:
         self.seed = seed
         self.batch_size = max(1, int(batch_size))
         self.transpose = transpose
-        self.tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=text_spec.context_length)
-        self.pretrained: dict[str, bool] = {"vision": vision_info.pretrained, "text": text_info.pretrained}
+        self.tokenizer = open_clip.tokenizer.SimpleTokenizer(
+            context_length=text_spec.context_length
+        )
+        self.pretrained: dict[str, bool] = {
+            "vision": vision_info.pretrained,
+            "text": text_info.pretrained,
+        }
 
     # ---------------------------------------------------------------- construction
 
     @classmethod
-    def from_config(cls, config: EncoderConfig, downloader: Downloader | None = None,
-                    warn: bool = True) -> "RegionAwareDualEncoder":
+    def from_config(
+        cls, config: EncoderConfig, downloader: Downloader | None = None, warn: bool = True
+    ) -> RegionAwareDualEncoder:
         """Resolve and load the checkpoints of ``config`` (random seeded towers where none).
 
         Random towers are logged as a warning unless ``warn`` is False (a caller that reports
@@ -508,23 +546,39 @@ class RegionAwareDualEncoder:
         defaults = DEFAULT_WEIGHTS.get(config.arch, (None, None))
         cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
 
-        def load(requested: str | None, default: str | None, loader: Callable[[Path], torch.nn.Module],
-                 build: Callable[[], torch.nn.Module]) -> _Loaded:
+        def load(
+            requested: str | None,
+            default: str | None,
+            loader: Callable[[Path], torch.nn.Module],
+            build: Callable[[], torch.nn.Module],
+        ) -> _Loaded:
             if requested is None and default is not None:
                 target = cache_dir / WEIGHTS[default].filename
                 if target.is_file() or config.allow_download:
                     requested = default
             if requested is None:
                 return _Loaded(build(), WeightsInfo(False))
-            path, entry, digest = _resolve(requested, cache_dir, config.allow_download, downloader, WEIGHTS)
+            path, entry, digest = _resolve(
+                requested, cache_dir, config.allow_download, downloader, WEIGHTS
+            )
             model = loader(path)
-            info = WeightsInfo(True, str(path), digest or sha256_file(path), entry.name if entry else None)
+            info = WeightsInfo(
+                True, str(path), digest or sha256_file(path), entry.name if entry else None
+            )
             return _Loaded(model, info)
 
-        vision = load(config.vision_checkpoint, defaults[0], load_alpha_clip_visual,
-                      lambda: build_vision_tower(vision_spec, seed=config.seed))
-        text = load(config.text_checkpoint, defaults[1], load_clip_text,
-                    lambda: build_text_tower(text_spec, seed=config.seed + 1))
+        vision = load(
+            config.vision_checkpoint,
+            defaults[0],
+            load_alpha_clip_visual,
+            lambda: build_vision_tower(vision_spec, seed=config.seed),
+        )
+        text = load(
+            config.text_checkpoint,
+            defaults[1],
+            load_clip_text,
+            lambda: build_text_tower(text_spec, seed=config.seed + 1),
+        )
         random = {key: not t.info.pretrained for key, t in (("vision", vision), ("text", text))}
         if warn and any(random.values()):
             log.warning(random_weights_warning(random, config.arch, cache_dir))
@@ -548,6 +602,7 @@ class RegionAwareDualEncoder:
 
         Stored in the model bundle and hashed into :class:`EmbeddingCache` keys.
         """
+
         def tower(info: WeightsInfo, spec: VisionSpec | TextSpec) -> dict[str, Any]:
             return {
                 "pretrained": info.pretrained,
@@ -564,8 +619,11 @@ class RegionAwareDualEncoder:
             "text": tower(self.text_info, self.text_spec),
             "pretrained": dict(self.pretrained),
             "prompt_template": self.prompt_template,
-            "preprocess": {"version": PREPROCESS_VERSION, "image_size": self.vision_spec.image_size,
-                           "transpose": self.transpose},
+            "preprocess": {
+                "version": PREPROCESS_VERSION,
+                "image_size": self.vision_spec.image_size,
+                "transpose": self.transpose,
+            },
         }
 
     @property
@@ -586,12 +644,19 @@ class RegionAwareDualEncoder:
             return np.zeros((0, self.embed_dim), dtype=np.float32)
         tokens = self.tokenizer(prompts).to(self.device)
         with torch.inference_mode():
-            out = torch.cat([self.text(tokens[i: i + self.batch_size]) for i in range(0, len(prompts), self.batch_size)])
+            out = torch.cat(
+                [
+                    self.text(tokens[i : i + self.batch_size])
+                    for i in range(0, len(prompts), self.batch_size)
+                ]
+            )
             if normalize:
                 out = F.normalize(out, dim=-1)
         return out.float().cpu().numpy()
 
-    def preprocess(self, slice2d: np.ndarray, mask2d: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    def preprocess(
+        self, slice2d: np.ndarray, mask2d: np.ndarray
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(image (3,S,S), alpha (1,S,S)) for one slice and its mask (same 2D shape)."""
         s, m = np.asarray(slice2d), np.asarray(mask2d)
         if s.shape != m.shape:
@@ -603,8 +668,15 @@ class RegionAwareDualEncoder:
         self, slices: Sequence[np.ndarray], masks: Sequence[np.ndarray], normalize: bool = False
     ) -> np.ndarray:
         """Alpha-CLIP features of each slice seen through its mask: (N, D) float32."""
-        return encode_regions_with(self.vision, slices, masks, transpose=self.transpose,
-                                   batch_size=self.batch_size, device=self.device, normalize=normalize)
+        return encode_regions_with(
+            self.vision,
+            slices,
+            masks,
+            transpose=self.transpose,
+            batch_size=self.batch_size,
+            device=self.device,
+            normalize=normalize,
+        )
 
 
 def encode_regions_with(
@@ -629,11 +701,15 @@ def encode_regions_with(
     outs: list[torch.Tensor] = []
     for start in range(0, len(slices), batch_size):
         pairs = []
-        for s, m in zip(slices[start: start + batch_size], masks[start: start + batch_size]):
+        for s, m in zip(slices[start : start + batch_size], masks[start : start + batch_size]):
             s, m = np.asarray(s), np.asarray(m)
             if s.shape != m.shape:
-                raise InputError("mask", f"shape {m.shape} differs from its slice's shape {s.shape}")
-            pairs.append((preprocess_slice(s, size, transpose), preprocess_mask(m, size, transpose)))
+                raise InputError(
+                    "mask", f"shape {m.shape} differs from its slice's shape {s.shape}"
+                )
+            pairs.append(
+                (preprocess_slice(s, size, transpose), preprocess_mask(m, size, transpose))
+            )
         images = torch.stack([p[0] for p in pairs]).to(device)
         alphas = torch.stack([p[1] for p in pairs]).to(device)
         with torch.inference_mode():
@@ -753,8 +829,25 @@ class EmbeddingCache:
 
 
 __all__ = [
-    "ALPHA_MEAN", "ALPHA_STD", "CLIP_MEAN", "CLIP_STD", "DEFAULT_PROMPT", "DEFAULT_WEIGHTS", "WEIGHTS",
-    "EmbeddingCache", "EncoderConfig", "RegionAwareDualEncoder", "WeightsEntry", "WeightsInfo",
-    "default_cache_dir", "encode_regions_with", "pad_to_square", "preprocess_mask", "preprocess_slice", "resolve_checkpoint",
-    "sha256_file", "slice_to_uint8", "urllib_download",
+    "ALPHA_MEAN",
+    "ALPHA_STD",
+    "CLIP_MEAN",
+    "CLIP_STD",
+    "DEFAULT_PROMPT",
+    "DEFAULT_WEIGHTS",
+    "WEIGHTS",
+    "EmbeddingCache",
+    "EncoderConfig",
+    "RegionAwareDualEncoder",
+    "WeightsEntry",
+    "WeightsInfo",
+    "default_cache_dir",
+    "encode_regions_with",
+    "pad_to_square",
+    "preprocess_mask",
+    "preprocess_slice",
+    "resolve_checkpoint",
+    "sha256_file",
+    "slice_to_uint8",
+    "urllib_download",
 ]

@@ -18,9 +18,10 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from .errors import RADAError
 
@@ -71,7 +72,9 @@ class EngineProcess:
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
     _lines: queue.Queue = field(default_factory=queue.Queue, init=False, repr=False)
     _open_pipes: int = field(default=0, init=False, repr=False)
-    _tail: deque = field(default_factory=lambda: deque(maxlen=STDERR_TAIL_LINES), init=False, repr=False)
+    _tail: deque = field(
+        default_factory=lambda: deque(maxlen=STDERR_TAIL_LINES), init=False, repr=False
+    )
     _tail_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _readers: list = field(default_factory=list, init=False, repr=False)
     _cancelled: bool = field(default=False, init=False, repr=False)
@@ -81,7 +84,7 @@ class EngineProcess:
 
     # ------------------------------------------------------------------ starting
 
-    def start(self) -> "EngineProcess":
+    def start(self) -> EngineProcess:
         """Start the process with piped output in a new process group; returns ``self``.
 
         Raises :class:`RADAError` (one line) when the program cannot be started.
@@ -99,9 +102,17 @@ class EngineProcess:
             options["start_new_session"] = True
         try:
             self._proc = subprocess.Popen(
-                [str(a) for a in self.args], cwd=self.cwd, env=environment,
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                text=True, encoding="utf-8", errors="replace", bufsize=1, **options,
+                [str(a) for a in self.args],
+                cwd=self.cwd,
+                env=environment,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                encoding="utf-8",
+                errors="replace",
+                bufsize=1,
+                **options,
             )
         except OSError as exc:
             self.state = "failed"
@@ -110,7 +121,9 @@ class EngineProcess:
         self.state = "running"
         self._open_pipes = 2
         for name, stream in (("stdout", self._proc.stdout), ("stderr", self._proc.stderr)):
-            reader = threading.Thread(target=self._read, args=(name, stream), name=f"rada-{name}", daemon=True)
+            reader = threading.Thread(
+                target=self._read, args=(name, stream), name=f"rada-{name}", daemon=True
+            )
             reader.start()
             self._readers.append(reader)
         return self
@@ -162,8 +175,12 @@ class EngineProcess:
         """Events that arrived since the last call, without blocking."""
         return self._drain(0.0)
 
-    def wait(self, timeout: float | None = None, on_event: Callable[[Event], None] | None = None,
-             interval: float = 0.1) -> str:
+    def wait(
+        self,
+        timeout: float | None = None,
+        on_event: Callable[[Event], None] | None = None,
+        interval: float = 0.1,
+    ) -> str:
         """Block until the process finishes, passing events to ``on_event``; returns the state.
 
         Raises :class:`TimeoutError` when it is still running after ``timeout`` seconds (the
@@ -286,12 +303,17 @@ class EngineProcess:
         if IS_WINDOWS:
             if not hard:
                 try:
-                    proc.send_signal(getattr(signal, "CTRL_BREAK_EVENT"))
+                    proc.send_signal(signal.CTRL_BREAK_EVENT)
                 except OSError:
                     pass
                 return
-            subprocess.run(["taskkill", "/F", "/T", "/PID", str(proc.pid)], stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+            subprocess.run(
+                ["taskkill", "/F", "/T", "/PID", str(proc.pid)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
             return
         try:
             os.killpg(proc.pid, signal.SIGKILL if hard else signal.SIGINT)
@@ -348,11 +370,16 @@ def _signal_message(number: int) -> str:
 
 def _traceback_error(lines: list[str]) -> str | None:
     """The exception line of the last Python traceback in ``lines``, if any."""
-    starts = [i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")]
+    starts = [
+        i for i, line in enumerate(lines) if line.startswith("Traceback (most recent call last)")
+    ]
     if not starts:
         return None
-    candidates = [line.strip() for line in lines[starts[-1] + 1:]
-                  if line.strip() and not line.startswith((" ", "\t"))]
+    candidates = [
+        line.strip()
+        for line in lines[starts[-1] + 1 :]
+        if line.strip() and not line.startswith((" ", "\t"))
+    ]
     return candidates[-1] if candidates else None
 
 

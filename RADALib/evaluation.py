@@ -7,9 +7,9 @@ import io
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from .atomic import write_text_atomic
 from .cohort import case_id_of
@@ -30,7 +30,9 @@ class Evaluation:
 
     def to_json(self) -> dict:
         return {
-            "cases": [{"id": i, "class": c, **m.as_dict(nan_to_none=True)} for i, c, m in self.rows],
+            "cases": [
+                {"id": i, "class": c, **m.as_dict(nan_to_none=True)} for i, c, m in self.rows
+            ],
             "summary": {str(c): _strict(s) for c, s in self.summary().items()},
             "rules": "empty prediction with non-empty truth: Dice 0, distances NaN, counted as a failure; "
             "empty truth: never scored as perfect (see RADALib/metrics.py)",
@@ -39,13 +41,28 @@ class Evaluation:
     def to_csv(self) -> str:
         buffer = io.StringIO()
         writer = csv.writer(buffer)
-        writer.writerow(["id", "class", "dice", "jaccard", "hd95_vox", "asd_vox", "hd95_mm", "asd_mm", "status"])
+        writer.writerow(
+            ["id", "class", "dice", "jaccard", "hd95_vox", "asd_vox", "hd95_mm", "asd_mm", "status"]
+        )
         for case_id, value, m in self.rows:
-            writer.writerow([case_id, value, *(_num(getattr(m, k)) for k in ("dice", "jaccard", "hd95_vox", "asd_vox", "hd95_mm", "asd_mm")), m.status])
+            writer.writerow(
+                [
+                    case_id,
+                    value,
+                    *(
+                        _num(getattr(m, k))
+                        for k in ("dice", "jaccard", "hd95_vox", "asd_vox", "hd95_mm", "asd_mm")
+                    ),
+                    m.status,
+                ]
+            )
         return buffer.getvalue()
 
     def table(self) -> str:
-        lines = [f"{'case':<24} {'class':>5} {'Dice':>7} {'Jaccard':>7} {'HD95 vox':>9} {'HD95 mm':>8} {'ASD vox':>8} {'ASD mm':>7}  status"]
+        lines = [
+            f"{'case':<24} {'class':>5} {'Dice':>7} {'Jaccard':>7} {'HD95 vox':>9} {'HD95 mm':>8} "
+            f"{'ASD vox':>8} {'ASD mm':>7}  status"
+        ]
         for case_id, value, m in self.rows:
             lines.append(
                 f"{case_id[:24]:<24} {value:>5} {_fmt(m.dice):>7} {_fmt(m.jaccard):>7} {_fmt(m.hd95_vox, 2):>9} "
@@ -54,14 +71,19 @@ class Evaluation:
         for value, s in self.summary().items():
             lines.append(
                 f"{'mean':<24} {value:>5} {_fmt(s['dice']['mean']):>7} {_fmt(s['jaccard']['mean']):>7} "
-                f"{_fmt(s['hd95_vox']['mean'], 2):>9} {_fmt(s['hd95_mm']['mean'], 2):>8} {_fmt(s['asd_vox']['mean'], 2):>8} "
+                f"{_fmt(s['hd95_vox']['mean'], 2):>9} {_fmt(s['hd95_mm']['mean'], 2):>8} "
+                f"{_fmt(s['asd_vox']['mean'], 2):>8} "
                 f"{_fmt(s['asd_mm']['mean'], 2):>7}  failures {s['n_failures']} of {s['n_cases']}"
             )
         return "\n".join(lines)
 
 
 def _fmt(value: float, digits: int = 4) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+    return (
+        "-"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else f"{value:.{digits}f}"
+    )
 
 
 def _num(value: float) -> str:
@@ -76,7 +98,9 @@ def _strict(value):
     return value
 
 
-def pair_files(pred: str | os.PathLike[str], truth: str | os.PathLike[str]) -> list[tuple[str, Path, Path]]:
+def pair_files(
+    pred: str | os.PathLike[str], truth: str | os.PathLike[str]
+) -> list[tuple[str, Path, Path]]:
     """(case id, prediction, truth) triples: two files, or two folders matched by case id."""
     pred, truth = Path(pred), Path(truth)
     for path in (pred, truth):
@@ -88,7 +112,11 @@ def pair_files(pred: str | os.PathLike[str], truth: str | os.PathLike[str]) -> l
         suffixes = _SITK_SUFFIXES + _H5_SUFFIXES
 
         def listing(folder: Path) -> dict[str, Path]:
-            files = [p for p in folder.rglob("*") if p.is_file() and file_suffix(p) in suffixes and not p.name.startswith(".")]
+            files = [
+                p
+                for p in folder.rglob("*")
+                if p.is_file() and file_suffix(p) in suffixes and not p.name.startswith(".")
+            ]
             return {_case_key(p, folder): p for p in files}
 
         predictions, truths = listing(pred), listing(truth)
@@ -106,20 +134,27 @@ def _case_key(path: Path, folder: Path) -> str:
     return case_id_of(path)
 
 
-def evaluate_files(pairs: Sequence[tuple[str, Path, Path]], classes: Sequence[int] | None = None) -> Evaluation:
+def evaluate_files(
+    pairs: Sequence[tuple[str, Path, Path]], classes: Sequence[int] | None = None
+) -> Evaluation:
     """Read each (prediction, truth) pair on one grid and compute the metrics (mm from the header)."""
     evaluation = Evaluation()
     for case_id, pred_path, truth_path in pairs:
         truth = read_volume(truth_path, "label")
         pred = read_label_for(truth, pred_path)
-        for value, metrics in evaluate_case(pred.array, truth.array, truth.spacing, classes).items():
+        for value, metrics in evaluate_case(
+            pred.array, truth.array, truth.spacing, classes
+        ).items():
             evaluation.rows.append((case_id, value, metrics))
     return evaluation
 
 
 def write_outputs(evaluation: Evaluation, json_path: Path | None, csv_path: Path | None) -> None:
     """Write the JSON and CSV reports atomically."""
-    for path, text in ((json_path, lambda: json.dumps(evaluation.to_json(), indent=2) + "\n"), (csv_path, evaluation.to_csv)):
+    for path, text in (
+        (json_path, lambda: json.dumps(evaluation.to_json(), indent=2) + "\n"),
+        (csv_path, evaluation.to_csv),
+    ):
         if path is None:
             continue
         path = Path(path)

@@ -13,8 +13,9 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, TextIO
+from typing import Any, TextIO
 
 Sink = Callable[[dict[str, Any]], None]
 
@@ -37,7 +38,10 @@ def _plain(value: Any) -> Any:
 
 
 def terminal_sink(
-    stream: TextIO | None = None, width: int = 30, every_s: float = 5.0, clock: Callable[[], float] = time.monotonic
+    stream: TextIO | None = None,
+    width: int = 30,
+    every_s: float = 5.0,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Sink:
     """Draws a one-line bar per stage when ``stream`` is a terminal, else prints a line per event.
 
@@ -52,16 +56,25 @@ def terminal_sink(
         total, step = event.get("total") or 0, event.get("step") or 0
         message = event.get("message", "")
         if event.get("level") in ("warning", "error") or not total:
-            prefix = f"{event['level'].upper()}: " if event.get("level") in ("warning", "error") else ""
+            prefix = (
+                f"{event['level'].upper()}: " if event.get("level") in ("warning", "error") else ""
+            )
             out.write(f"{prefix}[{event['stage']}] {message}\n")
             out.flush()
             return
         eta = event.get("eta_s")
         eta_text = f" eta {_duration(eta)}" if eta is not None else ""
-        extras = " ".join(f"{k} {v:.4g}" for k, v in event.items() if k in ("loss", "dice") and isinstance(v, float))
+        extras = " ".join(
+            f"{k} {v:.4g}"
+            for k, v in event.items()
+            if k in ("loss", "dice") and isinstance(v, float)
+        )
         if out.isatty():
             filled = int(width * step / total)
-            out.write(f"\r[{event['stage']}] |{'#' * filled}{'.' * (width - filled)}| {step}/{total}{eta_text} {extras} {message[:60]}\033[K")
+            bar = "#" * filled + "." * (width - filled)
+            out.write(
+                f"\r[{event['stage']}] |{bar}| {step}/{total}{eta_text} {extras} {message[:60]}\033[K"
+            )
             if step >= total:
                 out.write("\n")
         else:
@@ -70,7 +83,9 @@ def terminal_sink(
             if quiet and now - last_line.get(event["stage"], -math.inf) < every_s:
                 return
             last_line[event["stage"]] = now
-            out.write(f"[{event['stage']}] {step}/{total}{eta_text} {extras} {message}".rstrip() + "\n")
+            out.write(
+                f"[{event['stage']}] {step}/{total}{eta_text} {extras} {message}".rstrip() + "\n"
+            )
         out.flush()
 
     return emit
@@ -102,8 +117,21 @@ class Progress:
 
     def start(self, stage: str, total: int, message: str = "", first_step: int = 0) -> None:
         """Begin a stage of ``total`` steps (``first_step`` > 0 when resuming)."""
-        self._stage, self._total, self._started, self._first_step = stage, int(total), self.clock(), first_step
-        self.sink({"stage": stage, "step": first_step, "total": int(total), "message": message, "eta_s": None})
+        self._stage, self._total, self._started, self._first_step = (
+            stage,
+            int(total),
+            self.clock(),
+            first_step,
+        )
+        self.sink(
+            {
+                "stage": stage,
+                "step": first_step,
+                "total": int(total),
+                "message": message,
+                "eta_s": None,
+            }
+        )
 
     def enter(self, stage: str) -> None:
         """Label the messages that follow with ``stage`` (a stage without counted steps)."""
@@ -123,4 +151,13 @@ class Progress:
 
     def message(self, text: str, level: str = "info", **fields: Any) -> None:
         """A free-form event (``level`` info, warning or error)."""
-        self.sink({"stage": self._stage or "rada", "step": None, "total": None, "message": text, "level": level, **fields})
+        self.sink(
+            {
+                "stage": self._stage or "rada",
+                "step": None,
+                "total": None,
+                "message": text,
+                "level": level,
+                **fields,
+            }
+        )

@@ -44,9 +44,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -92,14 +92,18 @@ PROBABILITY_SUFFIX = "_rada_probabilities"
 # ----------------------------------------------------------------------------- windows
 
 
-def resolve_stride(stride: str | Sequence[int] | None, patch: Sequence[int]) -> tuple[int, int, int]:
+def resolve_stride(
+    stride: str | Sequence[int] | None, patch: Sequence[int]
+) -> tuple[int, int, int]:
     """A stride tuple from a preset name (``"dense"``, ``"fast"``) or three integers."""
     patch = _triple(patch, "patch")
     if stride is None:
         stride = DEFAULT_STRIDE
     if isinstance(stride, str):
         if stride == WHOLE:
-            raise ValueError(f"{WHOLE!r} is not a stride: it runs no sliding windows (predict_volume takes it)")
+            raise ValueError(
+                f"{WHOLE!r} is not a stride: it runs no sliding windows (predict_volume takes it)"
+            )
         if stride not in STRIDE_PRESETS:
             raise ValueError(
                 f"unknown stride preset {stride!r}; use one of {sorted(INFERENCE_MODES)} or three integers"
@@ -148,7 +152,9 @@ def window_starts(size: int, patch: int, stride: int) -> list[int]:
     return [min(i * stride, size - patch) for i in range(count)]
 
 
-def window_grid(shape: Sequence[int], patch: Sequence[int], stride: Sequence[int]) -> list[list[int]]:
+def window_grid(
+    shape: Sequence[int], patch: Sequence[int], stride: Sequence[int]
+) -> list[list[int]]:
     """:func:`window_starts` for each of the three axes."""
     return [window_starts(int(n), int(p), int(s)) for n, p, s in zip(shape, patch, stride)]
 
@@ -177,11 +183,14 @@ def _pad(image: Tensor, pads: Sequence[tuple[int, int]], value: float) -> Tensor
     return F.pad(image, flat, mode="constant", value=float(value))
 
 
-def _windows(grid: Sequence[Sequence[int]], padded: Sequence[int], patch: Sequence[int], device: torch.device
-             ) -> tuple[list[tuple[int, int, int]], Tensor]:
+def _windows(
+    grid: Sequence[Sequence[int]], padded: Sequence[int], patch: Sequence[int], device: torch.device
+) -> tuple[list[tuple[int, int, int]], Tensor]:
     """The windows' corners and, per voxel, how many windows cover it."""
     corners = [(x, y, z) for x in grid[0] for y in grid[1] for z in grid[2]]
-    counts = [torch.from_numpy(_coverage(n, p, starts)) for n, p, starts in zip(padded, patch, grid)]
+    counts = [
+        torch.from_numpy(_coverage(n, p, starts)) for n, p, starts in zip(padded, patch, grid)
+    ]
     coverage = counts[0][:, None, None] * counts[1][None, :, None] * counts[2][None, None, :]
     return corners, coverage.to(device)
 
@@ -225,16 +234,23 @@ def sliding_window_inference(
     total: Tensor | None = None
     done = 0
     for batch in _chunks(corners, batch_size):
-        windows = torch.cat([image[:, :, x : x + patch[0], y : y + patch[1], z : z + patch[2]] for x, y, z in batch])
+        windows = torch.cat(
+            [image[:, :, x : x + patch[0], y : y + patch[1], z : z + patch[2]] for x, y, z in batch]
+        )
         probabilities = predictor(windows)
         expected = (len(batch), patch[0], patch[1], patch[2])
-        if probabilities.dim() != 5 or (probabilities.shape[0], *probabilities.shape[2:]) != expected:
+        if (
+            probabilities.dim() != 5
+            or (probabilities.shape[0], *probabilities.shape[2:]) != expected
+        ):
             raise ValueError(
                 f"predictor returned shape {tuple(probabilities.shape)} for windows {tuple(windows.shape)}; "
                 f"expected (B, K, {patch[0]}, {patch[1]}, {patch[2]})"
             )
         if total is None:
-            total = torch.zeros((probabilities.shape[1], *padded), dtype=torch.float32, device=image.device)
+            total = torch.zeros(
+                (probabilities.shape[1], *padded), dtype=torch.float32, device=image.device
+            )
         for (x, y, z), window in zip(batch, probabilities):
             total[:, x : x + patch[0], y : y + patch[1], z : z + patch[2]] += window.to(total.dtype)
         done += len(batch)
@@ -289,7 +305,9 @@ def whole_volume_inference(
     model.eval()
     nets = list(model.nets.values())
     if progress is not None:
-        progress.start("inference", len(nets), f"whole volume {padded}, {len(corners)} prompt window(s)")
+        progress.start(
+            "inference", len(nets), f"whole volume {padded}, {len(corners)} prompt window(s)"
+        )
     total: Tensor | None = None
     with torch.inference_mode():
         for done, net in enumerate(nets, start=1):
@@ -297,15 +315,27 @@ def whole_volume_inference(
                 features = net.vnet.encode(image)
                 logits = net.head(net.vnet.decode(features)).float()[0]  # Conv3D(Z) + b
             if total is None:
-                total = torch.zeros((logits.shape[0], *padded), dtype=torch.float32, device=image.device)
+                total = torch.zeros(
+                    (logits.shape[0], *padded), dtype=torch.float32, device=image.device
+                )
             if era is None:  # no guidance: the windows would all see the same logits
                 total += torch.softmax(logits, dim=0) * coverage
             else:
                 for x, y, z in corners:
-                    window = (slice(None), slice(x, x + patch[0]), slice(y, y + patch[1]), slice(z, z + patch[2]))
-                    part = tuple(slice(c // DOWNSAMPLING, (c + p) // DOWNSAMPLING) for c, p in zip((x, y, z), patch))
+                    window = (
+                        slice(None),
+                        slice(x, x + patch[0]),
+                        slice(y, y + patch[1]),
+                        slice(z, z + patch[2]),
+                    )
+                    part = tuple(
+                        slice(c // DOWNSAMPLING, (c + p) // DOWNSAMPLING)
+                        for c, p in zip((x, y, z), patch)
+                    )
                     with autocast():
-                        gamma = net.gamma(era, features[-1][(slice(None), slice(None), *part)])  # eq. (4)
+                        gamma = net.gamma(
+                            era, features[-1][(slice(None), slice(None), *part)]
+                        )  # eq. (4)
                         shift = F.conv3d(gamma, net.head.weight).float()[0]  # W·γ, (K, 1, 1, 1)
                     total[window] += torch.softmax(logits[window] + shift, dim=0)  # eq. (5)
             del features, logits
@@ -319,7 +349,9 @@ def whole_volume_inference(
 
 def whole_volume_voxels(shape: Sequence[int], patch: Sequence[int]) -> int:
     """Voxels of the padded volume a ``"whole"`` pass works on."""
-    return math.prod(max(int(p), DOWNSAMPLING * math.ceil(int(n) / DOWNSAMPLING)) for n, p in zip(shape, patch))
+    return math.prod(
+        max(int(p), DOWNSAMPLING * math.ceil(int(n) / DOWNSAMPLING)) for n, p in zip(shape, patch)
+    )
 
 
 # ----------------------------------------------------------------------------- the ensemble
@@ -361,7 +393,9 @@ def bundle_patch(bundle: Bundle, patch: Sequence[int] | None = None) -> tuple[in
     out = _triple(value, "patch")
     bad = [p for p in out if p < DOWNSAMPLING or p % DOWNSAMPLING]
     if bad:
-        raise ValueError(f"patch {out}: every size must be a positive multiple of {DOWNSAMPLING} (the VNet halves it 4 times)")
+        raise ValueError(
+            f"patch {out}: every size must be a positive multiple of {DOWNSAMPLING} (the VNet halves it 4 times)"
+        )
     return out
 
 
@@ -401,29 +435,47 @@ def predict_volume(
     device = torch.device(device)
     normalization = bundle.manifest.get("normalization", "zscore")
     if normalization != "zscore":
-        raise InputError(bundle.folder, f"unknown intensity normalization {normalization!r} (this RADA knows 'zscore')")
+        raise InputError(
+            bundle.folder,
+            f"unknown intensity normalization {normalization!r} (this RADA knows 'zscore')",
+        )
     patch = bundle_patch(bundle, patch)
     stride = stride if stride is not None else bundle.inference_settings.get("stride")
     whole = stride == WHOLE
     if whole and whole_volume_voxels(volume.shape, patch) > MAX_WHOLE_VOXELS:
         if progress is not None:
-            progress.message(f"the volume {volume.shape} is too large for one pass; using the 'fast' windows")
+            progress.message(
+                f"the volume {volume.shape} is too large for one pass; using the 'fast' windows"
+            )
         whole, stride = False, "fast"
     if not whole:
         stride = resolve_stride(stride, patch)
         check_stride(patch, stride)
     config = bundle.config
     if config.in_channels != 1:
-        raise InputError(bundle.folder, f"the model expects {config.in_channels} input channels; RADA volumes have 1")
+        raise InputError(
+            bundle.folder,
+            f"the model expects {config.in_channels} input channels; RADA volumes have 1",
+        )
     if config.n_classes > 256:
         raise InputError(bundle.folder, f"{config.n_classes} classes do not fit a uint8 label map")
 
-    region = bundle.region_embedding_mean if region_embedding is None else np.asarray(region_embedding, np.float32).ravel()
+    region = (
+        bundle.region_embedding_mean
+        if region_embedding is None
+        else np.asarray(region_embedding, np.float32).ravel()
+    )
     if region is not None and region.size != config.region_dim:
-        raise InputError("region_embedding", f"has {region.size} values; this model expects {config.region_dim}")
+        raise InputError(
+            "region_embedding", f"has {region.size} values; this model expects {config.region_dim}"
+        )
     model = prepare_model(bundle.model, device)
     with torch.inference_mode():
-        text = None if bundle.text_embedding is None else torch.as_tensor(bundle.text_embedding, device=device)
+        text = (
+            None
+            if bundle.text_embedding is None
+            else torch.as_tensor(bundle.text_embedding, device=device)
+        )
         ev = None if region is None else torch.as_tensor(region, device=device)
         era = model.embed(text, ev)
 
@@ -447,10 +499,20 @@ def predict_volume(
             )
         else:
             probabilities = sliding_window_inference(
-                image, predictor, patch, stride, batch_size, progress, pad_value=float(normalized.min())
+                image,
+                predictor,
+                patch,
+                stride,
+                batch_size,
+                progress,
+                pad_value=float(normalized.min()),
             )
         label = probabilities.argmax(dim=0).to(torch.uint8).cpu().numpy()
-        kept = probabilities.cpu().numpy().astype(np.float32, copy=False) if return_probabilities else None
+        kept = (
+            probabilities.cpu().numpy().astype(np.float32, copy=False)
+            if return_probabilities
+            else None
+        )
     post = largest_component_classes(bundle, largest_component)
     if post:
         label = keep_largest_component(label, post)
@@ -467,14 +529,26 @@ def largest_component_classes(bundle: Bundle, largest_component: bool | None = N
 
 def describe_largest_component(bundle: Bundle, largest_component: bool | None = None) -> str:
     """One line for the log: which classes are post-processed, and on whose say."""
-    names = [bundle.class_names.get(c, str(c)) for c in largest_component_classes(bundle, largest_component)]
+    names = [
+        bundle.class_names.get(c, str(c))
+        for c in largest_component_classes(bundle, largest_component)
+    ]
     if largest_component is None:
         if not names and bundle.inference_settings.get("largest_component") is None:
-            return "every connected region kept (the model records no recommendation; --largest-component keeps the largest)"
+            return (
+                "every connected region kept (the model records no recommendation; "
+                "--largest-component keeps the largest)"
+            )
         if not names:
             return "every connected region kept (the structure was not one region in the model's pseudo-labels)"
-        return f"largest connected component of {', '.join(names)} kept (the model's recommendation)"
-    return f"largest connected component of {', '.join(names)} kept (asked)" if names else "every connected region kept (asked)"
+        return (
+            f"largest connected component of {', '.join(names)} kept (the model's recommendation)"
+        )
+    return (
+        f"largest connected component of {', '.join(names)} kept (asked)"
+        if names
+        else "every connected region kept (asked)"
+    )
 
 
 # ----------------------------------------------------------------------------- files
@@ -487,7 +561,9 @@ def case_name(path: str | os.PathLike[str]) -> str:
     return name[: -len(suffix)] if suffix and name.lower().endswith(suffix) else name
 
 
-def output_paths(image: str | os.PathLike[str], out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
+def output_paths(
+    image: str | os.PathLike[str], out_dir: str | os.PathLike[str]
+) -> tuple[Path, Path]:
     """(label map, probability map) paths written for ``image`` in ``out_dir``."""
     case = case_name(image)
     out_dir = Path(out_dir)
@@ -530,13 +606,18 @@ def predict_files(
     else:
         regions = list(region_embedding)
         if len(regions) != len(inputs):
-            raise InputError("region_embedding", f"has {len(regions)} entries for {len(inputs)} inputs")
+            raise InputError(
+                "region_embedding", f"has {len(regions)} entries for {len(inputs)} inputs"
+            )
     out_dir = Path(out_dir)
     seen: dict[str, Path] = {}
     for path in inputs:
         case = case_name(path)
         if case in seen:
-            raise InputError(path, f"has the same case name '{case}' as {seen[case]}; their outputs would collide")
+            raise InputError(
+                path,
+                f"has the same case name '{case}' as {seen[case]}; their outputs would collide",
+            )
         seen[case] = path
     if progress is not None:
         progress.enter("inference")
@@ -545,11 +626,22 @@ def predict_files(
     for i, path in enumerate(inputs):
         if progress is not None:
             source = prompt_source(bundle, regions[i])
-            progress.message(f"case {i + 1}/{len(inputs)}: {path.name} (region prompt: {source})", region_prompt=source)
+            progress.message(
+                f"case {i + 1}/{len(inputs)}: {path.name} (region prompt: {source})",
+                region_prompt=source,
+            )
         volume = read_volume(path, "image", oblique=oblique)
         result = predict_volume(
-            bundle, volume, patch=patch, stride=stride, device=device, region_embedding=regions[i],
-            batch_size=batch_size, amp=amp, return_probabilities=write_probabilities, progress=progress,
+            bundle,
+            volume,
+            patch=patch,
+            stride=stride,
+            device=device,
+            region_embedding=regions[i],
+            batch_size=batch_size,
+            amp=amp,
+            return_probabilities=write_probabilities,
+            progress=progress,
             largest_component=largest_component,
         )
         label_path, probability_path = output_paths(path, out_dir)
@@ -557,10 +649,18 @@ def predict_files(
         if write_probabilities and result.probabilities is not None:
             k = result.probabilities.shape[0]
             if k == 2:
-                write_like(volume, np.ascontiguousarray(result.probabilities[1], np.float32), probability_path)
+                write_like(
+                    volume,
+                    np.ascontiguousarray(result.probabilities[1], np.float32),
+                    probability_path,
+                )
             else:
                 for c in range(1, k):
-                    target = probability_path.with_name(f"{case_name(path)}{PROBABILITY_SUFFIX}_{c}.nrrd")
-                    write_like(volume, np.ascontiguousarray(result.probabilities[c], np.float32), target)
+                    target = probability_path.with_name(
+                        f"{case_name(path)}{PROBABILITY_SUFFIX}_{c}.nrrd"
+                    )
+                    write_like(
+                        volume, np.ascontiguousarray(result.probabilities[c], np.float32), target
+                    )
         written.append(label_path)
     return written

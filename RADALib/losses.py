@@ -7,7 +7,7 @@ batch (one ratio per batch, not a mean of per-volume ratios), in float32.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,9 +22,13 @@ def _check(logits: Tensor, target: Tensor, weight: Tensor | None, name: str = "w
         raise ValueError(f"logits must be (B, C, ...), got shape {tuple(logits.shape)}")
     expected = (logits.shape[0], *logits.shape[2:])
     if tuple(target.shape) != expected:
-        raise ValueError(f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}")
+        raise ValueError(
+            f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}"
+        )
     if weight is not None and tuple(weight.shape) != expected:
-        raise ValueError(f"{name} shape {tuple(weight.shape)} does not match logits {tuple(logits.shape)}")
+        raise ValueError(
+            f"{name} shape {tuple(weight.shape)} does not match logits {tuple(logits.shape)}"
+        )
 
 
 def _weighted_nll(logits: Tensor, target: Tensor, weight: Tensor) -> Tensor:

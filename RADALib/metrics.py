@@ -46,8 +46,9 @@ Summaries (``summarize``)
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -83,9 +84,13 @@ def _check_spacing(spacing: Sequence[float], ndim: int) -> tuple[float, ...]:
     except (TypeError, ValueError):
         raise InputError("spacing", f"must be {ndim} numbers in mm, got {spacing!r}") from None
     if len(values) != ndim:
-        raise InputError("spacing", f"must have {ndim} values (one per axis), got {len(values)}: {values}")
+        raise InputError(
+            "spacing", f"must have {ndim} values (one per axis), got {len(values)}: {values}"
+        )
     if not all(math.isfinite(s) and s > 0 for s in values):
-        raise InputError("spacing", f"every voxel size must be a positive finite number of mm, got {values}")
+        raise InputError(
+            "spacing", f"every voxel size must be a positive finite number of mm, got {values}"
+        )
     return values
 
 
@@ -146,7 +151,9 @@ def _surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~ndimage.binary_erosion(mask, structure=structure, border_value=0)
 
 
-def _directed(a_surface: np.ndarray, b_surface: np.ndarray, spacing: tuple[float, ...]) -> np.ndarray:
+def _directed(
+    a_surface: np.ndarray, b_surface: np.ndarray, spacing: tuple[float, ...]
+) -> np.ndarray:
     """Distances from each surface voxel of a to the nearest surface voxel of b (both non-empty).
 
     The Euclidean distance transform of ``~b_surface`` (``sampling=spacing``) is evaluated only at
@@ -203,7 +210,9 @@ def hd95(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] = (1.0, 1
     if not pred.any() or not truth.any():
         return math.nan
     p_surface, t_surface = _surfaces(pred, truth)
-    return _hd95_from(_directed(p_surface, t_surface, spacing_t), _directed(t_surface, p_surface, spacing_t))
+    return _hd95_from(
+        _directed(p_surface, t_surface, spacing_t), _directed(t_surface, p_surface, spacing_t)
+    )
 
 
 def asd(pred: np.ndarray, truth: np.ndarray, spacing: Sequence[float] = (1.0, 1.0, 1.0)) -> float:
@@ -265,7 +274,9 @@ class SegmentationMetrics:
         """Plain dict of the fields; with ``nan_to_none`` NaN becomes ``None`` (strict JSON)."""
         out = asdict(self)
         if nan_to_none:
-            out = {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()}
+            out = {
+                k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in out.items()
+            }
         return out
 
 
@@ -286,19 +297,27 @@ def metrics_for_masks(
 
     p_surface, t_surface = _surfaces(pred, truth)
     unit = (1.0,) * pred.ndim
-    d_pt_vox, d_tp_vox = _directed(p_surface, t_surface, unit), _directed(t_surface, p_surface, unit)
+    d_pt_vox, d_tp_vox = (
+        _directed(p_surface, t_surface, unit),
+        _directed(t_surface, p_surface, unit),
+    )
     if len(set(spacing_t)) == 1:
         # Isotropic voxels: the nearest surface voxel does not depend on the scale, so mm = vox · s.
         d_pt_mm, d_tp_mm = d_pt_vox * spacing_t[0], d_tp_vox * spacing_t[0]
     else:
-        d_pt_mm, d_tp_mm = _directed(p_surface, t_surface, spacing_t), _directed(t_surface, p_surface, spacing_t)
+        d_pt_mm, d_tp_mm = (
+            _directed(p_surface, t_surface, spacing_t),
+            _directed(t_surface, p_surface, spacing_t),
+        )
     values = {
         "hd95_vox": _hd95_from(d_pt_vox, d_tp_vox),
         "asd_vox": float(np.mean(d_pt_vox)),
         "hd95_mm": _hd95_from(d_pt_mm, d_tp_mm),
         "asd_mm": float(np.mean(d_pt_mm)),
     }
-    return SegmentationMetrics(dice=dice(pred, truth), jaccard=jaccard(pred, truth), status="ok", **values)
+    return SegmentationMetrics(
+        dice=dice(pred, truth), jaccard=jaccard(pred, truth), status="ok", **values
+    )
 
 
 def evaluate_case(

@@ -30,14 +30,18 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
     folder = bundle_folder(folder)
     path = folder / MANIFEST_FILE
     if not path.is_file():
-        raise InputError(path, f"missing: {folder} is not a complete RADA model bundle (no {MANIFEST_FILE})")
+        raise InputError(
+            path, f"missing: {folder} is not a complete RADA model bundle (no {MANIFEST_FILE})"
+        )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(path, f"cannot be read as JSON ({exc}); the bundle is corrupt") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
-        raise InputError(path, f"is not a RADA model bundle manifest (format {found!r}, expected {FORMAT!r})")
+        raise InputError(
+            path, f"is not a RADA model bundle manifest (format {found!r}, expected {FORMAT!r})"
+        )
     version = manifest.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise InputError(path, f"has an invalid format_version {version!r}")
@@ -57,7 +61,10 @@ def bundle_folder(folder: str | os.PathLike[str]) -> Path:
     if not folder.exists():
         raise InputError(folder, "model bundle not found")
     if not folder.is_dir():
-        raise InputError(folder, "is a file; a model bundle is a folder holding manifest.json and weights.safetensors")
+        raise InputError(
+            folder,
+            "is a file; a model bundle is a folder holding manifest.json and weights.safetensors",
+        )
     return folder
 
 
@@ -85,4 +92,6 @@ def list_bundles(folder: str | os.PathLike[str] | None = None) -> list[Path]:
     folder = Path(folder) if folder is not None else default_models_dir()
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and is_bundle(p))
+    return sorted(
+        p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".") and is_bundle(p)
+    )

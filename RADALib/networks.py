@@ -22,8 +22,9 @@ sampling for uncertainty without touching batch-norm running statistics).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -72,7 +73,9 @@ class Down(nn.Sequential):
 
     def __init__(self, in_ch: int, out_ch: int, normalization: str) -> None:
         super().__init__(
-            nn.Conv3d(in_ch, out_ch, 2, stride=2), _norm(normalization, out_ch), nn.ReLU(inplace=True)
+            nn.Conv3d(in_ch, out_ch, 2, stride=2),
+            _norm(normalization, out_ch),
+            nn.ReLU(inplace=True),
         )
 
 
@@ -117,7 +120,9 @@ class VNet(nn.Module):
     ) -> None:
         super().__init__()
         if normalization not in _NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {_NORMALIZATIONS}, got {normalization!r}")
+            raise ValueError(
+                f"normalization must be one of {_NORMALIZATIONS}, got {normalization!r}"
+            )
         if skip not in _SKIPS:
             raise ValueError(f"skip must be one of {_SKIPS}, got {skip!r}")
         if base_filters < 1 or in_channels < 1 or n_classes < 1:
@@ -133,7 +138,9 @@ class VNet(nn.Module):
         self.enc = nn.ModuleList()
         self.down = nn.ModuleList()
         for level, n in enumerate(ENCODER_STAGES):
-            self.enc.append(ConvStage(n, in_channels if level == 0 else ch[level], ch[level], normalization))
+            self.enc.append(
+                ConvStage(n, in_channels if level == 0 else ch[level], ch[level], normalization)
+            )
             if level < len(ch) - 1:
                 self.down.append(Down(ch[level], ch[level + 1], normalization))
 
@@ -164,7 +171,9 @@ class VNet(nn.Module):
     def decode(self, features: Sequence[Tensor]) -> Tensor:
         """Last decoder feature map Z (``base_filters`` channels) from :meth:`encode`'s output."""
         if len(features) != len(ENCODER_STAGES):
-            raise ValueError(f"expected {len(ENCODER_STAGES)} encoder features, got {len(features)}")
+            raise ValueError(
+                f"expected {len(ENCODER_STAGES)} encoder features, got {len(features)}"
+            )
         x = features[-1]
         for i, (up, stage) in enumerate(zip(self.up, self.dec)):
             skip = features[-2 - i]
@@ -190,7 +199,10 @@ class Adapter(nn.Sequential):
 
     def __init__(self, in_dim: int, hidden_dim: int = 256, out_dim: int = 256) -> None:
         super().__init__(
-            nn.Linear(in_dim, hidden_dim), nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim), nn.ReLU()
+            nn.Linear(in_dim, hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden_dim, out_dim),
+            nn.ReLU(),
         )
         self.in_dim = in_dim
         self.out_dim = out_dim
@@ -245,7 +257,9 @@ class NetworkConfig:
             )
         for name in ("in_channels", "n_classes", "base_filters", "era_dim", "adapter_hidden_dim"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"NetworkConfig.{name} must be positive, got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"NetworkConfig.{name} must be positive, got {getattr(self, name)!r}"
+                )
         for name in ("text_dim", "region_dim"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"NetworkConfig.{name} must be >= 0, got {getattr(self, name)!r}")
@@ -259,15 +273,20 @@ class NetworkConfig:
         """Input width of the guidance MLP: era_dim + bottleneck channels (16 * base)."""
         return self.era_dim + 16 * self.base_filters
 
-    def build(self) -> "TripleViewModel":
+    def build(self) -> TripleViewModel:
         """A freshly initialised :class:`TripleViewModel`."""
         return TripleViewModel(self)
 
     def build_vnet(self) -> VNet:
         """A plain :class:`VNet` with these backbone settings."""
         return VNet(
-            self.in_channels, self.n_classes, self.base_filters, self.normalization,  # type: ignore[arg-type]
-            self.dropout, self.skip, self.dropout_p,  # type: ignore[arg-type]
+            self.in_channels,
+            self.n_classes,
+            self.base_filters,
+            self.normalization,  # type: ignore[arg-type]
+            self.dropout,
+            self.skip,
+            self.dropout_p,  # type: ignore[arg-type]
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -275,7 +294,7 @@ class NetworkConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "NetworkConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> NetworkConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``, missing keys take defaults."""
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
@@ -311,7 +330,9 @@ class GuidedVNet(nn.Module):
         fused = torch.cat([era, f_img], dim=1)[:, :, None, None, None]  # Era ⊕ f_img
         return self.mlp(fused)  # eq. (4)
 
-    def forward(self, x: Tensor, era: Tensor | None = None, *, force_dropout: bool = False) -> Tensor:
+    def forward(
+        self, x: Tensor, era: Tensor | None = None, *, force_dropout: bool = False
+    ) -> Tensor:
         """Logits (B, n_classes, X, Y, Z); ``era=None`` skips γ (the "no guidance" ablation)."""
         features = self.vnet.encode(x)
         z = self.vnet.apply_dropout(self.vnet.decode(features), force_dropout)
@@ -377,7 +398,9 @@ class TripleViewModel(nn.Module):
         self, x: Tensor, era: Tensor | None = None, *, force_dropout: bool = False
     ) -> dict[str, Tensor]:
         """Logits of the three sub-networks, keyed by view."""
-        return {view: self.forward_view(view, x, era, force_dropout=force_dropout) for view in VIEWS}
+        return {
+            view: self.forward_view(view, x, era, force_dropout=force_dropout) for view in VIEWS
+        }
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:

@@ -13,7 +13,8 @@ follows that record unless told otherwise (``--largest-component`` / ``--no-larg
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -31,7 +32,9 @@ the LA2018 pseudo-labels 99.7 % of the voxels lie in the largest region; 97.1 % 
 case), a second part of real size (the other kidney: about half) does."""
 
 
-def keep_largest_component(label: np.ndarray, classes: Iterable[int] | None = None, connectivity: int = 1) -> np.ndarray:
+def keep_largest_component(
+    label: np.ndarray, classes: Iterable[int] | None = None, connectivity: int = 1
+) -> np.ndarray:
     """``label`` with only the largest connected component of each class in ``classes``.
 
     ``classes`` defaults to every non-zero value present. ``connectivity`` is scipy's: 1 joins
@@ -67,7 +70,9 @@ def _component_sizes(label: np.ndarray, value: int, connectivity: int) -> tuple[
     total = int(mask.sum())
     if total == 0:
         return 0, 0
-    components, count = ndimage.label(mask, structure=ndimage.generate_binary_structure(3, connectivity))
+    components, count = ndimage.label(
+        mask, structure=ndimage.generate_binary_structure(3, connectivity)
+    )
     return total, (total if count <= 1 else int(np.bincount(components.ravel())[1:].max()))
 
 

@@ -20,15 +20,22 @@ Dense ground truth never enters here: only the sparse annotation does.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Literal, Mapping, Sequence, get_args
+from typing import Literal, get_args
 
 import numpy as np
 from scipy import ndimage
 
 from .annotation import PLANES, SparseAnnotation
-from .registration import PairRegistrar, PairResult, RegistrationConfig, identity_coordinates, submit_pair
+from .registration import (
+    PairRegistrar,
+    PairResult,
+    RegistrationConfig,
+    identity_coordinates,
+    submit_pair,
+)
 
 Fusion = Literal["weighted", "majority"]
 
@@ -68,7 +75,7 @@ class PropagationConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, values: Mapping) -> "PropagationConfig":
+    def from_dict(cls, values: Mapping) -> PropagationConfig:
         values = {k: v for k, v in values.items() if k not in OBSOLETE_SETTINGS}
         registration = values.pop("registration", {})
         if isinstance(registration, Mapping):
@@ -116,7 +123,9 @@ class PropagationResult:
             weights = []
             for axis in range(3):
                 agreement = line_agreement(self.labels[axis], self.annotation, axis)
-                vote_weight = alpha ** self.distances[axis].astype(np.float32) * (agreement + 0.05) ** 2
+                vote_weight = (
+                    alpha ** self.distances[axis].astype(np.float32) * (agreement + 0.05) ** 2
+                )
                 weights.append(_broadcast(vote_weight.astype(np.float32), axis))
         return vote(labels, weights)
 
@@ -147,10 +156,14 @@ def _broadcast(vector: np.ndarray, axis: int) -> np.ndarray:
     return vector.reshape(shape)
 
 
-def voxel_weights(distance: np.ndarray, axis: int, annotation: SparseAnnotation, alpha: float) -> np.ndarray:
+def voxel_weights(
+    distance: np.ndarray, axis: int, annotation: SparseAnnotation, alpha: float
+) -> np.ndarray:
     """Eq. (6) as a dense float32 volume for the view along ``axis``."""
     shape = annotation.label.shape
-    weights = np.broadcast_to(_broadcast(np.power(np.float32(alpha), distance.astype(np.float32)), axis), shape)
+    weights = np.broadcast_to(
+        _broadcast(np.power(np.float32(alpha), distance.astype(np.float32)), axis), shape
+    )
     weights = np.array(weights, dtype=np.float32)
     weights[annotation.annotated_mask()] = 1.0
     return weights
@@ -181,7 +194,10 @@ def annotation_box(annotation: SparseAnnotation, margin: int) -> list[tuple[int,
     """Per axis, the [low, high) range spanned by the annotated voxels, grown by ``margin``."""
     where = np.nonzero(annotation.label)
     shape = annotation.label.shape
-    return [(max(0, int(w.min()) - margin), min(shape[a], int(w.max()) + 1 + margin)) for a, w in enumerate(where)]
+    return [
+        (max(0, int(w.min()) - margin), min(shape[a], int(w.max()) + 1 + margin))
+        for a, w in enumerate(where)
+    ]
 
 
 def interpolate_shapes(first: np.ndarray, last: np.ndarray, fraction: float) -> np.ndarray:
@@ -189,7 +205,9 @@ def interpolate_shapes(first: np.ndarray, last: np.ndarray, fraction: float) -> 
     return interpolate_shapes_at(first, last, [fraction])[0]
 
 
-def interpolate_shapes_at(first: np.ndarray, last: np.ndarray, fractions: Sequence[float]) -> list[np.ndarray]:
+def interpolate_shapes_at(
+    first: np.ndarray, last: np.ndarray, fractions: Sequence[float]
+) -> list[np.ndarray]:
     """:func:`interpolate_shapes` at several fractions, with each class's distances computed once.
 
     Distances are computed on the box around both labels grown by one pixel (a background
@@ -249,14 +267,18 @@ def compose(previous: np.ndarray | None, step: np.ndarray) -> np.ndarray:
     if previous is None:
         return step
     outside = (step[0] < -0.5) | (step[1] < -0.5)
-    composed = np.stack([ndimage.map_coordinates(previous[c], step, order=1, mode="nearest") for c in range(2)])
+    composed = np.stack(
+        [ndimage.map_coordinates(previous[c], step, order=1, mode="nearest") for c in range(2)]
+    )
     composed[:, outside] = -10.0
     return composed.astype(np.float32)
 
 
 def warp_label(label: np.ndarray, coordinates: np.ndarray) -> np.ndarray:
     """Nearest-neighbour resampling of a 2D label at a coordinate map (outside: background)."""
-    return ndimage.map_coordinates(label, coordinates, order=0, mode="constant", cval=0).astype(label.dtype)
+    return ndimage.map_coordinates(label, coordinates, order=0, mode="constant", cval=0).astype(
+        label.dtype
+    )
 
 
 def pair_crop(label: np.ndarray, margin: int) -> tuple[slice, slice]:
@@ -271,7 +293,9 @@ def pair_crop(label: np.ndarray, margin: int) -> tuple[slice, slice]:
     )
 
 
-def embed_coordinates(coordinates: np.ndarray, crop: tuple[slice, slice], shape: tuple[int, int]) -> np.ndarray:
+def embed_coordinates(
+    coordinates: np.ndarray, crop: tuple[slice, slice], shape: tuple[int, int]
+) -> np.ndarray:
     """A coordinate map found on ``crop`` of both slices, as a map of the whole (``shape``)
     slice: shifted by the crop's corner inside it, the identity outside it."""
     full = identity_coordinates(shape)
@@ -337,14 +361,18 @@ def propagate(
     """
     started = time.perf_counter()
     if image.shape != annotation.label.shape:
-        raise ValueError(f"image shape {image.shape} and annotation shape {annotation.label.shape} differ")
+        raise ValueError(
+            f"image shape {image.shape} and annotation shape {annotation.label.shape} differ"
+        )
     box = annotation_box(annotation, config.crop_margin)
     views: dict[int, _View] = {}
     chains: list[_Chain] = []
     for axis, sources in sorted(annotation.slices.items()):
         sources = sorted(sources)
         if progress:
-            progress(f"{PLANES[axis]} view: propagating from slice(s) {', '.join(map(str, sources))}")
+            progress(
+                f"{PLANES[axis]} view: propagating from slice(s) {', '.join(map(str, sources))}"
+            )
         in_plane = [a for a in range(3) if a != axis]
         crop = (slice(None), slice(*box[in_plane[0]]), slice(*box[in_plane[1]]))
         view = _View(
@@ -369,11 +397,18 @@ def propagate(
     labels: dict[int, np.ndarray] = {}
     distances: dict[int, np.ndarray] = {}
     for axis, view in views.items():
-        labels[axis], distances[axis] = _view_outputs(view, annotation, sorted(annotation.slices[axis]), box)
+        labels[axis], distances[axis] = _view_outputs(
+            view, annotation, sorted(annotation.slices[axis]), box
+        )
     return PropagationResult(annotation, labels, distances, methods, time.perf_counter() - started)
 
 
-def _run_chains(chains: list[_Chain], registrar: PairRegistrar, config: PropagationConfig, methods: dict[str, int]) -> None:
+def _run_chains(
+    chains: list[_Chain],
+    registrar: PairRegistrar,
+    config: PropagationConfig,
+    methods: dict[str, int],
+) -> None:
     """Advance every chain until its label vanishes (``stop_when_empty``) or it reaches its limit."""
     capacity = max(1, int(getattr(registrar, "workers", 1))) + 1  # one queued: no idle worker
     running: dict[Future, tuple[_Chain, int, tuple[slice, slice]]] = {}
@@ -400,8 +435,14 @@ def _run_chains(chains: list[_Chain], registrar: PairRegistrar, config: Propagat
             future.cancel()
 
 
-def _advance(chain: _Chain, target: int, crop: tuple[slice, slice], result: PairResult, config: PropagationConfig,
-             methods: dict[str, int]) -> None:
+def _advance(
+    chain: _Chain,
+    target: int,
+    crop: tuple[slice, slice],
+    result: PairResult,
+    config: PropagationConfig,
+    methods: dict[str, int],
+) -> None:
     """Carry the chain's source label onto ``target`` through the newly registered pair."""
     view = chain.view
     methods[result.method] = methods.get(result.method, 0) + 1
@@ -413,7 +454,9 @@ def _advance(chain: _Chain, target: int, crop: tuple[slice, slice], result: Pair
     view.labels[target] = warped
     gap = abs(target - previous)
     if gap > 1:
-        between = interpolate_shapes_at(view.labels[previous], warped, [j / gap for j in range(1, gap)])
+        between = interpolate_shapes_at(
+            view.labels[previous], warped, [j / gap for j in range(1, gap)]
+        )
         for j, label in enumerate(between, start=1):
             view.labels[previous + chain.direction * j] = label
     chain.current = target
@@ -421,8 +464,9 @@ def _advance(chain: _Chain, target: int, crop: tuple[slice, slice], result: Pair
         chain.finished = True
 
 
-def _view_outputs(view: _View, annotation: SparseAnnotation, sources: list[int], box: list[tuple[int, int]]
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def _view_outputs(
+    view: _View, annotation: SparseAnnotation, sources: list[int], box: list[tuple[int, int]]
+) -> tuple[np.ndarray, np.ndarray]:
     """The view's dense pseudo-label (x, y, z) and its per-slice distance to the nearest source."""
     axis = view.axis
     sparse = np.moveaxis(annotation.label, axis, 0)

@@ -26,7 +26,12 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .annotation import PLANES, SparseAnnotation, detect_sparse_annotation, simulate_sparse_annotation
+from .annotation import (
+    PLANES,
+    SparseAnnotation,
+    detect_sparse_annotation,
+    simulate_sparse_annotation,
+)
 from .atomic import ensure_writable_folder, write_npz_atomic, write_text_atomic
 from .cache import ArrayCache, content_key
 from .cohort import Case, Cohort
@@ -40,11 +45,15 @@ CASE_FILE = "case.json"
 ARRAYS_FILE = "propagation.npz"
 
 
-def case_annotation(case: Case, image: Volume, allow_multiple: bool = False, oblique: Oblique = "refuse") -> SparseAnnotation:
+def case_annotation(
+    case: Case, image: Volume, allow_multiple: bool = False, oblique: Oblique = "refuse"
+) -> SparseAnnotation:
     """The case's sparse annotation: detected from its sparse label, or simulated from dense."""
     if case.sparse_label is not None:
         label = read_label_for(image, case.sparse_label, oblique)
-        return detect_sparse_annotation(label.array, str(case.sparse_label), allow_multiple=allow_multiple)
+        return detect_sparse_annotation(
+            label.array, str(case.sparse_label), allow_multiple=allow_multiple
+        )
     if case.simulate_from_dense and case.dense_label is not None:
         dense = read_label_for(image, case.dense_label, oblique)
         if not dense.array.any():
@@ -59,7 +68,16 @@ def propagation_key(image: Volume, annotation: SparseAnnotation, config: Propaga
     for unused in ("fusion", "fusion_alpha"):  # they only shape the fused review label
         settings.pop(unused)
     slices = {str(a): list(s) for a, s in annotation.slices.items()}
-    return content_key("propagation", __version__, SCHEME, image.array, list(image.spacing), annotation.label, slices, settings)
+    return content_key(
+        "propagation",
+        __version__,
+        SCHEME,
+        image.array,
+        list(image.spacing),
+        annotation.label,
+        slices,
+        settings,
+    )
 
 
 def result_arrays(result: PropagationResult) -> dict[str, np.ndarray]:
@@ -69,18 +87,34 @@ def result_arrays(result: PropagationResult) -> dict[str, np.ndarray]:
         if axis in result.labels:
             arrays[f"label_{plane}"] = result.labels[axis]
             arrays[f"distance_{plane}"] = result.distances[axis]
-        arrays[f"slices_{plane}"] = np.asarray(result.annotation.slices.get(axis, ()), dtype=np.int64)
+        arrays[f"slices_{plane}"] = np.asarray(
+            result.annotation.slices.get(axis, ()), dtype=np.int64
+        )
     return arrays
 
 
-def result_from_arrays(arrays: dict[str, np.ndarray], meta: dict | None = None) -> PropagationResult:
+def result_from_arrays(
+    arrays: dict[str, np.ndarray], meta: dict | None = None
+) -> PropagationResult:
     """Inverse of :func:`result_arrays`."""
-    slices = {a: tuple(int(i) for i in arrays[f"slices_{p}"]) for a, p in enumerate(PLANES) if arrays[f"slices_{p}"].size}
+    slices = {
+        a: tuple(int(i) for i in arrays[f"slices_{p}"])
+        for a, p in enumerate(PLANES)
+        if arrays[f"slices_{p}"].size
+    }
     annotation = SparseAnnotation(arrays["sparse"], slices)
     labels = {a: arrays[f"label_{p}"] for a, p in enumerate(PLANES) if f"label_{p}" in arrays}
-    distances = {a: arrays[f"distance_{p}"] for a, p in enumerate(PLANES) if f"distance_{p}" in arrays}
+    distances = {
+        a: arrays[f"distance_{p}"] for a, p in enumerate(PLANES) if f"distance_{p}" in arrays
+    }
     meta = meta or {}
-    return PropagationResult(annotation, labels, distances, dict(meta.get("methods", {})), float(meta.get("seconds", 0.0)))
+    return PropagationResult(
+        annotation,
+        labels,
+        distances,
+        dict(meta.get("methods", {})),
+        float(meta.get("seconds", 0.0)),
+    )
 
 
 def load_case_result(folder: str | os.PathLike[str]) -> PropagationResult:
@@ -134,9 +168,14 @@ def propagate_case(
         result, status = result_from_arrays(*cached), "cached"
     else:
         message = (lambda text: progress.message(f"{case.id}: {text}")) if progress else None
-        result, status = propagate(image.array, annotation, image.spacing, registrar, config, message), "propagated"
+        result, status = (
+            propagate(image.array, annotation, image.spacing, registrar, config, message),
+            "propagated",
+        )
         if cache is not None:
-            cache.put(key, result_arrays(result), {"methods": result.methods, "seconds": result.seconds})
+            cache.put(
+                key, result_arrays(result), {"methods": result.methods, "seconds": result.seconds}
+            )
 
     folder.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)  # the case is not done until the marker is rewritten
@@ -152,7 +191,9 @@ def propagate_case(
         "key": key,
         "image": str(case.image),
         "slices": {p: list(s) for p, s in annotation.planes().items()},
-        "seconds": round(result.seconds if status == "propagated" else time.perf_counter() - started, 2),
+        "seconds": round(
+            result.seconds if status == "propagated" else time.perf_counter() - started, 2
+        ),
         "methods": result.methods,
         "registrations": result.registrations,
         "config": config.to_dict(),
@@ -171,14 +212,21 @@ def _finished_record(folder: Path, key: str) -> dict | None:
 
 
 def _kept_record(
-    case: Case, out: Path, config: PropagationConfig, allow_multiple: bool = False, oblique: Oblique = "refuse"
+    case: Case,
+    out: Path,
+    config: PropagationConfig,
+    allow_multiple: bool = False,
+    oblique: Oblique = "refuse",
 ) -> dict | None:
     """The record in ``out/cases/<id>`` when it holds this case's result for its current inputs and ``config``."""
     folder = Path(out) / "cases" / case.id
     if not (folder / CASE_FILE).exists():
         return None
     image = read_volume(case.image, "image", oblique)
-    return _finished_record(folder, propagation_key(image, case_annotation(case, image, allow_multiple, oblique), config))
+    return _finished_record(
+        folder,
+        propagation_key(image, case_annotation(case, image, allow_multiple, oblique), config),
+    )
 
 
 def _plan_text(n_cases: int, n_kept: int) -> str:
@@ -187,8 +235,10 @@ def _plan_text(n_cases: int, n_kept: int) -> str:
         return f"{n_cases} labeled case(s)"
     if n_kept == n_cases:
         return f"all {n_cases} labeled case(s) already propagated with these inputs and settings (kept)"
-    return (f"{n_cases - n_kept} of {n_cases} labeled case(s) to propagate "
-            f"({n_kept} already done with these inputs and settings: kept)")
+    return (
+        f"{n_cases - n_kept} of {n_cases} labeled case(s) to propagate "
+        f"({n_kept} already done with these inputs and settings: kept)"
+    )
 
 
 def _status_text(report: CaseReport) -> str:
@@ -200,8 +250,13 @@ def _status_text(report: CaseReport) -> str:
 
 def _report(case: Case, status: str, record: dict, folder: Path) -> CaseReport:
     return CaseReport(
-        case.id, status, float(record.get("seconds", 0.0)), int(record.get("registrations", 0)),
-        dict(record.get("methods", {})), dict(record.get("slices", {})), folder,
+        case.id,
+        status,
+        float(record.get("seconds", 0.0)),
+        int(record.get("registrations", 0)),
+        dict(record.get("methods", {})),
+        dict(record.get("slices", {})),
+        folder,
     )
 
 
@@ -223,10 +278,17 @@ def propagate_cohort(
     out = Path(out)
     cases = [c for c in cohort.cases if c.labeled]
     if not cases:
-        raise InputError(cohort.path or cohort.name, "no labeled case: give sparse labels, or --labeled N with dense labels")
+        raise InputError(
+            cohort.path or cohort.name,
+            "no labeled case: give sparse labels, or --labeled N with dense labels",
+        )
     ensure_writable_folder(out)
     progress = progress or Progress()
-    kept = {c.id: record for c in cases if (record := _kept_record(c, out, config, allow_multiple, oblique))}
+    kept = {
+        c.id: record
+        for c in cases
+        if (record := _kept_record(c, out, config, allow_multiple, oblique))
+    }
     todo = len(cases) - len(kept)
     progress.start("propagate", todo, _plan_text(len(cases), len(kept)))
     reports, done = [], 0
@@ -234,7 +296,9 @@ def propagate_cohort(
         if case.id in kept:
             reports.append(_report(case, "resumed", kept[case.id], out / "cases" / case.id))
             continue
-        report = propagate_case(case, out, registrar, config, cache, allow_multiple, oblique, progress)
+        report = propagate_case(
+            case, out, registrar, config, cache, allow_multiple, oblique, progress
+        )
         reports.append(report)
         done += 1  # the steps counted are the cases propagated now (a true ETA on resume)
         progress.update(done, f"{case.id}: {_status_text(report)}", case=case.id)
@@ -242,8 +306,15 @@ def propagate_cohort(
         "cohort": str(cohort.path) if cohort.path else cohort.name,
         "config": config.to_dict(),
         "cases": [
-            {"id": r.id, "status": r.status, "seconds": r.seconds, "registrations": r.registrations,
-             "methods": r.methods, "slices": r.slices, "folder": os.path.relpath(r.folder, out)}
+            {
+                "id": r.id,
+                "status": r.status,
+                "seconds": r.seconds,
+                "registrations": r.registrations,
+                "methods": r.methods,
+                "slices": r.slices,
+                "folder": os.path.relpath(r.folder, out),
+            }
             for r in reports
         ],
     }

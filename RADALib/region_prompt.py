@@ -31,8 +31,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -75,7 +76,10 @@ def region_mode_of(bundle: Bundle) -> str:
     if mode is None:
         mode = "alpha" if bundle.region_embedding_mean is not None else "none"
     if mode not in REGION_MODES:
-        raise InputError(_manifest_path(bundle), f"unknown region mode {mode!r} (this RADA knows {', '.join(REGION_MODES)})")
+        raise InputError(
+            _manifest_path(bundle),
+            f"unknown region mode {mode!r} (this RADA knows {', '.join(REGION_MODES)})",
+        )
     return str(mode)
 
 
@@ -100,8 +104,14 @@ class VisionRegionEncoder:
     ``encode_regions(slices, masks) -> (N, D)`` as :class:`~RADALib.encoders.RegionAwareDualEncoder`.
     """
 
-    def __init__(self, vision, identity: Mapping[str, Any], transpose: bool = True,
-                 batch_size: int = 16, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        vision,
+        identity: Mapping[str, Any],
+        transpose: bool = True,
+        batch_size: int = 16,
+        device: str = "cpu",
+    ) -> None:
         import torch
 
         from .alpha_clip import freeze
@@ -120,13 +130,21 @@ class VisionRegionEncoder:
     def embed_dim(self) -> int:
         return int(self.vision.spec.output_dim)
 
-    def encode_regions(self, slices: Sequence[np.ndarray], masks: Sequence[np.ndarray],
-                       normalize: bool = False) -> np.ndarray:
+    def encode_regions(
+        self, slices: Sequence[np.ndarray], masks: Sequence[np.ndarray], normalize: bool = False
+    ) -> np.ndarray:
         """Alpha-CLIP features of each slice seen through its mask: (N, D) float32."""
         from .encoders import encode_regions_with
 
-        return encode_regions_with(self.vision, slices, masks, transpose=self.transpose,
-                                   batch_size=self.batch_size, device=self.device, normalize=normalize)
+        return encode_regions_with(
+            self.vision,
+            slices,
+            masks,
+            transpose=self.transpose,
+            batch_size=self.batch_size,
+            device=self.device,
+            normalize=normalize,
+        )
 
 
 def _recorded_identity(bundle: Bundle) -> dict[str, Any]:
@@ -144,7 +162,11 @@ def _recorded_identity(bundle: Bundle) -> dict[str, Any]:
 def _comparable(identity: Mapping[str, Any]) -> dict[str, Any]:
     """What decides Ev: architecture, vision tower (spec, weights hash or seed), preprocessing."""
     plain = json.loads(json.dumps(identity, default=str))
-    vision = {k: v for k, v in (plain.get("vision") or {}).items() if k not in ("checkpoint", "registry_name")}
+    vision = {
+        k: v
+        for k, v in (plain.get("vision") or {}).items()
+        if k not in ("checkpoint", "registry_name")
+    }
     return {"arch": plain.get("arch"), "vision": vision, "preprocess": plain.get("preprocess")}
 
 
@@ -156,10 +178,17 @@ def check_encoder(bundle: Bundle, encoder) -> None:
     differ = []
     for key in want:
         if isinstance(want[key], Mapping) and isinstance(have.get(key), Mapping):
-            differ += [f"{key}.{k}" for k in sorted(set(want[key]) | set(have[key])) if want[key].get(k) != have[key].get(k)]
+            differ += [
+                f"{key}.{k}"
+                for k in sorted(set(want[key]) | set(have[key]))
+                if want[key].get(k) != have[key].get(k)
+            ]
         elif want[key] != have.get(key):
             differ.append(key)
-    raise InputError("encoder", f"is not the encoder this model was trained with (differs in {', '.join(differ)})")
+    raise InputError(
+        "encoder",
+        f"is not the encoder this model was trained with (differs in {', '.join(differ)})",
+    )
 
 
 def weights_folders(cache_dir: str | os.PathLike[str] | None = None) -> list[Path]:
@@ -185,15 +214,21 @@ def find_vision_weights(
     wanted = str(record.get("sha256") or "").lower()
     label = record.get("registry_name") or record.get("checkpoint") or "Alpha-CLIP weights"
     if not wanted:
-        raise InputError(_manifest_path(bundle), f"records no SHA256 of the Alpha-CLIP weights {label}; {MEAN_HINT}")
+        raise InputError(
+            _manifest_path(bundle),
+            f"records no SHA256 of the Alpha-CLIP weights {label}; {MEAN_HINT}",
+        )
     if vision_weights is not None:
         path = Path(vision_weights).expanduser()
         if not path.is_file():
             raise InputError(path, "Alpha-CLIP checkpoint not found")
         digest = sha256_file(path)
         if digest != wanted:
-            raise InputError(path, f"has SHA256 {digest[:12]}..., but this model was trained with {label} "
-                                   f"(SHA256 {wanted[:12]}...); give that file")
+            raise InputError(
+                path,
+                f"has SHA256 {digest[:12]}..., but this model was trained with {label} "
+                f"(SHA256 {wanted[:12]}...); give that file",
+            )
         return path
     folders = weights_folders(cache_dir)
     candidates: list[Path] = []
@@ -236,11 +271,16 @@ def encoder_for_bundle(
     try:
         spec = VisionSpec(**record["spec"])
     except TypeError as exc:
-        raise InputError(manifest, f"its encoder identity has an unreadable vision spec ({exc}); {MEAN_HINT}") from None
+        raise InputError(
+            manifest, f"its encoder identity has an unreadable vision spec ({exc}); {MEAN_HINT}"
+        ) from None
     preprocess = identity.get("preprocess") or {}
     if preprocess.get("version") != PREPROCESS_VERSION:
-        raise InputError(manifest, f"its encoder preprocessing {preprocess.get('version')!r} is not this RADA's "
-                                   f"({PREPROCESS_VERSION!r}), so its region prompts cannot be reproduced; {MEAN_HINT}")
+        raise InputError(
+            manifest,
+            f"its encoder preprocessing {preprocess.get('version')!r} is not this RADA's "
+            f"({PREPROCESS_VERSION!r}), so its region prompts cannot be reproduced; {MEAN_HINT}",
+        )
     if record.get("pretrained"):
         path = find_vision_weights(bundle, vision_weights, cache_dir)
         vision = load_alpha_clip_visual(path)
@@ -248,9 +288,13 @@ def encoder_for_bundle(
             raise InputError(path, f"builds a tower {vision.spec}, but the manifest records {spec}")
     else:
         if record.get("seed") is None:
-            raise InputError(manifest, f"records random Alpha-CLIP weights without their seed; {MEAN_HINT}")
+            raise InputError(
+                manifest, f"records random Alpha-CLIP weights without their seed; {MEAN_HINT}"
+            )
         vision = build_vision_tower(spec, seed=int(record["seed"]))
-    return VisionRegionEncoder(vision, identity, transpose=bool(preprocess.get("transpose", True)), device=device)
+    return VisionRegionEncoder(
+        vision, identity, transpose=bool(preprocess.get("transpose", True)), device=device
+    )
 
 
 # ----------------------------------------------------------------------------- the region prompt
@@ -278,16 +322,29 @@ def region_embedding_for(
     planes = bundle.visual_planes
     unknown = [p for p in planes if p not in PLANES]
     if not planes or unknown:
-        raise InputError(_manifest_path(bundle), f"field 'visual_planes' {planes} must name planes among {PLANES}")
+        raise InputError(
+            _manifest_path(bundle),
+            f"field 'visual_planes' {planes} must name planes among {PLANES}",
+        )
     source = sparse_label_volume.source
     problem = image_volume.same_grid(sparse_label_volume)
     if problem:
-        raise InputError(source, f"{problem} ({image_volume.source}); resample the label onto the image first")
-    annotation = detect_sparse_annotation(sparse_label_volume.array, source, required_planes=(), allow_multiple=True)
+        raise InputError(
+            source, f"{problem} ({image_volume.source}); resample the label onto the image first"
+        )
+    annotation = detect_sparse_annotation(
+        sparse_label_volume.array, source, required_planes=(), allow_multiple=True
+    )
     axes = sorted({PLANES.index(p) for p in planes})
     for axis in axes:
         if not annotation.slices.get(axis):
-            found = ", ".join(f"{PLANES[a]} {','.join(map(str, s))}" for a, s in sorted(annotation.slices.items())) or "none"
+            found = (
+                ", ".join(
+                    f"{PLANES[a]} {','.join(map(str, s))}"
+                    for a, s in sorted(annotation.slices.items())
+                )
+                or "none"
+            )
             raise InputError(
                 source,
                 f"no annotated {PLANES[axis]} slice (found {found}); this model's region prompt uses the "
@@ -313,8 +370,11 @@ def region_embedding_for(
     by_plane = {PLANES[axis]: np.asarray(v, np.float32).ravel() for axis, v in zip(axes, vectors)}
     embedding = np.concatenate([by_plane[p] for p in planes]).astype(np.float32)
     if embedding.size != bundle.config.region_dim:
-        raise InputError(_manifest_path(bundle), f"the encoder gives {embedding.size} region values for planes "
-                                                 f"{planes}; the network expects {bundle.config.region_dim}")
+        raise InputError(
+            _manifest_path(bundle),
+            f"the encoder gives {embedding.size} region values for planes "
+            f"{planes}; the network expects {bundle.config.region_dim}",
+        )
     return embedding
 
 
@@ -334,7 +394,9 @@ def region_embeddings_for_files(
     region prompt; every label is checked before any prediction starts.
     """
     if len(images) != len(sparse_labels):
-        raise InputError("sparse labels", f"{len(sparse_labels)} sparse labels for {len(images)} images")
+        raise InputError(
+            "sparse labels", f"{len(sparse_labels)} sparse labels for {len(images)} images"
+        )
     out: list[np.ndarray | None] = [None] * len(images)
     if not any(label is not None for label in sparse_labels):
         return out
@@ -342,7 +404,10 @@ def region_embeddings_for_files(
         progress.enter("prompt")
     if not uses_region_prompt(bundle):
         if progress is not None:
-            progress.message("this model was trained without a region prompt: the sparse labels are not used", level="warning")
+            progress.message(
+                "this model was trained without a region prompt: the sparse labels are not used",
+                level="warning",
+            )
         return out
     encoder = None
     for i, (image, label) in enumerate(zip(images, sparse_labels)):
@@ -353,8 +418,10 @@ def region_embeddings_for_files(
         if encoder is None:
             if progress is not None:
                 pretrained = _recorded_identity(bundle)["vision"].get("pretrained")
-                progress.message("rebuilding the frozen Alpha-CLIP tower the model was trained with"
-                                 + ("" if pretrained else " (random seeded weights, as in training)"))
+                progress.message(
+                    "rebuilding the frozen Alpha-CLIP tower the model was trained with"
+                    + ("" if pretrained else " (random seeded weights, as in training)")
+                )
             encoder = encoder_for_bundle(bundle, cache_dir, vision_weights, device)
         out[i] = region_embedding_for(bundle, volume, sparse, encoder, cache_dir)
     return out

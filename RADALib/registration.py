@@ -16,10 +16,11 @@ from __future__ import annotations
 import os
 import tempfile
 import uuid
+from collections.abc import Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from multiprocessing import get_context
-from typing import Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -50,7 +51,11 @@ class RegistrationConfig:
 
     def ants_arguments(self, transform: str) -> dict:
         """Keyword arguments of ``ants.registration`` for ``transform`` (None: ANTs' default)."""
-        arguments: dict = {"type_of_transform": transform, "syn_metric": self.metric, "aff_metric": self.metric}
+        arguments: dict = {
+            "type_of_transform": transform,
+            "syn_metric": self.metric,
+            "aff_metric": self.metric,
+        }
         stages = {"reg_iterations": self.reg_iterations}
         if transform != "SyNOnly":
             stages.update(
@@ -62,10 +67,15 @@ class RegistrationConfig:
         return arguments
 
     @classmethod
-    def ants_defaults(cls, transform: str = "SyNRA") -> "RegistrationConfig":
+    def ants_defaults(cls, transform: str = "SyNRA") -> RegistrationConfig:
         """ANTs' own default iterations for ``transform`` (the plain, paper-style setting)."""
-        return cls(transform=transform, reg_iterations=None, aff_iterations=None,
-                   aff_shrink_factors=None, aff_smoothing_sigmas=None)
+        return cls(
+            transform=transform,
+            reg_iterations=None,
+            aff_iterations=None,
+            aff_shrink_factors=None,
+            aff_smoothing_sigmas=None,
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -97,26 +107,39 @@ def register_pair(
     factor = max(1, int(config.shrink))
     if factor > 1 and min(fixed.shape) >= 8 * factor:
         small = register_pair(
-            block_average(fixed, factor), block_average(moving, factor),
-            (spacing[0] * factor, spacing[1] * factor), replace(config, shrink=1),
+            block_average(fixed, factor),
+            block_average(moving, factor),
+            (spacing[0] * factor, spacing[1] * factor),
+            replace(config, shrink=1),
         )
-        return PairResult(upsample_coordinates(small.coordinates, factor, fixed.shape), small.method)
+        return PairResult(
+            upsample_coordinates(small.coordinates, factor, fixed.shape), small.method
+        )
     return _register_ants(fixed, moving, spacing, config)
 
 
 def block_average(image: np.ndarray, factor: int) -> np.ndarray:
     """Mean of each ``factor`` x ``factor`` block (the last partial row/column is dropped)."""
     h, w = (image.shape[0] // factor) * factor, (image.shape[1] // factor) * factor
-    return image[:h, :w].reshape(h // factor, factor, w // factor, factor).mean(axis=(1, 3)).astype(np.float32)
+    return (
+        image[:h, :w]
+        .reshape(h // factor, factor, w // factor, factor)
+        .mean(axis=(1, 3))
+        .astype(np.float32)
+    )
 
 
-def upsample_coordinates(coordinates: np.ndarray, factor: int, shape: tuple[int, int]) -> np.ndarray:
+def upsample_coordinates(
+    coordinates: np.ndarray, factor: int, shape: tuple[int, int]
+) -> np.ndarray:
     """A coarse coordinate map (block-averaged grid) resampled to the full-resolution grid."""
     from scipy import ndimage
 
     offset = (factor - 1) / 2.0
     grid = (identity_coordinates(shape) - offset) / factor
-    full = np.stack([ndimage.map_coordinates(coordinates[c], grid, order=1, mode="nearest") for c in range(2)])
+    full = np.stack(
+        [ndimage.map_coordinates(coordinates[c], grid, order=1, mode="nearest") for c in range(2)]
+    )
     outside = full < -0.5
     full = full * factor + offset
     full[outside] = -1.0
@@ -134,15 +157,22 @@ def _register_ants(
     grid = identity_coordinates(fixed.shape)
     if not np.any(fixed != fixed.flat[0]) or not np.any(moving != moving.flat[0]):
         return PairResult(grid, IDENTITY)  # a constant slice carries nothing to register
-    fixed_image = ants.from_numpy(np.ascontiguousarray(fixed, dtype=np.float32), spacing=tuple(spacing))
-    moving_image = ants.from_numpy(np.ascontiguousarray(moving, dtype=np.float32), spacing=tuple(spacing))
+    fixed_image = ants.from_numpy(
+        np.ascontiguousarray(fixed, dtype=np.float32), spacing=tuple(spacing)
+    )
+    moving_image = ants.from_numpy(
+        np.ascontiguousarray(moving, dtype=np.float32), spacing=tuple(spacing)
+    )
     attempts = [config.transform] + [t for t in config.fallbacks if t != config.transform]
     for transform in attempts:
         if transform == IDENTITY:
             break
         try:
             result = ants.registration(
-                fixed_image, moving_image, outprefix=scratch_prefix(), **config.ants_arguments(transform)
+                fixed_image,
+                moving_image,
+                outprefix=scratch_prefix(),
+                **config.ants_arguments(transform),
             )
         except (RuntimeError, ValueError):
             continue
@@ -170,7 +200,9 @@ def scratch_prefix() -> str:
     return os.path.join(folder, f"rada_{os.getpid()}_{uuid.uuid4().hex[:12]}_")
 
 
-def coordinate_map(fixed_image, transforms: Sequence[str], spacing: tuple[float, float]) -> np.ndarray:
+def coordinate_map(
+    fixed_image, transforms: Sequence[str], spacing: tuple[float, float]
+) -> np.ndarray:
     """(2, H, W) positions in the moving slice of every fixed pixel under ANTs' ``transforms``.
 
     A SyN result without a linear part (one displacement field and identity affines) is read
@@ -181,12 +213,18 @@ def coordinate_map(fixed_image, transforms: Sequence[str], spacing: tuple[float,
 
     fields = [name for name in transforms if name.endswith((".nii.gz", ".nii"))]
     linear = [name for name in transforms if name.endswith(".mat")]
-    if len(fields) == 1 and len(transforms) == 1 + len(linear) and all(_is_identity(ants.read_transform(n)) for n in linear):
+    if (
+        len(fields) == 1
+        and len(transforms) == 1 + len(linear)
+        and all(_is_identity(ants.read_transform(n)) for n in linear)
+    ):
         return displacement_coordinates(fields[0], tuple(fixed_image.shape), spacing)
     return resampled_coordinates(fixed_image, transforms, spacing)
 
 
-def displacement_coordinates(field: str, shape: tuple[int, int], spacing: tuple[float, float]) -> np.ndarray:
+def displacement_coordinates(
+    field: str, shape: tuple[int, int], spacing: tuple[float, float]
+) -> np.ndarray:
     """Positions from an ANTs displacement field file: pixel + displacement / spacing, clamped
     to the slice as ITK's linear interpolator does, -1 where they fall outside it."""
     import ants
@@ -201,7 +239,9 @@ def displacement_coordinates(field: str, shape: tuple[int, int], spacing: tuple[
     return position.astype(np.float32)
 
 
-def resampled_coordinates(fixed_image, transforms: Sequence[str], spacing: tuple[float, float]) -> np.ndarray:
+def resampled_coordinates(
+    fixed_image, transforms: Sequence[str], spacing: tuple[float, float]
+) -> np.ndarray:
     """Positions found by resampling the identity coordinates with ANTs (-1 outside)."""
     import ants
 
@@ -209,7 +249,9 @@ def resampled_coordinates(fixed_image, transforms: Sequence[str], spacing: tuple
     maps = []
     for axis in range(2):
         coordinate = ants.from_numpy(grid[axis], spacing=tuple(spacing))
-        warped = ants.apply_transforms(fixed_image, coordinate, list(transforms), interpolator="linear", defaultvalue=-1.0)
+        warped = ants.apply_transforms(
+            fixed_image, coordinate, list(transforms), interpolator="linear", defaultvalue=-1.0
+        )
         maps.append(warped.numpy())
     return np.stack(maps).astype(np.float32)
 
@@ -236,7 +278,7 @@ class PairRegistrar(Protocol):
 
 def submit_pair(
     registrar: PairRegistrar, fixed: np.ndarray, moving: np.ndarray, spacing: tuple[float, float]
-) -> "Future[PairResult]":
+) -> Future[PairResult]:
     """Start registering one pair: in the registrar's pool if it has one, else here and now."""
     submit = getattr(registrar, "submit", None)
     if submit is not None:
@@ -262,7 +304,9 @@ def _worker_ready(_: int) -> int:
     return os.getpid()
 
 
-def _register_job(job: tuple[np.ndarray, np.ndarray, tuple[float, float], RegistrationConfig]) -> PairResult:
+def _register_job(
+    job: tuple[np.ndarray, np.ndarray, tuple[float, float], RegistrationConfig],
+) -> PairResult:
     return register_pair(*job)
 
 
@@ -295,7 +339,9 @@ class AntsRegistrar:
         # leave a worker idle at the end of each wave while the other finishes its chunk
         return list(self._executor().map(_register_job, jobs, chunksize=1))
 
-    def submit(self, fixed: np.ndarray, moving: np.ndarray, spacing: tuple[float, float]) -> "Future[PairResult]":
+    def submit(
+        self, fixed: np.ndarray, moving: np.ndarray, spacing: tuple[float, float]
+    ) -> Future[PairResult]:
         """Start one pair in the pool and return its future."""
         return self._executor().submit(_register_job, (fixed, moving, tuple(spacing), self.config))
 
@@ -307,7 +353,10 @@ class AntsRegistrar:
         if self._pool is None:
             # spawn: safe on macOS/Windows and with threads already running in the parent
             self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(self.config.seed,)
+                self.workers,
+                mp_context=get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(self.config.seed,),
             )
         return self._pool
 
@@ -316,7 +365,7 @@ class AntsRegistrar:
             self._pool.shutdown(cancel_futures=True)
             self._pool = None
 
-    def __enter__(self) -> "AntsRegistrar":
+    def __enter__(self) -> AntsRegistrar:
         return self
 
     def __exit__(self, *exc: object) -> None:

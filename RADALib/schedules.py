@@ -22,8 +22,9 @@ instead of letting the noisy cross-view pseudo-labels weigh as much as the real 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 
 @dataclass
@@ -48,7 +49,9 @@ class ScheduleConfig:
     def __post_init__(self) -> None:
         for name in ("max_iterations", "lr_step", "alpha_step", "beta_step"):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"ScheduleConfig.{name} must be positive, got {getattr(self, name)!r}")
+                raise ValueError(
+                    f"ScheduleConfig.{name} must be positive, got {getattr(self, name)!r}"
+                )
         if not 0.0 <= self.alpha0 < 1.0:
             raise ValueError(f"ScheduleConfig.alpha0 must be in [0, 1), got {self.alpha0!r}")
         if not 0.0 <= self.alpha_floor <= self.alpha0:
@@ -62,14 +65,16 @@ class ScheduleConfig:
         if self.base_lr <= 0 or self.lr_gamma <= 0:
             raise ValueError("ScheduleConfig.base_lr and lr_gamma must be positive")
         if not 0.0 <= self.threshold_start <= 1.0:
-            raise ValueError(f"ScheduleConfig.threshold_start must be in [0, 1], got {self.threshold_start!r}")
+            raise ValueError(
+                f"ScheduleConfig.threshold_start must be in [0, 1], got {self.threshold_start!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict."""
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ScheduleConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> ScheduleConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
@@ -110,7 +115,9 @@ def alpha(t: int, cfg: ScheduleConfig | None = None) -> float:
     cfg = cfg or ScheduleConfig()
     _check_t(t)
     t_step = (int(t) // cfg.alpha_step) * cfg.alpha_step
-    return cfg.alpha_floor + (cfg.alpha0 - cfg.alpha_floor) * cosine_rampdown(t_step, cfg.max_iterations)
+    return cfg.alpha_floor + (cfg.alpha0 - cfg.alpha_floor) * cosine_rampdown(
+        t_step, cfg.max_iterations
+    )
 
 
 def beta(t: int, cfg: ScheduleConfig | None = None) -> float:

@@ -32,8 +32,8 @@ same seed always gives the same arrays. One 96x80x64 case takes a few tenths of 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import numpy as np
 from scipy import ndimage
@@ -45,7 +45,9 @@ __all__ = ["SyntheticConfig", "case_seed", "synthetic_case", "synthetic_cohort",
 FRACTION_BOUNDS: tuple[float, float] = (0.05, 0.20)
 """The organ always fills between 5 % and 20 % of the volume with the default settings."""
 
-_SMOOTH_UNION = 0.12  # width of the smooth union between the organ's body, tubes and lobe (shape units)
+_SMOOTH_UNION = (
+    0.12  # width of the smooth union between the organ's body, tubes and lobe (shape units)
+)
 
 
 @dataclass(frozen=True)
@@ -100,24 +102,49 @@ class SyntheticConfig:
 
     def __post_init__(self) -> None:
         if len(self.shape) != 3 or any(int(n) != n or n < 16 for n in self.shape):
-            raise InputError("SyntheticConfig.shape", f"needs three integers of at least 16, got {self.shape}")
+            raise InputError(
+                "SyntheticConfig.shape", f"needs three integers of at least 16, got {self.shape}"
+            )
         if len(self.spacing) != 3 or any(not s > 0 for s in self.spacing):
-            raise InputError("SyntheticConfig.spacing", f"needs three positive sizes, got {self.spacing}")
+            raise InputError(
+                "SyntheticConfig.spacing", f"needs three positive sizes, got {self.spacing}"
+            )
         low, high = self.organ_fraction
         if not 0 < low <= high <= 0.4:
-            raise InputError("SyntheticConfig.organ_fraction", f"needs 0 < low <= high <= 0.4, got {self.organ_fraction}")
+            raise InputError(
+                "SyntheticConfig.organ_fraction",
+                f"needs 0 < low <= high <= 0.4, got {self.organ_fraction}",
+            )
         for name in ("n_tubes", "n_bright", "n_mid", "n_dark"):
             low_n, high_n = getattr(self, name)
             if not 0 <= low_n <= high_n:
-                raise InputError(f"SyntheticConfig.{name}", f"needs 0 <= low <= high, got {(low_n, high_n)}")
-        for name in ("margin_mm", "gap_mm", "irregularity", "elongation", "max_rotation_deg", "noise_std", "bias_strength",
-                     "texture_strength", "blur_mm"):
+                raise InputError(
+                    f"SyntheticConfig.{name}", f"needs 0 <= low <= high, got {(low_n, high_n)}"
+                )
+        for name in (
+            "margin_mm",
+            "gap_mm",
+            "irregularity",
+            "elongation",
+            "max_rotation_deg",
+            "noise_std",
+            "bias_strength",
+            "texture_strength",
+            "blur_mm",
+        ):
             if not getattr(self, name) >= 0:
-                raise InputError(f"SyntheticConfig.{name}", f"must be non-negative, got {getattr(self, name)}")
+                raise InputError(
+                    f"SyntheticConfig.{name}", f"must be non-negative, got {getattr(self, name)}"
+                )
         if not self.bias_scale_mm > 0 or not self.texture_scale_mm > 0:
-            raise InputError("SyntheticConfig", "bias_scale_mm and texture_scale_mm must be positive")
+            raise InputError(
+                "SyntheticConfig", "bias_scale_mm and texture_scale_mm must be positive"
+            )
         if not 0 <= self.appendage_probability <= 1:
-            raise InputError("SyntheticConfig.appendage_probability", f"must lie in [0, 1], got {self.appendage_probability}")
+            raise InputError(
+                "SyntheticConfig.appendage_probability",
+                f"must lie in [0, 1], got {self.appendage_probability}",
+            )
 
 
 # ----------------------------------------------------------------------------- geometry helpers
@@ -156,7 +183,9 @@ def _smooth_min(a: np.ndarray, b: np.ndarray, k: float) -> np.ndarray:
     return np.minimum(a, b) - h * h * (k * 0.25)
 
 
-def _segment_field(q: tuple[np.ndarray, ...], a: np.ndarray, b: np.ndarray, r0: float, r1: float) -> np.ndarray:
+def _segment_field(
+    q: tuple[np.ndarray, ...], a: np.ndarray, b: np.ndarray, r0: float, r1: float
+) -> np.ndarray:
     """Distance-like field of a capsule from ``a`` to ``b`` whose radius tapers from r0 to r1."""
     a0, a1, a2 = (float(v) for v in a)
     d0, d1, d2 = (float(v) for v in b - a)
@@ -179,14 +208,20 @@ class _Blob:
     wave_vectors: np.ndarray  # (k, 3), frequencies of the radius perturbation on the unit sphere
     wave_phases: np.ndarray  # (k,)
     wave_amplitudes: np.ndarray  # (k,), already scaled to the wanted irregularity
-    tubes: list[tuple[np.ndarray, np.ndarray, float, float]] = field(default_factory=list)  # a, b, r0, r1
-    lobes: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=list)  # centre, rotation, semi-axes
+    tubes: list[tuple[np.ndarray, np.ndarray, float, float]] = field(
+        default_factory=list
+    )  # a, b, r0, r1
+    lobes: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = field(
+        default_factory=list
+    )  # centre, rotation, semi-axes
 
     def radius(self, u: tuple[np.ndarray, ...]) -> np.ndarray:
         """Relative radius of the body along unit directions ``u`` (ellipsoid-normalized space)."""
         r = np.ones_like(u[0])
         for w, phase, amp in zip(self.wave_vectors, self.wave_phases, self.wave_amplitudes):
-            r += float(amp) * np.cos(float(w[0]) * u[0] + float(w[1]) * u[1] + float(w[2]) * u[2] + float(phase))
+            r += float(amp) * np.cos(
+                float(w[0]) * u[0] + float(w[1]) * u[1] + float(w[2]) * u[2] + float(phase)
+            )
         return np.clip(r, 0.55, 1.7, out=r)
 
     def body_field(self, q: tuple[np.ndarray, ...]) -> np.ndarray:
@@ -220,15 +255,24 @@ class _Blob:
 
     def evaluate(self, grid: list[np.ndarray], rotation: np.ndarray) -> np.ndarray:
         """The field on the world-aligned grid ``grid`` (three 1D coordinate arrays, shape units)."""
-        g = [np.asarray(grid[i], dtype=np.float32).reshape([-1 if a == i else 1 for a in range(3)]) for i in range(3)]
+        g = [
+            np.asarray(grid[i], dtype=np.float32).reshape([-1 if a == i else 1 for a in range(3)])
+            for i in range(3)
+        ]
         # Blob-frame coordinates q = R^T g.
-        q = tuple(g[0] * float(rotation[0, i]) + g[1] * float(rotation[1, i]) + g[2] * float(rotation[2, i])
-                  for i in range(3))
+        q = tuple(
+            g[0] * float(rotation[0, i])
+            + g[1] * float(rotation[1, i])
+            + g[2] * float(rotation[2, i])
+            for i in range(3)
+        )
         f = self.body_field(q)
         k = _SMOOTH_UNION
         for a, b, r0, r1 in self.tubes:
             ends = np.stack([a, b]) @ rotation.T
-            sl = _box_slices(grid, ends.min(axis=0) - max(r0, r1) - 2 * k, ends.max(axis=0) + max(r0, r1) + 2 * k)
+            sl = _box_slices(
+                grid, ends.min(axis=0) - max(r0, r1) - 2 * k, ends.max(axis=0) + max(r0, r1) + 2 * k
+            )
             if sl is not None:
                 f[sl] = _smooth_min(f[sl], _segment_field(tuple(c[sl] for c in q), a, b, r0, r1), k)
         for centre, rot, semi in self.lobes:
@@ -237,8 +281,11 @@ class _Blob:
             if sl is None:
                 continue
             sub = [q[j][sl] - float(centre[j]) for j in range(3)]
-            local = [(sub[0] * float(rot[0, i]) + sub[1] * float(rot[1, i]) + sub[2] * float(rot[2, i])) * (1.0 / float(semi[i]))
-                     for i in range(3)]
+            local = [
+                (sub[0] * float(rot[0, i]) + sub[1] * float(rot[1, i]) + sub[2] * float(rot[2, i]))
+                * (1.0 / float(semi[i]))
+                for i in range(3)
+            ]
             rho = np.sqrt(local[0] ** 2 + local[1] ** 2 + local[2] ** 2)
             f[sl] = _smooth_min(f[sl], (rho - 1.0) * float(semi.min()), k)
         return f
@@ -255,7 +302,9 @@ def _box_slices(grid: list[np.ndarray], lo: np.ndarray, hi: np.ndarray) -> tuple
     return tuple(slices)
 
 
-def _random_body(rng: np.random.Generator, irregularity: float, elongation: float, n_waves: int = 10) -> _Blob:
+def _random_body(
+    rng: np.random.Generator, irregularity: float, elongation: float, n_waves: int = 10
+) -> _Blob:
     """A perturbed ellipsoid of equivalent radius about 1 (shape units)."""
     log_axes = np.clip(rng.normal(0.0, elongation, size=3), -0.45, 0.45)
     axes = np.exp(log_axes - log_axes.mean())
@@ -354,7 +403,9 @@ def _render(
     """
     lo, hi = box if box is not None else blob.bounds(rotation)
     lo_mm = np.maximum(centre_mm + scale_mm * lo, 0.0)
-    hi_mm = np.minimum(centre_mm + scale_mm * hi, np.array([(n - 1) * s for n, s in zip(shape, spacing)]))
+    hi_mm = np.minimum(
+        centre_mm + scale_mm * hi, np.array([(n - 1) * s for n, s in zip(shape, spacing)])
+    )
     slices, matrices, grid = [], [], []
     for axis in range(3):
         start = max(0, int(math.ceil(lo_mm[axis] / spacing[axis])))
@@ -381,8 +432,12 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return ndimage.binary_fill_holes(mask)
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int, int], spacing: tuple[float, float, float],
-                  scale_mm: float) -> np.ndarray:
+def _smooth_noise(
+    rng: np.random.Generator,
+    shape: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    scale_mm: float,
+) -> np.ndarray:
     """Smooth Gaussian random field (float32, mean 0, std 1) with correlation length ``scale_mm``.
 
     Drawn on a grid of half ``scale_mm`` (unless that is much finer than the voxels), smoothed there
@@ -391,7 +446,9 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int, int], spacing
     step = scale_mm / 2.0
     if step < 0.75 * min(spacing):
         noise = rng.standard_normal(shape, dtype=np.float32)
-        noise = ndimage.gaussian_filter(noise, [scale_mm / s for s in spacing], mode="wrap", truncate=3.0)
+        noise = ndimage.gaussian_filter(
+            noise, [scale_mm / s for s in spacing], mode="wrap", truncate=3.0
+        )
     else:
         matrices, coarse_shape = [], []
         for n, s in zip(shape, spacing):
@@ -412,7 +469,9 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int, int], spacing
 
 def case_seed(seed: int, index: int) -> int:
     """The seed of case ``index`` of the cohort drawn with ``seed`` (a pure function of both)."""
-    return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0])
+    return int(
+        np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint64)[0]
+    )
 
 
 def _place_organ(rng: np.random.Generator, config: SyntheticConfig):
@@ -435,7 +494,10 @@ def _place_organ(rng: np.random.Generator, config: SyntheticConfig):
         if best is None or fit > best[2]:
             best = (blob, rotation, fit, lo, hi)  # fallback: the largest that fits, shrunk
     if best is None or not room.min() > 0:
-        raise InputError("SyntheticConfig", "could not draw an organ that fits the volume; enlarge shape or reduce margin_mm")
+        raise InputError(
+            "SyntheticConfig",
+            "could not draw an organ that fits the volume; enlarge shape or reduce margin_mm",
+        )
     blob, rotation, scale, lo, hi = best
     low = config.margin_mm - scale * lo
     high = extent - config.margin_mm - scale * hi
@@ -443,7 +505,9 @@ def _place_organ(rng: np.random.Generator, config: SyntheticConfig):
     return blob, rotation, centre, scale, (lo, hi)
 
 
-def synthetic_case(seed: int | np.random.Generator, config: SyntheticConfig = SyntheticConfig()) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_case(
+    seed: int | np.random.Generator, config: SyntheticConfig = SyntheticConfig()
+) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic case: (image float32 z-scored, label uint8), both of ``config.shape`` in (x, y, z) order.
 
     ``seed`` is an integer or a :class:`numpy.random.Generator` (which is advanced).
@@ -467,15 +531,22 @@ def synthetic_case(seed: int | np.random.Generator, config: SyntheticConfig = Sy
     # --- unlabelled structures: (mask, intensity, texture weight), painted in order, later wins
     classes: list[tuple[np.ndarray, float, float]] = []
 
-    def add_blob(size: tuple[float, float], distance: tuple[float, float], intensity: float, texture_weight: float,
-                 periphery: bool = False) -> int:
+    def add_blob(
+        size: tuple[float, float],
+        distance: tuple[float, float],
+        intensity: float,
+        texture_weight: float,
+        periphery: bool = False,
+    ) -> int:
         """Add a blob near the organ (or against a face); returns how many voxels it shows."""
         body = _random_body(rng, config.irregularity * 1.2, config.elongation * 1.5, n_waves=6)
         s = scale * rng.uniform(*size)
         if periphery:  # dark regions (lungs) sit against a face of the volume
             where = rng.uniform(0.0, 1.0, size=3) * extent
             axis = int(rng.integers(0, 2))
-            where[axis] = extent[axis] * float(rng.integers(0, 2)) + rng.normal(0.0, 0.08) * extent[axis]
+            where[axis] = (
+                extent[axis] * float(rng.integers(0, 2)) + rng.normal(0.0, 0.08) * extent[axis]
+            )
         else:  # against the organ, in a random direction
             where = centre + _unit(rng.normal(size=3)) * (scale + s) * rng.uniform(*distance)
         placed = _render(body, _rotation(rng, 180.0), where, s, shape, spacing)
@@ -511,13 +582,19 @@ def synthetic_case(seed: int | np.random.Generator, config: SyntheticConfig = Sy
     strength = np.float32(config.texture_strength)
     image = np.float32(config.background_intensity) + strength * (1.2 * texture + 0.8 * broad)
     for mask, intensity, texture_weight in classes:
-        image[mask] = np.float32(intensity) + (strength * np.float32(texture_weight)) * texture[mask]
-    image[organ] = np.float32(config.organ_intensity) + (strength * np.float32(0.5)) * texture[organ]
+        image[mask] = (
+            np.float32(intensity) + (strength * np.float32(texture_weight)) * texture[mask]
+        )
+    image[organ] = (
+        np.float32(config.organ_intensity) + (strength * np.float32(0.5)) * texture[organ]
+    )
     np.maximum(image, 0.0, out=image)
 
     # --- acquisition: partial-volume blur, bias field, Rician noise, z-scoring
     if config.blur_mm > 0:
-        image = ndimage.gaussian_filter(image, [config.blur_mm / s for s in spacing], mode="nearest", truncate=3.0)
+        image = ndimage.gaussian_filter(
+            image, [config.blur_mm / s for s in spacing], mode="nearest", truncate=3.0
+        )
     if config.bias_strength > 0:
         bias = _smooth_noise(rng, shape, spacing, config.bias_scale_mm)
         image *= np.exp(np.float32(config.bias_strength) * bias)
@@ -532,8 +609,13 @@ def synthetic_case(seed: int | np.random.Generator, config: SyntheticConfig = Sy
     return image, organ.astype(np.uint8)
 
 
-def _vessel(rng: np.random.Generator, organ_centre: np.ndarray, organ_scale: float,
-            shape: tuple[int, int, int], spacing: tuple[float, float, float]) -> np.ndarray:
+def _vessel(
+    rng: np.random.Generator,
+    organ_centre: np.ndarray,
+    organ_scale: float,
+    shape: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+) -> np.ndarray:
     """A gently curving tube along z that passes beside the organ (an aorta-like vessel)."""
     radius = organ_scale * rng.uniform(0.3, 0.42)
     angle = rng.uniform(0.0, 2.0 * math.pi)
@@ -543,9 +625,21 @@ def _vessel(rng: np.random.Generator, organ_centre: np.ndarray, organ_scale: flo
     wiggle = rng.uniform(0.03, 0.08, size=2) * organ_scale
     freq = rng.uniform(0.02, 0.05, size=2)
     phase = rng.uniform(0.0, 2.0 * math.pi, size=2)
-    xc = organ_centre[0] + offset * math.cos(angle) + tilt[0] * (z - organ_centre[2]) + wiggle[0] * np.sin(freq[0] * z + phase[0])
-    yc = organ_centre[1] + offset * math.sin(angle) + tilt[1] * (z - organ_centre[2]) + wiggle[1] * np.sin(freq[1] * z + phase[1])
-    r = radius * (1.0 + 0.08 * np.sin(rng.uniform(0.02, 0.06) * z + rng.uniform(0.0, 2.0 * math.pi)))
+    xc = (
+        organ_centre[0]
+        + offset * math.cos(angle)
+        + tilt[0] * (z - organ_centre[2])
+        + wiggle[0] * np.sin(freq[0] * z + phase[0])
+    )
+    yc = (
+        organ_centre[1]
+        + offset * math.sin(angle)
+        + tilt[1] * (z - organ_centre[2])
+        + wiggle[1] * np.sin(freq[1] * z + phase[1])
+    )
+    r = radius * (
+        1.0 + 0.08 * np.sin(rng.uniform(0.02, 0.06) * z + rng.uniform(0.0, 2.0 * math.pi))
+    )
     x = (np.arange(shape[0], dtype=np.float32) * np.float32(spacing[0])).reshape(-1, 1, 1)
     y = (np.arange(shape[1], dtype=np.float32) * np.float32(spacing[1])).reshape(1, -1, 1)
     d2 = (x - xc.astype(np.float32)) ** 2 + (y - yc.astype(np.float32)) ** 2

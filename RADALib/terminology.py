@@ -24,28 +24,48 @@ KNOWN_STRUCTURES: dict[str, dict[str, Any]] = {
     # Altered Structure" 49755003, with the organ as the anatomic region.
     "left atrium": {
         "color": [206 / 255, 110 / 255, 84 / 255],
-        "terminology": {"category": _ANATOMY, "type": _code("82471001", "Left atrium"),
-                        "type_modifier": None, "anatomic_region": None},
+        "terminology": {
+            "category": _ANATOMY,
+            "type": _code("82471001", "Left atrium"),
+            "type_modifier": None,
+            "anatomic_region": None,
+        },
     },
     "kidney": {
         "color": [185 / 255, 102 / 255, 83 / 255],
-        "terminology": {"category": _ANATOMY, "type": _code("64033007", "Kidney"),
-                        "type_modifier": None, "anatomic_region": None},
+        "terminology": {
+            "category": _ANATOMY,
+            "type": _code("64033007", "Kidney"),
+            "type_modifier": None,
+            "anatomic_region": None,
+        },
     },
     "kidney tumor": {
         "color": [144 / 255, 238 / 255, 144 / 255],
-        "terminology": {"category": _ALTERED, "type": _MASS, "type_modifier": None,
-                        "anatomic_region": _code("64033007", "Kidney")},
+        "terminology": {
+            "category": _ALTERED,
+            "type": _MASS,
+            "type_modifier": None,
+            "anatomic_region": _code("64033007", "Kidney"),
+        },
     },
     "liver": {
         "color": [221 / 255, 130 / 255, 101 / 255],
-        "terminology": {"category": _ANATOMY, "type": _code("10200004", "Liver"),
-                        "type_modifier": None, "anatomic_region": None},
+        "terminology": {
+            "category": _ANATOMY,
+            "type": _code("10200004", "Liver"),
+            "type_modifier": None,
+            "anatomic_region": None,
+        },
     },
     "liver tumor": {
         "color": [144 / 255, 238 / 255, 144 / 255],
-        "terminology": {"category": _ALTERED, "type": _MASS, "type_modifier": None,
-                        "anatomic_region": _code("10200004", "Liver")},
+        "terminology": {
+            "category": _ALTERED,
+            "type": _MASS,
+            "type_modifier": None,
+            "anatomic_region": _code("10200004", "Liver"),
+        },
     },
 }
 """Display colour (RGB, 0-1) and SNOMED CT terminology of the structures RADA was evaluated on.
@@ -53,12 +73,23 @@ KNOWN_STRUCTURES: dict[str, dict[str, Any]] = {
 Other names get a colour from :data:`FALLBACK_COLORS` and ``terminology: null``.
 """
 
-_ALIASES = {"la": "left atrium", "left atrial": "left atrium", "kidney tumour": "kidney tumor",
-            "liver tumour": "liver tumor", "kidneys": "kidney"}
+_ALIASES = {
+    "la": "left atrium",
+    "left atrial": "left atrium",
+    "kidney tumour": "kidney tumor",
+    "liver tumour": "liver tumor",
+    "kidneys": "kidney",
+}
 
 FALLBACK_COLORS: tuple[tuple[float, float, float], ...] = (
-    (0.90, 0.35, 0.30), (0.30, 0.65, 0.90), (0.95, 0.80, 0.25), (0.55, 0.80, 0.40),
-    (0.70, 0.45, 0.85), (0.95, 0.55, 0.20), (0.40, 0.85, 0.80), (0.85, 0.45, 0.65),
+    (0.90, 0.35, 0.30),
+    (0.30, 0.65, 0.90),
+    (0.95, 0.80, 0.25),
+    (0.55, 0.80, 0.40),
+    (0.70, 0.45, 0.85),
+    (0.95, 0.55, 0.20),
+    (0.40, 0.85, 0.80),
+    (0.85, 0.45, 0.65),
 )
 
 
@@ -71,7 +102,10 @@ def class_entry(name: str, index: int = 1) -> dict[str, Any]:
     """The manifest entry of a class: name, colour and terminology (``None`` when unknown)."""
     known = KNOWN_STRUCTURES.get(normal_name(name))
     if known is not None:
-        return {"name": str(name), "color": [float(c) for c in known["color"]],
-                "terminology": json.loads(json.dumps(known["terminology"]))}
+        return {
+            "name": str(name),
+            "color": [float(c) for c in known["color"]],
+            "terminology": json.loads(json.dumps(known["terminology"])),
+        }
     color = FALLBACK_COLORS[(index - 1) % len(FALLBACK_COLORS)]
     return {"name": str(name), "color": [float(c) for c in color], "terminology": None}

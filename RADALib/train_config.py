@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .annotation import PLANES
 from .errors import RADAError
@@ -85,26 +86,44 @@ class TrainConfig:
         self.patch = tuple(int(p) for p in self.patch)  # type: ignore[assignment]
         self.visual_planes = tuple(str(p) for p in self.visual_planes)
         if len(self.patch) != 3 or any(p < DOWNSAMPLING or p % DOWNSAMPLING for p in self.patch):
-            raise ValueError(f"patch must be 3 positive multiples of {DOWNSAMPLING}, got {self.patch}")
+            raise ValueError(
+                f"patch must be 3 positive multiples of {DOWNSAMPLING}, got {self.patch}"
+            )
         for name in ("iterations", "labeled_batch", "uncertainty_passes", "log_every"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)!r}")
-        for name in ("unlabeled_batch", "checkpoint_every", "validate_every", "prefetch", "threads"):
+        for name in (
+            "unlabeled_batch",
+            "checkpoint_every",
+            "validate_every",
+            "prefetch",
+            "threads",
+        ):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)!r}")
         if self.amp not in ("auto", "bf16", "off"):
             raise ValueError(f"TrainConfig.amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
         if self.channels_last not in _SWITCHES:
-            raise ValueError(f"TrainConfig.channels_last must be one of {_SWITCHES}, got {self.channels_last!r}")
+            raise ValueError(
+                f"TrainConfig.channels_last must be one of {_SWITCHES}, got {self.channels_last!r}"
+            )
         if self.label_source not in LABEL_SOURCES:
-            raise ValueError(f"TrainConfig.label_source must be one of {LABEL_SOURCES}, got {self.label_source!r}")
+            raise ValueError(
+                f"TrainConfig.label_source must be one of {LABEL_SOURCES}, got {self.label_source!r}"
+            )
         if self.label_source == "fused" and not self.use_registration:
-            raise ValueError("TrainConfig.label_source 'fused' needs the propagated labels (use_registration=True)")
+            raise ValueError(
+                "TrainConfig.label_source 'fused' needs the propagated labels (use_registration=True)"
+            )
         if self.region_mode not in REGION_MODES:
-            raise ValueError(f"TrainConfig.region_mode must be one of {REGION_MODES}, got {self.region_mode!r}")
+            raise ValueError(
+                f"TrainConfig.region_mode must be one of {REGION_MODES}, got {self.region_mode!r}"
+            )
         bad = [p for p in self.visual_planes if p not in PLANES]
         if bad or not self.visual_planes:
-            raise ValueError(f"TrainConfig.visual_planes must name planes among {PLANES}, got {self.visual_planes}")
+            raise ValueError(
+                f"TrainConfig.visual_planes must name planes among {PLANES}, got {self.visual_planes}"
+            )
         if self.noise_std < 0 or self.noise_clip < 0:
             raise ValueError("TrainConfig.noise_std and noise_clip must be >= 0")
         if self.schedule.max_iterations != self.iterations:
@@ -120,7 +139,7 @@ class TrainConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``, missing keys take defaults."""
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
@@ -128,7 +147,7 @@ class TrainConfig:
             raise ValueError(f"unknown training setting(s): {', '.join(unknown)}")
         return cls(**dict(data))
 
-    def replace(self, **changes: Any) -> "TrainConfig":
+    def replace(self, **changes: Any) -> TrainConfig:
         """A copy with some settings changed.
 
         Nested settings take a dict (merged) or dotted names passed as a dict:
@@ -140,9 +159,13 @@ class TrainConfig:
             if "." in key:
                 group, name = key.split(".", 1)
                 if group not in SETTING_GROUPS:
-                    raise ValueError(f"unknown training setting {key!r}{_closest_setting(key, data)}")
+                    raise ValueError(
+                        f"unknown training setting {key!r}{_closest_setting(key, data)}"
+                    )
                 if name not in data[group]:
-                    raise ValueError(f"unknown {group} setting {name!r}{_closest_setting(key, data)}")
+                    raise ValueError(
+                        f"unknown {group} setting {name!r}{_closest_setting(key, data)}"
+                    )
                 data[group][name] = _typed_setting(key, data[group][name], value)
             elif key in SETTING_GROUPS:
                 value = value.to_dict() if hasattr(value, "to_dict") else dict(value)
@@ -167,8 +190,11 @@ def _closest_setting(key: str, data: Mapping[str, Any]) -> str:
         names += [f"{group}.{name}" for name in value] if group in SETTING_GROUPS else [group]
     bare = key.rsplit(".", 1)[-1]
     exact = [n for n in names if n.rsplit(".", 1)[-1] == bare and n != key]
-    close = exact or difflib.get_close_matches(key, names, n=1, cutoff=0.7) or difflib.get_close_matches(
-        bare, [n.rsplit(".", 1)[-1] for n in names], n=1, cutoff=0.8)
+    close = (
+        exact
+        or difflib.get_close_matches(key, names, n=1, cutoff=0.7)
+        or difflib.get_close_matches(bare, [n.rsplit(".", 1)[-1] for n in names], n=1, cutoff=0.8)
+    )
     if not close:
         return ""
     match = next(n for n in names if n == close[0] or n.rsplit(".", 1)[-1] == close[0])
@@ -184,15 +210,24 @@ def _typed_setting(key: str, current: Any, value: Any) -> Any:
     """
     if current is None:
         return value
-    if isinstance(current, (list, tuple)) and isinstance(value, str) and current:  # "64,64,48", "axial,axial"
+    if (
+        isinstance(current, (list, tuple)) and isinstance(value, str) and current
+    ):  # "64,64,48", "axial,axial"
         parts = [v.strip() for v in value.split(",")]
         try:
             return [type(current[0])(v) for v in parts]
         except ValueError:
-            raise ValueError(f"setting {key} takes a comma-separated list like {','.join(map(str, current))}, "
-                             f"got {value!r}") from None
-    kinds = ((bool, "true or false", (bool,)), (int, "a whole number", (int,)), (float, "a number", (int, float)),
-             (str, "text", (str,)), ((list, tuple), "a list, e.g. [112,112,80]", (list, tuple)))
+            raise ValueError(
+                f"setting {key} takes a comma-separated list like {','.join(map(str, current))}, "
+                f"got {value!r}"
+            ) from None
+    kinds = (
+        (bool, "true or false", (bool,)),
+        (int, "a whole number", (int,)),
+        (float, "a number", (int, float)),
+        (str, "text", (str,)),
+        ((list, tuple), "a list, e.g. [112,112,80]", (list, tuple)),
+    )
     for kind, wanted, accepted in kinds:
         if isinstance(current, kind):
             if isinstance(value, bool) and kind is not bool or not isinstance(value, accepted):
@@ -238,12 +273,15 @@ def scale_schedule(config: TrainConfig, iterations: int) -> TrainConfig:
         raise ValueError(f"iterations must be >= 1, got {iterations}")
     scale = iterations / config.iterations
     s = config.schedule
-    return config.replace(iterations=iterations, schedule={
-        "max_iterations": iterations,
-        "lr_step": max(1, round(s.lr_step * scale)),
-        "alpha_step": max(1, round(s.alpha_step * scale)),
-        "beta_step": max(1, round(s.beta_step * scale)),
-    })
+    return config.replace(
+        iterations=iterations,
+        schedule={
+            "max_iterations": iterations,
+            "lr_step": max(1, round(s.lr_step * scale)),
+            "alpha_step": max(1, round(s.alpha_step * scale)),
+            "beta_step": max(1, round(s.beta_step * scale)),
+        },
+    )
 
 
 def preset(name: str, **changes: Any) -> TrainConfig:

@@ -42,16 +42,17 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .data import Batch, BatchPrefetcher, TrainingCase, TwoStreamSampler, load_training_cases
 from .atomic import write_text_atomic
+from .data import Batch, BatchPrefetcher, TrainingCase, TwoStreamSampler, load_training_cases
 from .errors import RADAError
 from .events import Progress
 from .losses import masked_cross_entropy, supervised_loss, uncertainty_mask
@@ -65,8 +66,18 @@ METRICS_FILE = "metrics.jsonl"
 CHECKPOINT_FORMAT = "rada-train-checkpoint/1"
 
 # settings that change how a run goes but not what it computes: they may differ on resume
-_RUNTIME_ONLY = {"device", "checkpoint_every", "validate_every", "log_every", "prefetch", "compile", "amp",
-                 "channels_last", "deterministic", "threads"}
+_RUNTIME_ONLY = {
+    "device",
+    "checkpoint_every",
+    "validate_every",
+    "log_every",
+    "prefetch",
+    "compile",
+    "amp",
+    "channels_last",
+    "deterministic",
+    "threads",
+}
 
 
 # ----------------------------------------------------------------------------- guidance inputs
@@ -95,26 +106,39 @@ class GuidancePrompt:
         labeled_ids: Sequence[str],
         device: torch.device | str = "cpu",
         require_text: bool = True,
-    ) -> "GuidancePrompt":
+    ) -> GuidancePrompt:
         text = None
         if config.use_text and text_embedding is None and require_text:
             raise RADAError("training needs the text embedding Et (or use_text=False)")
         if config.use_text and text_embedding is not None:
-            text = torch.as_tensor(np.asarray(text_embedding, np.float32).reshape(1, -1), device=device)
+            text = torch.as_tensor(
+                np.asarray(text_embedding, np.float32).reshape(1, -1), device=device
+            )
         regions = None
         if config.region_mode != "none" and region_embeddings is not None:
-            missing = [f"{c}/{p}" for c in labeled_ids for p in config.visual_planes
-                       if c not in region_embeddings or p not in region_embeddings[c]]
+            missing = [
+                f"{c}/{p}"
+                for c in labeled_ids
+                for p in config.visual_planes
+                if c not in region_embeddings or p not in region_embeddings[c]
+            ]
             if missing:
                 shown = ", ".join(missing[:4]) + (" ..." if len(missing) > 4 else "")
                 raise RADAError(
                     f"no region embedding for {shown}: compute the embeddings of this cohort's labeled cases "
                     f"for the planes {', '.join(config.visual_planes)}"
                 )
-            table = np.stack([
-                np.stack([np.asarray(region_embeddings[c][p], np.float32).reshape(-1) for p in config.visual_planes])
-                for c in labeled_ids
-            ])
+            table = np.stack(
+                [
+                    np.stack(
+                        [
+                            np.asarray(region_embeddings[c][p], np.float32).reshape(-1)
+                            for p in config.visual_planes
+                        ]
+                    )
+                    for c in labeled_ids
+                ]
+            )
             regions = torch.as_tensor(table, device=device)
         return cls(text, regions, tuple(config.visual_planes))
 
@@ -130,7 +154,9 @@ class GuidancePrompt:
         """Ev of a batch: plane i of labeled sample i (cycling through the samples), concatenated."""
         if self.regions is None:
             return None
-        parts = [self.regions[labeled_index[i % len(labeled_index)], i] for i in range(len(self.planes))]
+        parts = [
+            self.regions[labeled_index[i % len(labeled_index)], i] for i in range(len(self.planes))
+        ]
         return torch.cat(parts)[None]
 
     def inference_region(self) -> Tensor | None:
@@ -256,8 +282,10 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same problem for the user
-        raise RADAError(f"{path}: cannot read the training checkpoint ({type(exc).__name__}: {exc}); "
-                        "delete it or train into a new folder") from None
+        raise RADAError(
+            f"{path}: cannot read the training checkpoint ({type(exc).__name__}: {exc}); "
+            "delete it or train into a new folder"
+        ) from None
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
         raise RADAError(f"{path}: not a RADA training checkpoint")
     return data
@@ -293,9 +321,13 @@ def _resolve_device(name: str, local_rank: int) -> torch.device:
     device = torch.device(name)
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise RADAError(f"device {name!r} asked for, but no CUDA GPU is available (use --device cpu)")
+            raise RADAError(
+                f"device {name!r} asked for, but no CUDA GPU is available (use --device cpu)"
+            )
         if device.index is None:
-            device = torch.device("cuda", local_rank if torch.cuda.device_count() > local_rank else 0)
+            device = torch.device(
+                "cuda", local_rank if torch.cuda.device_count() > local_rank else 0
+            )
         torch.cuda.set_device(device)
     return device
 
@@ -316,7 +348,9 @@ def setup_runtime(config: TrainConfig) -> Runtime:
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
     amp = config.amp
-    use_bf16 = amp == "bf16" or (amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported())
+    use_bf16 = amp == "bf16" or (
+        amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    )
     cl = config.channels_last == "on" or (config.channels_last == "auto" and device.type == "cuda")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not config.deterministic
@@ -373,7 +407,11 @@ def _is_oom(error: BaseException) -> bool:
 
 def _check_compatible(saved: Mapping[str, Any], config: TrainConfig, path: Path) -> None:
     current = config.to_dict()
-    differ = sorted(k for k in set(saved) | set(current) if k not in _RUNTIME_ONLY and saved.get(k) != current.get(k))
+    differ = sorted(
+        k
+        for k in set(saved) | set(current)
+        if k not in _RUNTIME_ONLY and saved.get(k) != current.get(k)
+    )
     if differ:
         raise RADAError(
             f"{path}: the checkpoint was made with other settings ({', '.join(differ)}); "
@@ -384,7 +422,9 @@ def _check_compatible(saved: Mapping[str, Any], config: TrainConfig, path: Path)
 # ----------------------------------------------------------------------------- one iteration
 
 
-def fit_network_to_prompt(config: TrainConfig, prompt: GuidancePrompt) -> tuple[TrainConfig, dict[str, int]]:
+def fit_network_to_prompt(
+    config: TrainConfig, prompt: GuidancePrompt
+) -> tuple[TrainConfig, dict[str, int]]:
     """``config`` with the Adapter's input widths set to the embeddings actually given, and the
     widths that changed (empty when none did)."""
     changes = {}
@@ -408,7 +448,10 @@ def build_model(config: TrainConfig, runtime: Runtime) -> TripleViewModel:
 def build_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.SGD:
     """One SGD over every parameter (the three nets and the shared Adapter); the step sets its lr."""
     return torch.optim.SGD(
-        model.parameters(), lr=config.schedule.base_lr, momentum=config.momentum, weight_decay=config.weight_decay
+        model.parameters(),
+        lr=config.schedule.base_lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
     )
 
 
@@ -450,19 +493,28 @@ class TrainingStep:
         self.prompt, self.runtime, self.semi_supervised = prompt, runtime, semi_supervised
         # Et is fed as zeros when use_text is off, so the Adapter and the guidance MLP (fed by
         # GAP(f_img) too, eq. 4) always run: the ablation removes the prompt, not the branch
-        self.text_input: Tensor = (prompt.text if prompt.text is not None
-                                   else torch.zeros(1, config.network.text_dim, device=runtime.device))
+        self.text_input: Tensor = (
+            prompt.text
+            if prompt.text is not None
+            else torch.zeros(1, config.network.text_dim, device=runtime.device)
+        )
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         dtype = self.runtime.amp_dtype
-        return torch.autocast(self.runtime.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+        return (
+            torch.autocast(self.runtime.device.type, dtype=dtype)
+            if dtype is not None
+            else contextlib.nullcontext()
+        )
 
     def __call__(self, host_batch: Batch, iteration: int) -> StepResult:
         t, config, model, schedule = iteration, self.config, self.model, self.config.schedule
         lr, b = learning_rate(t, schedule), beta(t, schedule) if self.semi_supervised else 0.0
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        batch = host_batch.to(self.runtime.device, non_blocking=True, channels_last=self.runtime.channels_last)
+        batch = host_batch.to(
+            self.runtime.device, non_blocking=True, channels_last=self.runtime.channels_last
+        )
         region = self.prompt.region(batch.labeled_index)
         with self._autocast():
             pseudo = None
@@ -470,8 +522,15 @@ class TrainingStep:
                 threshold = uncertainty_threshold(t, schedule, config.network.n_classes)
                 with torch.no_grad():
                     era = model.embed(self.text_input, region)
-                pseudo = peer_pseudo_labels(model, batch.x_u, era, config.uncertainty_passes, threshold,
-                                            config.noise_std, config.noise_clip)
+                pseudo = peer_pseudo_labels(
+                    model,
+                    batch.x_u,
+                    era,
+                    config.uncertainty_passes,
+                    threshold,
+                    config.noise_std,
+                    config.noise_clip,
+                )
                 x = torch.cat([batch.x_l, batch.x_u])
             else:
                 x = batch.x_l
@@ -503,7 +562,9 @@ def build_training_step(
 
         # every parameter takes part in every iteration (Et is fed as zeros when use_text is off)
         device = runtime.device
-        forward = DistributedDataParallel(forward, device_ids=[device.index] if device.type == "cuda" else None)
+        forward = DistributedDataParallel(
+            forward, device_ids=[device.index] if device.type == "cuda" else None
+        )
     return TrainingStep(config, model, optimizer, forward, prompt, runtime, semi_supervised)
 
 
@@ -518,7 +579,8 @@ def train(
     region_embeddings: Mapping[str, Mapping[str, np.ndarray]] | None,
     out_dir: str | os.PathLike[str],
     progress: Progress | None = None,
-    validate: Callable[[TripleViewModel, Tensor | None, Tensor | None], Mapping[str, float]] | None = None,
+    validate: Callable[[TripleViewModel, Tensor | None, Tensor | None], Mapping[str, float]]
+    | None = None,
     resume: bool = True,
     *,
     stop_after: int | None = None,
@@ -530,10 +592,23 @@ def train(
     labeled cases (``None``: no region prompt). ``fusion``: the propagation's vote and α, for
     ``label_source="fused"`` (None: the default vote). See :func:`train_on_cases` for the rest.
     """
-    labeled, unlabeled = load_training_cases(cohort, propagation_dir, require_propagation=config.use_registration,
-                                             label_source=config.label_source, fusion=fusion)
+    labeled, unlabeled = load_training_cases(
+        cohort,
+        propagation_dir,
+        require_propagation=config.use_registration,
+        label_source=config.label_source,
+        fusion=fusion,
+    )
     return train_on_cases(
-        config, labeled, unlabeled, text_embedding, region_embeddings, out_dir, progress, validate, resume,
+        config,
+        labeled,
+        unlabeled,
+        text_embedding,
+        region_embeddings,
+        out_dir,
+        progress,
+        validate,
+        resume,
         stop_after=stop_after,
     )
 
@@ -546,7 +621,8 @@ def train_on_cases(
     region_embeddings: Mapping[str, Mapping[str, np.ndarray]] | None,
     out_dir: str | os.PathLike[str],
     progress: Progress | None = None,
-    validate: Callable[[TripleViewModel, Tensor | None, Tensor | None], Mapping[str, float]] | None = None,
+    validate: Callable[[TripleViewModel, Tensor | None, Tensor | None], Mapping[str, float]]
+    | None = None,
     resume: bool = True,
     *,
     stop_after: int | None = None,
@@ -561,7 +637,8 @@ def train_on_cases(
     Adapter's text input of training, (1, text_dim) (Et, or zeros with ``use_text=False``), and
     ``region`` the inference prompt: the mean Ev over the labeled cases, (1, region_dim), or
     ``None`` without region prompt (the Adapter then sees zeros), so
-    ``era = model.embed(text, region)`` is the guidance training used. ``stop_after=n`` stops after iteration n (with a checkpoint), as if interrupted.
+    ``era = model.embed(text, region)`` is the guidance training used. ``stop_after=n`` stops
+    after iteration n (with a checkpoint), as if interrupted.
     Ctrl-C leaves the last checkpoint whole and is re-raised. CUDA running out of memory raises
     :class:`RADAError`.
     """
@@ -570,8 +647,19 @@ def train_on_cases(
     progress = progress or Progress()
     runtime = setup_runtime(config)
     try:
-        return _train(config, list(labeled), list(unlabeled), text_embedding, region_embeddings, Path(out_dir),
-                      progress if runtime.main else Progress(), validate, resume, stop_after, runtime)
+        return _train(
+            config,
+            list(labeled),
+            list(unlabeled),
+            text_embedding,
+            region_embeddings,
+            Path(out_dir),
+            progress if runtime.main else Progress(),
+            validate,
+            resume,
+            stop_after,
+            runtime,
+        )
     except BaseException as error:
         if _is_oom(error):
             raise RADAError(
@@ -604,33 +692,55 @@ def _train(
     device = runtime.device
     progress.enter("train")
     if config.use_text and text_embedding is None:
-        progress.message("no text embedding given: Et is fed as zeros, as with use_text=False", level="warning")
-    prompt = GuidancePrompt.build(config, text_embedding, region_embeddings, [c.id for c in labeled], device,
-                                  require_text=False)
+        progress.message(
+            "no text embedding given: Et is fed as zeros, as with use_text=False", level="warning"
+        )
+    prompt = GuidancePrompt.build(
+        config,
+        text_embedding,
+        region_embeddings,
+        [c.id for c in labeled],
+        device,
+        require_text=False,
+    )
     config, net_changes = fit_network_to_prompt(config, prompt)
     if net_changes:
         progress.message(f"network input widths set from the embeddings: {net_changes}")
     n_classes = config.network.n_classes
     largest = max(c.max_label for c in labeled)
     if largest >= n_classes:
-        raise RADAError(f"the labels hold class {largest}, but the network has {n_classes} classes (network.n_classes)")
+        raise RADAError(
+            f"the labels hold class {largest}, but the network has {n_classes} classes (network.n_classes)"
+        )
 
     if runtime.main:
         out_dir.mkdir(parents=True, exist_ok=True)
 
     if not unlabeled:
         hint = ""
-        if config.label_source == "views" and config.use_registration and config.schedule.alpha_floor == 0:
-            hint = ("; as α ramps down to 0, late training learns from the annotated slices alone: "
-                    "label_source=fused (rada train --set label_source=fused; in Slicer, Training labels: fused) "
-                    "keeps the propagated labels")
-        progress.message("no unlabeled training case: training runs supervised only (β = 0, no cross "
-                         f"pseudo-labels){hint}", level="warning")
+        if (
+            config.label_source == "views"
+            and config.use_registration
+            and config.schedule.alpha_floor == 0
+        ):
+            hint = (
+                "; as α ramps down to 0, late training learns from the annotated slices alone: "
+                "label_source=fused (rada train --set label_source=fused; in Slicer, Training labels: fused) "
+                "keeps the propagated labels"
+            )
+        progress.message(
+            "no unlabeled training case: training runs supervised only (β = 0, no cross "
+            f"pseudo-labels){hint}",
+            level="warning",
+        )
     elif config.label_source == "fused" and config.unlabeled_batch > 0:
-        progress.message("label_source=fused with unlabeled cases: the three networks learn the same labels, so "
-                         "their cross supervision (eq. 10) loses the view diversity it relies on; on LA2018 it "
-                         "scored below the default label_source=views on held-out volumes (README, Measured "
-                         "figures)", level="warning")
+        progress.message(
+            "label_source=fused with unlabeled cases: the three networks learn the same labels, so "
+            "their cross supervision (eq. 10) loses the view diversity it relies on; on LA2018 it "
+            "scored below the default label_source=views on held-out volumes (README, Measured "
+            "figures)",
+            level="warning",
+        )
     small = [c for c in (*labeled, *unlabeled) if any(n < p for n, p in zip(c.shape, config.patch))]
     if small:
         progress.message(
@@ -642,8 +752,14 @@ def _train(
     model = build_model(config, runtime)
     optimizer = build_optimizer(config, model)
     sampler = TwoStreamSampler(
-        labeled, unlabeled, config.patch, config.labeled_batch, config.unlabeled_batch,
-        seed=(config.seed, runtime.rank), use_registration=config.use_registration, augment=config.augment,
+        labeled,
+        unlabeled,
+        config.patch,
+        config.labeled_batch,
+        config.unlabeled_batch,
+        seed=(config.seed, runtime.rank),
+        use_registration=config.use_registration,
+        augment=config.augment,
     )
     torch.manual_seed(config.seed + runtime.rank)
     if device.type == "cuda":
@@ -664,23 +780,40 @@ def _train(
             sampler.set_state(ranks[runtime.rank]["sampler"])
             _set_rng_state(device, ranks[runtime.rank])
         else:
-            progress.message(f"the checkpoint was made by {len(ranks)} process(es), this run has {runtime.world}: "
-                             "resuming with fresh random streams", level="warning")
+            progress.message(
+                f"the checkpoint was made by {len(ranks)} process(es), this run has {runtime.world}: "
+                "resuming with fresh random streams",
+                level="warning",
+            )
             sampler = TwoStreamSampler(
-                labeled, unlabeled, config.patch, config.labeled_batch, config.unlabeled_batch,
-                seed=(config.seed, runtime.rank, start), use_registration=config.use_registration, augment=config.augment,
+                labeled,
+                unlabeled,
+                config.patch,
+                config.labeled_batch,
+                config.unlabeled_batch,
+                seed=(config.seed, runtime.rank, start),
+                use_registration=config.use_registration,
+                augment=config.augment,
             )
             torch.manual_seed(config.seed + 1000 * start + runtime.rank)
         if runtime.main:  # metrics past the checkpoint were never saved in it: drop them
-            write_text_atomic(out_dir / METRICS_FILE, "".join(json.dumps(h) + "\n" for h in history))
+            write_text_atomic(
+                out_dir / METRICS_FILE, "".join(json.dumps(h) + "\n" for h in history)
+            )
         progress.message(f"resuming from {checkpoint_path} at iteration {start}")
     elif runtime.main:
         (out_dir / METRICS_FILE).unlink(missing_ok=True)
     if runtime.main:  # after the resume check, so a refused run leaves the folder as it was
         write_text_atomic(out_dir / CONFIG_FILE, json.dumps(config.to_dict(), indent=2) + "\n")
 
-    step = build_training_step(config, model, optimizer, prompt, runtime,
-                               semi_supervised=bool(unlabeled) and config.unlabeled_batch > 0)
+    step = build_training_step(
+        config,
+        model,
+        optimizer,
+        prompt,
+        runtime,
+        semi_supervised=bool(unlabeled) and config.unlabeled_batch > 0,
+    )
 
     end = config.iterations if stop_after is None else min(config.iterations, int(stop_after))
     result = TrainResult(model, history, out_dir, start, seconds_before, config)
@@ -695,28 +828,40 @@ def _train(
         _sync_buffers(model, runtime)
         states = _gather(_rng_state(device, state), runtime)
         if runtime.main:
-            save_checkpoint(checkpoint_path, {
-                "format": CHECKPOINT_FORMAT,
-                "config": config.to_dict(),
-                "iteration": completed,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "world_size": runtime.world,
-                "ranks": states,
-                "history": history,
-                "seconds": seconds_before + time.perf_counter() - started,
-            })
+            save_checkpoint(
+                checkpoint_path,
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "config": config.to_dict(),
+                    "iteration": completed,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "world_size": runtime.world,
+                    "ranks": states,
+                    "history": history,
+                    "seconds": seconds_before + time.perf_counter() - started,
+                },
+            )
 
-    progress.start("train", config.iterations, f"{len(labeled)} labeled + {len(unlabeled)} unlabeled volume(s), "
-                   f"patch {tuple(config.patch)}, on {device}" + (f" x{runtime.world}" if runtime.distributed else ""),
-                   first_step=start)
+    progress.start(
+        "train",
+        config.iterations,
+        f"{len(labeled)} labeled + {len(unlabeled)} unlabeled volume(s), "
+        f"patch {tuple(config.patch)}, on {device}"
+        + (f" x{runtime.world}" if runtime.distributed else ""),
+        first_step=start,
+    )
     model.train()
     started = time.perf_counter()
     window_start, window_n = started, 0
     sums = torch.zeros(3, device=device)
     last_state: dict | None = None
     prefetcher = BatchPrefetcher(
-        sampler, lambda t: alpha(t, schedule), start, end, depth=config.prefetch,
+        sampler,
+        lambda t: alpha(t, schedule),
+        start,
+        end,
+        depth=config.prefetch,
         pin_memory=device.type == "cuda",
     )
     try:
@@ -729,18 +874,30 @@ def _train(
             last_state = host_batch.sampler_state
             completed = t + 1
 
-            validating = validate is not None and config.validate_every and completed % config.validate_every == 0
+            validating = (
+                validate is not None
+                and config.validate_every
+                and completed % config.validate_every == 0
+            )
             if completed % config.log_every == 0 or completed == end or t == start or validating:
                 values = (sums / window_n).tolist()  # the one device sync of a logging step
                 now = time.perf_counter()
                 entry = {
-                    "step": completed, "loss": values[0], "loss_sup": values[1], "loss_unsup": values[2],
-                    "lr": lr, "alpha": a, "beta": b, "s_per_it": (now - window_start) / window_n,
+                    "step": completed,
+                    "loss": values[0],
+                    "loss_sup": values[1],
+                    "loss_unsup": values[2],
+                    "lr": lr,
+                    "alpha": a,
+                    "beta": b,
+                    "s_per_it": (now - window_start) / window_n,
                     "seconds": seconds_before + now - started,
                 }
                 if not math.isfinite(values[0]):
-                    raise RADAError(f"training diverged: the loss is {values[0]} at iteration {completed}; "
-                                    "lower schedule.base_lr or check the input intensities")
+                    raise RADAError(
+                        f"training diverged: the loss is {values[0]} at iteration {completed}; "
+                        "lower schedule.base_lr or check the input intensities"
+                    )
                 if validating and runtime.main:
                     model.eval()
                     try:
@@ -748,18 +905,26 @@ def _train(
                             scores = validate(model, infer_text, infer_region)
                     finally:
                         model.train()
-                    entry.update({k: (float(v) if isinstance(v, (int, float, np.floating)) else v)
-                                  for k, v in dict(scores).items()})
+                    entry.update(
+                        {
+                            k: (float(v) if isinstance(v, (int, float, np.floating)) else v)
+                            for k, v in dict(scores).items()
+                        }
+                    )
                 history.append(entry)
                 if runtime.main:
                     with open(out_dir / METRICS_FILE, "a") as handle:
                         handle.write(json.dumps(entry) + "\n")
                 extra = {k: v for k, v in entry.items() if k not in ("step", "seconds")}
-                progress.update(completed, f"sup {values[1]:.4f} unsup {values[2]:.4f} lr {lr:.2g}", **extra)
+                progress.update(
+                    completed, f"sup {values[1]:.4f} unsup {values[2]:.4f} lr {lr:.2g}", **extra
+                )
                 sums.zero_()
                 window_start, window_n = time.perf_counter(), 0
 
-            if (config.checkpoint_every and completed % config.checkpoint_every == 0) or completed == end:
+            if (
+                config.checkpoint_every and completed % config.checkpoint_every == 0
+            ) or completed == end:
                 save(completed, last_state)  # type: ignore[arg-type]
     finally:
         prefetcher.close()

@@ -84,13 +84,13 @@ class Volume:
     def shape(self) -> tuple[int, int, int]:
         return tuple(int(n) for n in self.array.shape)  # type: ignore[return-value]
 
-    def with_array(self, array: np.ndarray, source: str | None = None) -> "Volume":
+    def with_array(self, array: np.ndarray, source: str | None = None) -> Volume:
         """A volume on the same grid holding ``array`` (same shape required)."""
         if tuple(array.shape) != self.shape:
             raise ValueError(f"array shape {array.shape} does not match the grid {self.shape}")
         return replace(self, array=array, source=source or self.source)
 
-    def same_grid(self, other: "Volume", tolerance: float = 1e-4) -> str | None:
+    def same_grid(self, other: Volume, tolerance: float = 1e-4) -> str | None:
         """None when ``other`` lies on this grid, else a short description of the difference."""
         if other.shape != self.shape:
             return f"shape {other.shape} does not match the image's {self.shape}"
@@ -111,7 +111,9 @@ def _fmt(values: tuple[float, ...] | np.ndarray) -> str:
 # ----------------------------------------------------------------------------- reorientation
 
 
-def canonical_order(direction: np.ndarray) -> tuple[tuple[int, int, int], tuple[bool, bool, bool], float]:
+def canonical_order(
+    direction: np.ndarray,
+) -> tuple[tuple[int, int, int], tuple[bool, bool, bool], float]:
     """The file axis closest to each patient axis, whether it runs backwards, and the obliquity.
 
     Returns (permutation, flips, obliquity) where obliquity is the largest off-axis component
@@ -145,7 +147,9 @@ def _from_canonical(array: np.ndarray, geometry: FileGeometry) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(out, np.argsort(geometry.permutation)))
 
 
-def _canonical_geometry(geometry: FileGeometry) -> tuple[tuple[float, float, float], tuple[float, float, float], np.ndarray]:
+def _canonical_geometry(
+    geometry: FileGeometry,
+) -> tuple[tuple[float, float, float], tuple[float, float, float], np.ndarray]:
     d = np.asarray(geometry.direction, dtype=float).reshape(3, 3)
     spacing = np.asarray(geometry.spacing, dtype=float)
     origin = np.asarray(geometry.origin, dtype=float)
@@ -174,15 +178,22 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, FileGeometry]:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
         detail = _first_line(str(exc))
-        raise InputError(path, f"cannot be read as {file_suffix(path)} (truncated or corrupt file?): {detail}") from None
+        raise InputError(
+            path, f"cannot be read as {file_suffix(path)} (truncated or corrupt file?): {detail}"
+        ) from None
     if image.GetDimension() != 3:
         raise InputError(path, f"expected a 3D volume, found {image.GetDimension()}D")
     if image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(path, f"expected one value per voxel, found {image.GetNumberOfComponentsPerPixel()} (colour or vector image)")
+        raise InputError(
+            path,
+            f"expected one value per voxel, found {image.GetNumberOfComponentsPerPixel()} (colour or vector image)",
+        )
     try:
         array = sitk.GetArrayFromImage(image)
     except RuntimeError as exc:
-        raise InputError(path, f"cannot read the voxel data (truncated file?): {_first_line(str(exc))}") from None
+        raise InputError(
+            path, f"cannot read the voxel data (truncated file?): {_first_line(str(exc))}"
+        ) from None
     array = np.ascontiguousarray(np.transpose(array, (2, 1, 0)))
     geometry = FileGeometry(
         shape=tuple(int(n) for n in array.shape),  # type: ignore[arg-type]
@@ -205,7 +216,9 @@ def _read_h5(path: Path, dataset: str, spacing: float) -> tuple[np.ndarray, File
     except InputError:
         raise
     except (OSError, KeyError, ValueError) as exc:
-        raise InputError(path, f"cannot be read as h5 (truncated or corrupt file?): {_first_line(str(exc))}") from None
+        raise InputError(
+            path, f"cannot be read as h5 (truncated or corrupt file?): {_first_line(str(exc))}"
+        ) from None
     if array.ndim != 3:
         raise InputError(path, f"dataset '{dataset}' is {array.ndim}D, expected 3D")
     geometry = FileGeometry(
@@ -246,7 +259,9 @@ def read_volume(
         array, geometry = _read_sitk(path)
     else:
         supported = ", ".join(_SITK_SUFFIXES + _H5_SUFFIXES)
-        raise InputError(path, f"unsupported file type '{suffix or path.name}' (supported: {supported})")
+        raise InputError(
+            path, f"unsupported file type '{suffix or path.name}' (supported: {supported})"
+        )
     array = _check_values(path, array, kind)
 
     permutation, flips, obliquity = canonical_order(np.reshape(geometry.direction, (3, 3)))
@@ -281,14 +296,20 @@ def _check_values(path: Path, array: np.ndarray, kind: str) -> np.ndarray:
         if not np.all(np.isfinite(array)):
             raise InputError(path, "label map holds NaN or Inf values")
         if not np.all(np.equal(np.round(array), array)):
-            raise InputError(path, "label map holds non-integer values; expected class numbers 0, 1, 2, ...")
+            raise InputError(
+                path, "label map holds non-integer values; expected class numbers 0, 1, 2, ..."
+            )
     elif array.dtype.kind not in "iub":
         raise InputError(path, f"label voxel type {array.dtype} is not an integer type")
     if array.size and array.min() < 0:
-        raise InputError(path, f"label map holds negative values (min {array.min()}); expected 0, 1, 2, ...")
+        raise InputError(
+            path, f"label map holds negative values (min {array.min()}); expected 0, 1, 2, ..."
+        )
     top = int(array.max()) if array.size else 0
     if top > 65535:
-        raise InputError(path, f"label map holds values up to {top}; at most 65535 classes are supported")
+        raise InputError(
+            path, f"label map holds values up to {top}; at most 65535 classes are supported"
+        )
     return array.astype(np.uint8 if top <= 255 else np.uint16, copy=False)
 
 
@@ -311,7 +332,7 @@ def _axis_aligned_reference(geometry: FileGeometry):
     return reference
 
 
-def _sitk_image(array_xyz: np.ndarray, spacing, origin, direction) -> "object":
+def _sitk_image(array_xyz: np.ndarray, spacing, origin, direction) -> object:
     sitk = _sitk()
     image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(array_xyz, (2, 1, 0))))
     image.SetSpacing([float(s) for s in spacing])
@@ -326,7 +347,9 @@ def _resampled_volume(path: Path, array: np.ndarray, geometry: FileGeometry, kin
     reference = _axis_aligned_reference(geometry)
     interpolator = sitk.sitkLinear if kind == "image" else sitk.sitkNearestNeighbor
     default = float(array.min()) if kind == "image" else 0.0
-    out = sitk.Resample(source, reference, sitk.Transform(), interpolator, default, source.GetPixelID())
+    out = sitk.Resample(
+        source, reference, sitk.Transform(), interpolator, default, source.GetPixelID()
+    )
     resampled = np.ascontiguousarray(np.transpose(sitk.GetArrayFromImage(out), (2, 1, 0)))
     return Volume(
         resampled,
@@ -338,12 +361,16 @@ def _resampled_volume(path: Path, array: np.ndarray, geometry: FileGeometry, kin
     )
 
 
-def read_label_for(image: Volume, path: str | os.PathLike[str], oblique: Oblique = "refuse") -> Volume:
+def read_label_for(
+    image: Volume, path: str | os.PathLike[str], oblique: Oblique = "refuse"
+) -> Volume:
     """Read a label map and check that it lies on ``image``'s grid (else an InputError)."""
     label = read_volume(path, kind="label", oblique=oblique, h5_spacing=image.spacing[0])
     problem = image.same_grid(label)
     if problem:
-        raise InputError(path, f"{problem} ({image.source}); resample the label onto the image first")
+        raise InputError(
+            path, f"{problem} ({image.source}); resample the label onto the image first"
+        )
     return label
 
 
@@ -356,12 +383,16 @@ def atomic_output(path: str | os.PathLike[str]) -> Path:
     suffix = file_suffix(path)
     folder = path.parent
     ensure_writable_folder(folder, path.name)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name[: -len(suffix) or None]}.", suffix=f".part{suffix}", dir=folder)
+    handle, name = tempfile.mkstemp(
+        prefix=f".{path.name[: -len(suffix) or None]}.", suffix=f".part{suffix}", dir=folder
+    )
     os.close(handle)
     return Path(name)
 
 
-def write_like(reference: Volume, array: np.ndarray, path: str | os.PathLike[str], compress: bool = True) -> Path:
+def write_like(
+    reference: Volume, array: np.ndarray, path: str | os.PathLike[str], compress: bool = True
+) -> Path:
     """Write a canonical-order ``array`` with ``reference``'s original file header.
 
     The array is put back in the file's index order (and resampled back when the reference was
@@ -373,7 +404,9 @@ def write_like(reference: Volume, array: np.ndarray, path: str | os.PathLike[str
     if suffix not in _SITK_SUFFIXES:
         raise InputError(path, f"cannot write '{suffix}' files; use .nrrd, .nii.gz or .mha")
     if tuple(array.shape) != reference.shape:
-        raise ValueError(f"array shape {array.shape} does not match {reference.source} {reference.shape}")
+        raise ValueError(
+            f"array shape {array.shape} does not match {reference.source} {reference.shape}"
+        )
     sitk = _sitk()
     if array.dtype == np.bool_:
         array = array.astype(np.uint8)
@@ -389,7 +422,9 @@ def write_like(reference: Volume, array: np.ndarray, path: str | os.PathLike[str
         interpolator = sitk.sitkNearestNeighbor if array.dtype.kind in "iub" else sitk.sitkLinear
         image = sitk.Resample(grid, target, sitk.Transform(), interpolator, 0.0, grid.GetPixelID())
     else:
-        image = _sitk_image(_from_canonical(array, geometry), geometry.spacing, geometry.origin, geometry.direction)
+        image = _sitk_image(
+            _from_canonical(array, geometry), geometry.spacing, geometry.origin, geometry.direction
+        )
     temporary = atomic_output(path)
     try:
         sitk.WriteImage(image, str(temporary), compress)
@@ -409,4 +444,10 @@ def volume_from_array(
 ) -> Volume:
     """A volume from an array already in canonical order (tests, synthetic data)."""
     direction = np.eye(3) if direction is None else np.asarray(direction, float)
-    return Volume(np.asarray(array), tuple(float(s) for s in spacing), tuple(float(o) for o in origin), direction, source)  # type: ignore[arg-type]
+    return Volume(
+        np.asarray(array),
+        tuple(float(s) for s in spacing),
+        tuple(float(o) for o in origin),
+        direction,
+        source,
+    )  # type: ignore[arg-type]

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -108,7 +108,10 @@ def train_model(
     experiment.mkdir(parents=True, exist_ok=True)
     progress = progress or Progress()
     if not cohort.labeled:
-        raise InputError(cohort.path or cohort.name, "no labeled case: training needs at least one annotated volume")
+        raise InputError(
+            cohort.path or cohort.name,
+            "no labeled case: training needs at least one annotated volume",
+        )
     propagation = Path(propagation_dir) if propagation_dir else experiment / "propagation"
     propagation_config = propagation_config or PropagationConfig()
     if train_config.use_registration:
@@ -117,48 +120,85 @@ def train_model(
         propagation = None  # type: ignore[assignment]
     progress.enter("embed")
     progress.message("computing the frozen encoders' embeddings (once per cohort)")
-    embeddings = cohort_embeddings(
-        cohort, propagation or experiment / "propagation", experiment, encoder_config, cache_dir,
-        use_mask=train_config.region_mode != "no_mask",
-    ) if propagation is not None else None
+    embeddings = (
+        cohort_embeddings(
+            cohort,
+            propagation or experiment / "propagation",
+            experiment,
+            encoder_config,
+            cache_dir,
+            use_mask=train_config.region_mode != "no_mask",
+        )
+        if propagation is not None
+        else None
+    )
     random = {name: not ok for name, ok in (embeddings.pretrained if embeddings else {}).items()}
     if any(random.values()):
         encoders = encoder_config or EncoderConfig()
-        progress.message(random_weights_warning(random, encoders.arch, encoders.cache_dir), level="warning")
+        progress.message(
+            random_weights_warning(random, encoders.arch, encoders.cache_dir), level="warning"
+        )
     validate = _validator(validation, train_config) if validation else None
     result = train(
-        train_config, cohort, propagation,
+        train_config,
+        cohort,
+        propagation,
         embeddings.text if embeddings else None,
         embeddings.regions if embeddings else None,
-        experiment, progress, validate, fusion=(propagation_config.fusion, propagation_config.fusion_alpha),
+        experiment,
+        progress,
+        validate,
+        fusion=(propagation_config.fusion, propagation_config.fusion_alpha),
     )
     planes = list(train_config.visual_planes)
     components = largest_component_record(cohort, propagation, propagation_config)
     if components["classes"]:
-        parts = [f"{cohort.classes.get(c, c)} ({100 * components['fractions'][str(c)]:.2f} % of its pseudo-label "
-                 "voxels in one connected region)" for c in components["classes"]]
-        progress.message(f"{'; '.join(parts)}: predictions keep only the largest region by default "
-                         "(rada predict --no-largest-component keeps every region)")
+        parts = [
+            f"{cohort.classes.get(c, c)} ({100 * components['fractions'][str(c)]:.2f} % of its pseudo-label "
+            "voxels in one connected region)"
+            for c in components["classes"]
+        ]
+        progress.message(
+            f"{'; '.join(parts)}: predictions keep only the largest region by default "
+            "(rada predict --no-largest-component keeps every region)"
+        )
     fields = {
         "classes": dict(cohort.classes),
         "prompt": embeddings.prompts[0] if embeddings and embeddings.prompts else None,
         "visual_planes": planes,
         # use_text=False trained on zeros in place of Et: store those zeros, so inference matches
-        "text_embedding": (embeddings.text if train_config.use_text else np.zeros_like(embeddings.text)) if embeddings else None,
-        "region_embedding_mean": embeddings.region_mean(planes) if embeddings and train_config.region_mode != "none" else None,
+        "text_embedding": (
+            embeddings.text if train_config.use_text else np.zeros_like(embeddings.text)
+        )
+        if embeddings
+        else None,
+        "region_embedding_mean": embeddings.region_mean(planes)
+        if embeddings and train_config.region_mode != "none"
+        else None,
         # what rebuilds the same frozen encoder for a volume's own region prompt (region_prompt.py)
         "encoder": encoder_record(embeddings, train_config.region_mode),
         "inference": {"patch": list(train_config.patch), "largest_component": components},
-        "training": {"iterations": result.iteration, "seconds": round(result.seconds, 1),
-                     "config": train_config.to_dict(), "history_tail": result.history[-5:],
-                     "cohort": str(cohort.path) if cohort.path else cohort.name},
+        "training": {
+            "iterations": result.iteration,
+            "seconds": round(result.seconds, 1),
+            "config": train_config.to_dict(),
+            "history_tail": result.history[-5:],
+            "cohort": str(cohort.path) if cohort.path else cohort.name,
+        },
     }
     model_folder = save_bundle(experiment / MODEL_FOLDER, result.model.cpu(), fields)
-    return TrainedRun(experiment, model_folder, result.iteration, result.seconds,
-                      embeddings.pretrained if embeddings else {})
+    return TrainedRun(
+        experiment,
+        model_folder,
+        result.iteration,
+        result.seconds,
+        embeddings.pretrained if embeddings else {},
+    )
 
 
-def largest_component_record(cohort: Cohort, propagation: Path | None, config: PropagationConfig) -> dict:
+def largest_component_record(
+    cohort: Cohort, propagation: Path | None, config: PropagationConfig
+) -> dict:
     """The bundle's post-processing record, from the labeled cases' fused pseudo-labels.
 
     See :func:`~RADALib.postprocessing.recommend_largest_component`; without propagation
@@ -167,9 +207,16 @@ def largest_component_record(cohort: Cohort, propagation: Path | None, config: P
     from .postprocessing import recommend_largest_component
     from .pseudo_labels import load_case_result
 
-    folders = [propagation / "cases" / case.id for case in cohort.labeled] if propagation is not None else []
-    labels = (load_case_result(f).fused(config.fusion, config.fusion_alpha)
-              for f in folders if (f / "propagation.npz").exists())
+    folders = (
+        [propagation / "cases" / case.id for case in cohort.labeled]
+        if propagation is not None
+        else []
+    )
+    labels = (
+        load_case_result(f).fused(config.fusion, config.fusion_alpha)
+        for f in folders
+        if (f / "propagation.npz").exists()
+    )
     return recommend_largest_component(labels, sorted(cohort.classes))
 
 
@@ -199,7 +246,9 @@ def _validator(cases: Sequence[Case], train_config):
         scores = []
         for image, truth in loaded:
             x = torch.as_tensor(image, device=device)[None, None]
-            probabilities = sliding_window_inference(x, lambda p: ensemble_probabilities(model, p, era), patch, stride)
+            probabilities = sliding_window_inference(
+                x, lambda p: ensemble_probabilities(model, p, era), patch, stride
+            )
             scores.append(dice(probabilities.argmax(0).cpu().numpy(), truth))
         return {"val_dice": float(np.mean(scores))}
 

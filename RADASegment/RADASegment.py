@@ -27,6 +27,6 @@ class RADASegment(ScriptedLoadableModule):
             "<a href='https://github.com/rada-slicer/SlicerRADA'>README</a> for a tutorial."
         )
         self.parent.acknowledgementText = (
-            "Implements RADA (Region-Aware Dual-encoder Auxiliary learning) for sparse-annotation 3D segmentation."
+            "Implements RADA (Region-Aware Dual-encoder Auxiliary learning) "
+            "for sparse-annotation 3D segmentation."
         )
-

@@ -156,7 +156,9 @@ def _refusal(missing: list[str]) -> str:
         parts.append("install torch with the PyTorch Utils module (PyTorch extension)")
     if others:
         joined = " ".join(others)
-        parts.append(f"{'then ' if torch else ''}run slicer.util.pip_install('{joined}') in the Python console")
+        parts.append(
+            f"{'then ' if torch else ''}run slicer.util.pip_install('{joined}') in the Python console"
+        )
     return " ".join(parts)
 
 
@@ -188,7 +190,11 @@ def _confirm_with_dialog(message: str) -> bool:
     """Ask with Slicer's OK/Cancel dialog."""
     import slicer
 
-    return bool(slicer.util.confirmOkCancelDisplay(message, windowTitle=f"{REQUESTER} - Install Python packages"))
+    return bool(
+        slicer.util.confirmOkCancelDisplay(
+            message, windowTitle=f"{REQUESTER} - Install Python packages"
+        )
+    )
 
 
 def _install_torch_with_pytorch_utils() -> bool:

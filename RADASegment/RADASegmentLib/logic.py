@@ -22,9 +22,10 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import slicer
@@ -124,8 +125,15 @@ class EngineJob:
     ``succeeded``, ``failed`` or ``cancelled``; ``message`` says why on failure.
     """
 
-    def __init__(self, kind: str, process: Any, finish: Callable[[], Any], onEvent: EventCallback | None = None,
-                 onFinished: FinishedCallback | None = None, workFolder: Path | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        process: Any,
+        finish: Callable[[], Any],
+        onEvent: EventCallback | None = None,
+        onFinished: FinishedCallback | None = None,
+        workFolder: Path | None = None,
+    ) -> None:
         self.kind = kind
         self.process = process
         self.state = "running"
@@ -156,8 +164,13 @@ class EngineJob:
             try:
                 self.result = self._finish()
                 self.state = "succeeded"
-            except Exception as exc:  # a result that cannot be loaded is a failed job, said in one line
-                self.state, self.message = "failed", f"{self.kind}: the results could not be loaded: {exc}"
+            except (
+                Exception
+            ) as exc:  # a result that cannot be loaded is a failed job, said in one line
+                self.state, self.message = (
+                    "failed",
+                    f"{self.kind}: the results could not be loaded: {exc}",
+                )
         else:
             self.state = "cancelled" if processState == "cancelled" else "failed"
             self.message = self.process.failure_message() or f"{self.kind} {self.state}"
@@ -171,7 +184,7 @@ class EngineJob:
             self.process.cancel()
             self.poll()
 
-    def wait(self, timeout: float | None = None, interval: float = 0.1) -> "EngineJob":
+    def wait(self, timeout: float | None = None, interval: float = 0.1) -> EngineJob:
         """Block until the job ends (keeps the Slicer GUI painting meanwhile)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.poll():
@@ -196,10 +209,14 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
     (default the engine's own, ``~/.cache/rada``: a case is never registered twice).
     """
 
-    def __init__(self, processFactory: ProcessFactory | None = None, workFolder: str | os.PathLike[str] | None = None,
-                 modelsFolder: str | os.PathLike[str] | None = None,
-                 ensureDependencies: Callable[[], None] | None = None,
-                 cacheFolder: str | os.PathLike[str] | None = None) -> None:
+    def __init__(
+        self,
+        processFactory: ProcessFactory | None = None,
+        workFolder: str | os.PathLike[str] | None = None,
+        modelsFolder: str | os.PathLike[str] | None = None,
+        ensureDependencies: Callable[[], None] | None = None,
+        cacheFolder: str | os.PathLike[str] | None = None,
+    ) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.processFactory = processFactory or _default_process_factory
         self.workFolder = Path(workFolder) if workFolder else None
@@ -232,7 +249,9 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
     def addVolume(self, volumeNode: Any) -> CohortEntry:
         """Add a scalar volume to the cohort (once); refuses no volume and oblique volumes."""
         if volumeNode is None:
-            raise RADASegmentError("no volume selected: choose a volume in the Cohort section first")
+            raise RADASegmentError(
+                "no volume selected: choose a volume in the Cohort section first"
+            )
         nodes.check_not_oblique(volumeNode)
         existing = self.entry(volumeNode)
         if existing is not None:
@@ -259,8 +278,11 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         if not folder.is_dir():
             raise RADASegmentError(f"{folder}: not a folder")
         suffixes = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
-        files = sorted(p for p in folder.iterdir() if p.is_file() and p.name.lower().endswith(suffixes)
-                       and ".seg." not in p.name.lower())
+        files = sorted(
+            p
+            for p in folder.iterdir()
+            if p.is_file() and p.name.lower().endswith(suffixes) and ".seg." not in p.name.lower()
+        )
         if not files:
             raise RADASegmentError(f"{folder}: no NRRD, NIfTI or MHA images found")
         return [self.addVolume(nodes.load_volume(path)) for path in files]
@@ -279,21 +301,31 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         from RADALib.synthetic import SyntheticConfig, synthetic_cohort
 
         if count < 1 or not 0 <= painted <= count:
-            raise RADASegmentError(f"sample cohort: {count} volumes with {painted} painted is not possible")
+            raise RADASegmentError(
+                f"sample cohort: {count} volumes with {painted} painted is not possible"
+            )
         settings = self.getSettings()
         chosen = settings.structureName != RADASegmentSettings.structureName  # not the default name
         structureName = settings.structureName if chosen else "organ"
         config = SyntheticConfig()
         direction = np.diag([-1.0, -1.0, 1.0])  # LPS-aligned, as most NRRD and DICOM volumes
         volumes = []
-        for index, (_, image, label) in enumerate(synthetic_cohort(count, seed=seed, config=config)):
+        for index, (_, image, label) in enumerate(
+            synthetic_cohort(count, seed=seed, config=config)
+        ):
             name = slicer.mrmlScene.GenerateUniqueName(f"RADA sample {index + 1}")
-            node = nodes.volume_node_from_canonical(image, config.spacing, direction, name, origin=(0.0, 0.0, 0.0))
+            node = nodes.volume_node_from_canonical(
+                image, config.spacing, direction, name, origin=(0.0, 0.0, 0.0)
+            )
             self.addVolume(node)
             if index < painted:
                 segmentation, segmentId = self.annotationSegmentation(node, structureName)
-                sparse = nodes.canonical_to_kji(simulate_sparse_annotation(label).label, direction).astype(np.uint8)
-                slicer.util.updateSegmentBinaryLabelmapFromArray(sparse, segmentation, segmentId, node)
+                sparse = nodes.canonical_to_kji(
+                    simulate_sparse_annotation(label).label, direction
+                ).astype(np.uint8)
+                slicer.util.updateSegmentBinaryLabelmapFromArray(
+                    sparse, segmentation, segmentId, node
+                )
                 self.updatePlanes(node)
             volumes.append(node)
         return volumes
@@ -305,12 +337,16 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
     def volumeNode(self, entry: CohortEntry) -> Any:
         node = slicer.mrmlScene.GetNodeByID(entry.volumeNodeID)
         if node is None:
-            raise RADASegmentError(f"volume {entry.volumeNodeID} is no longer in the scene; remove it from the cohort")
+            raise RADASegmentError(
+                f"volume {entry.volumeNodeID} is no longer in the scene; remove it from the cohort"
+            )
         return node
 
     # ------------------------------------------------------------------ annotation
 
-    def annotationSegmentation(self, volumeNode: Any, structureName: str | None = None) -> tuple[Any, str]:
+    def annotationSegmentation(
+        self, volumeNode: Any, structureName: str | None = None
+    ) -> tuple[Any, str]:
         """The segmentation and segment the user paints for ``volumeNode`` (created when missing).
 
         A given ``structureName`` becomes the cohort's structure name (the settings'), which
@@ -319,13 +355,20 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         entry = self.addVolume(volumeNode)
         settings = self.getSettings()
         if structureName and structureName.strip() != settings.structureName:
-            settings.structureName = structureName.strip()  # one structure name for the whole cohort
+            settings.structureName = (
+                structureName.strip()
+            )  # one structure name for the whole cohort
             self.setSettings(settings)
         structureName = settings.structureName
-        segmentation = slicer.mrmlScene.GetNodeByID(entry.segmentationNodeID) if entry.segmentationNodeID else None
+        segmentation = (
+            slicer.mrmlScene.GetNodeByID(entry.segmentationNodeID)
+            if entry.segmentationNodeID
+            else None
+        )
         if segmentation is None:
             segmentation = slicer.mrmlScene.AddNewNodeByClass(
-                "vtkMRMLSegmentationNode", nodes.node_name_for(volumeNode, "annotation"))
+                "vtkMRMLSegmentationNode", nodes.node_name_for(volumeNode, "annotation")
+            )
             segmentation.CreateDefaultDisplayNodes()
             segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
             nodes.place_beside(segmentation, volumeNode)
@@ -339,7 +382,9 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         entry.segmentID = segmentId
         return segmentation, segmentId
 
-    def annotate(self, volumeNode: Any, structureName: str | None = None, roiNode: Any = None) -> Any:
+    def annotate(
+        self, volumeNode: Any, structureName: str | None = None, roiNode: Any = None
+    ) -> Any:
         """Prepare painting: the segmentation and segment, and the slice views on suggested slices."""
         segmentation, _ = self.annotationSegmentation(volumeNode, structureName)
         self.showSlices(volumeNode, nodes.suggested_slices(volumeNode, roiNode))
@@ -364,20 +409,32 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         entry = self.entry(volumeNode)
         if entry is None:
             return {p: [] for p in PLANES}
-        segmentation = slicer.mrmlScene.GetNodeByID(entry.segmentationNodeID) if entry.segmentationNodeID else None
-        if segmentation is None or not entry.segmentID or segmentation.GetSegmentation().GetSegment(entry.segmentID) is None:
+        segmentation = (
+            slicer.mrmlScene.GetNodeByID(entry.segmentationNodeID)
+            if entry.segmentationNodeID
+            else None
+        )
+        if (
+            segmentation is None
+            or not entry.segmentID
+            or segmentation.GetSegmentation().GetSegment(entry.segmentID) is None
+        ):
             entry.planes = {p: [] for p in PLANES}
         else:
             entry.planes = nodes.annotated_slices(segmentation, entry.segmentID, volumeNode)
         return entry.planes
 
-    def useSegmentation(self, volumeNode: Any, segmentationNode: Any, segmentId: str | None = None) -> CohortEntry:
+    def useSegmentation(
+        self, volumeNode: Any, segmentationNode: Any, segmentId: str | None = None
+    ) -> CohortEntry:
         """Use an existing segmentation (e.g. painted elsewhere) as the volume's annotation."""
         entry = self.addVolume(volumeNode)
         segments = segmentationNode.GetSegmentation()
         if segmentId is None:
             if segments.GetNumberOfSegments() == 0:
-                raise RADASegmentError(f"segmentation '{segmentationNode.GetName()}' has no segment to use")
+                raise RADASegmentError(
+                    f"segmentation '{segmentationNode.GetName()}' has no segment to use"
+                )
             segmentId = segments.GetNthSegmentID(0)
         entry.segmentationNodeID, entry.segmentID = segmentationNode.GetID(), segmentId
         self.updatePlanes(volumeNode)
@@ -393,14 +450,17 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
     def _entries(self, volumeNodes: Iterable[Any] | Any | None) -> list[CohortEntry]:
         if volumeNodes is None:
             if not self.cohort:
-                raise RADASegmentError("the cohort is empty: add volumes in the Cohort section first")
+                raise RADASegmentError(
+                    "the cohort is empty: add volumes in the Cohort section first"
+                )
             return list(self.cohort)
         if not isinstance(volumeNodes, (list, tuple)):
             volumeNodes = [volumeNodes]
         return [self.addVolume(v) for v in volumeNodes]
 
-    def _writeCohort(self, folder: Path, entries: list[CohortEntry], structureName: str,
-                     unannotated: str) -> tuple[Path, dict[str, CohortEntry]]:
+    def _writeCohort(
+        self, folder: Path, entries: list[CohortEntry], structureName: str, unannotated: str
+    ) -> tuple[Path, dict[str, CohortEntry]]:
         """Export volumes and painted slices, and write a cohort manifest for the engine.
 
         A volume not painted on all three planes is an error (``unannotated="error"``), left
@@ -417,31 +477,50 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
             if not entry.annotated and unannotated == "error":
                 raise RADASegmentError(
                     f"volume '{volume.GetName()}': no painted {', '.join(entry.missingPlanes)} slice; paint one slice "
-                    "of the structure in each of the sagittal, coronal and axial planes")
+                    "of the structure in each of the sagittal, coronal and axial planes"
+                )
             caseId = _safe_id(volume.GetName(), used)
             image = nodes.export_volume(volume, folder / "images" / f"{caseId}.nrrd")
             sparse = None
             if entry.annotated:
                 segmentation = slicer.mrmlScene.GetNodeByID(entry.segmentationNodeID)
-                sparse = nodes.export_label_map(segmentation, {1: entry.segmentID}, volume,
-                                                folder / "sparse" / f"{caseId}.nrrd")
+                sparse = nodes.export_label_map(
+                    segmentation, {1: entry.segmentID}, volume, folder / "sparse" / f"{caseId}.nrrd"
+                )
             cases.append(Case(caseId, image, sparse_label=sparse))
             byId[caseId] = entry
         if not any(c.sparse_label for c in cases):
-            raise RADASegmentError("no volume of the cohort is annotated: paint one sagittal, one coronal and one "
-                                   "axial slice of the structure in at least one volume")
+            raise RADASegmentError(
+                "no volume of the cohort is annotated: paint one sagittal, one coronal and one "
+                "axial slice of the structure in at least one volume"
+            )
         cohort = Cohort("slicer", cases, {1: structureName})
         return save_cohort(cohort, folder / "cohort.json"), byId
 
-    def _start(self, kind: str, arguments: list[str], finish: Callable[[], Any], onEvent: EventCallback | None,
-               onFinished: FinishedCallback | None, folder: Path, wait: bool) -> Any:
+    def _start(
+        self,
+        kind: str,
+        arguments: list[str],
+        finish: Callable[[], Any],
+        onEvent: EventCallback | None,
+        onFinished: FinishedCallback | None,
+        folder: Path,
+        wait: bool,
+    ) -> Any:
         if self.activeJob is not None and self.activeJob.state == "running":
-            raise RADASegmentError(f"a {self.activeJob.kind} job is running: wait for it or cancel it first")
+            raise RADASegmentError(
+                f"a {self.activeJob.kind} job is running: wait for it or cancel it first"
+            )
         self.ensureDependencies()
         from RADALib.engine_process import engine_command, engine_environment
 
-        args = engine_command(kind if kind != "segment" else "predict", *arguments, "--events", "json",
-                              python=_python_executable())
+        args = engine_command(
+            kind if kind != "segment" else "predict",
+            *arguments,
+            "--events",
+            "json",
+            python=_python_executable(),
+        )
         process = self.processFactory(args, engine_environment())
         job = EngineJob(kind, process, finish, onEvent, onFinished, folder)
         self.activeJob = job
@@ -462,9 +541,15 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
 
     # ------------------------------------------------------------------ propagate
 
-    def propagate(self, volumeNodes: Iterable[Any] | Any | None = None, settings: RADASegmentSettings | None = None,
-                  wait: bool = False, onEvent: EventCallback | None = None,
-                  onFinished: FinishedCallback | None = None, showViews: bool = False) -> Any:
+    def propagate(
+        self,
+        volumeNodes: Iterable[Any] | Any | None = None,
+        settings: RADASegmentSettings | None = None,
+        wait: bool = False,
+        onEvent: EventCallback | None = None,
+        onFinished: FinishedCallback | None = None,
+        showViews: bool = False,
+    ) -> Any:
         """Propagate the painted slices of the annotated volumes into pseudo-labels.
 
         Returns the job (``wait=False``), or the fused pseudo-label segmentation nodes.
@@ -473,8 +558,12 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         entries = self._entries(volumeNodes)
         folder = self._newWorkFolder("propagate")
         # the whole cohort: its annotated volumes; volumes asked for by name: each must be annotated
-        cohortFile, byId = self._writeCohort(folder, entries, settings.structureName,
-                                             unannotated="skip" if volumeNodes is None else "error")
+        cohortFile, byId = self._writeCohort(
+            folder,
+            entries,
+            settings.structureName,
+            unannotated="skip" if volumeNodes is None else "error",
+        )
         out = folder / "propagation"
         for entry in byId.values():
             entry.pseudoLabelStatus = "running"
@@ -486,14 +575,21 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
                 volume = self.volumeNode(entry)
                 caseFolder = out / "cases" / caseId
                 node = nodes.load_label_map_as_segmentation(
-                    caseFolder / "fused.nrrd", volume, classes, nodes.node_name_for(volume, "pseudo-label"))
+                    caseFolder / "fused.nrrd",
+                    volume,
+                    classes,
+                    nodes.node_name_for(volume, "pseudo-label"),
+                )
                 entry.pseudoLabelNodeID, entry.pseudoLabelStatus = node.GetID(), "done"
                 results.append(node)
                 if showViews:
                     for plane in PLANES:
                         nodes.load_label_map_as_segmentation(
-                            caseFolder / f"pseudo_{plane}.nrrd", volume, classes,
-                            nodes.node_name_for(volume, f"pseudo-label {plane}"))
+                            caseFolder / f"pseudo_{plane}.nrrd",
+                            volume,
+                            classes,
+                            nodes.node_name_for(volume, f"pseudo-label {plane}"),
+                        )
             return results
 
         def finished(job: EngineJob) -> None:
@@ -504,15 +600,28 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
             if onFinished is not None:
                 onFinished(job)
 
-        arguments = ["--cohort", str(cohortFile), "--out", str(out), "--fusion", settings.fusion,
-                     "--workers", str(settings.workers)] + self._cacheArguments()
+        arguments = [
+            "--cohort",
+            str(cohortFile),
+            "--out",
+            str(out),
+            "--fusion",
+            settings.fusion,
+            "--workers",
+            str(settings.workers),
+        ] + self._cacheArguments()
         return self._start("propagate", arguments, finish, onEvent, finished, folder, wait)
 
     # ------------------------------------------------------------------ train
 
-    def train(self, volumeNodes: Iterable[Any] | Any | None = None, settings: RADASegmentSettings | None = None,
-              wait: bool = False, onEvent: EventCallback | None = None,
-              onFinished: FinishedCallback | None = None) -> Any:
+    def train(
+        self,
+        volumeNodes: Iterable[Any] | Any | None = None,
+        settings: RADASegmentSettings | None = None,
+        wait: bool = False,
+        onEvent: EventCallback | None = None,
+        onFinished: FinishedCallback | None = None,
+    ) -> Any:
         """Train a model on the cohort (annotated volumes labeled, the others unlabeled).
 
         The model is saved as ``modelsFolder/<modelName>``; an existing model of that name is
@@ -521,14 +630,28 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         settings = self._settings(settings)
         target = self.modelsFolder / settings.modelName
         if target.exists():
-            raise RADASegmentError(f"a model named '{settings.modelName}' already exists in {self.modelsFolder}: "
-                                   "choose another model name")
+            raise RADASegmentError(
+                f"a model named '{settings.modelName}' already exists in {self.modelsFolder}: "
+                "choose another model name"
+            )
         entries = self._entries(volumeNodes)
         folder = self._newWorkFolder("train")
-        cohortFile, _ = self._writeCohort(folder, entries, settings.structureName, unannotated="unlabeled")
+        cohortFile, _ = self._writeCohort(
+            folder, entries, settings.structureName, unannotated="unlabeled"
+        )
         experiment = self.modelsFolder.parent / "experiments" / settings.modelName
-        arguments = ["--cohort", str(cohortFile), "--out", str(experiment), "--preset", settings.preset,
-                     "--device", settings.device, "--workers", str(settings.workers)] + self._cacheArguments()
+        arguments = [
+            "--cohort",
+            str(cohortFile),
+            "--out",
+            str(experiment),
+            "--preset",
+            settings.preset,
+            "--device",
+            settings.device,
+            "--workers",
+            str(settings.workers),
+        ] + self._cacheArguments()
         if settings.iterations:
             arguments += ["--iterations", str(settings.iterations)]
         if settings.trainingLabels != "views":
@@ -545,7 +668,9 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
 
         def finish() -> Path:
             self.modelsFolder.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{settings.modelName}-", dir=self.modelsFolder))
+            staging = Path(
+                tempfile.mkdtemp(prefix=f".{settings.modelName}-", dir=self.modelsFolder)
+            )
             shutil.rmtree(staging)
             shutil.copytree(experiment / "model", staging)
             os.replace(staging, target)
@@ -571,7 +696,12 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
     def cpuTrainingEstimate(self, preset: str, iterations: int = 0) -> str:
         """A rough duration of training on this computer's CPU (from the 2-core measurements)."""
         its = iterations or {"small": 200, "paper": 6000}.get(preset, 6000)
-        seconds = CPU_SECONDS_PER_ITERATION.get(preset, 300.0) * its * 2 / max(1, min(os.cpu_count() or 1, 8))
+        seconds = (
+            CPU_SECONDS_PER_ITERATION.get(preset, 300.0)
+            * its
+            * 2
+            / max(1, min(os.cpu_count() or 1, 8))
+        )
         if seconds < 120:
             text = f"{seconds:.0f} s"
         elif seconds < 7200:
@@ -587,11 +717,15 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
     def trainingChartNode(self) -> Any:
         """The loss/Dice chart of the current or last training run."""
         if self._chart is None or slicer.mrmlScene.GetNodeByID(self._chart.GetID()) is None:
-            self._table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "RADA training curves")
+            self._table = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLTableNode", "RADA training curves"
+            )
             for name in ("iteration", "loss", "dice"):
                 column = self._table.AddColumn()
                 column.SetName(name)
-            self._chart = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotChartNode", "RADA training")
+            self._chart = slicer.mrmlScene.AddNewNodeByClass(
+                "vtkMRMLPlotChartNode", "RADA training"
+            )
             self._chart.SetXAxisTitle("iteration")
             for name, color in (("loss", (0.85, 0.3, 0.25)), ("dice", (0.2, 0.5, 0.85))):
                 series = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", f"RADA {name}")
@@ -607,7 +741,10 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         """(iteration, loss, dice) rows recorded so far (NaN where a value was not reported)."""
         self.trainingChartNode()
         table = self._table.GetTable()
-        return [tuple(table.GetValue(r, c).ToDouble() for c in range(3)) for r in range(table.GetNumberOfRows())]
+        return [
+            tuple(table.GetValue(r, c).ToDouble() for c in range(3))
+            for r in range(table.GetNumberOfRows())
+        ]
 
     def _resetTrainingCurves(self) -> None:
         self.trainingChartNode()
@@ -637,19 +774,44 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
                 manifest = read_manifest(folder)
             except RADAError:
                 continue
-            classes = [c.get("name", str(k)) for k, c in sorted((manifest.get("classes") or {}).items(), key=lambda kv: int(kv[0]))]
+            classes = [
+                c.get("name", str(k))
+                for k, c in sorted(
+                    (manifest.get("classes") or {}).items(), key=lambda kv: int(kv[0])
+                )
+            ]
             pretrained = (manifest.get("encoder") or {}).get("pretrained") or {}
             record = (manifest.get("inference") or {}).get("largest_component")
-            names = {str(k): c.get("name", str(k)) for k, c in (manifest.get("classes") or {}).items()}
-            kept = None if not isinstance(record, dict) else [names.get(str(c), str(c)) for c in record.get("classes") or []]
-            models.append(ModelInfo(folder.name, str(folder), classes, bool(pretrained.get("vision")),
-                                    str(manifest.get("created", "")), kept))
+            names = {
+                str(k): c.get("name", str(k)) for k, c in (manifest.get("classes") or {}).items()
+            }
+            kept = (
+                None
+                if not isinstance(record, dict)
+                else [names.get(str(c), str(c)) for c in record.get("classes") or []]
+            )
+            models.append(
+                ModelInfo(
+                    folder.name,
+                    str(folder),
+                    classes,
+                    bool(pretrained.get("vision")),
+                    str(manifest.get("created", "")),
+                    kept,
+                )
+            )
         return models
 
-    def segment(self, volumeNodes: Iterable[Any] | Any | None = None, model: str | os.PathLike[str] | None = None,
-                settings: RADASegmentSettings | None = None, wait: bool = False,
-                onEvent: EventCallback | None = None, onFinished: FinishedCallback | None = None,
-                usePaintedSlices: bool = True) -> Any:
+    def segment(
+        self,
+        volumeNodes: Iterable[Any] | Any | None = None,
+        model: str | os.PathLike[str] | None = None,
+        settings: RADASegmentSettings | None = None,
+        wait: bool = False,
+        onEvent: EventCallback | None = None,
+        onFinished: FinishedCallback | None = None,
+        usePaintedSlices: bool = True,
+    ) -> Any:
         """Segment volumes with a trained model; results become segmentation nodes.
 
         A volume with painted slices on all three planes gives the model its own region prompt
@@ -665,7 +827,9 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         if model is None:
             candidates = [m for m in self.listModels() if m.name == settings.modelName]
             if not candidates:
-                raise RADASegmentError(f"no model named '{settings.modelName}' in {self.modelsFolder}: train one or pick a model")
+                raise RADASegmentError(
+                    f"no model named '{settings.modelName}' in {self.modelsFolder}: train one or pick a model"
+                )
             model = candidates[0].path
         manifest = read_manifest(model)
         classes = {int(k): dict(v) for k, v in (manifest.get("classes") or {}).items()}
@@ -678,10 +842,20 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
             caseId = _safe_id(volume.GetName(), used)
             images.append(nodes.export_volume(volume, folder / "images" / f"{caseId}.nrrd"))
             self.updatePlanes(volume)
-            if entry.annotated and usePaintedSlices:  # its own region prompt (METHOD: Era at inference)
+            if (
+                entry.annotated and usePaintedSlices
+            ):  # its own region prompt (METHOD: Era at inference)
                 segmentation = slicer.mrmlScene.GetNodeByID(entry.segmentationNodeID)
-                sparse.append(str(nodes.export_label_map(segmentation, {1: entry.segmentID}, volume,
-                                                         folder / "sparse" / f"{caseId}.nrrd")))
+                sparse.append(
+                    str(
+                        nodes.export_label_map(
+                            segmentation,
+                            {1: entry.segmentID},
+                            volume,
+                            folder / "sparse" / f"{caseId}.nrrd",
+                        )
+                    )
+                )
             else:
                 sparse.append("-")
             entry.predictionStatus = "running"
@@ -689,9 +863,22 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         device = settings.device
         if device == "auto":
             device = "cuda" if self.cudaAvailable() else "cpu"
-        arguments = ["--model", str(model), "--out", str(out), "--stride", settings.stride, "--device", device]
+        arguments = [
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            "--stride",
+            settings.stride,
+            "--device",
+            device,
+        ]
         if settings.largestComponent != "auto":  # auto: as the model's manifest recommends
-            arguments.append("--largest-component" if settings.largestComponent == "on" else "--no-largest-component")
+            arguments.append(
+                "--largest-component"
+                if settings.largestComponent == "on"
+                else "--no-largest-component"
+            )
         for image, label in zip(images, sparse):
             arguments += ["--image", str(image), "--sparse-label", label]
 
@@ -702,8 +889,12 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
             for entry, image in zip(entries, images):
                 volume = self.volumeNode(entry)
                 stem = image.name[: -len(".nrrd")]
-                node = nodes.load_label_map_as_segmentation(out / f"{stem}{LABEL_SUFFIX}.nrrd", volume, classes,
-                                                            nodes.node_name_for(volume, "RADA"))
+                node = nodes.load_label_map_as_segmentation(
+                    out / f"{stem}{LABEL_SUFFIX}.nrrd",
+                    volume,
+                    classes,
+                    nodes.node_name_for(volume, "RADA"),
+                )
                 entry.predictionNodeID, entry.predictionStatus = node.GetID(), "done"
                 results.append(node)
             return results[0] if single else results
@@ -718,7 +909,9 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
 
         return self._start("segment", arguments, finish, onEvent, finished, folder, wait)
 
-    def _checkClasses(self, model: Any, classes: dict[int, dict], settings: RADASegmentSettings) -> None:
+    def _checkClasses(
+        self, model: Any, classes: dict[int, dict], settings: RADASegmentSettings
+    ) -> None:
         """Refuse a model trained for another structure than the one named in the settings."""
         from RADALib.terminology import normal_name
 
@@ -730,4 +923,5 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
             described = ", ".join(f"'{c.get('name')}'" for c in classes.values()) or "no classes"
             raise RADASegmentError(
                 f"{model}: this model was trained for {described}, not '{settings.structureName}'; pick a model "
-                "trained for this structure or change the structure name")
+                "trained for this structure or change the structure name"
+            )

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import slicer
@@ -63,8 +64,13 @@ def canonical_to_kji(array: np.ndarray, direction: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(ijk, (2, 1, 0)))
 
 
-def volume_node_from_canonical(image: np.ndarray, spacing: tuple[float, float, float], direction: np.ndarray,
-                               name: str, origin: tuple[float, float, float] = (10.0, -20.0, 5.0)) -> Any:
+def volume_node_from_canonical(
+    image: np.ndarray,
+    spacing: tuple[float, float, float],
+    direction: np.ndarray,
+    name: str,
+    origin: tuple[float, float, float] = (10.0, -20.0, 5.0),
+) -> Any:
     """A scalar volume node showing the canonical ``image`` in the IJK layout ``direction`` sets."""
     direction = np.asarray(direction, float)
     world_of_ijk = [int(np.argmax(np.abs(direction[:, c]))) for c in range(3)]
@@ -115,7 +121,9 @@ def _image_dimensions(volumeNode: Any) -> tuple[int, int, int]:
     """(I, J, K) voxel counts; an InputError when the node holds no image."""
     image = volumeNode.GetImageData() if volumeNode is not None else None
     if image is None:
-        raise InputError(_volume_source(volumeNode), "holds no image data (load or select a volume first)")
+        raise InputError(
+            _volume_source(volumeNode), "holds no image data (load or select a volume first)"
+        )
     dims = tuple(int(n) for n in image.GetDimensions())
     if min(dims) < 1:
         raise InputError(_volume_source(volumeNode), f"is empty (dimensions {dims})")
@@ -157,7 +165,9 @@ def plane_axes(volumeNode: Any) -> dict[str, int]:
     return {PLANES[c]: int(permutation[c]) for c in range(3)}
 
 
-def voxel_center_ras(volumeNode: Any, ijk: tuple[int, int, int] | np.ndarray) -> tuple[float, float, float]:
+def voxel_center_ras(
+    volumeNode: Any, ijk: tuple[int, int, int] | np.ndarray
+) -> tuple[float, float, float]:
     """World RAS position of voxel ``ijk``'s centre (through the node's parent transform, if any)."""
     point = _ijk_to_ras(volumeNode) @ np.array([float(ijk[0]), float(ijk[1]), float(ijk[2]), 1.0])
     local = [float(v) for v in point[:3]]
@@ -209,7 +219,9 @@ def _write_with_storage_node(node: Any, path: str | os.PathLike[str], source: st
     storage.SetUseCompression(1)
     try:
         if not storage.WriteData(node):
-            raise RADAError(f"{source}: could not be written to {path} (disk full or no permission?)")
+            raise RADAError(
+                f"{source}: could not be written to {path} (disk full or no permission?)"
+            )
         os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
@@ -227,8 +239,11 @@ def export_volume(volumeNode: Any, path: str | os.PathLike[str]) -> Path:
     _image_dimensions(volumeNode)
     components = volumeNode.GetImageData().GetNumberOfScalarComponents()
     if components != 1:
-        raise InputError(_volume_source(volumeNode), f"has {components} values per voxel (colour or vector volume); "
-                         "choose a scalar (grey-level) volume")
+        raise InputError(
+            _volume_source(volumeNode),
+            f"has {components} values per voxel (colour or vector volume); "
+            "choose a scalar (grey-level) volume",
+        )
     return _write_with_storage_node(volumeNode, path, _volume_source(volumeNode))
 
 
@@ -275,12 +290,16 @@ def _readable_copy(segmentationNode: Any, segment_ids: list[str]) -> Any | None:
     copy.SetAndObserveTransformNodeID(segmentationNode.GetTransformNodeID())
     if not copy.GetSegmentation().CreateRepresentation(name):
         scene.RemoveNode(copy)
-        raise InputError(_segmentation_source(segmentationNode),
-                         "its segments cannot be converted to a binary labelmap (check them in the Segmentations module)")
+        raise InputError(
+            _segmentation_source(segmentationNode),
+            "its segments cannot be converted to a binary labelmap (check them in the Segmentations module)",
+        )
     return copy
 
 
-def _same_grid(matrix_a: np.ndarray, dims_a: tuple[int, ...], matrix_b: np.ndarray, dims_b: tuple[int, ...]) -> str | None:
+def _same_grid(
+    matrix_a: np.ndarray, dims_a: tuple[int, ...], matrix_b: np.ndarray, dims_b: tuple[int, ...]
+) -> str | None:
     """None when two (IJK-to-RAS, dimensions) pairs describe the same grid, else what differs."""
     if tuple(dims_a) != tuple(dims_b):
         return f"dimensions {tuple(dims_a)} instead of {tuple(dims_b)}"
@@ -341,8 +360,13 @@ def segment_label_array(
             values.InsertNextValue(value)
         merged = slicer.vtkOrientedImageData()
         slicer.vtkSlicerSegmentationsModuleLogic.GenerateMergedLabelmapInReferenceGeometry(
-            copy if copy is not None else segmentationNode, referenceVolumeNode, ids,
-            slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY, merged, values)
+            copy if copy is not None else segmentationNode,
+            referenceVolumeNode,
+            ids,
+            slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY,
+            merged,
+            values,
+        )
     finally:
         if copy is not None:
             copy.GetScene().RemoveNode(copy)
@@ -351,13 +375,19 @@ def segment_label_array(
     merged.GetImageToWorldMatrix(matrix)
     merged_matrix = np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)])
     extent = merged.GetExtent()
-    problem = _same_grid(merged_matrix, merged.GetDimensions(), _ijk_to_ras(referenceVolumeNode), dims)
+    problem = _same_grid(
+        merged_matrix, merged.GetDimensions(), _ijk_to_ras(referenceVolumeNode), dims
+    )
     if problem is None and tuple(extent[::2]) != (0, 0, 0):
         problem = f"extent {tuple(extent)}"
     if problem is not None or merged.GetPointData().GetScalars() is None:
-        raise RADAError(f"{source}: could not be resampled onto {_volume_source(referenceVolumeNode)}'s grid "
-                        f"({problem or 'no voxels'})")
-    array = numpy_support.vtk_to_numpy(merged.GetPointData().GetScalars()).reshape(tuple(reversed(dims)))
+        raise RADAError(
+            f"{source}: could not be resampled onto {_volume_source(referenceVolumeNode)}'s grid "
+            f"({problem or 'no voxels'})"
+        )
+    array = numpy_support.vtk_to_numpy(merged.GetPointData().GetScalars()).reshape(
+        tuple(reversed(dims))
+    )
     return array.astype(dtype, copy=True)
 
 
@@ -373,7 +403,9 @@ def export_label_map(
     return _write_with_storage_node(node, path, _segmentation_source(segmentationNode))
 
 
-def annotated_slices(segmentationNode: Any, segmentId: str, volumeNode: Any) -> dict[str, list[int]]:
+def annotated_slices(
+    segmentationNode: Any, segmentId: str, volumeNode: Any
+) -> dict[str, list[int]]:
     """The IJK slice indices that carry painted voxels of a segment, per plane (for the panel).
 
     ``{"sagittal": [...], "coronal": [...], "axial": [...]}``: indices along that plane's IJK
@@ -412,13 +444,20 @@ def terminology_entry(terminology: Mapping[str, Any] | None) -> str:
 
     def code(key: str) -> tuple[str, str, str]:
         entry = terminology.get(key) or {}
-        return (str(entry.get("code", "")), str(entry.get("scheme", "")), str(entry.get("meaning", "")))
+        return (
+            str(entry.get("code", "")),
+            str(entry.get("scheme", "")),
+            str(entry.get("meaning", "")),
+        )
 
     return slicer.vtkSlicerTerminologiesModuleLogic.SerializeTerminologyEntry(
         str(terminology.get("context") or SEGMENTATION_CONTEXT),
-        *code("category"), *code("type"), *code("type_modifier"),
+        *code("category"),
+        *code("type"),
+        *code("type_modifier"),
         str(terminology.get("region_context") or REGION_CONTEXT),
-        *code("anatomic_region"), *code("anatomic_region_modifier"),
+        *code("anatomic_region"),
+        *code("anatomic_region_modifier"),
     )
 
 
@@ -447,7 +486,9 @@ def load_volume(path: str | os.PathLike[str]) -> Any:
     if not storage.ReadData(node) or node.GetImageData() is None:
         slicer.mrmlScene.RemoveNode(node)
         slicer.mrmlScene.RemoveNode(storage)
-        raise InputError(path, "cannot be read as an image (unsupported, truncated or corrupt file?)")
+        raise InputError(
+            path, "cannot be read as an image (unsupported, truncated or corrupt file?)"
+        )
     node.SetAndObserveStorageNodeID(storage.GetID())
     node.CreateDefaultDisplayNodes()
     return node
@@ -481,7 +522,9 @@ def _place_in_subject_hierarchy(node: Any, volumeNode: Any) -> None:
         sh.SetItemParent(item, parent)
 
 
-def _on_volume_grid(array: np.ndarray, ijk_to_ras: np.ndarray, volumeNode: Any, path: Path) -> np.ndarray:
+def _on_volume_grid(
+    array: np.ndarray, ijk_to_ras: np.ndarray, volumeNode: Any, path: Path
+) -> np.ndarray:
     """``array`` (K, J, I, on grid ``ijk_to_ras``) in the volume's IJK order, when both grids coincide.
 
     The same voxels may come back in another index order: Slicer's reader flips K of a file
@@ -496,7 +539,10 @@ def _on_volume_grid(array: np.ndarray, ijk_to_ras: np.ndarray, volumeNode: Any, 
     signs: list[float] = []
     for axis in range(3):
         target = volume_matrix[:3, axis]
-        scores = [abs(float(np.dot(target, ijk_to_ras[:3, b]))) if b not in order else -1.0 for b in range(3)]
+        scores = [
+            abs(float(np.dot(target, ijk_to_ras[:3, b]))) if b not in order else -1.0
+            for b in range(3)
+        ]
         best = int(np.argmax(scores))
         order.append(best)
         signs.append(1.0 if np.dot(target, ijk_to_ras[:3, best]) >= 0 else -1.0)
@@ -512,8 +558,11 @@ def _on_volume_grid(array: np.ndarray, ijk_to_ras: np.ndarray, volumeNode: Any, 
             reordered = np.flip(reordered, axis)
     problem = _same_grid(matrix, reordered.shape, volume_matrix, dims)
     if problem is not None:
-        raise InputError(path, f"does not lie on {_volume_source(volumeNode)}'s grid ({problem}); "
-                         "results must be written with the volume's own header")
+        raise InputError(
+            path,
+            f"does not lie on {_volume_source(volumeNode)}'s grid ({problem}); "
+            "results must be written with the volume's own header",
+        )
     return np.ascontiguousarray(np.transpose(reordered, (2, 1, 0)))
 
 
@@ -537,24 +586,43 @@ def load_label_map_as_segmentation(
     read_node = _read_label_node(path)
     read_image = read_node.GetImageData()
     if read_image.GetNumberOfScalarComponents() != 1:
-        raise InputError(path, f"has {read_image.GetNumberOfScalarComponents()} values per voxel; expected a label map")
+        raise InputError(
+            path,
+            f"has {read_image.GetNumberOfScalarComponents()} values per voxel; expected a label map",
+        )
     read_array = numpy_support.vtk_to_numpy(read_image.GetPointData().GetScalars()).reshape(
-        tuple(reversed(read_image.GetDimensions())))
+        tuple(reversed(read_image.GetDimensions()))
+    )
     array = _on_volume_grid(read_array, _ijk_to_ras(read_node), volumeNode, path)
-    if array.dtype.kind == "f" and (not np.all(np.isfinite(array)) or not np.all(np.round(array) == array)):
-        raise InputError(path, "label map holds non-integer values; expected class numbers 0, 1, 2, ...")
+    if array.dtype.kind == "f" and (
+        not np.all(np.isfinite(array)) or not np.all(np.round(array) == array)
+    ):
+        raise InputError(
+            path, "label map holds non-integer values; expected class numbers 0, 1, 2, ..."
+        )
     if array.size and array.min() < 0:
         raise InputError(path, f"label map holds negative values (min {array.min()})")
     if array.size and array.max() > 65535:
-        raise InputError(path, f"label map holds values up to {array.max()}; at most 65535 classes are supported")
+        raise InputError(
+            path, f"label map holds values up to {array.max()}; at most 65535 classes are supported"
+        )
     array = array.astype(_label_dtype([int(array.max())] if array.size else []), copy=False)
-    label_node = _label_node_like(volumeNode, array)  # exactly the volume's geometry (headers round)
+    label_node = _label_node_like(
+        volumeNode, array
+    )  # exactly the volume's geometry (headers round)
 
     source = str(path)
-    entries = {value: entry for value, entry in zip(_class_values(classes, source), classes.values())}
+    entries = {
+        value: entry for value, entry in zip(_class_values(classes, source), classes.values())
+    }
     present = {int(v) for v in np.unique(array) if v != 0}
     for value in sorted(present - set(entries)):
-        LOG.warning("%s: label value %d is not a known class; loaded as segment 'label %d'", path, value, value)
+        LOG.warning(
+            "%s: label value %d is not a known class; loaded as segment 'label %d'",
+            path,
+            value,
+            value,
+        )
         entries[value] = {"name": f"label {value}", "color": FALLBACK_COLOR, "terminology": None}
 
     scene = volumeNode.GetScene()
@@ -568,13 +636,17 @@ def load_label_map_as_segmentation(
             entry = entries[value]
             segment_name = str(entry.get("name") or f"label {value}")
             color = [float(c) for c in (entry.get("color") or FALLBACK_COLOR)]
-            segment_id = segmentation.AddEmptySegment(segmentation.GenerateUniqueSegmentID(segment_name), segment_name, color)
+            segment_id = segmentation.AddEmptySegment(
+                segmentation.GenerateUniqueSegmentID(segment_name), segment_name, color
+            )
             ids_by_value[value] = segment_id
 
         updated = vtk.vtkStringArray()  # entry v-1 receives the voxels of value v
         for value in range(1, max(ids_by_value) + 1):
             updated.InsertNextValue(ids_by_value.get(value, ""))
-        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(label_node, segmentation_node, updated):
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(
+            label_node, segmentation_node, updated
+        ):
             raise RADAError(f"{path}: could not be imported into segmentation '{name}'")
 
         for value, segment_id in ids_by_value.items():

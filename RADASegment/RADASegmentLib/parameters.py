@@ -52,14 +52,20 @@ class RADASegmentSettings:
     extraSettings: str = ""
     workers: int = 0
 
-    def validate(self) -> "RADASegmentSettings":
+    def validate(self) -> RADASegmentSettings:
         """Return self, or raise ValueError with a one-line message naming the bad setting."""
         if not self.structureName.strip():
-            raise ValueError("structure name is empty: name the structure you segment (e.g. 'left atrium')")
-        for name, value, allowed in (("preset", self.preset, PRESETS), ("device", self.device, DEVICES),
-                                     ("stride", self.stride, STRIDES), ("fusion", self.fusion, FUSIONS),
-                                     ("largest component", self.largestComponent, LARGEST_COMPONENT),
-                                     ("training labels", self.trainingLabels, TRAINING_LABELS)):
+            raise ValueError(
+                "structure name is empty: name the structure you segment (e.g. 'left atrium')"
+            )
+        for name, value, allowed in (
+            ("preset", self.preset, PRESETS),
+            ("device", self.device, DEVICES),
+            ("stride", self.stride, STRIDES),
+            ("fusion", self.fusion, FUSIONS),
+            ("largest component", self.largestComponent, LARGEST_COMPONENT),
+            ("training labels", self.trainingLabels, TRAINING_LABELS),
+        ):
             if value not in allowed:
                 raise ValueError(f"{name} {value!r} is not one of {', '.join(allowed)}")
         self.extra_settings()
@@ -69,7 +75,9 @@ class RADASegmentSettings:
             raise ValueError(f"workers must be 0 (one per core) or more, got {self.workers}")
         name = self.modelName.strip()
         if not name or name.startswith(".") or any(c in name for c in '/\\:*?"<>|'):
-            raise ValueError(f"model name {self.modelName!r} cannot be a folder name: use letters, digits, '-' and '_'")
+            raise ValueError(
+                f"model name {self.modelName!r} cannot be a folder name: use letters, digits, '-' and '_'"
+            )
         return self
 
     def extra_settings(self) -> list[str]:
@@ -77,17 +85,21 @@ class RADASegmentSettings:
         items = self.extraSettings.split()
         for item in items:
             if not _SETTING.fullmatch(item):
-                raise ValueError(f"extra setting {item!r} is not KEY=VALUE (e.g. schedule.alpha_floor=0.9)")
+                raise ValueError(
+                    f"extra setting {item!r} is not KEY=VALUE (e.g. schedule.alpha_floor=0.9)"
+                )
             key = item.split("=", 1)[0]
             if key in OWN_FIELDS:
-                raise ValueError(f"extra setting {item!r}: set {key} with the {OWN_FIELDS[key]} field instead")
+                raise ValueError(
+                    f"extra setting {item!r}: set {key} with the {OWN_FIELDS[key]} field instead"
+                )
         return items
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str | None) -> "RADASegmentSettings":
+    def from_json(cls, text: str | None) -> RADASegmentSettings:
         """Settings from JSON; unknown keys are ignored and missing ones take their defaults."""
         if not text:
             return cls()
@@ -96,12 +108,14 @@ class RADASegmentSettings:
         except ValueError:
             return cls()
         known = {f.name: f.type for f in fields(cls)}
-        if isinstance(values.get("largestComponent"), bool):  # a checkbox before: ticked = on, else the model's choice
+        if isinstance(
+            values.get("largestComponent"), bool
+        ):  # a checkbox before: ticked = on, else the model's choice
             values["largestComponent"] = "on" if values["largestComponent"] else "auto"
         return cls(**{k: v for k, v in values.items() if k in known})
 
     @classmethod
-    def from_parameter_node(cls, node: Any) -> "RADASegmentSettings":
+    def from_parameter_node(cls, node: Any) -> RADASegmentSettings:
         """Read the settings a ``vtkMRMLScriptedModuleNode`` holds (defaults where it holds none)."""
         return cls.from_json(node.GetParameter(PARAMETER_KEY) if node is not None else None)
 

@@ -25,7 +25,9 @@ SHAPE = (48, 40, 32)
 SPACING = (2.0, 2.0, 3.0)
 DIRECTIONS = (
     np.diag([-1.0, -1.0, 1.0]),  # LPS-aligned, like most NRRD/DICOM volumes
-    np.array([[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]),  # permuted and flipped IJK axes
+    np.array(
+        [[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]
+    ),  # permuted and flipped IJK axes
     np.diag([1.0, 1.0, 1.0]),  # RAS-aligned
 )
 
@@ -60,14 +62,25 @@ class RADASegmentTest(ScriptedLoadableModuleTest):
         from RADALib.synthetic import SyntheticConfig, synthetic_cohort
 
         self.delayDisplay("Making a synthetic cohort of 3 volumes with different orientations")
-        logic = RADASegmentLogic(workFolder=self.folder / "work", modelsFolder=self.folder / "models",
-                                 cacheFolder=self.folder / "cache")
-        settings = RADASegmentSettings(structureName="kidney", preset="small", iterations=self.iterations,
-                                       device="cpu", modelName="selftest", workers=1)
+        logic = RADASegmentLogic(
+            workFolder=self.folder / "work",
+            modelsFolder=self.folder / "models",
+            cacheFolder=self.folder / "cache",
+        )
+        settings = RADASegmentSettings(
+            structureName="kidney",
+            preset="small",
+            iterations=self.iterations,
+            device="cpu",
+            modelName="selftest",
+            workers=1,
+        )
         logic.setSettings(settings)
         config = SyntheticConfig(shape=SHAPE, spacing=SPACING)
         volumes, truths = [], []
-        for (case_id, image, label), direction in zip(synthetic_cohort(3, seed=3, config=config), DIRECTIONS):
+        for (case_id, image, label), direction in zip(
+            synthetic_cohort(3, seed=3, config=config), DIRECTIONS
+        ):
             node = volume_node_from_canonical(image, SPACING, direction, case_id)
             truth = canonical_to_kji(label, direction).astype(np.uint8)
             volumes.append(node)
@@ -75,22 +88,30 @@ class RADASegmentTest(ScriptedLoadableModuleTest):
             logic.addVolume(node)
         self.assertEqual(len(logic.cohort), 3)
 
-        self.delayDisplay("Painting one sagittal, one coronal and one axial slice in the first two volumes")
-        for node, (_, _, label), direction in zip(volumes[:2], synthetic_cohort(2, seed=3, config=config), DIRECTIONS):
+        self.delayDisplay(
+            "Painting one sagittal, one coronal and one axial slice in the first two volumes"
+        )
+        for node, (_, _, label), direction in zip(
+            volumes[:2], synthetic_cohort(2, seed=3, config=config), DIRECTIONS
+        ):
             segmentation = logic.annotate(node, settings.structureName)
             sparse = simulate_sparse_annotation(label).label
             painted = canonical_to_kji(sparse, direction).astype(np.uint8)
             segmentId = logic.entry(node).segmentID
             slicer.util.updateSegmentBinaryLabelmapFromArray(painted, segmentation, segmentId, node)
             planes = logic.updatePlanes(node)
-            self.assertTrue(all(len(planes[p]) == 1 for p in ("sagittal", "coronal", "axial")), planes)
+            self.assertTrue(
+                all(len(planes[p]) == 1 for p in ("sagittal", "coronal", "axial")), planes
+            )
         self.assertFalse(logic.entry(volumes[2]).annotated)
 
         self.delayDisplay("Propagating the painted slices")
         pseudo = logic.propagate(wait=True)
         self.assertEqual(len(pseudo), 2)
         for node, segmentation, truth in zip(volumes, pseudo, truths):
-            segmentId = segmentation.GetSegmentation().GetSegmentIdBySegmentName(settings.structureName)
+            segmentId = segmentation.GetSegmentation().GetSegmentIdBySegmentName(
+                settings.structureName
+            )
             array = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, node)
             self.assertEqual(array.shape, truth.shape)
             self.assertGreater(dice(array, truth), 0.75)
@@ -101,7 +122,9 @@ class RADASegmentTest(ScriptedLoadableModuleTest):
         self.assertEqual([m.name for m in logic.listModels()], ["selftest"])
         self.assertGreater(len(logic.trainingCurves()), 0)
 
-        self.delayDisplay("Segmenting a painted volume (its own region prompt) and the unlabeled one")
+        self.delayDisplay(
+            "Segmenting a painted volume (its own region prompt) and the unlabeled one"
+        )
         results = logic.segment([volumes[0], volumes[2]], model, wait=True)
         for volume, truth, result in zip((volumes[0], volumes[2]), (truths[0], truths[2]), results):
             segmentId = result.GetSegmentation().GetSegmentIdBySegmentName(settings.structureName)
@@ -110,4 +133,3 @@ class RADASegmentTest(ScriptedLoadableModuleTest):
             self.assertEqual(array.shape, truth.shape)
             self.assertEqual(logic.entry(volume).predictionStatus, "done")
         self.delayDisplay("Test passed")
-

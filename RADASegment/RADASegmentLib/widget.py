@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import qt
 import slicer
@@ -75,7 +76,9 @@ def postprocessingNote(info: Any) -> str:
     """What *Largest component: auto* does with this model (its manifest's recommendation)."""
     kept = getattr(info, "largestComponent", None)
     if kept is None:
-        return "Largest component 'auto': every region kept (this model predates the recommendation)"
+        return (
+            "Largest component 'auto': every region kept (this model predates the recommendation)"
+        )
     if not kept:
         return "Largest component 'auto': every region kept (the structure was not one region in its pseudo-labels)"
     return f"Largest component 'auto': only the largest region of {', '.join(kept)} kept"
@@ -153,8 +156,14 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
         ui.structureNameLineEdit.connect("textChanged(QString)", self.onSettingsChanged)
         ui.modelNameLineEdit.connect("textChanged(QString)", self.onSettingsChanged)
         ui.extraSettingsLineEdit.connect("textChanged(QString)", self.onSettingsChanged)
-        for combo in (ui.presetComboBox, ui.deviceComboBox, ui.strideComboBox, ui.fusionComboBox,
-                      ui.largestComponentComboBox, ui.trainingLabelsComboBox):
+        for combo in (
+            ui.presetComboBox,
+            ui.deviceComboBox,
+            ui.strideComboBox,
+            ui.fusionComboBox,
+            ui.largestComponentComboBox,
+            ui.trainingLabelsComboBox,
+        ):
             combo.connect("currentIndexChanged(int)", self.onSettingsChanged)
         ui.iterationsSpinBox.connect("valueChanged(int)", self.onSettingsChanged)
         ui.allowDownloadCheckBox.connect("toggled(bool)", self.onSettingsChanged)
@@ -202,8 +211,11 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
         if node is self._parameterNode:
             return
         if self._parameterNode is not None and self.hasObserver(
-                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified):
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified
+        ):
+            self.removeObserver(
+                self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified
+            )
         self._parameterNode = node
         if node is not None:
             self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
@@ -232,7 +244,9 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
             self._setComboText(ui.largestComponentComboBox, settings.largestComponent)
             ui.visionWeightsPathLineEdit.setCurrentPath(settings.visionWeights)
             ui.textWeightsPathLineEdit.setCurrentPath(settings.textWeights)
-            ui.showViewsCheckBox.setChecked(node is not None and node.GetParameter(SHOW_VIEWS_PARAMETER) == "true")
+            ui.showViewsCheckBox.setChecked(
+                node is not None and node.GetParameter(SHOW_VIEWS_PARAMETER) == "true"
+            )
         finally:
             self._updatingGUI = False
         self._updateDeviceWarning()
@@ -276,7 +290,9 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
         self._writingParameters = True
         try:
             settings.to_parameter_node(node)
-            node.SetParameter(SHOW_VIEWS_PARAMETER, "true" if self.ui.showViewsCheckBox.checked else "false")
+            node.SetParameter(
+                SHOW_VIEWS_PARAMETER, "true" if self.ui.showViewsCheckBox.checked else "false"
+            )
         finally:
             self._writingParameters = False
 
@@ -314,12 +330,15 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
         elif device == "cuda" and cuda is False:
             text = "No CUDA GPU found: training on 'cuda' would fail; choose 'auto' or 'cpu'."
         elif device != "cpu" and cuda is None:
-            text = ("PyTorch is not installed yet (Slicer asks before installing it); "
-                    "without a CUDA GPU training runs on the CPU.")
+            text = (
+                "PyTorch is not installed yet (Slicer asks before installing it); "
+                "without a CUDA GPU training runs on the CPU."
+            )
         else:
             try:
-                estimate = self.logic.cpuTrainingEstimate(ui.presetComboBox.currentText,
-                                                          int(ui.iterationsSpinBox.value))
+                estimate = self.logic.cpuTrainingEstimate(
+                    ui.presetComboBox.currentText, int(ui.iterationsSpinBox.value)
+                )
             except Exception as exc:
                 log.warning("RADA: no CPU time estimate: %s", exc)
                 estimate = "time unknown"
@@ -346,14 +365,26 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
         try:
             table.setRowCount(len(entries))
             for row, entry in enumerate(entries):
-                node = slicer.mrmlScene.GetNodeByID(entry.volumeNodeID) if entry.volumeNodeID else None
+                node = (
+                    slicer.mrmlScene.GetNodeByID(entry.volumeNodeID) if entry.volumeNodeID else None
+                )
                 name = node.GetName() if node is not None else f"(removed: {entry.volumeNodeID})"
                 planes = entry.planes or {}
-                cells = [name] + [planeText(planes.get(p)) for p in PLANES] + [
-                    entry.pseudoLabelStatus or "—", entry.predictionStatus or "—"]
-                tips = [f"{name}: {'all three planes marked' if entry.annotated else 'not fully annotated'}"] + [
-                    f"{p} slices painted: {', '.join(map(str, planes.get(p) or [])) or 'none'}" for p in PLANES] + [
-                    "pseudo-label (Propagate)", "prediction (Segment)"]
+                cells = (
+                    [name]
+                    + [planeText(planes.get(p)) for p in PLANES]
+                    + [entry.pseudoLabelStatus or "—", entry.predictionStatus or "—"]
+                )
+                tips = (
+                    [
+                        f"{name}: {'all three planes marked' if entry.annotated else 'not fully annotated'}"
+                    ]
+                    + [
+                        f"{p} slices painted: {', '.join(map(str, planes.get(p) or [])) or 'none'}"
+                        for p in PLANES
+                    ]
+                    + ["pseudo-label (Propagate)", "prediction (Segment)"]
+                )
                 for column, (text, tip) in enumerate(zip(cells, tips)):
                     item = qt.QTableWidgetItem(text)
                     item.setFlags(flags)
@@ -367,7 +398,11 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
 
     def _selectRowOf(self, volumeNode: Any) -> None:
         ids = [e.volumeNodeID for e in self.logic.cohort]
-        row = ids.index(volumeNode.GetID()) if volumeNode is not None and volumeNode.GetID() in ids else -1
+        row = (
+            ids.index(volumeNode.GetID())
+            if volumeNode is not None and volumeNode.GetID() in ids
+            else -1
+        )
         if row == self.ui.cohortTable.currentRow():
             return
         self._syncingSelection = True
@@ -407,7 +442,9 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
         else:
             planes = entry.planes or {}
             missing = [p for p in PLANES if not planes.get(p)]
-            done = ", ".join(f"{p} {', '.join(map(str, planes[p]))}" for p in PLANES if planes.get(p))
+            done = ", ".join(
+                f"{p} {', '.join(map(str, planes[p]))}" for p in PLANES if planes.get(p)
+            )
             if not missing:
                 text = f"{volume.GetName()}: all three planes marked ({done})."
             else:
@@ -427,31 +464,44 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
 
     def onAddAllVolumes(self) -> None:
         """Add every loaded scalar volume to the cohort."""
-        ok, entries = self._tryAction("Adding the loaded volumes", self.logic.addAllVolumes, waitCursor=True)
+        ok, entries = self._tryAction(
+            "Adding the loaded volumes", self.logic.addAllVolumes, waitCursor=True
+        )
         if ok:
-            self._setStatus(f"Cohort: {len(self.logic.cohort)} volumes ({len(entries)} added or already there).")
+            self._setStatus(
+                f"Cohort: {len(self.logic.cohort)} volumes ({len(entries)} added or already there)."
+            )
         self.refreshCohortTable()
 
     def onAddFolder(self) -> None:
         """Ask for a folder and add every volume file in it."""
-        folder = qt.QFileDialog.getExistingDirectory(self.parent, "Folder of volumes (NRRD, NIfTI, MHA)", "")
+        folder = qt.QFileDialog.getExistingDirectory(
+            self.parent, "Folder of volumes (NRRD, NIfTI, MHA)", ""
+        )
         if not folder:
             return
-        ok, entries = self._tryAction("Adding the folder", lambda: self.logic.addVolumesFromFolder(str(folder)),
-                                      waitCursor=True)
+        ok, entries = self._tryAction(
+            "Adding the folder",
+            lambda: self.logic.addVolumesFromFolder(str(folder)),
+            waitCursor=True,
+        )
         if ok:
             self._setStatus(f"Added {len(entries)} volumes from {folder}.")
         self.refreshCohortTable()
 
     def onLoadSampleCohort(self) -> None:
         """Make the synthetic sample cohort (some volumes painted) and show its first volume."""
-        ok, volumes = self._tryAction("Making the sample cohort", self.logic.loadSampleCohort, waitCursor=True)
+        ok, volumes = self._tryAction(
+            "Making the sample cohort", self.logic.loadSampleCohort, waitCursor=True
+        )
         if ok and volumes:
             painted = sum(1 for v in volumes if getattr(self._entryFor(v), "annotated", False))
             slicer.util.setSliceViewerLayers(background=volumes[0], fit=True)
             self.updateGUIFromParameterNode()  # the structure's name may have changed
-            self._setStatus(f"Added {len(volumes)} sample volumes, {painted} painted in three planes: "
-                            "press Propagate, then Train (small preset on a CPU) and Segment.")
+            self._setStatus(
+                f"Added {len(volumes)} sample volumes, {painted} painted in three planes: "
+                "press Propagate, then Train (small preset on a CPU) and Segment."
+            )
         self.refreshCohortTable()
 
     def onRemoveVolume(self) -> None:
@@ -474,22 +524,31 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
             return
         structure = self.ui.structureNameLineEdit.text.strip()
         if not structure:
-            self._setStatus("Invalid setting: structure name is empty: "
-                            "name the structure you segment (e.g. 'left atrium')")
+            self._setStatus(
+                "Invalid setting: structure name is empty: "
+                "name the structure you segment (e.g. 'left atrium')"
+            )
             return
         roi = self.ui.roiSelector.currentNode()
-        ok, segmentation = self._tryAction("Annotate", lambda: self.logic.annotate(volume, structure, roi),
-                                           waitCursor=True)
+        ok, segmentation = self._tryAction(
+            "Annotate", lambda: self.logic.annotate(volume, structure, roi), waitCursor=True
+        )
         if not ok:
             return
         self.refreshCohortTable()
         self._observeSegmentation(segmentation)
         entry = self._entryFor(volume)
-        self._openSegmentEditor(segmentation, volume, entry.segmentID if entry is not None else None)
-        self._setStatus(f"Paint one sagittal, one coronal and one axial slice of '{structure}' in the Segment Editor, "
-                        "then come back to RADA Segment.")
+        self._openSegmentEditor(
+            segmentation, volume, entry.segmentID if entry is not None else None
+        )
+        self._setStatus(
+            f"Paint one sagittal, one coronal and one axial slice of '{structure}' in the Segment Editor, "
+            "then come back to RADA Segment."
+        )
 
-    def _openSegmentEditor(self, segmentationNode: Any, volumeNode: Any, segmentID: str | None) -> None:
+    def _openSegmentEditor(
+        self, segmentationNode: Any, volumeNode: Any, segmentID: str | None
+    ) -> None:
         try:
             slicer.util.selectModule("SegmentEditor")
         except Exception as exc:
@@ -511,14 +570,21 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
         """Watch the cohort's annotation segmentations (and only those) for painting."""
         self.removeObservers(self._onSegmentationModified)
         for entry in entries:
-            node = slicer.mrmlScene.GetNodeByID(entry.segmentationNodeID) if entry.segmentationNodeID else None
+            node = (
+                slicer.mrmlScene.GetNodeByID(entry.segmentationNodeID)
+                if entry.segmentationNodeID
+                else None
+            )
             self._observeSegmentation(node)
 
     def _observeSegmentation(self, node: Any) -> None:
         if node is None:
             return
-        for event in (slicer.vtkSegmentation.SegmentModified, slicer.vtkSegmentation.SegmentAdded,
-                      slicer.vtkSegmentation.SegmentRemoved):
+        for event in (
+            slicer.vtkSegmentation.SegmentModified,
+            slicer.vtkSegmentation.SegmentAdded,
+            slicer.vtkSegmentation.SegmentRemoved,
+        ):
             if not self.hasObserver(node, event, self._onSegmentationModified):
                 self.addObserver(node, event, self._onSegmentationModified)
 
@@ -539,7 +605,9 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
             try:
                 self.logic.updatePlanes(node)
             except Exception as exc:
-                log.warning("RADA: could not read the painted planes of %s: %s", node.GetName(), exc)
+                log.warning(
+                    "RADA: could not read the painted planes of %s: %s", node.GetName(), exc
+                )
         self.refreshCohortTable()
 
     # ------------------------------------------------------------------ models
@@ -566,9 +634,15 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
                 combo.addItem("(no model yet: train one)")
             for info in models:
                 classes = ", ".join(info.classes) if info.classes else "no classes"
-                combo.addItem(f"{info.name} ({classes})" + (" [pretrained encoders]" if info.pretrained else ""))
-                combo.setItemData(combo.count - 1, f"{info.path}\ncreated {info.created}\n{postprocessingNote(info)}",
-                                  qt.Qt.ToolTipRole)
+                combo.addItem(
+                    f"{info.name} ({classes})"
+                    + (" [pretrained encoders]" if info.pretrained else "")
+                )
+                combo.setItemData(
+                    combo.count - 1,
+                    f"{info.path}\ncreated {info.created}\n{postprocessingNote(info)}",
+                    qt.Qt.ToolTipRole,
+                )
             paths = [m.path for m in models]
             names = [m.name for m in models]
             if selectName in names:
@@ -590,9 +664,19 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
 
     def _actionButtons(self) -> list[Any]:
         ui = self.ui
-        return [ui.addVolumeButton, ui.addAllVolumesButton, ui.addFolderButton, ui.loadSampleCohortButton,
-                ui.removeVolumeButton, ui.annotateButton, ui.propagateButton, ui.trainButton, ui.segmentSelectedButton,
-                ui.segmentCohortButton, ui.refreshModelsButton]
+        return [
+            ui.addVolumeButton,
+            ui.addAllVolumesButton,
+            ui.addFolderButton,
+            ui.loadSampleCohortButton,
+            ui.removeVolumeButton,
+            ui.annotateButton,
+            ui.propagateButton,
+            ui.trainButton,
+            ui.segmentSelectedButton,
+            ui.segmentCohortButton,
+            ui.refreshModelsButton,
+        ]
 
     def _updateActionButtons(self) -> None:
         """While a job runs only its Cancel button works; Segment needs a model."""
@@ -607,14 +691,27 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
 
     def onPropagate(self) -> None:
         """Start (or cancel) propagation over the cohort's annotated volumes."""
-        self._startOrCancel(self.ui.propagateButton, "propagate", lambda settings, **callbacks: self.logic.propagate(
-            volumeNodes=None, settings=settings, wait=False,
-            showViews=bool(self.ui.showViewsCheckBox.checked), **callbacks))
+        self._startOrCancel(
+            self.ui.propagateButton,
+            "propagate",
+            lambda settings, **callbacks: self.logic.propagate(
+                volumeNodes=None,
+                settings=settings,
+                wait=False,
+                showViews=bool(self.ui.showViewsCheckBox.checked),
+                **callbacks,
+            ),
+        )
 
     def onTrain(self) -> None:
         """Start (or cancel) training on the cohort."""
-        self._startOrCancel(self.ui.trainButton, "train", lambda settings, **callbacks: self.logic.train(
-            volumeNodes=None, settings=settings, wait=False, **callbacks))
+        self._startOrCancel(
+            self.ui.trainButton,
+            "train",
+            lambda settings, **callbacks: self.logic.train(
+                volumeNodes=None, settings=settings, wait=False, **callbacks
+            ),
+        )
 
     def onSegmentSelected(self) -> None:
         """Start (or cancel) segmenting the selected volume with the chosen model."""
@@ -622,13 +719,31 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
             self._setStatus("Select a volume to segment.")
             return
         volume = self._selectedVolume()
-        self._startOrCancel(self.ui.segmentSelectedButton, "segment", lambda settings, **callbacks: self.logic.segment(
-            volumeNodes=[volume], model=self.selectedModelPath(), settings=settings, wait=False, **callbacks))
+        self._startOrCancel(
+            self.ui.segmentSelectedButton,
+            "segment",
+            lambda settings, **callbacks: self.logic.segment(
+                volumeNodes=[volume],
+                model=self.selectedModelPath(),
+                settings=settings,
+                wait=False,
+                **callbacks,
+            ),
+        )
 
     def onSegmentCohort(self) -> None:
         """Start (or cancel) segmenting every cohort volume with the chosen model."""
-        self._startOrCancel(self.ui.segmentCohortButton, "segment", lambda settings, **callbacks: self.logic.segment(
-            volumeNodes=None, model=self.selectedModelPath(), settings=settings, wait=False, **callbacks))
+        self._startOrCancel(
+            self.ui.segmentCohortButton,
+            "segment",
+            lambda settings, **callbacks: self.logic.segment(
+                volumeNodes=None,
+                model=self.selectedModelPath(),
+                settings=settings,
+                wait=False,
+                **callbacks,
+            ),
+        )
 
     def _startOrCancel(self, button: Any, kind: str, start: Callable[..., Any]) -> None:
         if self._job is not None:
@@ -772,7 +887,9 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
     def _log(self, text: str) -> None:
         self.ui.logTextEdit.appendPlainText(text)
 
-    def _tryAction(self, what: str, action: Callable[[], Any], waitCursor: bool = False) -> tuple[bool, Any]:
+    def _tryAction(
+        self, what: str, action: Callable[[], Any], waitCursor: bool = False
+    ) -> tuple[bool, Any]:
         """Run a quick logic call: (True, its result), or (False, None) with the failure shown in one line."""
         try:
             if waitCursor:

@@ -39,8 +39,9 @@ import os
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,6 @@ from RADALib.metrics import dice  # noqa: E402
 from RADALib.networks import DOWNSAMPLING, NetworkConfig  # noqa: E402
 from RADALib.volume import Volume, read_volume, volume_from_array  # noqa: E402
 
-
 # ----------------------------------------------------------------------------- arguments
 
 
@@ -85,11 +85,14 @@ def parse_strides(text: str) -> list[str | tuple[int, int, int]]:
                 numbers = []
         elif token in INFERENCE_MODES:
             if numbers:
-                raise argparse.ArgumentTypeError(f"--strides: {numbers} is not a whole X,Y,Z triple")
+                raise argparse.ArgumentTypeError(
+                    f"--strides: {numbers} is not a whole X,Y,Z triple"
+                )
             out.append(token)
         else:
             raise argparse.ArgumentTypeError(
-                f"--strides: unknown preset {token!r} (presets: {', '.join(INFERENCE_MODES)}; or X,Y,Z triples)")
+                f"--strides: unknown preset {token!r} (presets: {', '.join(INFERENCE_MODES)}; or X,Y,Z triples)"
+            )
     if numbers:
         raise argparse.ArgumentTypeError(f"--strides: {numbers} is not a whole X,Y,Z triple")
     if not out:
@@ -115,12 +118,23 @@ def random_bundle(patch: Sequence[int], seed: int = 0) -> Bundle:
         v = rng.normal(size=n).astype(np.float32)
         return v / np.linalg.norm(v)
 
-    region = np.concatenate([unit(config.region_dim // 2), unit(config.region_dim - config.region_dim // 2)])
-    manifest = {"normalization": "zscore", "inference": {"patch": list(patch), "stride": "fast"},
-                "classes": {"1": {"name": "left atrium"}}}
-    return Bundle(folder=Path("<random weights>"), model=model, manifest=manifest,
-                  classes={1: {"name": "left atrium"}}, text_embedding=unit(config.text_dim),
-                  region_embedding_mean=region, config=config)
+    region = np.concatenate(
+        [unit(config.region_dim // 2), unit(config.region_dim - config.region_dim // 2)]
+    )
+    manifest = {
+        "normalization": "zscore",
+        "inference": {"patch": list(patch), "stride": "fast"},
+        "classes": {"1": {"name": "left atrium"}},
+    }
+    return Bundle(
+        folder=Path("<random weights>"),
+        model=model,
+        manifest=manifest,
+        classes={1: {"name": "left atrium"}},
+        text_embedding=unit(config.text_dim),
+        region_embedding_mean=region,
+        config=config,
+    )
 
 
 def centre_crop(array: np.ndarray, size: Sequence[int] | None) -> np.ndarray:
@@ -128,7 +142,9 @@ def centre_crop(array: np.ndarray, size: Sequence[int] | None) -> np.ndarray:
     if size is None:
         return array
     starts = [max(0, (n - s) // 2) for n, s in zip(array.shape, size)]
-    return np.ascontiguousarray(array[tuple(slice(b, b + min(n, s)) for b, n, s in zip(starts, array.shape, size))])
+    return np.ascontiguousarray(
+        array[tuple(slice(b, b + min(n, s)) for b, n, s in zip(starts, array.shape, size))]
+    )
 
 
 def load_cases(args) -> list[tuple[str, Volume, np.ndarray | None]]:
@@ -139,15 +155,24 @@ def load_cases(args) -> list[tuple[str, Volume, np.ndarray | None]]:
         label = Path(args.label) if args.label else None
         if label is None and image.suffix.lower() in (".h5", ".hdf5"):
             label = image
-        name = image.parent.name if image.name == "mri_norm2.h5" else image.name  # LA2018: the case folder
+        name = (
+            image.parent.name if image.name == "mri_norm2.h5" else image.name
+        )  # LA2018: the case folder
         items.append((name, image, label))
     else:
         folder = Path(args.data)
         listing = folder / args.list
         if not listing.exists():
-            raise SystemExit(f"no {args.list} in {folder}: give --data (an LA2018 folder) or --image FILE")
-        ids = [line.strip() for line in listing.read_text().splitlines() if line.strip()][: args.cases]
-        items = [(case_id, folder / case_id / "mri_norm2.h5", folder / case_id / "mri_norm2.h5") for case_id in ids]
+            raise SystemExit(
+                f"no {args.list} in {folder}: give --data (an LA2018 folder) or --image FILE"
+            )
+        ids = [line.strip() for line in listing.read_text().splitlines() if line.strip()][
+            : args.cases
+        ]
+        items = [
+            (case_id, folder / case_id / "mri_norm2.h5", folder / case_id / "mri_norm2.h5")
+            for case_id in ids
+        ]
     cases = []
     for name, image_path, label_path in items:
         volume = read_volume(image_path, "image")
@@ -158,18 +183,28 @@ def load_cases(args) -> list[tuple[str, Volume, np.ndarray | None]]:
             except Exception as error:  # noqa: BLE001 - an image without a label is benchmarked anyway
                 print(f"{name}: no truth label ({error})", file=sys.stderr)
         if args.crop:
-            volume = volume_from_array(centre_crop(volume.array, args.crop), volume.spacing, volume.origin,
-                                       volume.direction, volume.source)
+            volume = volume_from_array(
+                centre_crop(volume.array, args.crop),
+                volume.spacing,
+                volume.origin,
+                volume.direction,
+                volume.source,
+            )
             truth = None if truth is None else centre_crop(truth, args.crop)
         if truth is not None and truth.shape != volume.shape:
-            print(f"{name}: the label's shape {truth.shape} is not the image's {volume.shape}; ignored", file=sys.stderr)
+            print(
+                f"{name}: the label's shape {truth.shape} is not the image's {volume.shape}; ignored",
+                file=sys.stderr,
+            )
             truth = None
         cases.append((name, volume, None if truth is None else truth > 0))
     return cases
 
 
 def windows_per_volume(shape: Sequence[int], patch: Sequence[int], stride: Sequence[int]) -> int:
-    padded = [max(int(n), int(p)) for n, p in zip(shape, patch)]  # smaller axes are padded to the patch
+    padded = [
+        max(int(n), int(p)) for n, p in zip(shape, patch)
+    ]  # smaller axes are padded to the patch
     return math.prod(len(starts) for starts in window_grid(padded, patch, stride))
 
 
@@ -177,11 +212,21 @@ def machine_info(device: torch.device) -> dict[str, Any]:
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as handle:
-            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")),
+                cpu,
+            )
     except OSError:
         pass
-    info = {"host": platform.node(), "machine": platform.machine(), "cores": os.cpu_count(), "cpu": cpu,
-            "python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    info = {
+        "host": platform.node(),
+        "machine": platform.machine(),
+        "cores": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -191,20 +236,43 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="a trained bundle folder (default: random weights, paper configuration)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", help="a trained bundle folder (default: random weights, paper configuration)"
+    )
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "LA2018"))
-    parser.add_argument("--list", default="train.list", help="file of case ids in --data (default train.list)")
+    parser.add_argument(
+        "--list", default="train.list", help="file of case ids in --data (default train.list)"
+    )
     parser.add_argument("--cases", type=int, default=1)
     parser.add_argument("--image", help="one image file instead of --data")
     parser.add_argument("--label", help="its truth label (h5 images use their own 'label' dataset)")
-    parser.add_argument("--strides", type=parse_strides, default=parse_strides("dense,fast"),
-                        help="comma-separated presets or X,Y,Z triples; the first is the reference (default dense,fast)")
-    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="torch.set_num_threads (default: all cores)")
-    parser.add_argument("--patch", type=parse_triple, default=None,
-                        help="window size X,Y,Z (multiples of 16; default the bundle's, else 112,112,80)")
-    parser.add_argument("--crop", type=parse_triple, default=None,
-                        help="crop every volume around its centre to X,Y,Z voxels")
+    parser.add_argument(
+        "--strides",
+        type=parse_strides,
+        default=parse_strides("dense,fast"),
+        help="comma-separated presets or X,Y,Z triples; the first is the reference (default dense,fast)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help="torch.set_num_threads (default: all cores)",
+    )
+    parser.add_argument(
+        "--patch",
+        type=parse_triple,
+        default=None,
+        help="window size X,Y,Z (multiples of 16; default the bundle's, else 112,112,80)",
+    )
+    parser.add_argument(
+        "--crop",
+        type=parse_triple,
+        default=None,
+        help="crop every volume around its centre to X,Y,Z voxels",
+    )
     parser.add_argument("--batch-size", type=int, default=1, help="windows per forward")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", help="write all figures here")
@@ -230,15 +298,24 @@ def main() -> int:
     cases = load_cases(args)
 
     info = machine_info(device)
-    print(f"machine: {info['host']} {info['machine']}, {info['cores']} cores, {info['cpu']}; "
-          f"torch {info['torch']}, {info['threads']} thread(s), device {info.get('gpu', device)}")
-    print(f"model: {bundle.folder if trained else 'random weights, paper configuration (no --model)'}; "
-          f"base filters {bundle.config.base_filters}, patch {patch}, batch size {args.batch_size}")
-    print("strides: " + ", ".join(f"{name} {stride}" for name, stride in strides.items())
-          + (f"; volumes cropped to {args.crop}" if args.crop else ""))
+    print(
+        f"machine: {info['host']} {info['machine']}, {info['cores']} cores, {info['cpu']}; "
+        f"torch {info['torch']}, {info['threads']} thread(s), device {info.get('gpu', device)}"
+    )
+    print(
+        f"model: {bundle.folder if trained else 'random weights, paper configuration (no --model)'}; "
+        f"base filters {bundle.config.base_filters}, patch {patch}, batch size {args.batch_size}"
+    )
+    print(
+        "strides: "
+        + ", ".join(f"{name} {stride}" for name, stride in strides.items())
+        + (f"; volumes cropped to {args.crop}" if args.crop else "")
+    )
     if not trained:
-        print("WARNING: no trained model (--model): the Dice figures below compare random-weight predictions "
-              "and are MEANINGLESS; only the timings and window counts mean something.")
+        print(
+            "WARNING: no trained model (--model): the Dice figures below compare random-weight predictions "
+            "and are MEANINGLESS; only the timings and window counts mean something."
+        )
 
     def sync() -> None:
         if device.type == "cuda":
@@ -249,39 +326,67 @@ def main() -> int:
     warm = np.full(patch, float(first.array.min()), np.float32)
     block = centre_crop(first.array, patch)
     warm[tuple(slice(0, n) for n in block.shape)] = block
-    predict_volume(bundle, volume_from_array(warm, first.spacing), patch=patch, stride=patch, device=device,
-                   batch_size=1)
+    predict_volume(
+        bundle,
+        volume_from_array(warm, first.spacing),
+        patch=patch,
+        stride=patch,
+        device=device,
+        batch_size=1,
+    )
     sync()
 
     reference = next(iter(strides))
     rows: list[dict[str, Any]] = []
-    header = (f"{'case':<22} {'stride':<12} {'windows':>7} {'s/volume':>9} {'s/window':>9} "
-              f"{'Dice vs ' + reference:>14} {'Dice truth':>10} {'Δ truth':>8}")
+    header = (
+        f"{'case':<22} {'stride':<12} {'windows':>7} {'s/volume':>9} {'s/window':>9} "
+        f"{'Dice vs ' + reference:>14} {'Dice truth':>10} {'Δ truth':>8}"
+    )
     print("\n" + header, flush=True)
     for name, volume, truth in cases:
         labels: dict[str, np.ndarray] = {}
         for sname, stride in strides.items():
             sync()
             started = time.perf_counter()
-            prediction = predict_volume(bundle, volume, patch=patch, stride=stride, device=device,
-                                        batch_size=args.batch_size, largest_component=False)  # the plain argmax
+            prediction = predict_volume(
+                bundle,
+                volume,
+                patch=patch,
+                stride=stride,
+                device=device,
+                batch_size=args.batch_size,
+                largest_component=False,
+            )  # the plain argmax
             sync()
             seconds = time.perf_counter() - started
             labels[sname] = prediction.label
             windows = 1 if stride == WHOLE else windows_per_volume(volume.shape, patch, stride)
-            row = {"case": name, "shape": list(volume.shape), "stride_name": sname,
-                   "stride": stride if stride == WHOLE else list(stride),
-                   "windows": windows, "seconds": seconds, "seconds_per_window": seconds / windows,
-                   "foreground_voxels": int(np.count_nonzero(prediction.label))}
+            row = {
+                "case": name,
+                "shape": list(volume.shape),
+                "stride_name": sname,
+                "stride": stride if stride == WHOLE else list(stride),
+                "windows": windows,
+                "seconds": seconds,
+                "seconds_per_window": seconds / windows,
+                "foreground_voxels": int(np.count_nonzero(prediction.label)),
+            }
             # foreground Dice; None where both masks are empty (NaN)
             row["dice_vs_reference"] = _number(dice(prediction.label, labels[reference]))
-            row["dice_truth"] = _number(dice(prediction.label, truth)) if truth is not None else None
+            row["dice_truth"] = (
+                _number(dice(prediction.label, truth)) if truth is not None else None
+            )
             rows.append(row)
-        ref_truth = next(r["dice_truth"] for r in rows if r["case"] == name and r["stride_name"] == reference)
+        ref_truth = next(
+            r["dice_truth"] for r in rows if r["case"] == name and r["stride_name"] == reference
+        )
         for row in rows:
             if row["case"] == name:
                 row["dice_truth_minus_reference"] = (
-                    None if row["dice_truth"] is None or ref_truth is None else row["dice_truth"] - ref_truth)
+                    None
+                    if row["dice_truth"] is None or ref_truth is None
+                    else row["dice_truth"] - ref_truth
+                )
                 print(_line(row), flush=True)
 
     summary: dict[str, dict[str, Any]] = {}
@@ -297,22 +402,40 @@ def main() -> int:
         }
     base = summary[reference]["seconds_per_volume"]
     print(f"\nmean over {len(cases)} volume(s)")
-    print(f"{'stride':<12} {'windows':>8} {'s/volume':>9} {'speed-up':>9} {'Dice vs ' + reference:>14} "
-          f"{'Dice truth':>10} {'Δ truth':>8}")
+    print(
+        f"{'stride':<12} {'windows':>8} {'s/volume':>9} {'speed-up':>9} {'Dice vs ' + reference:>14} "
+        f"{'Dice truth':>10} {'Δ truth':>8}"
+    )
     for sname, s in summary.items():
-        s["speedup_vs_reference"] = base / s["seconds_per_volume"] if s["seconds_per_volume"] > 0 else float("nan")
-        print(f"{sname:<12} {s['windows_per_volume']:>8.1f} {s['seconds_per_volume']:>9.2f} "
-              f"{'x' + format(s['speedup_vs_reference'], '.2f'):>9} {_fmt(s['dice_vs_reference'], 14)} "
-              f"{_fmt(s['dice_truth'], 10)} {_fmt(s['dice_truth_minus_reference'], 8, signed=True)}")
+        s["speedup_vs_reference"] = (
+            base / s["seconds_per_volume"] if s["seconds_per_volume"] > 0 else float("nan")
+        )
+        print(
+            f"{sname:<12} {s['windows_per_volume']:>8.1f} {s['seconds_per_volume']:>9.2f} "
+            f"{'x' + format(s['speedup_vs_reference'], '.2f'):>9} {_fmt(s['dice_vs_reference'], 14)} "
+            f"{_fmt(s['dice_truth'], 10)} {_fmt(s['dice_truth_minus_reference'], 8, signed=True)}"
+        )
     if not trained:
         print("(random weights: the Dice columns are meaningless without a trained --model)")
 
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "machine": info, "model": str(bundle.folder) if trained else None, "trained": trained,
-            "patch": list(patch), "crop": args.crop, "batch_size": args.batch_size, "reference": reference,
-            "rows": rows, "summary": summary,
-        }, indent=2, default=_json_default))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "machine": info,
+                    "model": str(bundle.folder) if trained else None,
+                    "trained": trained,
+                    "patch": list(patch),
+                    "crop": args.crop,
+                    "batch_size": args.batch_size,
+                    "reference": reference,
+                    "rows": rows,
+                    "summary": summary,
+                },
+                indent=2,
+                default=_json_default,
+            )
+        )
     return 0
 
 
@@ -332,9 +455,11 @@ def _fmt(value: float | None, width: int, signed: bool = False) -> str:
 
 
 def _line(row: dict[str, Any]) -> str:
-    return (f"{row['case']:<22} {row['stride_name']:<12} {row['windows']:>7} {row['seconds']:>9.2f} "
-            f"{row['seconds_per_window']:>9.3f} {_fmt(row['dice_vs_reference'], 14)} "
-            f"{_fmt(row['dice_truth'], 10)} {_fmt(row['dice_truth_minus_reference'], 8, signed=True)}")
+    return (
+        f"{row['case']:<22} {row['stride_name']:<12} {row['windows']:>7} {row['seconds']:>9.2f} "
+        f"{row['seconds_per_window']:>9.3f} {_fmt(row['dice_vs_reference'], 14)} "
+        f"{_fmt(row['dice_truth'], 10)} {_fmt(row['dice_truth_minus_reference'], 8, signed=True)}"
+    )
 
 
 def _json_default(value: Any) -> Any:

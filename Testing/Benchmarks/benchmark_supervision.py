@@ -77,8 +77,9 @@ import json
 import platform
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -107,8 +108,12 @@ from RADALib.workflow import cohort_embeddings, ensure_propagation  # noqa: E402
 SOURCES = ("rada", "fused", "truth")
 
 
-def supervision(source: str, labeled: Sequence[TrainingCase], truths: dict[str, np.ndarray],
-                fused: dict[str, np.ndarray]) -> list[TrainingCase]:
+def supervision(
+    source: str,
+    labeled: Sequence[TrainingCase],
+    truths: dict[str, np.ndarray],
+    fused: dict[str, np.ndarray],
+) -> list[TrainingCase]:
     """The labeled cases as ``source`` supervises them."""
     if source == "rada":
         return list(labeled)
@@ -123,8 +128,13 @@ def segment(model, image: np.ndarray, text, region, patch: Sequence[int]) -> np.
     stride = tuple(max(1, p // 2) for p in patch)
     x = torch.as_tensor(image, device=device)[None, None]
     with torch.no_grad():
-        probabilities = sliding_window_inference(x, lambda w: ensemble_probabilities(model, w, era), patch, stride,
-                                                 pad_value=float(image.min()))
+        probabilities = sliding_window_inference(
+            x,
+            lambda w: ensemble_probabilities(model, w, era),
+            patch,
+            stride,
+            pad_value=float(image.min()),
+        )
     return probabilities.argmax(0).cpu().numpy()
 
 
@@ -146,16 +156,36 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--cases", type=int, default=6)
     parser.add_argument("--labeled", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0, help="seed of the synthetic cohort")
-    parser.add_argument("--cohort", type=Path, help="a cohort manifest instead of the synthetic cohort "
-                        "(its labeled cases need dense labels)")
-    parser.add_argument("--eval-cases", type=int, help="score only the first N validation (else unlabeled) cases")
+    parser.add_argument(
+        "--cohort",
+        type=Path,
+        help="a cohort manifest instead of the synthetic cohort "
+        "(its labeled cases need dense labels)",
+    )
+    parser.add_argument(
+        "--eval-cases", type=int, help="score only the first N validation (else unlabeled) cases"
+    )
     parser.add_argument("--iterations", type=int)
     parser.add_argument("--patch", type=parse_triple)
     parser.add_argument("--base-filters", type=int)
-    parser.add_argument("--set", dest="settings", type=parse_setting, action="append", default=[],
-                        metavar="KEY=VALUE", help="any training setting, dotted for nested ones (repeatable)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 was as fast as 2 on the 2-core VM)")
-    parser.add_argument("--workers", type=int, default=0, help="ANTs registration processes (0: one per core)")
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        type=parse_setting,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any training setting, dotted for nested ones (repeatable)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads (1 was as fast as 2 on the 2-core VM)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=0, help="ANTs registration processes (0: one per core)"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     sources = [s.strip() for s in args.sources.split(",") if s.strip()]
@@ -179,57 +209,101 @@ def main(argv: Sequence[str] | None = None) -> dict:
         cohort = load_cohort(args.cohort)
         without = [c.id for c in cohort.labeled if c.dense_label is None]
         if without:
-            raise InputError(args.cohort, f"labeled case(s) without a dense label: {', '.join(without)} "
-                             "(the truth source and the scores need one)")
+            raise InputError(
+                args.cohort,
+                f"labeled case(s) without a dense label: {', '.join(without)} "
+                "(the truth source and the scores need one)",
+            )
     else:
-        cohort = write_synthetic_cohort(out / "data", args.cases, args.labeled, args.seed, SyntheticConfig())
+        cohort = write_synthetic_cohort(
+            out / "data", args.cases, args.labeled, args.seed, SyntheticConfig()
+        )
     propagation_config = PropagationConfig()
     ensure_propagation(cohort, out / "propagation", propagation_config, out / "cache", args.workers)
-    embeddings = cohort_embeddings(cohort, out / "propagation", out, cache_dir=out / "cache",
-                                   use_mask=config.region_mode != "no_mask")
-    labeled, unlabeled = load_training_cases(cohort, out / "propagation", label_source=config.label_source)
+    embeddings = cohort_embeddings(
+        cohort,
+        out / "propagation",
+        out,
+        cache_dir=out / "cache",
+        use_mask=config.region_mode != "no_mask",
+    )
+    labeled, unlabeled = load_training_cases(
+        cohort, out / "propagation", label_source=config.label_source
+    )
     scored = scored_cases(cohort, args.eval_cases)
-    truths = {c.id: (read_volume(c.dense_label, "label").array > 0).astype(np.uint8) for c in scored}
-    fused = {c.id: load_case_result(out / "propagation" / "cases" / c.id).fused(
-        propagation_config.fusion, propagation_config.fusion_alpha) for c in cohort.labeled}
+    truths = {
+        c.id: (read_volume(c.dense_label, "label").array > 0).astype(np.uint8) for c in scored
+    }
+    fused = {
+        c.id: load_case_result(out / "propagation" / "cases" / c.id).fused(
+            propagation_config.fusion, propagation_config.fusion_alpha
+        )
+        for c in cohort.labeled
+    }
     images = {c.id: normalize_intensity(read_volume(c.image, "image").array) for c in scored}
     labeled_ids = [c.id for c in cohort.labeled]
     other_ids = [c.id for c in scored if not c.labeled]
     other = "validation" if cohort.validation else "unlabeled"  # what the second score is of
     pseudo_dice = float(np.mean([dice(fused[i], truths[i]) for i in labeled_ids]))
 
-    print(f"{len(labeled)} labeled + {len(unlabeled)} unlabeled training volumes; scored: the labeled ones and "
-          f"{len(other_ids)} {other} volume(s); fused pseudo-label "
-          f"Dice on the labeled ones {pseudo_dice:.3f}; training: patch {config.patch}, base "
-          f"{config.network.base_filters}, {config.iterations} iterations, {config.labeled_batch}+"
-          f"{config.unlabeled_batch} per batch; encoders pretrained: {embeddings.pretrained}", flush=True)
+    print(
+        f"{len(labeled)} labeled + {len(unlabeled)} unlabeled training volumes; scored: the labeled ones and "
+        f"{len(other_ids)} {other} volume(s); fused pseudo-label "
+        f"Dice on the labeled ones {pseudo_dice:.3f}; training: patch {config.patch}, base "
+        f"{config.network.base_filters}, {config.iterations} iterations, {config.labeled_batch}+"
+        f"{config.unlabeled_batch} per batch; encoders pretrained: {embeddings.pretrained}",
+        flush=True,
+    )
     # the prompt at evaluation as training saw it: an ablated embedding is None (zeros in the Adapter)
     text = torch.as_tensor(embeddings.text, dtype=torch.float32)[None] if config.use_text else None
-    region_mean = embeddings.region_mean(list(config.visual_planes)) if config.region_mode != "none" else None
-    region = None if region_mean is None else torch.as_tensor(region_mean, dtype=torch.float32)[None]
-    tag = "".join(f"+{key}={v if isinstance(v, str) else json.dumps(v)}" for key, v in args.settings)  # a folder per setting
+    region_mean = (
+        embeddings.region_mean(list(config.visual_planes)) if config.region_mode != "none" else None
+    )
+    region = (
+        None if region_mean is None else torch.as_tensor(region_mean, dtype=torch.float32)[None]
+    )
+    tag = "".join(
+        f"+{key}={v if isinstance(v, str) else json.dumps(v)}" for key, v in args.settings
+    )  # a folder per setting
     results: dict[str, Any] = {}
     for source in sources:
         started = time.perf_counter()
-        run = train_on_cases(config, supervision(source, labeled, truths, fused), unlabeled, embeddings.text,
-                             embeddings.regions, out / "runs" / f"{source}{tag}", resume=False)
+        run = train_on_cases(
+            config,
+            supervision(source, labeled, truths, fused),
+            unlabeled,
+            embeddings.text,
+            embeddings.regions,
+            out / "runs" / f"{source}{tag}",
+            resume=False,
+        )
         seconds = time.perf_counter() - started
-        labels = {c.id: segment(run.model, images[c.id], text, region, config.patch) for c in scored}
+        labels = {
+            c.id: segment(run.model, images[c.id], text, region, config.patch) for c in scored
+        }
         scores = {i: dice(label, truths[i]) for i, label in labels.items()}
         kept = {i: dice(keep_largest_component(label), truths[i]) for i, label in labels.items()}
         results[source] = {
-            "dice_labeled": mean_over(scores, labeled_ids), f"dice_{other}": mean_over(scores, other_ids),
+            "dice_labeled": mean_over(scores, labeled_ids),
+            f"dice_{other}": mean_over(scores, other_ids),
             "dice_largest_component_labeled": mean_over(kept, labeled_ids),
             f"dice_largest_component_{other}": mean_over(kept, other_ids),
-            "per_case": scores, "per_case_largest_component": kept, "train_seconds": round(seconds, 1),
+            "per_case": scores,
+            "per_case_largest_component": kept,
+            "train_seconds": round(seconds, 1),
             "final_loss_sup": run.history[-1]["loss_sup"] if run.history else None,
         }
         r = results[source]
         held = r[f"dice_{other}"]
-        print(f"{source:>6}: Dice labeled {r['dice_labeled']:.3f}, {other} "
-              f"{'-' if held is None else round(held, 3)} ({seconds:.0f} s of training)", flush=True)
+        print(
+            f"{source:>6}: Dice labeled {r['dice_labeled']:.3f}, {other} "
+            f"{'-' if held is None else round(held, 3)} ({seconds:.0f} s of training)",
+            flush=True,
+        )
 
-    print(f"\nsource   labeled  {other:>10}  ratio to truth (labeled / {other})  largest component (labeled / {other})")
+    print(
+        f"\nsource   labeled  {other:>10}  ratio to truth (labeled / {other})  largest component (labeled / {other})"
+    )
     base = results.get("truth")
     for source, r in results.items():
         held = r[f"dice_{other}"]
@@ -240,15 +314,22 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 ratio += f" / {held / max(base[f'dice_{other}'], 1e-9):.2f}"
         unl = "-" if held is None else f"{held:.3f}"
         kept_unl = "-" if held is None else f"{r[f'dice_largest_component_{other}']:.3f}"
-        print(f"{source:<8} {r['dice_labeled']:>7.3f} {unl:>10}  {ratio:<37} "
-              f"{r['dice_largest_component_labeled']:.3f} / {kept_unl}")
+        print(
+            f"{source:<8} {r['dice_labeled']:>7.3f} {unl:>10}  {ratio:<37} "
+            f"{r['dice_largest_component_labeled']:.3f} / {kept_unl}"
+        )
     print(f"fused pseudo-labels (labeled volumes): {pseudo_dice:.3f}")
     report = {
         "machine": f"{platform.node()} ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
-                   f"{args.threads} thread(s)",
-        "config": config.to_dict(), "cohort": str(args.cohort) if args.cohort else "synthetic",
-        "cases": len(cohort.cases), "labeled": len(cohort.labeled), "seed": args.seed,
-        "pseudo_label_dice": pseudo_dice, "encoders_pretrained": embeddings.pretrained, "results": results,
+        f"{args.threads} thread(s)",
+        "config": config.to_dict(),
+        "cohort": str(args.cohort) if args.cohort else "synthetic",
+        "cases": len(cohort.cases),
+        "labeled": len(cohort.labeled),
+        "seed": args.seed,
+        "pseudo_label_dice": pseudo_dice,
+        "encoders_pretrained": embeddings.pretrained,
+        "results": results,
     }
     if args.json:
         write_text_atomic(args.json, json.dumps(report, indent=2) + "\n")

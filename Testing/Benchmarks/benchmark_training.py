@@ -116,35 +116,56 @@ def _training_case(case_id: str, image: np.ndarray, label: np.ndarray | None) ->
     return TrainingCase(case_id, image, (label, label, label), distances, mask, label * mask)
 
 
-def training_cases(config: TrainConfig, data: str | None, shape=LA_SHAPE) -> tuple[list[TrainingCase], list[TrainingCase]]:
+def training_cases(
+    config: TrainConfig, data: str | None, shape=LA_SHAPE
+) -> tuple[list[TrainingCase], list[TrainingCase]]:
     """``labeled_batch`` labeled and ``unlabeled_batch`` unlabeled cases (synthetic or LA2018)."""
     n_l, n_u = config.labeled_batch, config.unlabeled_batch
     if not data:
-        return ([_ball_case(f"l{i}", i, True, shape) for i in range(n_l)],
-                [_ball_case(f"u{i}", 100 + i, False, shape) for i in range(n_u)])
+        return (
+            [_ball_case(f"l{i}", i, True, shape) for i in range(n_l)],
+            [_ball_case(f"u{i}", 100 + i, False, shape) for i in range(n_u)],
+        )
     from RADALib.volume import read_volume
 
     folder = Path(data)
-    ids = [line.strip() for line in (folder / "train.list").read_text().splitlines() if line.strip()][: n_l + n_u]
+    ids = [
+        line.strip() for line in (folder / "train.list").read_text().splitlines() if line.strip()
+    ][: n_l + n_u]
     labeled, unlabeled = [], []
     for i, case_id in enumerate(ids):
         path = folder / case_id / "mri_norm2.h5"
         image = normalize_intensity(read_volume(path, "image").array)
         if i < n_l:
-            labeled.append(_training_case(case_id, image, (read_volume(path, "label").array > 0).astype(np.uint8)))
+            labeled.append(
+                _training_case(
+                    case_id, image, (read_volume(path, "label").array > 0).astype(np.uint8)
+                )
+            )
         else:
             unlabeled.append(_training_case(case_id, image, None))
     return labeled, unlabeled
 
 
-def host_batches(config: TrainConfig, data: str | None, count: int, shape=LA_SHAPE) -> tuple[list[Batch], list[str]]:
+def host_batches(
+    config: TrainConfig, data: str | None, count: int, shape=LA_SHAPE
+) -> tuple[list[Batch], list[str]]:
     """The first ``count`` batches of the engine's sampler (identical in both variants) and the
     labeled case ids in sampler order (what ``Batch.labeled_index`` refers to)."""
     labeled, unlabeled = training_cases(config, data, shape)
-    sampler = TwoStreamSampler(labeled, unlabeled, config.patch, config.labeled_batch, config.unlabeled_batch,
-                               seed=(config.seed, 0), use_registration=config.use_registration,
-                               augment=config.augment)
-    return [sampler.sample(alpha(t, config.schedule), t) for t in range(count)], [c.id for c in labeled]
+    sampler = TwoStreamSampler(
+        labeled,
+        unlabeled,
+        config.patch,
+        config.labeled_batch,
+        config.unlabeled_batch,
+        seed=(config.seed, 0),
+        use_registration=config.use_registration,
+        augment=config.augment,
+    )
+    return [sampler.sample(alpha(t, config.schedule), t) for t in range(count)], [
+        c.id for c in labeled
+    ]
 
 
 def embeddings(config: TrainConfig, labeled_ids: list[str]) -> tuple[np.ndarray, dict]:
@@ -153,8 +174,10 @@ def embeddings(config: TrainConfig, labeled_ids: list[str]) -> tuple[np.ndarray,
     net = config.network
     per_plane = net.region_dim // len(config.visual_planes)
     text = rng.normal(size=net.text_dim).astype(np.float32)
-    regions = {c: {p: rng.normal(size=per_plane).astype(np.float32) for p in set(config.visual_planes)}
-               for c in labeled_ids}
+    regions = {
+        c: {p: rng.normal(size=per_plane).astype(np.float32) for p in set(config.visual_planes)}
+        for c in labeled_ids
+    }
     return text, regions
 
 
@@ -165,13 +188,17 @@ class EngineStep:
     """One iteration of ``RADALib.training``'s own :class:`TrainingStep`, built as ``train``
     builds it (single process), plus the loop's running sums of the losses."""
 
-    def __init__(self, config: TrainConfig, labeled_ids: list[str], strict_fp32: bool = False) -> None:
+    def __init__(
+        self, config: TrainConfig, labeled_ids: list[str], strict_fp32: bool = False
+    ) -> None:
         runtime = setup_runtime(config)
         self.runtime, self.device = runtime, runtime.device
         text, regions = embeddings(config, labeled_ids)
         prompt = GuidancePrompt.build(config, text, regions, labeled_ids, self.device)
         model = build_model(config, runtime)
-        self.step = build_training_step(config, model, build_optimizer(config, model), prompt, runtime)
+        self.step = build_training_step(
+            config, model, build_optimizer(config, model), prompt, runtime
+        )
         self.sums = torch.zeros(3, device=self.device)
         torch.manual_seed(config.seed)
         model.train()
@@ -192,24 +219,38 @@ class PlainStep:
     ``strict_fp32``.
     """
 
-    def __init__(self, config: TrainConfig, labeled_ids: list[str], strict_fp32: bool = False) -> None:
+    def __init__(
+        self, config: TrainConfig, labeled_ids: list[str], strict_fp32: bool = False
+    ) -> None:
         self.config = config
-        name = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+        name = (
+            config.device
+            if config.device != "auto"
+            else ("cuda" if torch.cuda.is_available() else "cpu")
+        )
         self.device = torch.device(name)
-        if strict_fp32 and self.device.type == "cuda":  # PyTorch's default lets cuDNN convolutions use TF32
+        if (
+            strict_fp32 and self.device.type == "cuda"
+        ):  # PyTorch's default lets cuDNN convolutions use TF32
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cuda.matmul.allow_tf32 = False
         if config.threads:
             torch.set_num_threads(int(config.threads))
         text, regions = embeddings(config, labeled_ids)
         self.text = torch.as_tensor(text[None], device=self.device)
-        self.regions = {c: {p: torch.as_tensor(v, device=self.device) for p, v in planes.items()}
-                        for c, planes in regions.items()}
+        self.regions = {
+            c: {p: torch.as_tensor(v, device=self.device) for p, v in planes.items()}
+            for c, planes in regions.items()
+        }
         self.labeled_ids = labeled_ids
         torch.manual_seed(config.seed)
         self.model = config.network.build().to(self.device)
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.schedule.base_lr,
-                                         momentum=config.momentum, weight_decay=config.weight_decay)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(),
+            lr=config.schedule.base_lr,
+            momentum=config.momentum,
+            weight_decay=config.weight_decay,
+        )
         torch.manual_seed(config.seed)
         self.model.train()
 
@@ -218,7 +259,10 @@ class PlainStep:
 
     def region(self, labeled_index: list[int]) -> torch.Tensor:
         planes = self.config.visual_planes
-        parts = [self.regions[self.labeled_ids[labeled_index[i % len(labeled_index)]]][p] for i, p in enumerate(planes)]
+        parts = [
+            self.regions[self.labeled_ids[labeled_index[i % len(labeled_index)]]][p]
+            for i, p in enumerate(planes)
+        ]
         return torch.cat(parts)[None]
 
     def __call__(self, host_batch: Batch, t: int) -> torch.Tensor:
@@ -241,7 +285,9 @@ class PlainStep:
                 net.eval()
                 total = None
                 for _ in range(config.uncertainty_passes):
-                    noise = (torch.randn_like(x_u) * config.noise_std).clamp(-config.noise_clip, config.noise_clip)
+                    noise = (torch.randn_like(x_u) * config.noise_std).clamp(
+                        -config.noise_clip, config.noise_clip
+                    )
                     p = torch.softmax(net(x_u + noise, era, force_dropout=True), dim=1)
                     total = p if total is None else total + p
                 net.train()
@@ -367,17 +413,24 @@ def run_variant(variant: str, settings: dict[str, Any]) -> dict[str, Any]:
     first_sup, last_sup = float(first), float(last)  # type: ignore[arg-type]
 
     result: dict[str, Any] = {
-        "variant": variant, "iterations": iterations, "warmup": warmup, "seconds": seconds,
+        "variant": variant,
+        "iterations": iterations,
+        "warmup": warmup,
+        "seconds": seconds,
         "it_per_s": iterations / seconds if seconds > 0 else float("nan"),
         "s_per_it": seconds / iterations if iterations else float("nan"),
-        "first_loss_sup": first_sup, "last_loss_sup": last_sup, "device": str(device),
+        "first_loss_sup": first_sup,
+        "last_loss_sup": last_sup,
+        "device": str(device),
         "threads": torch.get_num_threads(),
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
         "tf32_conv": bool(torch.backends.cudnn.allow_tf32) if cuda else False,
         "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32) if cuda else False,
     }
     if variant == "engine":
-        result.update(amp=str(step.runtime.amp_dtype), channels_last=bool(step.runtime.channels_last))
+        result.update(
+            amp=str(step.runtime.amp_dtype), channels_last=bool(step.runtime.channels_last)
+        )
     else:
         result.update(amp="None", channels_last=False)
     if device.type == "cuda":
@@ -388,7 +441,9 @@ def run_variant(variant: str, settings: dict[str, Any]) -> dict[str, Any]:
         peak = _peak_rss_bytes()
         result["peak_bytes"] = max(0, peak - baseline_rss)
         result["peak_rss_bytes"] = peak
-        result["memory_kind"] = "peak RSS - RSS before the model" + ("" if reset_ok else " (high-water mark not reset)")
+        result["memory_kind"] = "peak RSS - RSS before the model" + (
+            "" if reset_ok else " (high-water mark not reset)"
+        )
     return result
 
 
@@ -402,19 +457,28 @@ def run_isolated(variant: str, settings: dict[str, Any]) -> dict[str, Any]:
 
 def machine_info(device: str) -> dict[str, Any]:
     info: dict[str, Any] = {
-        "host": platform.node(), "machine": platform.machine(), "cores": os.cpu_count(),
-        "python": platform.python_version(), "torch": torch.__version__,
+        "host": platform.node(),
+        "machine": platform.machine(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
     }
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as handle:
-            cpu = next((line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")), cpu)
+            cpu = next(
+                (line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")),
+                cpu,
+            )
     except OSError:
         pass
     info["cpu"] = cpu
     if device == "cuda":
-        info.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda,
-                    cudnn=torch.backends.cudnn.version())
+        info.update(
+            gpu=torch.cuda.get_device_name(0),
+            cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
+        )
     return info
 
 
@@ -423,18 +487,48 @@ def _mib(n: float) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--preset", default="paper", choices=sorted(presets))
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--iterations", type=int, default=None, help="measured iterations (default 5 on CUDA, 2 on CPU)")
-    parser.add_argument("--warmup", type=int, default=None, help="untimed iterations first (default 3 on CUDA, 1 on CPU)")
-    parser.add_argument("--patch", type=parse_triple, default=None, help="override the preset's patch, X,Y,Z (multiples of 16)")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--data", default=None, help="LA2018 folder: real patches instead of synthetic ones")
-    parser.add_argument("--compile", action="store_true", help="torch.compile the engine's nets (TrainConfig.compile)")
-    parser.add_argument("--strict-fp32", action="store_true",
-                        help="plain loop on CUDA without TF32 (PyTorch's default allows it in cuDNN convolutions)")
-    parser.add_argument("--in-process", action="store_true", help="run both variants in this process (plain first)")
+    parser.add_argument(
+        "--iterations",
+        type=int,
+        default=None,
+        help="measured iterations (default 5 on CUDA, 2 on CPU)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help="untimed iterations first (default 3 on CUDA, 1 on CPU)",
+    )
+    parser.add_argument(
+        "--patch",
+        type=parse_triple,
+        default=None,
+        help="override the preset's patch, X,Y,Z (multiples of 16)",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: torch's default)"
+    )
+    parser.add_argument(
+        "--data", default=None, help="LA2018 folder: real patches instead of synthetic ones"
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the engine's nets (TrainConfig.compile)",
+    )
+    parser.add_argument(
+        "--strict-fp32",
+        action="store_true",
+        help="plain loop on CUDA without TF32 (PyTorch's default allows it in cuDNN convolutions)",
+    )
+    parser.add_argument(
+        "--in-process", action="store_true", help="run both variants in this process (plain first)"
+    )
     parser.add_argument("--json", help="write all figures here")
     args = parser.parse_args()
 
@@ -449,48 +543,89 @@ def main() -> int:
     warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
     if iterations < 1 or warmup < 0:
         parser.error("--iterations must be >= 1 and --warmup >= 0")
-    settings = {"preset": args.preset, "device": device, "iterations": iterations, "warmup": warmup,
-                "patch": list(args.patch) if args.patch else None, "threads": args.threads, "data": args.data,
-                "compile": args.compile, "strict_fp32": args.strict_fp32}
+    settings = {
+        "preset": args.preset,
+        "device": device,
+        "iterations": iterations,
+        "warmup": warmup,
+        "patch": list(args.patch) if args.patch else None,
+        "threads": args.threads,
+        "data": args.data,
+        "compile": args.compile,
+        "strict_fp32": args.strict_fp32,
+    }
     config = build_config(settings)
 
     info = machine_info(device)
     print(f"machine: {info['host']} {info['machine']}, {info['cores']} cores, {info['cpu']}")
-    print(f"device: {info.get('gpu', 'cpu')}" + (f" (CUDA {info['cuda']}, cuDNN {info['cudnn']})" if cuda else "")
-          + f"; torch {info['torch']}, python {info['python']}")
-    print(f"preset {args.preset}: patch {tuple(config.patch)}, batch {config.labeled_batch}+{config.unlabeled_batch}, "
-          f"base filters {config.network.base_filters}, T = {config.uncertainty_passes}, amp {config.amp}, "
-          f"channels_last {config.channels_last}, compile {config.compile}")
-    print(f"data: {'LA2018 ' + args.data if args.data else 'synthetic LA-sized volumes'}; "
-          f"{warmup} warm-up + {iterations} measured iteration(s) per variant, "
-          f"{'in this process' if args.in_process else 'each variant in a fresh process'}", flush=True)
+    print(
+        f"device: {info.get('gpu', 'cpu')}"
+        + (f" (CUDA {info['cuda']}, cuDNN {info['cudnn']})" if cuda else "")
+        + f"; torch {info['torch']}, python {info['python']}"
+    )
+    print(
+        f"preset {args.preset}: patch {tuple(config.patch)}, batch {config.labeled_batch}+{config.unlabeled_batch}, "
+        f"base filters {config.network.base_filters}, T = {config.uncertainty_passes}, amp {config.amp}, "
+        f"channels_last {config.channels_last}, compile {config.compile}"
+    )
+    print(
+        f"data: {'LA2018 ' + args.data if args.data else 'synthetic LA-sized volumes'}; "
+        f"{warmup} warm-up + {iterations} measured iteration(s) per variant, "
+        f"{'in this process' if args.in_process else 'each variant in a fresh process'}",
+        flush=True,
+    )
 
     results: dict[str, dict[str, Any]] = {}
     for variant in VARIANTS:  # plain first: the engine sets global backend flags
-        results[variant] = run_variant(variant, settings) if args.in_process else run_isolated(variant, settings)
+        results[variant] = (
+            run_variant(variant, settings) if args.in_process else run_isolated(variant, settings)
+        )
         r = results[variant]
-        print(f"  {variant}: {r['s_per_it']:.3f} s/it, peak {_mib(r['peak_bytes'])}, {r['threads']} torch thread(s)", flush=True)
+        print(
+            f"  {variant}: {r['s_per_it']:.3f} s/it, peak {_mib(r['peak_bytes'])}, {r['threads']} torch thread(s)",
+            flush=True,
+        )
 
     plain, engine = results["plain"], results["engine"]
     speedup = engine["it_per_s"] / plain["it_per_s"]
-    memory_ratio = plain["peak_bytes"] / engine["peak_bytes"] if engine["peak_bytes"] else float("nan")
-    print(f"\n{'':<8} {'it/s':>9} {'s/it':>9} {'peak memory':>13} {'amp':>15} {'ch-last':>8} {'L_sup(t=0)':>11}")
+    memory_ratio = (
+        plain["peak_bytes"] / engine["peak_bytes"] if engine["peak_bytes"] else float("nan")
+    )
+    print(
+        f"\n{'':<8} {'it/s':>9} {'s/it':>9} {'peak memory':>13} {'amp':>15} {'ch-last':>8} {'L_sup(t=0)':>11}"
+    )
     for name in VARIANTS:
         r = results[name]
-        print(f"{name:<8} {r['it_per_s']:>9.4g} {r['s_per_it']:>9.4g} {_mib(r['peak_bytes']):>13} "
-              f"{r['amp']:>15} {str(r['channels_last']):>8} {r['first_loss_sup']:>11.4f}")
+        print(
+            f"{name:<8} {r['it_per_s']:>9.4g} {r['s_per_it']:>9.4g} {_mib(r['peak_bytes']):>13} "
+            f"{r['amp']:>15} {str(r['channels_last']):>8} {r['first_loss_sup']:>11.4f}"
+        )
     if cuda:
         for name in VARIANTS:
             r = results[name]
-            print(f"{name} backend: cudnn.benchmark {r['cudnn_benchmark']}, TF32 conv {r['tf32_conv']}, "
-                  f"TF32 matmul {r['tf32_matmul']}, peak reserved {_mib(r['peak_reserved_bytes'])}")
-    print(f"\nspeed-up engine/plain: x{speedup:.2f}; peak memory plain/engine: x{memory_ratio:.2f} "
-          f"({engine['memory_kind']})")
+            print(
+                f"{name} backend: cudnn.benchmark {r['cudnn_benchmark']}, TF32 conv {r['tf32_conv']}, "
+                f"TF32 matmul {r['tf32_matmul']}, peak reserved {_mib(r['peak_reserved_bytes'])}"
+            )
+    print(
+        f"\nspeed-up engine/plain: x{speedup:.2f}; peak memory plain/engine: x{memory_ratio:.2f} "
+        f"({engine['memory_kind']})"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({
-            "machine": info, "settings": settings, "config": config.to_dict(), "results": results,
-            "speedup": speedup, "memory_ratio_plain_over_engine": memory_ratio,
-        }, indent=2, default=str))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "machine": info,
+                    "settings": settings,
+                    "config": config.to_dict(),
+                    "results": results,
+                    "speedup": speedup,
+                    "memory_ratio_plain_over_engine": memory_ratio,
+                },
+                indent=2,
+                default=str,
+            )
+        )
     return 0
 
 

@@ -51,13 +51,20 @@ def disk_stack(shape=(48, 40, 30), radius=8.0, shift_per_slice=(0.7, 0.0), seed=
     x, y = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
     image = np.zeros(shape, np.float32)
     label = np.zeros(shape, np.uint8)
-    center = np.array([shape[0] / 2 - shift_per_slice[0] * shape[2] / 2, shape[1] / 2 - shift_per_slice[1] * shape[2] / 2])
+    center = np.array(
+        [
+            shape[0] / 2 - shift_per_slice[0] * shape[2] / 2,
+            shape[1] / 2 - shift_per_slice[1] * shape[2] / 2,
+        ]
+    )
     texture = rng.normal(0, 0.05, shape[:2]).astype(np.float32)
     for z in range(shape[2]):
         c = center + np.array(shift_per_slice) * z
         inside = (x - c[0]) ** 2 + (y - c[1]) ** 2 <= radius**2
         label[:, :, z] = inside
-        image[:, :, z] = inside * 1.0 + 0.3 * np.exp(-((x - c[0] - 6) ** 2 + (y - c[1] + 4) ** 2) / 30) + texture
+        image[:, :, z] = (
+            inside * 1.0 + 0.3 * np.exp(-((x - c[0] - 6) ** 2 + (y - c[1] + 4) ** 2) / 30) + texture
+        )
     return image, label
 
 

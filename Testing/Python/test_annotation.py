@@ -11,7 +11,9 @@ from RADALib.errors import InputError
 
 def ellipsoid(shape=(40, 36, 30), center=(18, 20, 14), radii=(10, 8, 7), value=1):
     x, y, z = np.mgrid[: shape[0], : shape[1], : shape[2]]
-    inside = ((x - center[0]) / radii[0]) ** 2 + ((y - center[1]) / radii[1]) ** 2 + ((z - center[2]) / radii[2]) ** 2 <= 1
+    inside = ((x - center[0]) / radii[0]) ** 2 + ((y - center[1]) / radii[1]) ** 2 + (
+        (z - center[2]) / radii[2]
+    ) ** 2 <= 1
     return (inside * value).astype(np.uint8)
 
 
@@ -33,12 +35,16 @@ def test_simulation_accepts_given_slices_and_refuses_ones_outside_the_volume():
 
 
 def test_detection_finds_the_painted_planes_and_keeps_class_values():
-    dense = ellipsoid() + ellipsoid(center=(18, 20, 20), radii=(4, 4, 3), value=1)  # class 2 where both overlap
+    dense = ellipsoid() + ellipsoid(
+        center=(18, 20, 20), radii=(4, 4, 3), value=1
+    )  # class 2 where both overlap
     dense = np.minimum(dense, 2).astype(np.uint8)
     sparse = simulate_sparse_annotation(dense)
     found = detect_sparse_annotation(sparse.label, "user.nrrd")
     assert found.slices == sparse.slices
-    assert set(np.unique(found.label)) == set(np.unique(sparse.label)) and 2 in np.unique(found.label)
+    assert set(np.unique(found.label)) == set(np.unique(sparse.label)) and 2 in np.unique(
+        found.label
+    )
 
 
 def test_empty_label_map_is_an_error_that_names_the_file():
@@ -49,14 +55,18 @@ def test_empty_label_map_is_an_error_that_names_the_file():
 def test_a_missing_plane_is_named():
     sparse = simulate_sparse_annotation(ellipsoid()).label.copy()
     sparse[18, :, :] = 0  # erase the sagittal slice
-    with pytest.raises(InputError, match=r"user.nrrd: no annotated sagittal slice \(found coronal 20, axial 14\)"):
+    with pytest.raises(
+        InputError, match=r"user.nrrd: no annotated sagittal slice \(found coronal 20, axial 14\)"
+    ):
         detect_sparse_annotation(sparse, "user.nrrd")
 
 
 def test_several_slices_in_a_plane_need_permission():
     dense = ellipsoid()
     sparse = simulate_sparse_annotation(dense, slices={2: [10, 18]}).label
-    with pytest.raises(InputError, match=r"2 annotated axial slices \(10, 18\); one per plane is expected"):
+    with pytest.raises(
+        InputError, match=r"2 annotated axial slices \(10, 18\); one per plane is expected"
+    ):
         detect_sparse_annotation(sparse, "user.nrrd")
     found = detect_sparse_annotation(sparse, "user.nrrd", allow_multiple=True)
     assert found.slices[2] == (10, 18)

@@ -22,13 +22,14 @@ from RADALib.bundle import (
 from RADALib.errors import InputError
 from RADALib.networks import NetworkConfig
 
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_model(seed: int = 0):
     torch.manual_seed(seed)
-    model = NetworkConfig(base_filters=2, text_dim=8, region_dim=12, era_dim=8, adapter_hidden_dim=8).build()
+    model = NetworkConfig(
+        base_filters=2, text_dim=8, region_dim=12, era_dim=8, adapter_hidden_dim=8
+    ).build()
     # non-trivial batch-norm statistics, so buffers are part of the round trip
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm3d):
@@ -57,8 +58,10 @@ def outputs(model, bundle_fields):
     x = torch.randn(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(3))
     model.eval()
     with torch.no_grad():
-        era = model.embed(torch.as_tensor(np.asarray(bundle_fields["text_embedding"], np.float32)),
-                          torch.as_tensor(np.asarray(bundle_fields["region_embedding_mean"], np.float32)))
+        era = model.embed(
+            torch.as_tensor(np.asarray(bundle_fields["text_embedding"], np.float32)),
+            torch.as_tensor(np.asarray(bundle_fields["region_embedding_mean"], np.float32)),
+        )
         return model(x, era)
 
 
@@ -69,7 +72,9 @@ def test_save_then_load_gives_identical_outputs(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["la"]  # no temporary left behind
     bundle = load_bundle(folder)
     assert not bundle.model.training
-    assert all(p.dtype == torch.float32 and p.device.type == "cpu" for p in bundle.model.parameters())
+    assert all(
+        p.dtype == torch.float32 and p.device.type == "cpu" for p in bundle.model.parameters()
+    )
     before, after = outputs(model, f), outputs(bundle.model, f)
     for view in before:
         assert torch.equal(before[view], after[view])
@@ -112,7 +117,9 @@ def _edit_manifest(folder, **changes):
 def test_a_newer_format_version_is_refused(tmp_path):
     folder = save_bundle(tmp_path / "m", tiny_model(), fields())
     _edit_manifest(folder, format_version=2)
-    with pytest.raises(InputError, match=r"format_version 2 was written by a newer RADA.*upgrade") as info:
+    with pytest.raises(
+        InputError, match=r"format_version 2 was written by a newer RADA.*upgrade"
+    ) as info:
         load_bundle(folder)
     assert info.value.source.endswith(MANIFEST_FILE)
 
@@ -160,7 +167,9 @@ def test_weights_that_do_not_fit_the_network_are_refused(tmp_path):
 def test_check_classes_names_both_class_sets(tmp_path):
     bundle = load_bundle(save_bundle(tmp_path / "m", tiny_model(), fields()))
     check_classes(bundle, {0: "background", 1: "Left_Atrium"})  # case and underscores do not matter
-    with pytest.raises(InputError, match=r"trained for classes 1 'left atrium'.*1 'kidney', 2 'kidney tumor'"):
+    with pytest.raises(
+        InputError, match=r"trained for classes 1 'left atrium'.*1 'kidney', 2 'kidney tumor'"
+    ):
         check_classes(bundle, {1: "kidney", 2: "kidney tumor"})
 
 

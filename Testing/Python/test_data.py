@@ -26,7 +26,6 @@ from RADALib.pseudo_labels import load_case_result, propagate_cohort
 from RADALib.registration import PairResult, identity_coordinates
 from RADALib.volume import volume_from_array, write_like
 
-
 # ----------------------------------------------------------------------------- helpers (also used by test_training)
 
 
@@ -48,14 +47,18 @@ def blob_case(seed: int, shape=(32, 32, 32)) -> tuple[np.ndarray, np.ndarray]:
     return image, label
 
 
-def write_cohort(folder: Path, n_labeled: int = 2, n_unlabeled: int = 2, shape=(32, 32, 32)) -> Cohort:
+def write_cohort(
+    folder: Path, n_labeled: int = 2, n_unlabeled: int = 2, shape=(32, 32, 32)
+) -> Cohort:
     cases = []
     for i in range(n_labeled + n_unlabeled):
         image, label = blob_case(i, shape)
         reference = volume_from_array(image, (1.0, 1.0, 1.0))
         image_path = write_like(reference, image, folder / "images" / f"case{i}.nrrd")
         label_path = write_like(reference, label, folder / "labels" / f"case{i}_label.nrrd")
-        cases.append(Case(f"case{i}", image_path, None, label_path, simulate_from_dense=i < n_labeled))
+        cases.append(
+            Case(f"case{i}", image_path, None, label_path, simulate_from_dense=i < n_labeled)
+        )
     return Cohort("blobs", cases, {1: "ball"})
 
 
@@ -65,7 +68,9 @@ def propagated_cohort(folder: Path, **kw) -> tuple[Cohort, Path]:
     return cohort, folder / "propagation"
 
 
-def synthetic_training_case(case_id: str, shape=(20, 20, 12), seed: int = 0, labeled: bool = True) -> TrainingCase:
+def synthetic_training_case(
+    case_id: str, shape=(20, 20, 12), seed: int = 0, labeled: bool = True
+) -> TrainingCase:
     """An in-memory case with label = image > 0 and annotated slices in the middle of each axis."""
     rng = np.random.default_rng(seed)
     image = rng.normal(size=shape).astype(np.float32)
@@ -89,17 +94,26 @@ def disk_cohort(tmp_path_factory):
 def test_load_training_cases_normalizes_and_carries_the_views(disk_cohort):
     cohort, propagation = disk_cohort
     labeled, unlabeled = load_training_cases(cohort, propagation)
-    assert [c.id for c in labeled] == ["case0", "case1"] and [c.id for c in unlabeled] == ["case2", "case3"]
+    assert [c.id for c in labeled] == ["case0", "case1"] and [c.id for c in unlabeled] == [
+        "case2",
+        "case3",
+    ]
     for case in labeled + unlabeled:
         assert case.image.dtype == np.float32 and case.image.shape == (32, 32, 32)
-        assert abs(float(case.image.mean())) < 1e-4 and abs(float(case.image.std()) - 1) < 1e-3  # z-score
+        assert (
+            abs(float(case.image.mean())) < 1e-4 and abs(float(case.image.std()) - 1) < 1e-3
+        )  # z-score
         assert case.pad_value == pytest.approx(float(case.image.min()))
     case = labeled[0]
-    assert len(case.labels) == 3 and all(a.dtype == np.uint8 and a.shape == (32, 32, 32) for a in case.labels)
+    assert len(case.labels) == 3 and all(
+        a.dtype == np.uint8 and a.shape == (32, 32, 32) for a in case.labels
+    )
     assert [d.shape for d in case.distances] == [(32,), (32,), (32,)]
     assert all(float(d.min()) == 0.0 for d in case.distances)  # the source slice of each view
     assert case.annotated.any() and not case.annotated.all()
-    assert np.array_equal(case.sparse[case.annotated] > 0, case.labels[0][case.annotated] > 0)  # mixing keeps the truth
+    assert np.array_equal(
+        case.sparse[case.annotated] > 0, case.labels[0][case.annotated] > 0
+    )  # mixing keeps the truth
     assert not unlabeled[0].labeled and unlabeled[0].labels is None
 
 
@@ -109,10 +123,16 @@ def test_fused_label_source_gives_every_view_the_fused_pseudo_label_with_weight_
     views = load_training_cases(cohort, propagation)[0][0]
     case = load_training_cases(cohort, propagation, label_source="fused")[0][0]
     assert all(np.array_equal(label, fused) for label in case.labels)
-    assert not all(np.array_equal(a, b) for a, b in zip(case.labels, views.labels))  # not the views' own Ỹv
-    assert np.array_equal(case.annotated, views.annotated) and np.array_equal(case.sparse, views.sparse)
+    assert not all(
+        np.array_equal(a, b) for a, b in zip(case.labels, views.labels)
+    )  # not the views' own Ỹv
+    assert np.array_equal(case.annotated, views.annotated) and np.array_equal(
+        case.sparse, views.sparse
+    )
     # the sampler's weights: 1 on every voxel, whatever α (no α^d decay)
-    sampler = TwoStreamSampler([case], [], patch=(32, 32, 32), labeled_batch=1, seed=0, augment=False)
+    sampler = TwoStreamSampler(
+        [case], [], patch=(32, 32, 32), labeled_batch=1, seed=0, augment=False
+    )
     batch = sampler.sample(alpha=0.5)
     for view in VIEWS:
         assert batch.w_l[view][0].numpy().min() == 1.0
@@ -124,13 +144,17 @@ def test_fused_label_source_learns_the_fusion_the_propagation_was_reviewed_with(
     result = load_case_result(propagation / "cases" / "case0")
     majority, weighted = result.fused("majority"), result.fused("weighted")
     assert not np.array_equal(majority, weighted)  # the two votes differ on this case
-    case = load_training_cases(cohort, propagation, label_source="fused", fusion=("majority", 0.93))[0][0]
+    case = load_training_cases(
+        cohort, propagation, label_source="fused", fusion=("majority", 0.93)
+    )[0][0]
     assert all(np.array_equal(label, majority) for label in case.labels)
 
 
 def test_missing_propagation_and_missing_labels_are_clear_errors(disk_cohort, tmp_path):
     cohort, _ = disk_cohort
-    with pytest.raises(InputError, match=r"case case0 has no propagation result: run `rada propagate`"):
+    with pytest.raises(
+        InputError, match=r"case case0 has no propagation result: run `rada propagate`"
+    ):
         load_training_cases(cohort, tmp_path / "nowhere")
     # the no-registration ablation reads the sparse annotation itself
     labeled, _ = load_training_cases(cohort, tmp_path / "nowhere", require_propagation=False)
@@ -144,7 +168,9 @@ def test_missing_propagation_and_missing_labels_are_clear_errors(disk_cohort, tm
 
 
 def test_normalize_intensity_handles_constant_volumes():
-    assert np.array_equal(normalize_intensity(np.full((3, 3, 3), 7.0)), np.zeros((3, 3, 3), np.float32))
+    assert np.array_equal(
+        normalize_intensity(np.full((3, 3, 3), 7.0)), np.zeros((3, 3, 3), np.float32)
+    )
     z = normalize_intensity(np.arange(27, dtype=np.int16).reshape(3, 3, 3))
     assert z.dtype == np.float32 and abs(z.mean()) < 1e-6 and abs(z.std() - 1) < 1e-5
 
@@ -154,12 +180,19 @@ def test_normalize_intensity_handles_constant_volumes():
 
 def test_crop_pads_small_axes_and_padding_is_never_supervised():
     case = synthetic_training_case("a", shape=(20, 20, 12))
-    sampler = TwoStreamSampler([case], [], patch=(16, 16, 16), labeled_batch=3, seed=0, augment=False)
+    sampler = TwoStreamSampler(
+        [case], [], patch=(16, 16, 16), labeled_batch=3, seed=0, augment=False
+    )
     batch = sampler.sample(alpha=0.9)
     assert tuple(batch.x_l.shape) == (3, 1, 16, 16, 16) and batch.x_u is None
     pad = np.r_[0:2, 14:16]  # 12 slices centred in 16
     for view in VIEWS:
-        assert batch.y_l[view].dtype == torch.uint8 and tuple(batch.y_l[view].shape) == (3, 16, 16, 16)
+        assert batch.y_l[view].dtype == torch.uint8 and tuple(batch.y_l[view].shape) == (
+            3,
+            16,
+            16,
+            16,
+        )
         assert float(batch.w_l[view][..., pad].abs().max()) == 0.0
         assert int(batch.y_l[view][..., pad].max()) == 0
         assert float(batch.w_l[view][..., 2:14].min()) > 0.0  # alpha^d > 0 inside the volume
@@ -182,7 +215,9 @@ def test_crop_window_is_uniform_and_in_bounds():
 
 def test_weights_follow_equation_6_on_the_crop():
     case = synthetic_training_case("a", shape=(16, 16, 16))
-    sampler = TwoStreamSampler([case], [], patch=(16, 16, 16), labeled_batch=1, seed=0, augment=False)
+    sampler = TwoStreamSampler(
+        [case], [], patch=(16, 16, 16), labeled_batch=1, seed=0, augment=False
+    )
     batch = sampler.sample(alpha=0.5)
     w = batch.w_l["axial"][0].numpy()
     expected = np.broadcast_to(0.5 ** case.distances[2][None, None, :], w.shape).copy()
@@ -193,7 +228,9 @@ def test_weights_follow_equation_6_on_the_crop():
 
 def test_without_registration_only_annotated_voxels_supervise():
     case = synthetic_training_case("a", shape=(16, 16, 16))
-    sampler = TwoStreamSampler([case], [], (16, 16, 16), 1, 0, seed=0, use_registration=False, augment=False)
+    sampler = TwoStreamSampler(
+        [case], [], (16, 16, 16), 1, 0, seed=0, use_registration=False, augment=False
+    )
     batch = sampler.sample(alpha=0.97)
     for view in VIEWS:
         w = batch.w_l[view][0].numpy()
@@ -235,7 +272,9 @@ def test_augmentation_reaches_the_8_in_plane_symmetries_and_keeps_shapes():
             transforms[augment(base, k, flip).tobytes()] = (k, flip)
     assert len(transforms) == 8  # the dihedral group of the square
     case = TrainingCase("u", base)
-    sampler = TwoStreamSampler([synthetic_training_case("l", (4, 4, 2))], [case], (4, 4, 2), 1, 1, seed=1)
+    sampler = TwoStreamSampler(
+        [synthetic_training_case("l", (4, 4, 2))], [case], (4, 4, 2), 1, 1, seed=1
+    )
     found = {transforms[sampler.sample(0.9).x_u[0, 0].numpy().tobytes()] for _ in range(160)}
     assert len(found) == 8
     # a non-square (x, y) patch only turns by 0 or 180 degrees, so batches keep their shape
@@ -249,14 +288,18 @@ def test_augmentation_reaches_the_8_in_plane_symmetries_and_keeps_shapes():
 
 def _same(a, b) -> bool:
     return (
-        torch.equal(a.x_l, b.x_l) and torch.equal(a.x_u, b.x_u) and a.labeled_ids == b.labeled_ids
+        torch.equal(a.x_l, b.x_l)
+        and torch.equal(a.x_u, b.x_u)
+        and a.labeled_ids == b.labeled_ids
         and all(torch.equal(a.y_l[v], b.y_l[v]) and torch.equal(a.w_l[v], b.w_l[v]) for v in VIEWS)
     )
 
 
 def _sampler(seed=7):
     labeled = [synthetic_training_case(f"l{i}", (20, 18, 16), seed=i) for i in range(3)]
-    unlabeled = [synthetic_training_case(f"u{i}", (18, 20, 16), seed=10 + i, labeled=False) for i in range(3)]
+    unlabeled = [
+        synthetic_training_case(f"u{i}", (18, 20, 16), seed=10 + i, labeled=False) for i in range(3)
+    ]
     return TwoStreamSampler(labeled, unlabeled, (16, 16, 16), 2, 2, seed=seed)
 
 
@@ -290,14 +333,17 @@ def test_prefetcher_yields_the_synchronous_sequence_and_resumes_exactly():
 
 def test_prefetcher_stops_early_and_forwards_errors():
     with BatchPrefetcher(_sampler(), lambda t: 0.9, 0, 1000, depth=2) as prefetcher:
-        for batch in prefetcher:
+        for _batch in prefetcher:
             break
     assert prefetcher._thread is None
 
     def broken(t):
         raise RuntimeError("no alpha")
 
-    with pytest.raises(RuntimeError, match="no alpha"), BatchPrefetcher(_sampler(), broken, 0, 3, depth=1) as p:
+    with (
+        pytest.raises(RuntimeError, match="no alpha"),
+        BatchPrefetcher(_sampler(), broken, 0, 3, depth=1) as p,
+    ):
         list(p)
 
 

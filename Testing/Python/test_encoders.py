@@ -51,7 +51,9 @@ TINY_T = TextSpec(width=64, layers=2, heads=1, context_length=77, vocab_size=494
 # ------------------------------------------------------------------------------ helpers
 
 
-def official_visual_sd(seed: int = 3, style: str = "linear", prefix: str = "", dtype=torch.float32) -> dict:
+def official_visual_sd(
+    seed: int = 3, style: str = "linear", prefix: str = "", dtype=torch.float32
+) -> dict:
     """A tiny Alpha-CLIP visual state dict in the official OpenAI layout."""
     tower = build_vision_tower(TINY_V, seed=seed)
     with torch.no_grad():
@@ -126,7 +128,11 @@ def test_official_layout_loads_strictly(tmp_path, style, prefix, dtype, wrapper)
     loaded = model.state_dict()
     assert len(loaded) == len(sd)  # every key of the checkpoint became a parameter
     for key, value in sd.items():
-        k = key[len(prefix):].replace("in_proj.weight", "in_proj_weight").replace("in_proj.bias", "in_proj_bias")
+        k = (
+            key[len(prefix) :]
+            .replace("in_proj.weight", "in_proj_weight")
+            .replace("in_proj.bias", "in_proj_bias")
+        )
         assert loaded[k].dtype == torch.float32
         assert torch.equal(loaded[k], value.float()), k
     assert not model.training and not any(p.requires_grad for p in model.parameters())
@@ -140,7 +146,13 @@ def test_conversion_renames_in_proj_only():
     assert "transformer.resblocks.1.attn.in_proj_bias" in out
     assert not any("in_proj." in k for k in out)
     assert "token_embedding.weight" not in out and not any(k.startswith("visual.") for k in out)
-    assert {"conv1.weight", "conv1_alpha.weight", "class_embedding", "proj", "ln_post.weight"} <= set(out)
+    assert {
+        "conv1.weight",
+        "conv1_alpha.weight",
+        "class_embedding",
+        "proj",
+        "ln_post.weight",
+    } <= set(out)
 
 
 def test_loaded_model_reproduces_saved_tower_and_mask_matters(tmp_path):
@@ -148,14 +160,18 @@ def test_loaded_model_reproduces_saved_tower_and_mask_matters(tmp_path):
     sd = official_visual_sd(seed=3, style="mha")
     reference.load_state_dict(sd)
     reference.eval()
-    model = load_alpha_clip_visual(save(official_visual_sd(seed=3, style="linear"), tmp_path / "a.pth"))
+    model = load_alpha_clip_visual(
+        save(official_visual_sd(seed=3, style="linear"), tmp_path / "a.pth")
+    )
     image, mask = region()
     out = run_visual(model, image, mask)
     assert torch.allclose(out, run_visual(reference, image, mask), atol=1e-6)
     assert out.shape == (TINY_V.output_dim,)
     _, other_mask = region(box=(slice(0, 8), slice(30, 46)))
     assert not torch.allclose(out, run_visual(model, image, other_mask), atol=1e-4)
-    assert not torch.allclose(out, run_visual(model, image + np.linspace(0, 50, 48, dtype=np.float32), mask), atol=1e-4)
+    assert not torch.allclose(
+        out, run_visual(model, image + np.linspace(0, 50, 48, dtype=np.float32), mask), atol=1e-4
+    )
 
 
 def test_zero_alpha_conv_is_plain_clip_vit():
@@ -170,10 +186,18 @@ def test_zero_alpha_conv_is_plain_clip_vit():
     b = run_visual(tower, image, np.ones_like(mask))
     assert torch.allclose(a, b, atol=1e-6)
     plain = VisionTransformer(
-        image_size=64, patch_size=16, width=64, layers=2, heads=1, mlp_ratio=4.0, output_dim=32,
+        image_size=64,
+        patch_size=16,
+        width=64,
+        layers=2,
+        heads=1,
+        mlp_ratio=4.0,
+        output_dim=32,
         act_layer=type(tower.transformer.resblocks[0].mlp.gelu),
     ).eval()
-    plain.load_state_dict({k: v for k, v in tower.state_dict().items() if k != "conv1_alpha.weight"})
+    plain.load_state_dict(
+        {k: v for k, v in tower.state_dict().items() if k != "conv1_alpha.weight"}
+    )
     with torch.no_grad():
         c = plain(preprocess_slice(image, 64)[None])[0]
     assert torch.allclose(a, c, atol=1e-5)
@@ -188,11 +212,17 @@ def test_infers_real_architectures_from_shapes():
             "proj": torch.empty(width, out, device="meta"),
         }
         for i in range(layers):
-            sd[f"transformer.resblocks.{i}.mlp.c_fc.weight"] = torch.empty(4 * width, width, device="meta")
+            sd[f"transformer.resblocks.{i}.mlp.c_fc.weight"] = torch.empty(
+                4 * width, width, device="meta"
+            )
         return sd
 
-    assert infer_vision_spec(fake(768, 12, 16, 224, 512)) == VisionSpec(768, 12, 12, 16, 224, 512, 4.0)
-    assert infer_vision_spec(fake(1024, 24, 14, 224, 768)) == VisionSpec(1024, 24, 16, 14, 224, 768, 4.0)
+    assert infer_vision_spec(fake(768, 12, 16, 224, 512)) == VisionSpec(
+        768, 12, 12, 16, 224, 512, 4.0
+    )
+    assert infer_vision_spec(fake(1024, 24, 14, 224, 768)) == VisionSpec(
+        1024, 24, 16, 14, 224, 768, 4.0
+    )
     assert infer_vision_spec(fake(1024, 24, 14, 336, 768)).image_size == 336
 
 
@@ -264,7 +294,9 @@ def test_tokenizer_matches_open_clip_offline(tiny_files, tmp_path):
 
     vision, text = tiny_files
     enc = RegionAwareDualEncoder.from_config(
-        EncoderConfig(vision_checkpoint=str(vision), text_checkpoint=str(text), cache_dir=str(tmp_path))
+        EncoderConfig(
+            vision_checkpoint=str(vision), text_checkpoint=str(text), cache_dir=str(tmp_path)
+        )
     )
     prompt = DEFAULT_PROMPT.format(cls="left atrium")
     assert prompt == "An image containing the left atrium, with the rest being background"
@@ -293,11 +325,15 @@ def test_preprocessing_values_constant_image_and_mask():
 
 
 def test_preprocessing_minmax_range_and_orientation():
-    image = np.tile(np.linspace(-1000, 3000, 64, dtype=np.float32)[:, None], (1, 64))  # varies along x
+    image = np.tile(
+        np.linspace(-1000, 3000, 64, dtype=np.float32)[:, None], (1, 64)
+    )  # varies along x
     rgb = preprocess_slice(image, 64)  # transpose: x runs horizontally
     lo = torch.tensor([-m / s for m, s in zip(CLIP_MEAN, CLIP_STD)])
     hi = torch.tensor([(1 - m) / s for m, s in zip(CLIP_MEAN, CLIP_STD)])
-    assert torch.allclose(rgb[:, 5, 0], lo, atol=1e-6) and torch.allclose(rgb[:, 5, -1], hi, atol=1e-6)
+    assert torch.allclose(rgb[:, 5, 0], lo, atol=1e-6) and torch.allclose(
+        rgb[:, 5, -1], hi, atol=1e-6
+    )
     assert torch.allclose(rgb[:, 0, :], rgb[:, -1, :])  # constant down the columns
     rgb_t = preprocess_slice(image, 64, transpose=False)
     assert torch.allclose(rgb_t[:, 0, 5], lo, atol=1e-6)
@@ -330,11 +366,20 @@ def test_random_weights_warn_and_vit_b16_text_shape(tmp_path, caplog):
     cfg = EncoderConfig(arch="ViT-B-16", cache_dir=str(tmp_path / "empty"), seed=11)
     with caplog.at_level(logging.WARNING, logger="RADALib.encoders"):
         enc = RegionAwareDualEncoder.from_config(cfg)
-    assert "encoder weights not found: running with RANDOM Alpha-CLIP/CLIP weights; results will not match the paper" in caplog.text
-    assert f"(put clip_b16_grit1m_fultune_8xe.pth, ViT-B-16.pt in {tmp_path / 'empty'} to use them)" in caplog.text
+    assert (
+        "encoder weights not found: running with RANDOM Alpha-CLIP/CLIP weights; results will not match the paper"
+        in caplog.text
+    )
+    assert (
+        f"(put clip_b16_grit1m_fultune_8xe.pth, ViT-B-16.pt in {tmp_path / 'empty'} to use them)"
+        in caplog.text
+    )
     assert enc.pretrained == {"vision": False, "text": False}
     ident = enc.identity()
-    assert ident["pretrained"] == {"vision": False, "text": False} and ident["vision"]["sha256"] is None
+    assert (
+        ident["pretrained"] == {"vision": False, "text": False}
+        and ident["vision"]["sha256"] is None
+    )
     assert ident["vision"]["spec"]["width"] == 768 and ident["vision"]["spec"]["patch_size"] == 16
     assert not any(p.requires_grad for p in enc.vision.parameters())
     assert not any(p.requires_grad for p in enc.text.parameters())
@@ -352,9 +397,15 @@ def test_random_towers_are_seeded():
     def params(module):
         return torch.cat([p.flatten() for p in module.parameters()])
 
-    assert torch.equal(params(build_text_tower(TINY_T, seed=4)), params(build_text_tower(TINY_T, seed=4)))
-    assert not torch.equal(params(build_text_tower(TINY_T, seed=4)), params(build_text_tower(TINY_T, seed=5)))
-    assert torch.equal(params(build_vision_tower(TINY_V, seed=4)), params(build_vision_tower(TINY_V, seed=4)))
+    assert torch.equal(
+        params(build_text_tower(TINY_T, seed=4)), params(build_text_tower(TINY_T, seed=4))
+    )
+    assert not torch.equal(
+        params(build_text_tower(TINY_T, seed=4)), params(build_text_tower(TINY_T, seed=5))
+    )
+    assert torch.equal(
+        params(build_vision_tower(TINY_V, seed=4)), params(build_vision_tower(TINY_V, seed=4))
+    )
     state = torch.get_rng_state()
     build_vision_tower(TINY_V, seed=9)
     assert torch.equal(state, torch.get_rng_state())  # the global RNG is left alone
@@ -363,11 +414,19 @@ def test_random_towers_are_seeded():
 def test_dual_encoder_with_checkpoints(tiny_files, tmp_path):
     vision, text = tiny_files
     enc = RegionAwareDualEncoder.from_config(
-        EncoderConfig(vision_checkpoint=str(vision), text_checkpoint=str(text), cache_dir=str(tmp_path), batch_size=2)
+        EncoderConfig(
+            vision_checkpoint=str(vision),
+            text_checkpoint=str(text),
+            cache_dir=str(tmp_path),
+            batch_size=2,
+        )
     )
     assert enc.pretrained == {"vision": True, "text": True}
     ident = enc.identity()
-    assert ident["vision"]["checkpoint"] == "alpha_tiny.pth" and ident["text"]["checkpoint"] == "clip_tiny.pt"
+    assert (
+        ident["vision"]["checkpoint"] == "alpha_tiny.pth"
+        and ident["text"]["checkpoint"] == "clip_tiny.pt"
+    )
     assert ident["vision"]["sha256"] == hashlib.sha256(vision.read_bytes()).hexdigest()
     assert ident["text"]["sha256"] == hashlib.sha256(text.read_bytes()).hexdigest()
     regions = [region(seed=i, box=(slice(2 * i, 20 + i), slice(5, 30))) for i in range(3)]
@@ -391,7 +450,9 @@ def test_mismatched_towers_and_explicit_missing_checkpoint(tiny_files, tmp_path)
     text48 = save(wide.state_dict(), tmp_path / "text48.pt")
     with pytest.raises(InputError, match="embedding size"):  # vision 32-d, text 48-d
         RegionAwareDualEncoder.from_config(
-            EncoderConfig(vision_checkpoint=str(vision), text_checkpoint=str(text48), cache_dir=str(tmp_path))
+            EncoderConfig(
+                vision_checkpoint=str(vision), text_checkpoint=str(text48), cache_dir=str(tmp_path)
+            )
         )
     with pytest.raises(InputError, match="not found"):
         RegionAwareDualEncoder.from_config(
@@ -413,7 +474,12 @@ class CountingEncoder:
 
     def encode_regions(self, slices, masks):
         self.region_calls += 1
-        return np.stack([np.array([s.mean(), m.sum(), s.std()], dtype=np.float32) for s, m in zip(slices, masks)])
+        return np.stack(
+            [
+                np.array([s.mean(), m.sum(), s.std()], dtype=np.float32)
+                for s, m in zip(slices, masks)
+            ]
+        )
 
     def encode_text(self, prompts):
         self.text_calls += 1
@@ -448,7 +514,9 @@ def test_cache_reuses_embeddings_and_keys_follow_inputs(tmp_path):
 def test_cache_with_real_encoder(tiny_files, tmp_path):
     vision, text = tiny_files
     enc = RegionAwareDualEncoder.from_config(
-        EncoderConfig(vision_checkpoint=str(vision), text_checkpoint=str(text), cache_dir=str(tmp_path))
+        EncoderConfig(
+            vision_checkpoint=str(vision), text_checkpoint=str(text), cache_dir=str(tmp_path)
+        )
     )
     cache = EmbeddingCache(tmp_path / "emb")
     s, m = region()
@@ -465,7 +533,9 @@ def test_registry_names_and_default_cache_dir(tmp_path):
     assert WEIGHTS["alpha-clip-vit-b16"].filename == "clip_b16_grit1m_fultune_8xe.pth"
     for entry in WEIGHTS.values():
         assert entry.sha256 is None or len(entry.sha256) == 64
-    assert default_cache_dir({"RADA_CACHE_DIR": str(tmp_path)}) == tmp_path / "weights"  # as `rada --cache-dir`
+    assert (
+        default_cache_dir({"RADA_CACHE_DIR": str(tmp_path)}) == tmp_path / "weights"
+    )  # as `rada --cache-dir`
     assert default_cache_dir({}) == Path.home() / ".cache" / "rada" / "weights"
 
 
@@ -485,18 +555,32 @@ def test_resolve_local_path_and_missing_known_name(tmp_path):
     # a cached file is used without downloading
     (tmp_path / "cache").mkdir()
     cached = save({"a": torch.zeros(1)}, tmp_path / "cache" / "clip_b16_grit1m_fultune_8xe.pth")
-    assert resolve_checkpoint("alpha-clip-vit-b16", tmp_path / "cache", allow_download=False) == cached
+    assert (
+        resolve_checkpoint("alpha-clip-vit-b16", tmp_path / "cache", allow_download=False) == cached
+    )
 
 
 def _entry(url: str, sha256: str | None) -> dict[str, WeightsEntry]:
-    return {"tiny": WeightsEntry("tiny", "tiny.pth", url, sha256, "alpha-clip-visual", "ViT-B-16", "https://example.org/tiny")}
+    return {
+        "tiny": WeightsEntry(
+            "tiny",
+            "tiny.pth",
+            url,
+            sha256,
+            "alpha-clip-visual",
+            "ViT-B-16",
+            "https://example.org/tiny",
+        )
+    }
 
 
 def test_download_file_url_with_checksum(tmp_path):
     source = save(official_visual_sd(), tmp_path / "src.pth")
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     cache = tmp_path / "cache"
-    path = resolve_checkpoint("tiny", cache, allow_download=True, registry=_entry(source.as_uri(), digest))
+    path = resolve_checkpoint(
+        "tiny", cache, allow_download=True, registry=_entry(source.as_uri(), digest)
+    )
     assert path == cache / "tiny.pth" and path.read_bytes() == source.read_bytes()
     assert load_alpha_clip_visual(path).spec == TINY_V
     assert sorted(p.name for p in cache.iterdir()) == ["tiny.pth"]
@@ -506,7 +590,9 @@ def test_download_with_unknown_checksum_records_it(tmp_path, caplog):
     source = save({"w": torch.ones(2)}, tmp_path / "src.pth")
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
     with caplog.at_level(logging.WARNING, logger="RADALib.encoders"):
-        path = resolve_checkpoint("tiny", tmp_path / "c", allow_download=True, registry=_entry(source.as_uri(), None))
+        path = resolve_checkpoint(
+            "tiny", tmp_path / "c", allow_download=True, registry=_entry(source.as_uri(), None)
+        )
     assert digest in caplog.text
     assert (tmp_path / "c" / "tiny.pth.sha256").read_text().split()[0] == digest
     assert path.is_file()
@@ -521,14 +607,26 @@ def test_fake_downloader_wrong_checksum_or_html_leaves_nothing(tmp_path):
 
     cache = tmp_path / "cache"
     with pytest.raises(InputError, match="SHA256"):
-        resolve_checkpoint("tiny", cache, allow_download=True, downloader=fake, registry=_entry("https://x/t", "0" * 64))
+        resolve_checkpoint(
+            "tiny",
+            cache,
+            allow_download=True,
+            downloader=fake,
+            registry=_entry("https://x/t", "0" * 64),
+        )
     assert calls == ["https://x/t"] and list(cache.iterdir()) == []
 
     def html(url: str, destination: Path) -> None:
         destination.write_bytes(b"<!DOCTYPE html><html>virus scan warning</html>")
 
     with pytest.raises(InputError, match="did not return a checkpoint"):
-        resolve_checkpoint("tiny", cache, allow_download=True, downloader=html, registry=_entry("https://x/t", None))
+        resolve_checkpoint(
+            "tiny",
+            cache,
+            allow_download=True,
+            downloader=html,
+            registry=_entry("https://x/t", None),
+        )
     assert list(cache.iterdir()) == []
 
     def broken(url: str, destination: Path) -> None:
@@ -536,5 +634,11 @@ def test_fake_downloader_wrong_checksum_or_html_leaves_nothing(tmp_path):
         raise OSError("connection reset")
 
     with pytest.raises(InputError, match="connection reset"):
-        resolve_checkpoint("tiny", cache, allow_download=True, downloader=broken, registry=_entry("https://x/t", None))
+        resolve_checkpoint(
+            "tiny",
+            cache,
+            allow_download=True,
+            downloader=broken,
+            registry=_entry("https://x/t", None),
+        )
     assert list(cache.iterdir()) == []

@@ -48,19 +48,26 @@ def gone(pid: int) -> bool:
 
 
 def read_pid(path: Path) -> int:
-    assert until(lambda: path.exists() and path.read_text().strip() != ""), f"{path} was not written"
+    assert until(lambda: path.exists() and path.read_text().strip() != ""), (
+        f"{path} was not written"
+    )
     return int(path.read_text())
 
 
 def test_events_arrive_while_the_process_is_still_running(tmp_path):
     go = tmp_path / "go"
-    proc = EngineProcess(script(tmp_path, f"""
+    proc = EngineProcess(
+        script(
+            tmp_path,
+            f"""
         import json, os, time
         print(json.dumps({{"stage": "train", "step": 1, "total": 2, "message": "", "eta_s": None}}), flush=True)
         while not os.path.exists({str(go)!r}):
             time.sleep(0.02)
         print(json.dumps({{"stage": "train", "step": 2, "total": 2, "message": "", "eta_s": 0.0}}), flush=True)
-    """)).start()
+    """,
+        )
+    ).start()
     seen = []
     assert until(lambda: seen.extend(proc.poll()) or seen), "no event before the process exits"
     assert seen[0]["step"] == 1
@@ -73,7 +80,10 @@ def test_events_arrive_while_the_process_is_still_running(tmp_path):
 
 
 def test_successful_run_keeps_events_in_order_with_log_lines_and_stderr_tail(tmp_path):
-    proc = EngineProcess(script(tmp_path, """
+    proc = EngineProcess(
+        script(
+            tmp_path,
+            """
         import json, sys
         for step in range(1, 51):
             print(json.dumps({"stage": "train", "step": step, "total": 50, "message": "", "loss": 1.0 / step}))
@@ -81,7 +91,10 @@ def test_successful_run_keeps_events_in_order_with_log_lines_and_stderr_tail(tmp
         print("[1, 2]")
         print(json.dumps({"stage": "propagate", "step": None, "total": None, "message": "hm", "level": "warning"}))
         print("a warning on stderr", file=sys.stderr)
-    """), env={"PYTHONUNBUFFERED": "1"}).start()
+    """,
+        ),
+        env={"PYTHONUNBUFFERED": "1"},
+    ).start()
     events = []
     assert proc.wait(timeout=15, on_event=events.append) == "succeeded"
     events += proc.poll()
@@ -96,10 +109,17 @@ def test_successful_run_keeps_events_in_order_with_log_lines_and_stderr_tail(tmp
 
 
 def test_environment_and_working_folder_reach_the_process(tmp_path):
-    proc = EngineProcess(script(tmp_path, """
+    proc = EngineProcess(
+        script(
+            tmp_path,
+            """
         import json, os
         print(json.dumps({"stage": "env", "value": os.environ["RADA_TEST_VALUE"], "cwd": os.getcwd()}))
-    """), env={"RADA_TEST_VALUE": "42"}, cwd=str(tmp_path)).start()
+    """,
+        ),
+        env={"RADA_TEST_VALUE": "42"},
+        cwd=str(tmp_path),
+    ).start()
     events = []
     assert proc.wait(timeout=10, on_event=events.append) == "succeeded"
     assert events[0]["value"] == "42"
@@ -107,33 +127,48 @@ def test_environment_and_working_folder_reach_the_process(tmp_path):
 
 
 def test_stderr_tail_is_bounded(tmp_path):
-    proc = EngineProcess(script(tmp_path, """
+    proc = EngineProcess(
+        script(
+            tmp_path,
+            """
         import sys
         for i in range(500):
             print(f"line {i}", file=sys.stderr)
-    """)).start()
+    """,
+        )
+    ).start()
     assert proc.wait(timeout=10) == "succeeded"
     assert len(proc.stderr_tail) == 200 and proc.stderr_tail[-1] == "line 499"
 
 
 def test_input_error_exit_2_fails_with_the_engines_own_line(tmp_path):
-    proc = EngineProcess(script(tmp_path, """
+    proc = EngineProcess(
+        script(
+            tmp_path,
+            """
         import sys
         print("some earlier noise", file=sys.stderr)
         print("rada: foo.nrrd: cannot be read", file=sys.stderr)
         sys.exit(2)
-    """)).start()
+    """,
+        )
+    ).start()
     assert proc.wait(timeout=10) == "failed"
     assert proc.returncode == 2
     assert proc.failure_message() == "rada: foo.nrrd: cannot be read"
 
 
 def test_other_exit_status_names_the_traceback_error(tmp_path):
-    proc = EngineProcess(script(tmp_path, """
+    proc = EngineProcess(
+        script(
+            tmp_path,
+            """
         def inner():
             raise ValueError("the volume has no voxels")
         inner()
-    """)).start()
+    """,
+        )
+    ).start()
     assert proc.wait(timeout=10) == "failed"
     message = proc.failure_message()
     assert message == "the engine exited with status 1: ValueError: the volume has no voxels"
@@ -148,32 +183,49 @@ def test_exit_status_without_stderr_is_reported_plainly(tmp_path):
 
 @posix_only
 def test_a_run_killed_by_sigkill_names_the_signal(tmp_path):
-    proc = EngineProcess(script(tmp_path, """
+    proc = EngineProcess(
+        script(
+            tmp_path,
+            """
         import os, signal
         os.kill(os.getpid(), signal.SIGKILL)
-    """)).start()
+    """,
+        )
+    ).start()
     assert proc.wait(timeout=10) == "failed"
     assert proc.returncode == -signal.SIGKILL
-    assert proc.failure_message() == "the engine process was killed by signal 9 (SIGKILL): out of memory?"
+    assert (
+        proc.failure_message()
+        == "the engine process was killed by signal 9 (SIGKILL): out of memory?"
+    )
 
 
 @posix_only
 def test_cancel_kills_the_whole_tree_even_when_sigint_is_ignored(tmp_path):
     child_pid, grandchild_pid = tmp_path / "child.pid", tmp_path / "grandchild.pid"
-    grandchild = script(tmp_path, f"""
+    grandchild = script(
+        tmp_path,
+        f"""
         import os, signal, time
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         open({str(grandchild_pid)!r}, "w").write(str(os.getpid()))
         time.sleep(60)
-    """, name="grandchild.py")
-    proc = EngineProcess(script(tmp_path, f"""
+    """,
+        name="grandchild.py",
+    )
+    proc = EngineProcess(
+        script(
+            tmp_path,
+            f"""
         import os, signal, subprocess, time
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         worker = subprocess.Popen({grandchild!r})
         open({str(child_pid)!r}, "w").write(str(os.getpid()))
         print('{{"stage": "train", "step": 0, "total": 10}}', flush=True)
         time.sleep(60)
-    """)).start()
+    """,
+        )
+    ).start()
     child, grand = read_pid(child_pid), read_pid(grandchild_pid)
     started = time.monotonic()
     proc.cancel(grace_s=0.5)
@@ -189,7 +241,10 @@ def test_cancel_kills_the_whole_tree_even_when_sigint_is_ignored(tmp_path):
 @posix_only
 def test_cancel_ends_multiprocessing_spawn_workers(tmp_path):
     worker_pid = tmp_path / "worker.pid"
-    proc = EngineProcess(script(tmp_path, f"""
+    proc = EngineProcess(
+        script(
+            tmp_path,
+            f"""
         import multiprocessing as mp, os, time
 
         def work(path):
@@ -199,7 +254,9 @@ def test_cancel_ends_multiprocessing_spawn_workers(tmp_path):
         if __name__ == "__main__":
             with mp.get_context("spawn").Pool(1) as pool:
                 pool.apply(work, ({str(worker_pid)!r},))
-    """)).start()
+    """,
+        )
+    ).start()
     worker = read_pid(worker_pid)
     proc.cancel(grace_s=3)
     assert proc.state == "cancelled"
@@ -209,7 +266,10 @@ def test_cancel_ends_multiprocessing_spawn_workers(tmp_path):
 @posix_only
 def test_sigint_handling_child_exiting_130_in_the_grace_period_is_cancelled(tmp_path):
     ready = tmp_path / "ready"
-    proc = EngineProcess(script(tmp_path, f"""
+    proc = EngineProcess(
+        script(
+            tmp_path,
+            f"""
         import sys, time
         try:
             open({str(ready)!r}, "w").write("1")
@@ -217,7 +277,9 @@ def test_sigint_handling_child_exiting_130_in_the_grace_period_is_cancelled(tmp_
         except KeyboardInterrupt:
             print("rada: interrupted; finished cases are kept, rerun the same command to resume", file=sys.stderr)
             sys.exit(130)
-    """)).start()
+    """,
+        )
+    ).start()
     assert until(ready.exists)
     started = time.monotonic()
     proc.cancel(grace_s=20)
@@ -267,7 +329,14 @@ def test_missing_working_folder_gives_a_one_line_error(tmp_path):
 
 
 def test_engine_command_and_environment():
-    assert engine_command("train", "--out", "x") == [sys.executable, "-m", "RADALib.cli", "train", "--out", "x"]
+    assert engine_command("train", "--out", "x") == [
+        sys.executable,
+        "-m",
+        "RADALib.cli",
+        "train",
+        "--out",
+        "x",
+    ]
     assert engine_command("demo", python="py") == ["py", "-m", "RADALib.cli", "demo"]
     env = engine_environment()
     parent = Path(__file__).resolve().parents[2]
@@ -277,15 +346,20 @@ def test_engine_command_and_environment():
 
 
 def test_the_real_engine_reports_its_version(tmp_path):
-    proc = EngineProcess(engine_command("--version"), env=engine_environment(), cwd=str(tmp_path)).start()
+    proc = EngineProcess(
+        engine_command("--version"), env=engine_environment(), cwd=str(tmp_path)
+    ).start()
     events = []
     assert proc.wait(timeout=20, on_event=events.append) == "succeeded"
     assert events and events[0]["message"].startswith("rada ")
 
 
 def test_the_real_engine_reports_a_missing_input_as_its_own_line(tmp_path):
-    proc = EngineProcess(engine_command("evaluate", "--pred", "missing.nrrd", "--truth", "missing2.nrrd"),
-                         env=engine_environment(), cwd=str(tmp_path)).start()
+    proc = EngineProcess(
+        engine_command("evaluate", "--pred", "missing.nrrd", "--truth", "missing2.nrrd"),
+        env=engine_environment(),
+        cwd=str(tmp_path),
+    ).start()
     assert proc.wait(timeout=30) == "failed"
     assert proc.returncode == 2
     message = proc.failure_message()
@@ -298,16 +372,25 @@ def test_workers_left_holding_the_pipes_after_the_engine_exits_are_ended(tmp_pat
 
     monkeypatch.setattr(engine_process, "PIPE_CLOSE_GRACE_S", 0.5)
     worker_pid = tmp_path / "worker.pid"
-    worker = script(tmp_path, f"""
+    worker = script(
+        tmp_path,
+        f"""
         import os, time
         open({str(worker_pid)!r}, "w").write(str(os.getpid()))
         time.sleep(60)
-    """, name="worker.py")
-    proc = EngineProcess(script(tmp_path, f"""
+    """,
+        name="worker.py",
+    )
+    proc = EngineProcess(
+        script(
+            tmp_path,
+            f"""
         import os, subprocess, time
         subprocess.Popen({worker!r})
         while not os.path.exists({str(worker_pid)!r}):
             time.sleep(0.02)
-    """)).start()
+    """,
+        )
+    ).start()
     assert proc.wait(timeout=15) == "succeeded"
     assert until(lambda: gone(read_pid(worker_pid)), timeout=5)

@@ -34,10 +34,19 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(n_classes: int = 2) -> NetworkConfig:
-    return NetworkConfig(n_classes=n_classes, base_filters=2, text_dim=8, region_dim=12, era_dim=8, adapter_hidden_dim=8)
+    return NetworkConfig(
+        n_classes=n_classes,
+        base_filters=2,
+        text_dim=8,
+        region_dim=12,
+        era_dim=8,
+        adapter_hidden_dim=8,
+    )
 
 
-def tiny_bundle(tmp_path, n_classes: int = 2, largest_component: list[int] | None = None, name: str = "model"):
+def tiny_bundle(
+    tmp_path, n_classes: int = 2, largest_component: list[int] | None = None, name: str = "model"
+):
     """A bundle of a tiny random model; ``largest_component``: the classes its manifest marks
     as one region (``None``: no record, as in bundles older than the record)."""
     torch.manual_seed(0)
@@ -64,7 +73,9 @@ def pointwise(x: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- windows
 
 
-@pytest.mark.parametrize("size,patch,stride", [(32, 16, 6), (30, 16, 16), (16, 16, 4), (17, 16, 5), (100, 16, 1)])
+@pytest.mark.parametrize(
+    "size,patch,stride", [(32, 16, 6), (30, 16, 16), (16, 16, 4), (17, 16, 5), (100, 16, 1)]
+)
 def test_windows_cover_the_axis_exactly_and_the_last_ends_at_the_border(size, patch, stride):
     starts = window_starts(size, patch, stride)
     assert starts[0] == 0 and starts[-1] == size - patch
@@ -82,7 +93,10 @@ def test_window_positions_match_ua_mt_counts():
     grid = window_grid((190, 140, 88), (112, 112, 80), (18, 18, 4))
     assert [len(g) for g in grid] == [6, 3, 3]
     assert grid[0] == [0, 18, 36, 54, 72, 78]
-    assert [len(g) for g in window_grid((190, 140, 88), (112, 112, 80), resolve_stride("fast", (112, 112, 80)))] == [2, 2, 2]
+    assert [
+        len(g)
+        for g in window_grid((190, 140, 88), (112, 112, 80), resolve_stride("fast", (112, 112, 80)))
+    ] == [2, 2, 2]
 
 
 def test_stride_presets_and_invalid_strides():
@@ -108,7 +122,9 @@ def test_overlapping_windows_reproduce_a_pointwise_predictor_exactly():
     rng = np.random.default_rng(1)
     image = torch.from_numpy(rng.integers(-20, 20, size=(1, 1, 30, 27, 21)).astype(np.float32))
     events = []
-    out = sliding_window_inference(image, pointwise, PATCH, (5, 7, 4), batch_size=3, progress=Progress(events.append))
+    out = sliding_window_inference(
+        image, pointwise, PATCH, (5, 7, 4), batch_size=3, progress=Progress(events.append)
+    )
     assert out.shape == (3, 30, 27, 21) and out.dtype == torch.float32
     assert torch.equal(out, pointwise(image)[0])
     n_windows = np.prod([len(g) for g in window_grid((30, 27, 21), PATCH, (5, 7, 4))])
@@ -118,7 +134,9 @@ def test_overlapping_windows_reproduce_a_pointwise_predictor_exactly():
 def test_every_voxel_is_averaged_over_the_windows_covering_it():
     # a predictor that returns 1 everywhere -> exactly 1 after averaging (count map is right)
     ones = lambda x: torch.ones(x.shape[0], 1, *x.shape[2:])  # noqa: E731
-    out = sliding_window_inference(torch.zeros(1, 1, 33, 20, 18), ones, PATCH, (3, 5, 2), batch_size=4)
+    out = sliding_window_inference(
+        torch.zeros(1, 1, 33, 20, 18), ones, PATCH, (3, 5, 2), batch_size=4
+    )
     assert torch.equal(out, torch.ones(1, 33, 20, 18))
 
 
@@ -166,14 +184,20 @@ def test_predict_volume_uses_the_given_region_embedding(tmp_path):
     bundle = load_bundle(tiny_bundle(tmp_path))
     from RADALib.volume import volume_from_array
 
-    volume = volume_from_array(np.random.default_rng(0).normal(size=(20, 18, 16)).astype(np.float32))
+    volume = volume_from_array(
+        np.random.default_rng(0).normal(size=(20, 18, 16)).astype(np.float32)
+    )
     base = predict_volume(bundle, volume, return_probabilities=True)
     assert base.label.dtype == np.uint8 and base.label.shape == (20, 18, 16)
     assert base.probabilities.shape == (2, 20, 18, 16) and base.probabilities.dtype == np.float32
     np.testing.assert_array_equal(base.label, base.probabilities.argmax(0))
-    same = predict_volume(bundle, volume, region_embedding=bundle.region_embedding_mean, return_probabilities=True)
+    same = predict_volume(
+        bundle, volume, region_embedding=bundle.region_embedding_mean, return_probabilities=True
+    )
     np.testing.assert_array_equal(same.probabilities, base.probabilities)
-    other = predict_volume(bundle, volume, region_embedding=np.full(12, 3.0, np.float32), return_probabilities=True)
+    other = predict_volume(
+        bundle, volume, region_embedding=np.full(12, 3.0, np.float32), return_probabilities=True
+    )
     assert not np.allclose(other.probabilities, base.probabilities)
     with pytest.raises(InputError, match="region_embedding"):
         predict_volume(bundle, volume, region_embedding=np.zeros(5))
@@ -189,7 +213,9 @@ def test_whole_volume_inference_of_a_one_patch_volume_is_the_windowed_inference(
     model = tiny_config(3).build().eval()
     x = torch.randn(1, 1, *PATCH)
     for era in (model.embed(torch.randn(8), torch.randn(12)), None):
-        windowed = sliding_window_inference(x, lambda w: ensemble_probabilities(model, w, era), PATCH, "fast")
+        windowed = sliding_window_inference(
+            x, lambda w, era=era: ensemble_probabilities(model, w, era), PATCH, "fast"
+        )
         whole = whole_volume_inference(model, x, era, PATCH)
         torch.testing.assert_close(whole, windowed, rtol=1e-5, atol=1e-6)
 
@@ -213,18 +239,24 @@ def test_whole_volume_inference_takes_gamma_from_each_windows_part_of_the_bottle
             z = net.vnet.decode(features)
             for start in (0, 16):
                 gamma = net.gamma(era, features[-1][:, :, start // 16 : start // 16 + 1])
-                expected[:, start : start + 16] += torch.softmax(net.head(z[:, :, start : start + 16] + gamma), 1)[0]
+                expected[:, start : start + 16] += torch.softmax(
+                    net.head(z[:, :, start : start + 16] + gamma), 1
+                )[0]
             global_gamma += torch.softmax(net.head(z + net.gamma(era, features[-1])), 1)[0]
     torch.testing.assert_close(got, expected / 3, rtol=1e-5, atol=1e-6)
     assert (got - global_gamma / 3).abs().max() > 1e-4  # one γ for the whole volume would differ
 
 
-def test_predict_volume_whole_pads_crops_back_and_falls_back_to_windows_when_too_large(tmp_path, monkeypatch):
+def test_predict_volume_whole_pads_crops_back_and_falls_back_to_windows_when_too_large(
+    tmp_path, monkeypatch
+):
     from RADALib import inference
     from RADALib.volume import volume_from_array
 
     bundle = load_bundle(tiny_bundle(tmp_path))
-    volume = volume_from_array(np.random.default_rng(0).normal(size=(20, 18, 16)).astype(np.float32))
+    volume = volume_from_array(
+        np.random.default_rng(0).normal(size=(20, 18, 16)).astype(np.float32)
+    )
     whole = predict_volume(bundle, volume, stride="whole", return_probabilities=True)
     assert whole.label.shape == (20, 18, 16) and whole.probabilities.shape == (2, 20, 18, 16)
     np.testing.assert_allclose(whole.probabilities.sum(0), 1.0, rtol=1e-5)
@@ -232,7 +264,9 @@ def test_predict_volume_whole_pads_crops_back_and_falls_back_to_windows_when_too
     progress = Progress()
     messages = []
     progress.message = messages.append
-    fallback = predict_volume(bundle, volume, stride="whole", return_probabilities=True, progress=progress)
+    fallback = predict_volume(
+        bundle, volume, stride="whole", return_probabilities=True, progress=progress
+    )
     fast = predict_volume(bundle, volume, stride="fast", return_probabilities=True)
     np.testing.assert_array_equal(fallback.probabilities, fast.probabilities)
     assert any("too large" in m for m in messages)
@@ -267,21 +301,32 @@ def test_predict_files_writes_labels_on_the_inputs_exact_grid(tmp_path):
     assert written.GetDirection() == original.GetDirection()
     assert written.GetPixelID() == sitk.sitkUInt8
     # voxel for voxel: the file equals the canonical prediction put back in file order
-    expected = predict_volume(load_bundle(bundle_folder), read_volume(source), return_probabilities=True)
+    expected = predict_volume(
+        load_bundle(bundle_folder), read_volume(source), return_probabilities=True
+    )
     np.testing.assert_array_equal(read_volume(label_path, "label").array, expected.label)
     probability = read_volume(probability_path)
     assert sitk.ReadImage(str(probability_path)).GetPixelID() == sitk.sitkFloat32
     np.testing.assert_allclose(probability.array, expected.probabilities[1], atol=1e-6)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["case01_rada.nrrd", "case01_rada_probabilities.nrrd"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "case01_rada.nrrd",
+        "case01_rada_probabilities.nrrd",
+    ]
 
 
 def test_predict_files_refuses_colliding_case_names(tmp_path):
     with pytest.raises(InputError, match="same case name"):
-        predict_files(tiny_bundle(tmp_path), [tmp_path / "a" / "x.nrrd", tmp_path / "b" / "x.nii.gz"], tmp_path / "out")
+        predict_files(
+            tiny_bundle(tmp_path),
+            [tmp_path / "a" / "x.nrrd", tmp_path / "b" / "x.nii.gz"],
+            tmp_path / "out",
+        )
 
 
 @pytest.mark.parametrize("n_classes", [2, 3])
-def test_predict_volume_can_keep_only_each_class_largest_component(tmp_path, monkeypatch, n_classes):
+def test_predict_volume_can_keep_only_each_class_largest_component(
+    tmp_path, monkeypatch, n_classes
+):
     from scipy import ndimage
 
     import RADALib.inference as inference
@@ -291,9 +336,11 @@ def test_predict_volume_can_keep_only_each_class_largest_component(tmp_path, mon
     # image: background 0; each class k a large block and a small island of value k
     array = np.zeros((24, 20, 18), np.float32)
     for k in range(1, n_classes):
-        array[2:9, 2 + 8 * (k - 1):8 + 8 * (k - 1), 2:9] = k
-        array[14 + 4 * (k - 1):16 + 4 * (k - 1), 16:18, 14:16] = k
-    levels = torch.as_tensor(np.unique(normalize_intensity(array)))  # the z-scored values of 0, 1, ...
+        array[2:9, 2 + 8 * (k - 1) : 8 + 8 * (k - 1), 2:9] = k
+        array[14 + 4 * (k - 1) : 16 + 4 * (k - 1), 16:18, 14:16] = k
+    levels = torch.as_tensor(
+        np.unique(normalize_intensity(array))
+    )  # the z-scored values of 0, 1, ...
 
     def by_intensity(model, x, era):  # class k where the input has level k: islands by construction
         return torch.softmax(-100 * (x - levels.view(1, -1, 1, 1, 1)) ** 2, dim=1)
@@ -303,7 +350,9 @@ def test_predict_volume_can_keep_only_each_class_largest_component(tmp_path, mon
     bundle = load_bundle(tiny_bundle(tmp_path, n_classes))  # no recommendation recorded
     plain = predict_volume(bundle, volume, return_probabilities=True)
     kept = predict_volume(bundle, volume, return_probabilities=True, largest_component=True)
-    np.testing.assert_array_equal(plain.label, array.astype(np.uint8))  # the fake predictor is exact
+    np.testing.assert_array_equal(
+        plain.label, array.astype(np.uint8)
+    )  # the fake predictor is exact
     assert plain.largest_component == ()
     expected = array.astype(np.uint8)
     expected[14:, 16:18, 14:16] = 0  # the islands go to background
@@ -314,13 +363,17 @@ def test_predict_volume_can_keep_only_each_class_largest_component(tmp_path, mon
     np.testing.assert_array_equal(kept.probabilities, plain.probabilities)
 
     # by default, the classes the bundle marks as one region; False overrides the record
-    marked = load_bundle(tiny_bundle(tmp_path, n_classes, largest_component=[n_classes - 1], name="marked"))
+    marked = load_bundle(
+        tiny_bundle(tmp_path, n_classes, largest_component=[n_classes - 1], name="marked")
+    )
     default = predict_volume(marked, volume)
     assert default.largest_component == (n_classes - 1,)
     only_last = array.astype(np.uint8)
     only_last[(only_last == n_classes - 1) & (expected == 0)] = 0
     np.testing.assert_array_equal(default.label, only_last)
-    np.testing.assert_array_equal(predict_volume(marked, volume, largest_component=False).label, plain.label)
+    np.testing.assert_array_equal(
+        predict_volume(marked, volume, largest_component=False).label, plain.label
+    )
 
 
 @pytest.mark.parametrize("record", [{"classes": [2]}, {"classes": "1"}, {"classes": [True]}, [1]])

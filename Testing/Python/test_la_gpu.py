@@ -29,8 +29,15 @@ def _module(name: str):
 
 def test_run_script_imports_without_the_packages_the_gpu_machine_lacks():
     done = subprocess.run(
-        [sys.executable, str(HERE / "run_blocked.py"), str(HERE / "run_la_gpu.py"), "--imports-only"],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(HERE / "run_blocked.py"),
+            str(HERE / "run_la_gpu.py"),
+            "--imports-only",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr
     assert "imports ok" in done.stdout
@@ -56,8 +63,10 @@ def test_chunks_decode_as_unpack_rebuilds_them(tmp_path):
             handle["label"] = (rng.random((12, 10, 8)) > 0.7).astype(np.uint8)
     (data / "train.list").write_text("\n".join(ids) + "\n")
     packed, unpacked = tmp_path / "packed", tmp_path / "unpacked"
-    for script, options in (("pack_la.py", ["--data", str(data), "--out", str(packed), "--chunks", "2"]),
-                            ("unpack_la.py", ["--src", str(packed), "--out", str(unpacked)])):
+    for script, options in (
+        ("pack_la.py", ["--data", str(data), "--out", str(packed), "--chunks", "2"]),
+        ("unpack_la.py", ["--src", str(packed), "--out", str(unpacked)]),
+    ):
         subprocess.run([sys.executable, str(HERE / script), *options], check=True, timeout=120)
     run = _module("run_la_gpu")
     index = run.chunk_index(packed)
@@ -74,8 +83,12 @@ def test_chunks_decode_as_unpack_rebuilds_them(tmp_path):
 
 def test_segment_rate_counts_iterations_between_logged_steps():
     run = _module("run_la_gpu")
-    history = [{"step": 5, "seconds": 1.0}, {"step": 11, "seconds": 9.0}, {"step": 20, "seconds": 10.0},
-               {"step": 40, "seconds": 12.0}]
+    history = [
+        {"step": 5, "seconds": 1.0},
+        {"step": 11, "seconds": 9.0},
+        {"step": 20, "seconds": 10.0},
+        {"step": 40, "seconds": 12.0},
+    ]
     assert run.segment_rate(history, 10, 40) == pytest.approx((40 - 11) / (12.0 - 9.0))
     assert run.segment_rate(history, 30, 40) is None
 
@@ -86,12 +99,26 @@ def test_set_overrides_nested_and_plain_training_settings():
     assert run.parse_setting("amp=off") == ("amp", "off")
     with pytest.raises(Exception, match="KEY=VALUE"):
         run.parse_setting("base_filters")
-    args = type("Args", (), {"device": "cpu", "log_every": 5, "compile": False, "checkpoint_every": 100,
-                             "iterations": None, "patch": None, "threads": 0, "preset": "paper",
-                             "set": [("network.base_filters", 4), ("unlabeled_batch", 0)]})()
+    args = type(
+        "Args",
+        (),
+        {
+            "device": "cpu",
+            "log_every": 5,
+            "compile": False,
+            "checkpoint_every": 100,
+            "iterations": None,
+            "patch": None,
+            "threads": 0,
+            "preset": "paper",
+            "set": [("network.base_filters", 4), ("unlabeled_batch", 0)],
+        },
+    )()
     config = run.requested_config(args)
     assert config.network.base_filters == 4 and config.unlabeled_batch == 0
-    assert config.patch == (112, 112, 80) and config.iterations == 6000  # the rest stays the preset's
+    assert (
+        config.patch == (112, 112, 80) and config.iterations == 6000
+    )  # the rest stays the preset's
 
 
 def test_evaluate_scores_each_case_with_and_without_the_largest_component(tmp_path, monkeypatch):
@@ -103,20 +130,42 @@ def test_evaluate_scores_each_case_with_and_without_the_largest_component(tmp_pa
 
     run = _module("run_la_gpu")
     torch.manual_seed(0)
-    model = NetworkConfig(base_filters=2, text_dim=8, region_dim=12, era_dim=8, adapter_hidden_dim=8).build()
-    bundle = load_bundle(save_bundle(tmp_path / "model", model, {
-        "classes": {1: "left atrium"}, "prompt": "p", "visual_planes": ["axial", "axial"],
-        "text_embedding": np.zeros(8), "region_embedding_mean": np.zeros(12),
-        "inference": {"patch": [16, 16, 16]}}))
+    model = NetworkConfig(
+        base_filters=2, text_dim=8, region_dim=12, era_dim=8, adapter_hidden_dim=8
+    ).build()
+    bundle = load_bundle(
+        save_bundle(
+            tmp_path / "model",
+            model,
+            {
+                "classes": {1: "left atrium"},
+                "prompt": "p",
+                "visual_planes": ["axial", "axial"],
+                "text_embedding": np.zeros(8),
+                "region_embedding_mean": np.zeros(12),
+                "inference": {"patch": [16, 16, 16]},
+            },
+        )
+    )
     # the prediction: foreground where the image is bright; the image has the organ and an island
-    monkeypatch.setattr(inference, "ensemble_probabilities",
-                        lambda model, x, era: torch.cat([(x <= 0).float(), (x > 0).float()], dim=1))
+    monkeypatch.setattr(
+        inference,
+        "ensemble_probabilities",
+        lambda model, x, era: torch.cat([(x <= 0).float(), (x > 0).float()], dim=1),
+    )
     image = np.full((24, 20, 16), -1.0, np.float32)
     image[2:12, 2:12, 2:12] = 1.0  # the organ, 1000 voxels
     image[18:22, 14:18, 10:14] = 1.0  # a look-alike, 64 voxels
     truth = np.zeros(image.shape, np.uint8)
     truth[2:12, 2:12, 2:12] = 1
-    result = run.evaluate(bundle, [run.LoadedCase("c1", image, truth)], "fast", torch.device("cpu"), 1, (1.0, 1.0, 1.0))
+    result = run.evaluate(
+        bundle,
+        [run.LoadedCase("c1", image, truth)],
+        "fast",
+        torch.device("cpu"),
+        1,
+        (1.0, 1.0, 1.0),
+    )
     case = result["per_case"]["c1"]
     assert case["dice"] == pytest.approx(2000 / 2064)
     assert case["dice_largest_component"] == 1.0

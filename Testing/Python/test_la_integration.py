@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import la_folder
 
 from RADALib.cohort import cohort_from_la_folder
 from RADALib.metrics import dice
@@ -12,10 +13,11 @@ from RADALib.pseudo_labels import load_case_result, propagate_cohort
 from RADALib.registration import AntsRegistrar, RegistrationConfig
 from RADALib.volume import read_volume
 
-from conftest import la_folder
-
 LA = la_folder()
-pytestmark = pytest.mark.skipif(LA is None, reason="LA2018 data not found beside the checkout (../shared/data/LA2018); set RADA_LA_DIR")
+pytestmark = pytest.mark.skipif(
+    LA is None,
+    reason="LA2018 data not found beside the checkout (../shared/data/LA2018); set RADA_LA_DIR",
+)
 
 
 def test_two_real_la_cases_propagate_to_good_pseudo_labels(tmp_path):

@@ -38,7 +38,9 @@ def test_weighted_cross_entropy_by_hand():
     logits, target, weight = two_voxels()
     # (1 * -ln(3/4) + 0.5 * -ln(1/2)) / (1 + 0.5)
     expected = (-math.log(0.75) + 0.5 * math.log(2.0)) / 1.5
-    assert weighted_cross_entropy(logits, target, weight).item() == pytest.approx(expected, rel=1e-6)
+    assert weighted_cross_entropy(logits, target, weight).item() == pytest.approx(
+        expected, rel=1e-6
+    )
 
 
 def test_uniform_weights_equal_plain_cross_entropy():
@@ -64,7 +66,9 @@ def test_supervised_loss_is_the_mean_of_the_two():
     logits, target, weight = two_voxels()
     wce = (-math.log(0.75) + 0.5 * math.log(2.0)) / 1.5
     dice = weighted_dice_loss(logits, target, weight).item()
-    assert supervised_loss(logits, target, weight).item() == pytest.approx(0.5 * wce + 0.5 * dice, rel=1e-6)
+    assert supervised_loss(logits, target, weight).item() == pytest.approx(
+        0.5 * wce + 0.5 * dice, rel=1e-6
+    )
 
 
 @pytest.mark.parametrize("loss", [weighted_cross_entropy, weighted_dice_loss, supervised_loss])
@@ -128,7 +132,12 @@ def test_multiclass_dice_is_the_mean_over_foreground_classes():
 
     def binary(c: int) -> float:
         y = (target == c).float()
-        return 1 - 2 * (weight * p[:, c] * y).sum().item() / (weight * (p[:, c] ** 2 + y**2)).sum().item()
+        return (
+            1
+            - 2
+            * (weight * p[:, c] * y).sum().item()
+            / (weight * (p[:, c] ** 2 + y**2)).sum().item()
+        )
 
     got = weighted_dice_loss(logits, target, weight, eps=0.0).item()
     assert got == pytest.approx((binary(1) + binary(2)) / 2, rel=1e-5)

@@ -117,8 +117,12 @@ def test_surface_distances_use_the_spacing_of_each_axis():
     a[2, 2, 2] = True
     b[5, 6, 2] = True  # offset (3, 4, 0) voxels
     assert surface_distances(a, b) == pytest.approx([5.0])
-    assert surface_distances(a, b, spacing=(2.0, 1.0, 9.0)) == pytest.approx([math.sqrt(6.0**2 + 4.0**2)])
-    assert surface_distances(a, b, spacing=(1.0, 0.5, 9.0)) == pytest.approx([math.sqrt(3.0**2 + 2.0**2)])
+    assert surface_distances(a, b, spacing=(2.0, 1.0, 9.0)) == pytest.approx(
+        [math.sqrt(6.0**2 + 4.0**2)]
+    )
+    assert surface_distances(a, b, spacing=(1.0, 0.5, 9.0)) == pytest.approx(
+        [math.sqrt(3.0**2 + 2.0**2)]
+    )
 
 
 def test_surface_distances_do_not_depend_on_where_the_objects_sit_in_the_array():
@@ -319,7 +323,9 @@ def test_shape_mismatch_raises_value_error_naming_both_shapes():
         hd95(np.ones((3, 3, 3)), np.ones((3, 3, 4)))
 
 
-@pytest.mark.parametrize("spacing", [(1.0, 1.0), (1.0, 0.0, 1.0), (1.0, -2.0, 1.0), (1.0, math.nan, 1.0), "abc"])
+@pytest.mark.parametrize(
+    "spacing", [(1.0, 1.0), (1.0, 0.0, 1.0), (1.0, -2.0, 1.0), (1.0, math.nan, 1.0), "abc"]
+)
 def test_bad_spacing_raises_input_error(spacing):
     mask = np.ones((3, 3, 3), dtype=np.uint8)
     with pytest.raises(InputError, match="^spacing: "):

@@ -39,7 +39,9 @@ def test_vnet_parameter_count_matches_ua_mt():
 
 def test_concat_has_more_parameters_than_add():
     # concat doubles the input of each decoder stage's first conv
-    assert count_parameters(VNet(base_filters=4, skip="concat")) > count_parameters(VNet(base_filters=4))
+    assert count_parameters(VNet(base_filters=4, skip="concat")) > count_parameters(
+        VNet(base_filters=4)
+    )
 
 
 @pytest.mark.parametrize("skip", ["add", "concat"])
@@ -111,7 +113,12 @@ def test_adapter_and_mlp_layouts():
     assert (ad(torch.randn(3, 20)) >= 0).all()
     mlp = GuidanceMLP()
     convs = [m for m in mlp if isinstance(m, torch.nn.Conv3d)]
-    assert [(m.in_channels, m.out_channels) for m in convs] == [(512, 256), (256, 128), (128, 64), (64, 16)]
+    assert [(m.in_channels, m.out_channels) for m in convs] == [
+        (512, 256),
+        (256, 128),
+        (128, 64),
+        (64, 16),
+    ]
     assert all(m.kernel_size == (1, 1, 1) for m in convs)
     assert not isinstance(mlp[-1], torch.nn.ReLU)  # γ may be negative
     out = mlp(torch.randn(2, 512, 1, 1, 1))
@@ -174,7 +181,9 @@ def test_gamma_is_added_before_the_head():
         torch.manual_seed(5)
         dropped = net(x, era, force_dropout=True)
         torch.manual_seed(5)
-        manual = net.head(torch.nn.functional.dropout3d(z, 0.5, training=True) + net.gamma(era, feats[-1]))
+        manual = net.head(
+            torch.nn.functional.dropout3d(z, 0.5, training=True) + net.gamma(era, feats[-1])
+        )
         assert torch.allclose(dropped, manual, atol=1e-6)
 
 

@@ -41,8 +41,12 @@ def test_connectivity_decides_whether_a_diagonal_neighbour_belongs_to_the_region
     label[1:3, 1:3, 1:3] = 1  # 8 voxels
     label[3, 3, 3] = 1  # touches the block by a corner only
     label[4, 4, 4] = 1  # and the next one by a corner again
-    assert (keep_largest_component(label) == 1).sum() == 8, "6-connectivity (the default) keeps corners apart"
-    assert (keep_largest_component(label, connectivity=3) == 1).sum() == 10, "26-connectivity joins them"
+    assert (keep_largest_component(label) == 1).sum() == 8, (
+        "6-connectivity (the default) keeps corners apart"
+    )
+    assert (keep_largest_component(label, connectivity=3) == 1).sum() == 10, (
+        "26-connectivity joins them"
+    )
 
 
 def test_a_single_region_or_an_empty_map_is_returned_unchanged():
@@ -53,10 +57,13 @@ def test_a_single_region_or_an_empty_map_is_returned_unchanged():
     np.testing.assert_array_equal(keep_largest_component(empty), empty)
 
 
-@pytest.mark.parametrize("label, kwargs, message", [
-    (np.zeros((4, 4), np.uint8), {}, "3D label map"),
-    (np.zeros((4, 4, 4), np.uint8), {"connectivity": 4}, "connectivity"),
-])
+@pytest.mark.parametrize(
+    "label, kwargs, message",
+    [
+        (np.zeros((4, 4), np.uint8), {}, "3D label map"),
+        (np.zeros((4, 4, 4), np.uint8), {"connectivity": 4}, "connectivity"),
+    ],
+)
 def test_bad_arguments_are_refused(label, kwargs, message):
     with pytest.raises(ValueError, match=message):
         keep_largest_component(label, **kwargs)
@@ -64,7 +71,9 @@ def test_bad_arguments_are_refused(label, kwargs, message):
 
 def test_the_share_in_the_largest_region_is_counted_per_class():
     record = recommend_largest_component([_blocks()], classes=[1, 2, 3])
-    assert record["fractions"] == {"1": round(216 / 225, 4), "2": round(128 / 140, 4)}, "class 3 is absent"
+    assert record["fractions"] == {"1": round(216 / 225, 4), "2": round(128 / 140, 4)}, (
+        "class 3 is absent"
+    )
     assert record["classes"] == [1], "0.96 is one region with specks, 0.91 is not"
     one = np.zeros((5, 5, 5), np.uint8)
     one[1:4, 1:4, 1:4] = 1
@@ -101,7 +110,9 @@ def test_one_fragmented_pseudo_label_does_not_decide_alone_but_the_pooled_share_
     many = recommend_largest_component([_organ()] * 9 + [fragmented], classes=[1])
     assert many["classes"] == [1] and many["worst_case"] == {"1": round(800 / 960, 4)}
     assert many["fractions"] == {"1": round(8000 / 8160, 4)}
-    assert recommend_largest_component([_organ(), fragmented], classes=[1])["classes"] == [], "1600/1760 < 0.95"
+    assert recommend_largest_component([_organ(), fragmented], classes=[1])["classes"] == [], (
+        "1600/1760 < 0.95"
+    )
 
 
 def test_each_class_is_judged_on_its_own_and_absent_classes_or_no_labels_recommend_nothing():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import disk_stack
 
 from RADALib.annotation import SparseAnnotation, simulate_sparse_annotation
 from RADALib.metrics import dice
@@ -11,12 +12,10 @@ from RADALib.propagation import (
     PropagationConfig,
     interpolate_shapes,
     propagate,
-    voxel_weights,
     vote,
+    voxel_weights,
 )
 from RADALib.registration import AntsRegistrar, PairResult, RegistrationConfig, identity_coordinates
-
-from conftest import disk_stack
 
 
 def axial_only(label, index):
@@ -28,7 +27,13 @@ def axial_only(label, index):
 @pytest.mark.parametrize("step", [1, 3])
 def test_a_label_moved_by_a_known_shift_comes_back(translation_registrar, step):
     image, label = disk_stack(shift_per_slice=(1.0, 0.0))
-    result = propagate(image, axial_only(label, 15), (1, 1, 1), translation_registrar, PropagationConfig(slice_step=step, crop_margin=40))
+    result = propagate(
+        image,
+        axial_only(label, 15),
+        (1, 1, 1),
+        translation_registrar,
+        PropagationConfig(slice_step=step, crop_margin=40),
+    )
     propagated = result.labels[2]
     for z in range(label.shape[2]):
         assert dice(propagated[:, :, z], label[:, :, z]) > 0.95, z
@@ -41,7 +46,13 @@ def test_a_larger_slice_step_registers_fewer_pairs(translation_registrar):
     propagate(image, axial_only(label, 15), (1, 1, 1), translation_registrar, config)
     every_slice = translation_registrar.calls
     translation_registrar.calls = 0
-    propagate(image, axial_only(label, 15), (1, 1, 1), translation_registrar, PropagationConfig(slice_step=3, crop_margin=40))
+    propagate(
+        image,
+        axial_only(label, 15),
+        (1, 1, 1),
+        translation_registrar,
+        PropagationConfig(slice_step=3, crop_margin=40),
+    )
     assert every_slice == 29 and translation_registrar.calls == 10
 
 
@@ -71,7 +82,13 @@ def test_chains_stop_where_the_label_vanishes():
     stopping, exhaustive = BlankMapsOutside(), BlankMapsOutside()
     annotation = axial_only(label, 20)
     stopped = propagate(image, annotation, (1, 1, 1), stopping, PropagationConfig(slice_step=1))
-    propagate(image, annotation, (1, 1, 1), exhaustive, PropagationConfig(slice_step=1, stop_when_empty=False))
+    propagate(
+        image,
+        annotation,
+        (1, 1, 1),
+        exhaustive,
+        PropagationConfig(slice_step=1, stop_when_empty=False),
+    )
     assert stopping.calls < exhaustive.calls == 39
     assert stopped.labels[2][:, :, 12:28].any(axis=(0, 1)).all()
     assert not stopped.labels[2][:, :, :12].any() and not stopped.labels[2][:, :, 28:].any()
@@ -82,7 +99,9 @@ def test_chains_go_on_past_the_annotated_box_while_the_label_lasts(translation_r
     sparse = np.zeros_like(label)
     sparse[:, :, 20] = label[:, :, 20]
     annotation = SparseAnnotation(sparse, {2: (20,)})  # the box says one slice; the label goes on
-    result = propagate(image, annotation, (1, 1, 1), translation_registrar, PropagationConfig(slice_step=1))
+    result = propagate(
+        image, annotation, (1, 1, 1), translation_registrar, PropagationConfig(slice_step=1)
+    )
     assert result.labels[2].any(axis=(0, 1)).all()
 
 
@@ -96,7 +115,13 @@ def test_registrations_are_cropped_to_the_annotated_box(translation_registrar):
         return original(pairs, spacing)
 
     translation_registrar.register = spy
-    propagate(image, axial_only(label, 10), (1, 1, 1), translation_registrar, PropagationConfig(crop_margin=5))
+    propagate(
+        image,
+        axial_only(label, 10),
+        (1, 1, 1),
+        translation_registrar,
+        PropagationConfig(crop_margin=5),
+    )
     assert seen and all(shape == (23, 23) for shape in seen)
 
 
@@ -104,8 +129,16 @@ def test_two_sources_in_one_plane_meet_half_way(translation_registrar):
     image, label = disk_stack(shift_per_slice=(1.0, 0.0))
     sparse = np.zeros_like(label)
     sparse[:, :, [5, 25]] = label[:, :, [5, 25]]
-    result = propagate(image, SparseAnnotation(sparse, {2: (5, 25)}), (1, 1, 1), translation_registrar, PropagationConfig(crop_margin=40))
-    np.testing.assert_array_equal(result.distances[2][[0, 5, 10, 15, 16, 25, 29]], [5, 0, 5, 10, 9, 0, 4])
+    result = propagate(
+        image,
+        SparseAnnotation(sparse, {2: (5, 25)}),
+        (1, 1, 1),
+        translation_registrar,
+        PropagationConfig(crop_margin=40),
+    )
+    np.testing.assert_array_equal(
+        result.distances[2][[0, 5, 10, 15, 16, 25, 29]], [5, 0, 5, 10, 9, 0, 4]
+    )
     assert all(dice(result.labels[2][:, :, z], label[:, :, z]) > 0.95 for z in range(30))
 
 
@@ -115,7 +148,9 @@ def test_weights_are_one_on_annotated_voxels_and_alpha_to_the_distance_elsewhere
     annotation = simulate_sparse_annotation(label, slices={0: [2], 1: [3], 2: [2]})
     distance = np.abs(np.arange(6) - 2)
     weights = voxel_weights(distance, 2, annotation, alpha=0.5)
-    assert weights[0, 0, 2] == 1.0 and weights[2, 5, 5] == 1.0 and weights[5, 3, 0] == 1.0  # on annotated slices
+    assert (
+        weights[0, 0, 2] == 1.0 and weights[2, 5, 5] == 1.0 and weights[5, 3, 0] == 1.0
+    )  # on annotated slices
     assert weights[5, 5, 5] == pytest.approx(0.5**3) and weights[0, 0, 4] == pytest.approx(0.25)
 
 
@@ -154,10 +189,14 @@ def test_shape_interpolation_halfway_between_two_disks_is_the_middle_disk():
 def test_ants_propagation_follows_a_sub_pixel_drift():
     image, label = disk_stack(shape=(40, 36, 16), radius=7, shift_per_slice=(0.6, 0.3))
     with AntsRegistrar(RegistrationConfig(), workers=1) as registrar:
-        result = propagate(image, axial_only(label, 8), (1.0, 1.0, 1.0), registrar, PropagationConfig(slice_step=2))
+        result = propagate(
+            image, axial_only(label, 8), (1.0, 1.0, 1.0), registrar, PropagationConfig(slice_step=2)
+        )
     assert result.methods.get("SyNOnly", 0) == result.registrations > 0
     assert dice(result.labels[2], label) > 0.9
-    assert dice(result.labels[2][:, :, 0], label[:, :, 0]) > 0.8  # 8 slices (4.8 px) from the source
+    assert (
+        dice(result.labels[2][:, :, 0], label[:, :, 0]) > 0.8
+    )  # 8 slices (4.8 px) from the source
 
 
 def test_ants_pool_of_two_processes_gives_the_same_labels_as_one():
@@ -185,7 +224,9 @@ def test_line_agreement_scores_a_view_against_the_crossing_annotated_lines():
 def test_weighted_fusion_trusts_the_view_that_agrees_with_the_annotation(translation_registrar):
     image, label = disk_stack(shift_per_slice=(1.0, 0.0))
     annotation = simulate_sparse_annotation(label)
-    result = propagate(image, annotation, (1, 1, 1), translation_registrar, PropagationConfig(crop_margin=40))
+    result = propagate(
+        image, annotation, (1, 1, 1), translation_registrar, PropagationConfig(crop_margin=40)
+    )
     result.labels[0] = np.roll(label, 6, axis=1)  # two views drift the same wrong way
     result.labels[1] = np.roll(label, 6, axis=1)
     assert dice(result.fused("majority"), label) < dice(result.fused("weighted"), label)
@@ -198,7 +239,11 @@ def _whole_slice_interpolation(first, last, fraction):
     def signed(mask):
         if not mask.any():
             return np.full(mask.shape, float(sum(mask.shape)))
-        return np.where(mask, 0.5 - ndimage.distance_transform_edt(mask), ndimage.distance_transform_edt(~mask) - 0.5)
+        return np.where(
+            mask,
+            0.5 - ndimage.distance_transform_edt(mask),
+            ndimage.distance_transform_edt(~mask) - 0.5,
+        )
 
     out, best = np.zeros_like(first), np.full(first.shape, np.inf)
     for value in np.union1d(np.unique(first), np.unique(last)):
@@ -249,7 +294,13 @@ def test_each_pair_is_cropped_to_the_label_it_carries():
             return super().submit(fixed, moving, spacing)
 
     with Spy(RegistrationConfig(), workers=1) as registrar:
-        result = propagate(image, axial_only(label, 0), (1, 1, 1), registrar, PropagationConfig(slice_step=1, crop_margin=3))
+        result = propagate(
+            image,
+            axial_only(label, 0),
+            (1, 1, 1),
+            registrar,
+            PropagationConfig(slice_step=1, crop_margin=3),
+        )
     assert seen[0] == (29 + 6, 29 + 6)  # the source disk's box (29 pixels) plus the margin
     assert seen[-1][0] < seen[0][0] - 10  # the crops shrink with the disk
     assert all(later[0] <= earlier[0] + 2 for earlier, later in zip(seen, seen[1:]))

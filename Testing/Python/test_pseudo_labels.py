@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import disk_stack
 
 from RADALib.annotation import simulate_sparse_annotation
 from RADALib.cache import ArrayCache
@@ -17,8 +18,6 @@ from RADALib.metrics import dice
 from RADALib.propagation import PropagationConfig
 from RADALib.pseudo_labels import load_case_result, propagate_cohort
 from RADALib.volume import read_volume
-
-from conftest import disk_stack
 
 DIRECTION = np.array([[0, 1, 0], [1, 0, 0], [0, 0, -1]], float)  # stored y-x-(-z)
 
@@ -46,20 +45,28 @@ def cohort_folder(tmp_path):
 
 
 def test_cohort_from_folders_matches_files_by_case_id_and_round_trips(cohort_folder):
-    cohort = cohort_from_folders(cohort_folder / "images", cohort_folder / "labels", cohort_folder / "sparse", labeled=1)
+    cohort = cohort_from_folders(
+        cohort_folder / "images", cohort_folder / "labels", cohort_folder / "sparse", labeled=1
+    )
     assert [c.id for c in cohort.cases] == ["case0", "case1", "case2"]
-    assert [c.id for c in cohort.labeled] == ["case0", "case2"] and [c.id for c in cohort.unlabeled] == ["case1"]
+    assert [c.id for c in cohort.labeled] == ["case0", "case2"] and [
+        c.id for c in cohort.unlabeled
+    ] == ["case1"]
     path = save_cohort(cohort, cohort_folder / "cohort.json")
     assert json.loads(path.read_text())["cases"][0]["image"] == "images/case0.nrrd"
     again = load_cohort(path)
-    assert [(c.id, c.image, c.labeled) for c in again.cases] == [(c.id, c.image, c.labeled) for c in cohort.cases]
+    assert [(c.id, c.image, c.labeled) for c in again.cases] == [
+        (c.id, c.image, c.labeled) for c in cohort.cases
+    ]
 
 
 def test_cohort_that_names_a_missing_file_is_refused(cohort_folder):
     cohort = cohort_from_folders(cohort_folder / "images", cohort_folder / "labels", labeled=1)
     path = save_cohort(cohort, cohort_folder / "cohort.json")
     (cohort_folder / "images" / "case1.nrrd").unlink()
-    with pytest.raises(InputError, match=r"cohort\.json: case case1: image file .*case1\.nrrd not found"):
+    with pytest.raises(
+        InputError, match=r"cohort\.json: case case1: image file .*case1\.nrrd not found"
+    ):
         load_cohort(path)
     path.write_text("{not json")
     with pytest.raises(InputError, match=r"cohort\.json: not valid JSON \(line 1"):
@@ -78,13 +85,21 @@ def test_la_style_folder_labels_the_first_ids_and_holds_out_the_last(tmp_path):
     (tmp_path / "train.list").write_text("\n".join(ids) + "\n")
     cohort = cohort_from_la_folder(tmp_path, labeled=2, validation=1)
     assert [c.id for c in cohort.labeled] == ["ID0", "ID1"]
-    assert [c.id for c in cohort.unlabeled] == ["ID2", "ID3"] and [c.id for c in cohort.validation] == ["ID4"]
+    assert [c.id for c in cohort.unlabeled] == ["ID2", "ID3"] and [
+        c.id for c in cohort.validation
+    ] == ["ID4"]
 
 
-def test_propagating_a_cohort_writes_reviewable_labels_with_the_image_header(cohort_folder, translation_registrar):
-    cohort = cohort_from_folders(cohort_folder / "images", cohort_folder / "labels", cohort_folder / "sparse", labeled=1)
+def test_propagating_a_cohort_writes_reviewable_labels_with_the_image_header(
+    cohort_folder, translation_registrar
+):
+    cohort = cohort_from_folders(
+        cohort_folder / "images", cohort_folder / "labels", cohort_folder / "sparse", labeled=1
+    )
     out = cohort_folder / "out"
-    reports = propagate_cohort(cohort, out, translation_registrar, PropagationConfig(crop_margin=30))
+    reports = propagate_cohort(
+        cohort, out, translation_registrar, PropagationConfig(crop_margin=30)
+    )
     assert [r.status for r in reports] == ["propagated", "propagated"]
     for case_id in ("case0", "case2"):
         folder = out / "cases" / case_id
@@ -100,7 +115,9 @@ def test_propagating_a_cohort_writes_reviewable_labels_with_the_image_header(coh
     assert [c["id"] for c in summary["cases"]] == ["case0", "case2"]
 
 
-def test_a_rerun_resumes_and_a_new_folder_reuses_the_cache(cohort_folder, translation_registrar, tmp_path):
+def test_a_rerun_resumes_and_a_new_folder_reuses_the_cache(
+    cohort_folder, translation_registrar, tmp_path
+):
     cohort = cohort_from_folders(cohort_folder / "images", cohort_folder / "labels", labeled=2)
     cache = ArrayCache(tmp_path / "cache")
     config = PropagationConfig(crop_margin=30)
@@ -108,14 +125,33 @@ def test_a_rerun_resumes_and_a_new_folder_reuses_the_cache(cohort_folder, transl
     first = translation_registrar.calls
     assert first > 0
     reports = propagate_cohort(cohort, cohort_folder / "out", translation_registrar, config, cache)
-    assert [r.status for r in reports] == ["resumed", "resumed"] and translation_registrar.calls == first
-    reports = propagate_cohort(cohort, cohort_folder / "elsewhere", translation_registrar, config, cache)
-    assert [r.status for r in reports] == ["cached", "cached"] and translation_registrar.calls == first
-    reports = propagate_cohort(cohort, cohort_folder / "out", translation_registrar, PropagationConfig(crop_margin=31), cache)
-    assert [r.status for r in reports] == ["propagated", "propagated"] and translation_registrar.calls > first
+    assert [r.status for r in reports] == [
+        "resumed",
+        "resumed",
+    ] and translation_registrar.calls == first
+    reports = propagate_cohort(
+        cohort, cohort_folder / "elsewhere", translation_registrar, config, cache
+    )
+    assert [r.status for r in reports] == [
+        "cached",
+        "cached",
+    ] and translation_registrar.calls == first
+    reports = propagate_cohort(
+        cohort,
+        cohort_folder / "out",
+        translation_registrar,
+        PropagationConfig(crop_margin=31),
+        cache,
+    )
+    assert [r.status for r in reports] == [
+        "propagated",
+        "propagated",
+    ] and translation_registrar.calls > first
 
 
-def test_an_interrupted_run_keeps_finished_cases_and_leaves_no_partial_case(cohort_folder, translation_registrar):
+def test_an_interrupted_run_keeps_finished_cases_and_leaves_no_partial_case(
+    cohort_folder, translation_registrar
+):
     cohort = cohort_from_folders(cohort_folder / "images", cohort_folder / "labels", labeled=2)
     original = translation_registrar.register
 
@@ -126,17 +162,28 @@ def test_an_interrupted_run_keeps_finished_cases_and_leaves_no_partial_case(coho
 
     translation_registrar.register = interrupt_on_second_case
     with pytest.raises(KeyboardInterrupt):
-        propagate_cohort(cohort, cohort_folder / "out", translation_registrar, PropagationConfig(crop_margin=30))
+        propagate_cohort(
+            cohort, cohort_folder / "out", translation_registrar, PropagationConfig(crop_margin=30)
+        )
     assert (cohort_folder / "out" / "cases" / "case0" / "case.json").exists()
     assert not (cohort_folder / "out" / "cases" / "case1").exists()
     translation_registrar.register = original
     events = []
-    reports = propagate_cohort(cohort, cohort_folder / "out", translation_registrar, PropagationConfig(crop_margin=30),
-                               progress=Progress(events.append))
+    reports = propagate_cohort(
+        cohort,
+        cohort_folder / "out",
+        translation_registrar,
+        PropagationConfig(crop_margin=30),
+        progress=Progress(events.append),
+    )
     assert [r.status for r in reports] == ["resumed", "propagated"]
     # the resumed run counts only the case left to do, and says the other one was kept
     counted = [(e["step"], e["total"]) for e in events if e.get("total") is not None]
-    assert counted == [(0, 1), (1, 1)] and "1 of 2" in events[0]["message"] and events[-1]["case"] == "case1"
+    assert (
+        counted == [(0, 1), (1, 1)]
+        and "1 of 2" in events[0]["message"]
+        and events[-1]["case"] == "case1"
+    )
 
 
 def test_a_cohort_without_labeled_cases_is_refused(cohort_folder, translation_registrar):

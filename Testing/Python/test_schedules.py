@@ -25,15 +25,24 @@ def test_paper_defaults():
     assert CFG.beta0 < CFG.beta_max <= 1.0
 
 
-@pytest.mark.parametrize("t, lr", [(0, 0.01), (2499, 0.01), (2500, 0.001), (4999, 0.001), (5000, 0.0001), (5999, 0.0001)])
+@pytest.mark.parametrize(
+    "t, lr", [(0, 0.01), (2499, 0.01), (2500, 0.001), (4999, 0.001), (5000, 0.0001), (5999, 0.0001)]
+)
 def test_learning_rate_steps(t, lr):
     assert learning_rate(t, CFG) == pytest.approx(lr, rel=1e-12)
 
 
 def test_alpha_at_each_thousand():
     # 0.97 * (1 + cos(pi * k / 6)) / 2, by hand
-    expected = [0.97, 0.97 * (1 + math.sqrt(3) / 2) / 2, 0.97 * 0.75, 0.485, 0.97 * 0.25,
-                0.97 * (1 - math.sqrt(3) / 2) / 2, 0.0]
+    expected = [
+        0.97,
+        0.97 * (1 + math.sqrt(3) / 2) / 2,
+        0.97 * 0.75,
+        0.485,
+        0.97 * 0.25,
+        0.97 * (1 - math.sqrt(3) / 2) / 2,
+        0.0,
+    ]
     got = [alpha(t, CFG) for t in range(0, 6001, 1000)]
     assert got == pytest.approx(expected, abs=1e-12)
     assert got[1] == pytest.approx(0.9050, abs=1e-4)
@@ -77,7 +86,9 @@ def test_beta_steps_every_150_iterations():
     assert beta(299, CFG) == beta(150, CFG)
     # value at a step is the ramp at that step
     s = 3000 / 6000
-    assert beta(3100, CFG) == pytest.approx(0.1 + (CFG.beta_max - 0.1) * math.exp(-5 * (1 - s) ** 2))
+    assert beta(3100, CFG) == pytest.approx(
+        0.1 + (CFG.beta_max - 0.1) * math.exp(-5 * (1 - s) ** 2)
+    )
 
 
 def test_uncertainty_threshold_ramp():

@@ -10,7 +10,13 @@ import pytest
 from scipy import ndimage
 
 from RADALib.errors import InputError
-from RADALib.synthetic import FRACTION_BOUNDS, SyntheticConfig, case_seed, synthetic_case, synthetic_cohort
+from RADALib.synthetic import (
+    FRACTION_BOUNDS,
+    SyntheticConfig,
+    case_seed,
+    synthetic_case,
+    synthetic_cohort,
+)
 
 CONFIG = SyntheticConfig()
 N_CASES = 6
@@ -39,7 +45,10 @@ def best_threshold_dice(image: np.ndarray, label: np.ndarray) -> float:
 
 def test_same_seed_gives_identical_arrays(cohort):
     _, image, label = cohort[3]
-    for seed in (case_seed(0, 3), np.random.default_rng(case_seed(0, 3))):  # an integer or a Generator
+    for seed in (
+        case_seed(0, 3),
+        np.random.default_rng(case_seed(0, 3)),
+    ):  # an integer or a Generator
         again_image, again_label = synthetic_case(seed)
         np.testing.assert_array_equal(again_image, image)
         np.testing.assert_array_equal(again_label, label)
@@ -95,7 +104,9 @@ def test_label_is_one_component_inside_the_volume(cohort, index):
     for axis, spacing in enumerate(CONFIG.spacing):
         margin = max(1, int(CONFIG.margin_mm / spacing) - 1)
         moved = np.moveaxis(label, axis, 0)
-        assert not moved[:margin].any() and not moved[-margin:].any(), f"label within {margin} voxels of a face on axis {axis}"
+        assert not moved[:margin].any() and not moved[-margin:].any(), (
+            f"label within {margin} voxels of a face on axis {axis}"
+        )
 
 
 def test_shapes_vary_between_cases(cohort):
@@ -113,11 +124,18 @@ def test_neighbouring_axial_slices_are_similar(cohort, index):
     _, image, label = cohort[index]
     areas = label.sum(axis=(0, 1))
     bulk = areas >= 0.1 * areas.max()
-    slice_dice = [dice(label[:, :, z], label[:, :, z + 1]) for z in range(label.shape[2] - 1) if bulk[z] and bulk[z + 1]]
+    slice_dice = [
+        dice(label[:, :, z], label[:, :, z + 1])
+        for z in range(label.shape[2] - 1)
+        if bulk[z] and bulk[z + 1]
+    ]
     assert len(slice_dice) >= 10
     assert np.mean(slice_dice) > 0.85
     assert np.min(slice_dice) > 0.4
-    correlations = [np.corrcoef(image[:, :, z].ravel(), image[:, :, z + 1].ravel())[0, 1] for z in range(image.shape[2] - 1)]
+    correlations = [
+        np.corrcoef(image[:, :, z].ravel(), image[:, :, z + 1].ravel())[0, 1]
+        for z in range(image.shape[2] - 1)
+    ]
     assert np.mean(correlations) > 0.75
 
 
@@ -152,7 +170,9 @@ def test_no_global_threshold_segments_the_organ(cohort, index):
 
 def test_distractors_and_bias_are_what_defeat_a_threshold():
     # Same organ (the label depends only on the seed and geometry) without look-alikes and bias.
-    easy = dataclasses.replace(CONFIG, vessel=False, n_bright=(0, 0), n_mid=(0, 0), bias_strength=0.0)
+    easy = dataclasses.replace(
+        CONFIG, vessel=False, n_bright=(0, 0), n_mid=(0, 0), bias_strength=0.0
+    )
     for seed in (4,):
         hard_image, hard_label = synthetic_case(seed)
         easy_image, easy_label = synthetic_case(seed, easy)
@@ -170,7 +190,12 @@ def test_other_grid_sizes_work():
     assert image.shape == label.shape == (48, 40, 32)
     assert ndimage.label(label)[1] == 1
     assert FRACTION_BOUNDS[0] <= label.mean() <= FRACTION_BOUNDS[1]
-    assert not label[0].any() and not label[-1].any() and not label[:, :, 0].any() and not label[:, :, -1].any()
+    assert (
+        not label[0].any()
+        and not label[-1].any()
+        and not label[:, :, 0].any()
+        and not label[:, :, -1].any()
+    )
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_data import blob_case, propagated_cohort, synthetic_training_case
 
 from RADALib.data import TrainingCase, load_training_cases, normalize_intensity
 from RADALib.errors import RADAError
@@ -27,8 +28,6 @@ from RADALib.training import (
     train_on_cases,
 )
 
-from test_data import blob_case, propagated_cohort, synthetic_training_case
-
 TEXT_DIM, REGION_DIM = 8, 6
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,11 +37,25 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def tiny(**changes) -> TrainConfig:
     """A seconds-long config; it keeps the small preset's schedule steps (lr 0.01 over these short runs)."""
-    steps = {k: getattr(presets["small"].schedule, k) for k in ("lr_step", "alpha_step", "beta_step")}
+    steps = {
+        k: getattr(presets["small"].schedule, k) for k in ("lr_step", "alpha_step", "beta_step")
+    }
     base = preset(
-        "small", patch=(16, 16, 16), iterations=4, uncertainty_passes=2, log_every=1, checkpoint_every=2,
-        validate_every=0, network={"base_filters": 2, "era_dim": 16, "adapter_hidden_dim": 16,
-                                   "text_dim": TEXT_DIM, "region_dim": 2 * REGION_DIM}, schedule=steps,
+        "small",
+        patch=(16, 16, 16),
+        iterations=4,
+        uncertainty_passes=2,
+        log_every=1,
+        checkpoint_every=2,
+        validate_every=0,
+        network={
+            "base_filters": 2,
+            "era_dim": 16,
+            "adapter_hidden_dim": 16,
+            "text_dim": TEXT_DIM,
+            "region_dim": 2 * REGION_DIM,
+        },
+        schedule=steps,
     )
     return base.replace(**changes)
 
@@ -50,7 +63,13 @@ def tiny(**changes) -> TrainConfig:
 def embeddings(ids, seed=0):
     rng = np.random.default_rng(seed)
     text = rng.normal(size=TEXT_DIM).astype(np.float32)
-    regions = {i: {p: rng.normal(size=REGION_DIM).astype(np.float32) for p in ("sagittal", "coronal", "axial")} for i in ids}
+    regions = {
+        i: {
+            p: rng.normal(size=REGION_DIM).astype(np.float32)
+            for p in ("sagittal", "coronal", "axial")
+        }
+        for i in ids
+    }
     return text, regions
 
 
@@ -65,7 +84,9 @@ def memory_cases(n_labeled=2, n_unlabeled=2):
         mask = np.zeros(label.shape, bool)
         mask[16], mask[:, 16], mask[:, :, 16] = True, True, True
         distances = tuple(np.abs(np.arange(32) - 16).astype(np.float32) for _ in range(3))
-        labeled.append(TrainingCase(f"l{i}", image, (label, label, label), distances, mask, label * mask))
+        labeled.append(
+            TrainingCase(f"l{i}", image, (label, label, label), distances, mask, label * mask)
+        )
     return labeled, unlabeled
 
 
@@ -84,7 +105,11 @@ class Events:
 
     def __call__(self, event):
         self.events.append(event)
-        if self.stop_at_step is not None and event.get("stage") == "train" and event.get("step") == self.stop_at_step:
+        if (
+            self.stop_at_step is not None
+            and event.get("stage") == "train"
+            and event.get("step") == self.stop_at_step
+        ):
             raise KeyboardInterrupt
 
 
@@ -93,8 +118,16 @@ class Events:
 
 def test_config_defaults_round_trip_and_replace():
     cfg = TrainConfig()
-    assert cfg.patch == (112, 112, 80) and cfg.iterations == 6000 and (cfg.labeled_batch, cfg.unlabeled_batch) == (2, 2)
-    assert cfg.seed == 1337 and cfg.visual_planes == ("axial", "axial") and cfg.schedule.base_lr == 0.01
+    assert (
+        cfg.patch == (112, 112, 80)
+        and cfg.iterations == 6000
+        and (cfg.labeled_batch, cfg.unlabeled_batch) == (2, 2)
+    )
+    assert (
+        cfg.seed == 1337
+        and cfg.visual_planes == ("axial", "axial")
+        and cfg.schedule.base_lr == 0.01
+    )
     assert cfg.network.region_dim == 1024 and cfg.network.text_dim == 512
     again = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg
@@ -102,12 +135,22 @@ def test_config_defaults_round_trip_and_replace():
     assert changed.schedule.max_iterations == 100 and changed.network.base_filters == 8
     assert changed.schedule.base_lr == 0.02 and cfg.network.base_filters == 16  # a copy
     small = presets["small"]
-    assert all(p % 16 == 0 for p in small.patch) and small.schedule.max_iterations == small.iterations
-    with pytest.raises(ValueError, match=r"unknown training setting 'iterationz' \(did you mean iterations\?\)"):
+    assert (
+        all(p % 16 == 0 for p in small.patch) and small.schedule.max_iterations == small.iterations
+    )
+    with pytest.raises(
+        ValueError, match=r"unknown training setting 'iterationz' \(did you mean iterations\?\)"
+    ):
         cfg.replace(iterationz=3)
-    with pytest.raises(ValueError, match=r"unknown training setting 'alpha_floor' \(did you mean schedule.alpha_floor\?\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown training setting 'alpha_floor' \(did you mean schedule.alpha_floor\?\)",
+    ):
         cfg.replace(alpha_floor=0.9)  # a nested setting named without its group
-    with pytest.raises(ValueError, match=r"unknown network setting 'basefilters' \(did you mean network.base_filters\?\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown network setting 'basefilters' \(did you mean network.base_filters\?\)",
+    ):
         cfg.replace(**{"network.basefilters": 8})
     with pytest.raises(ValueError, match=r"unknown training setting 'bogus'$"):
         cfg.replace(bogus=1)  # nothing close: no guess
@@ -115,7 +158,9 @@ def test_config_defaults_round_trip_and_replace():
         cfg.replace(patch=(40, 40, 40))
     with pytest.raises(ValueError, match="region_mode"):
         cfg.replace(region_mode="maybe")
-    assert cfg.label_source == "views" and cfg.schedule.alpha_floor == 0.0  # the paper's supervision
+    assert (
+        cfg.label_source == "views" and cfg.schedule.alpha_floor == 0.0
+    )  # the paper's supervision
     with pytest.raises(ValueError, match="label_source must be one of"):
         cfg.replace(label_source="dense")
     with pytest.raises(ValueError, match="'fused' needs the propagated labels"):
@@ -126,15 +171,30 @@ def test_config_defaults_round_trip_and_replace():
 
 def test_a_setting_of_the_wrong_kind_is_refused_naming_it_and_lists_may_be_comma_text():
     cfg = TrainConfig()
-    for key, value, wanted in (("schedule.alpha_floor", "high", "a number"), ("use_text", 1, "true or false"),
-                               ("network.base_filters", 8.5, "a whole number"), ("amp", True, "text"),
-                               ("seed", True, "a whole number"), ("patch", "64,a,48", "a comma-separated list")):
+    for key, value, wanted in (
+        ("schedule.alpha_floor", "high", "a number"),
+        ("use_text", 1, "true or false"),
+        ("network.base_filters", 8.5, "a whole number"),
+        ("amp", True, "text"),
+        ("seed", True, "a whole number"),
+        ("patch", "64,a,48", "a comma-separated list"),
+    ):
         with pytest.raises(ValueError, match=f"setting {key} takes {wanted}"):
             cfg.replace(**{key: value})
-    with pytest.raises(ValueError, match="setting network.base_filters takes a whole number, got 8.5"):
-        cfg.replace(network={"base_filters": 8.5})  # a group given as a dict is checked the same way
-    changed = cfg.replace(**{"patch": "64,64,48", "visual_planes": "axial,sagittal", "schedule.alpha_floor": 0,
-                             "noise_std": 0})  # a whole number for a decimal setting
+    with pytest.raises(
+        ValueError, match="setting network.base_filters takes a whole number, got 8.5"
+    ):
+        cfg.replace(
+            network={"base_filters": 8.5}
+        )  # a group given as a dict is checked the same way
+    changed = cfg.replace(
+        **{
+            "patch": "64,64,48",
+            "visual_planes": "axial,sagittal",
+            "schedule.alpha_floor": 0,
+            "noise_std": 0,
+        }
+    )  # a whole number for a decimal setting
     assert changed.patch == (64, 64, 48) and changed.visual_planes == ("axial", "sagittal")
     assert changed.schedule.alpha_floor == 0 and changed.noise_std == 0
 
@@ -144,7 +204,11 @@ def test_preset_with_other_iterations_scales_its_schedule_steps():
 
     half = preset("paper", iterations=3000)
     assert half.iterations == half.schedule.max_iterations == 3000
-    assert (half.schedule.lr_step, half.schedule.alpha_step, half.schedule.beta_step) == (1250, 500, 75)
+    assert (half.schedule.lr_step, half.schedule.alpha_step, half.schedule.beta_step) == (
+        1250,
+        500,
+        75,
+    )
     # a 5x longer small run keeps the preset's shape: lr 0.01 for the first 5/12 of it, not 10^-8 at the end
     longer = preset("small", iterations=1000)
     small = presets["small"]
@@ -152,7 +216,10 @@ def test_preset_with_other_iterations_scales_its_schedule_steps():
     assert learning_rate(999, longer.schedule) == pytest.approx(learning_rate(199, small.schedule))
     # schedule settings given explicitly win over the scaled ones; the others are still scaled
     explicit = preset("small", iterations=1000, **{"schedule.lr_step": 100})
-    assert explicit.schedule.lr_step == 100 and explicit.schedule.alpha_step == longer.schedule.alpha_step
+    assert (
+        explicit.schedule.lr_step == 100
+        and explicit.schedule.alpha_step == longer.schedule.alpha_step
+    )
     assert preset("small").schedule == small.schedule
 
 
@@ -162,12 +229,19 @@ def test_guidance_prompt_takes_one_plane_per_labeled_sample():
     prompt = GuidancePrompt.build(cfg, text, regions, ["a", "b", "c"])
     region = prompt.region([2, 0])
     assert tuple(region.shape) == (1, 2 * REGION_DIM)
-    assert np.allclose(region[0].numpy(), np.concatenate([regions["c"]["sagittal"], regions["a"]["axial"]]))
-    mean = np.concatenate([np.mean([regions[c][p] for c in "abc"], axis=0) for p in ("sagittal", "axial")])
+    assert np.allclose(
+        region[0].numpy(), np.concatenate([regions["c"]["sagittal"], regions["a"]["axial"]])
+    )
+    mean = np.concatenate(
+        [np.mean([regions[c][p] for c in "abc"], axis=0) for p in ("sagittal", "axial")]
+    )
     assert np.allclose(prompt.inference_region()[0].numpy(), mean, atol=1e-6)
     assert tuple(prompt.text.shape) == (1, TEXT_DIM)
     assert GuidancePrompt.build(cfg.replace(use_text=False), text, regions, ["a"]).text is None
-    assert GuidancePrompt.build(cfg.replace(region_mode="none"), text, regions, ["a"]).region([0]) is None
+    assert (
+        GuidancePrompt.build(cfg.replace(region_mode="none"), text, regions, ["a"]).region([0])
+        is None
+    )
     assert GuidancePrompt.build(cfg, text, None, ["a"]).region([0]) is None
     with pytest.raises(RADAError, match="no region embedding for d/sagittal"):
         GuidancePrompt.build(cfg, text, regions, ["a", "d"])
@@ -178,7 +252,9 @@ def test_guidance_prompt_takes_one_plane_per_labeled_sample():
 
 def test_peer_pseudo_labels_leave_batchnorm_statistics_and_modes_untouched():
     torch.manual_seed(0)
-    model = NetworkConfig(base_filters=2, text_dim=TEXT_DIM, region_dim=REGION_DIM, era_dim=16, adapter_hidden_dim=16).build()
+    model = NetworkConfig(
+        base_filters=2, text_dim=TEXT_DIM, region_dim=REGION_DIM, era_dim=16, adapter_hidden_dim=16
+    ).build()
     model.train()
     x = torch.randn(2, 1, 16, 16, 16)
     era = model.embed(torch.randn(1, TEXT_DIM), torch.randn(1, REGION_DIM))
@@ -191,8 +267,12 @@ def test_peer_pseudo_labels_leave_batchnorm_statistics_and_modes_untouched():
         assert pseudo.dtype == torch.int64 and tuple(pseudo.shape) == (2, 16, 16, 16)
         assert mask.dtype == torch.float32 and set(mask.unique().tolist()) <= {0.0, 1.0}
         assert not pseudo.requires_grad and not mask.requires_grad
-    assert all(float(m.sum()) == 0 for _, m in peer_pseudo_labels(model, x, era, 2, threshold=0.0).values())
-    assert all(bool(m.all()) for _, m in peer_pseudo_labels(model, x, era, 2, threshold=10.0).values())
+    assert all(
+        float(m.sum()) == 0 for _, m in peer_pseudo_labels(model, x, era, 2, threshold=0.0).values()
+    )
+    assert all(
+        bool(m.all()) for _, m in peer_pseudo_labels(model, x, era, 2, threshold=10.0).values()
+    )
     # the check above can see a change: a train-mode forward does move the statistics
     model.nets["axial"](x, era)
     assert not states_equal(before, model.state_dict())
@@ -203,9 +283,18 @@ def test_iteration_losses_follow_equation_11():
     labeled = [synthetic_training_case("l", (16, 16, 16))]
     from RADALib.data import TwoStreamSampler
 
-    batch = TwoStreamSampler(labeled, [synthetic_training_case("u", (16, 16, 16), labeled=False)], (16, 16, 16), 1, 1).sample(0.9).to("cpu")
+    batch = (
+        TwoStreamSampler(
+            labeled, [synthetic_training_case("u", (16, 16, 16), labeled=False)], (16, 16, 16), 1, 1
+        )
+        .sample(0.9)
+        .to("cpu")
+    )
     logits = {v: torch.randn(2, 2, 16, 16, 16, requires_grad=True) for v in VIEWS}
-    pseudo = {v: (torch.randint(0, 2, (1, 16, 16, 16)), (torch.rand(1, 16, 16, 16) > 0.5).float()) for v in VIEWS}
+    pseudo = {
+        v: (torch.randint(0, 2, (1, 16, 16, 16)), (torch.rand(1, 16, 16, 16) > 0.5).float())
+        for v in VIEWS
+    }
     loss, sup, unsup = iteration_losses(logits, batch, pseudo, 0.25)
     assert torch.allclose(loss, 0.75 * sup + 0.25 * unsup)
     loss.backward()
@@ -244,20 +333,36 @@ def test_resume_after_a_stop_or_ctrl_c_equals_a_straight_run(disk_cohort, tmp_pa
     assert resumed.iteration == 3
     assert states_equal(straight.model.state_dict(), resumed.model.state_dict())  # bitwise
 
-    sink = Events(stop_at_step=3)  # Ctrl-C while iteration 3 is being logged, after the checkpoint at 2
+    sink = Events(
+        stop_at_step=3
+    )  # Ctrl-C while iteration 3 is being logged, after the checkpoint at 2
     with pytest.raises(KeyboardInterrupt):
         train(cfg, cohort, propagation, text, regions, tmp_path / "c", progress=Progress(sink))
     assert load_checkpoint(tmp_path / "c" / CHECKPOINT)["iteration"] == 2
     events = Events()
-    again = train(cfg, cohort, propagation, text, regions, tmp_path / "c", progress=Progress(events))
+    again = train(
+        cfg, cohort, propagation, text, regions, tmp_path / "c", progress=Progress(events)
+    )
     assert states_equal(straight.model.state_dict(), again.model.state_dict())
     assert any("resuming" in e.get("message", "") for e in events.events)
-    steps = [json.loads(line)["step"] for line in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()]
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "c" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert steps == [1, 2, 3]  # the line of the lost iteration 3 was dropped on resume
 
     with pytest.raises(RADAError, match="other settings"):
-        train(cfg.replace(**{"schedule.base_lr": 0.02}), cohort, propagation, text, regions, tmp_path / "c")
-    assert json.loads((tmp_path / "c" / "config.json").read_text())["schedule"]["base_lr"] == 0.01  # untouched
+        train(
+            cfg.replace(**{"schedule.base_lr": 0.02}),
+            cohort,
+            propagation,
+            text,
+            regions,
+            tmp_path / "c",
+        )
+    assert (
+        json.loads((tmp_path / "c" / "config.json").read_text())["schedule"]["base_lr"] == 0.01
+    )  # untouched
 
 
 def test_ctrl_c_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
@@ -278,7 +383,11 @@ def test_ctrl_c_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, monke
         train_on_cases(cfg, labeled, unlabeled, text, regions, tmp_path)
     monkeypatch.undo()
     assert load_checkpoint(tmp_path / CHECKPOINT)["iteration"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint.pt",
+        "config.json",
+        "metrics.jsonl",
+    ]
 
 
 def test_supervised_only_without_unlabeled_cases_and_validation(tmp_path):
@@ -293,22 +402,37 @@ def test_supervised_only_without_unlabeled_cases_and_validation(tmp_path):
     events = Events()
     cfg = tiny(iterations=2, validate_every=2, log_every=5)
     result = train_on_cases(cfg, labeled, [], text, regions, tmp_path, Progress(events), validate)
-    [warning] = [e["message"] for e in events.events if e.get("level") == "warning" and "supervised only" in e["message"]]
-    assert "--set label_source=fused" in warning  # the paper's α ramp-down leaves only the slices: say what helps
+    [warning] = [
+        e["message"]
+        for e in events.events
+        if e.get("level") == "warning" and "supervised only" in e["message"]
+    ]
+    assert (
+        "--set label_source=fused" in warning
+    )  # the paper's α ramp-down leaves only the slices: say what helps
     assert all(h["loss_unsup"] == 0.0 and h["beta"] == 0.0 for h in result.history)
     assert seen == [(False, (1, TEXT_DIM), (1, 2 * REGION_DIM))]
     assert result.history[-1]["dice"] == 0.5
     assert [e["step"] for e in events.events if e.get("stage") == "train" and "dice" in e] == [2]
 
 
-def test_fused_labels_with_unlabeled_cases_warn_that_cross_supervision_loses_its_diversity(tmp_path):
+def test_fused_labels_with_unlabeled_cases_warn_that_cross_supervision_loses_its_diversity(
+    tmp_path,
+):
     labeled, unlabeled = memory_cases(2, 1)
     text, regions = embeddings([c.id for c in labeled])
     said = {}
     for source in ("views", "fused"):
         events = Events()
-        train_on_cases(tiny(iterations=1, label_source=source), labeled, unlabeled, text, regions,
-                       tmp_path / source, Progress(events))
+        train_on_cases(
+            tiny(iterations=1, label_source=source),
+            labeled,
+            unlabeled,
+            text,
+            regions,
+            tmp_path / source,
+            Progress(events),
+        )
         said[source] = [e["message"] for e in events.events if e.get("level") == "warning"]
     assert not any("label_source=fused" in m for m in said["views"])
     [warning] = [m for m in said["fused"] if "label_source=fused with unlabeled cases" in m]
@@ -320,16 +444,29 @@ def test_ablations_run_without_text_region_or_registration(disk_cohort, tmp_path
     text, _ = embeddings([])
     cfg = tiny(iterations=1, use_text=False, use_registration=False, region_mode="none")
     seen = []
-    result = train(cfg.replace(validate_every=1), cohort, None, text, None, tmp_path,  # no propagation needed
-                   validate=lambda model, t, r: seen.append((t, r)) or {})
+    result = train(
+        cfg.replace(validate_every=1),
+        cohort,
+        None,
+        text,
+        None,
+        tmp_path,  # no propagation needed
+        validate=lambda model, t, r: seen.append((t, r)) or {},
+    )
     assert result.iteration == 1 and np.isfinite(result.history[-1]["loss"])
-    assert float(seen[0][0].abs().sum()) == 0.0 and seen[0][1] is None  # Et = zeros, no region: as trained
+    assert (
+        float(seen[0][0].abs().sum()) == 0.0 and seen[0][1] is None
+    )  # Et = zeros, no region: as trained
     events = Events()
     train(cfg.replace(use_text=True), cohort, None, None, None, tmp_path / "b", Progress(events))
-    assert any(e.get("level") == "warning" and "no text embedding" in e["message"] for e in events.events)
+    assert any(
+        e.get("level") == "warning" and "no text embedding" in e["message"] for e in events.events
+    )
 
 
-def test_train_reads_the_fused_pseudo_labels_when_label_source_is_fused(disk_cohort, tmp_path, monkeypatch):
+def test_train_reads_the_fused_pseudo_labels_when_label_source_is_fused(
+    disk_cohort, tmp_path, monkeypatch
+):
     import RADALib.training as training
 
     cohort, propagation = disk_cohort
@@ -342,7 +479,9 @@ def test_train_reads_the_fused_pseudo_labels_when_label_source_is_fused(disk_coh
 
     monkeypatch.setattr(training, "load_training_cases", spy)
     text, regions = embeddings([c.id for c in cohort.cases])
-    result = train(tiny(iterations=1, label_source="fused"), cohort, propagation, text, regions, tmp_path)
+    result = train(
+        tiny(iterations=1, label_source="fused"), cohort, propagation, text, regions, tmp_path
+    )
     assert result.iteration == 1 and np.isfinite(result.history[-1]["loss"])
     [labeled] = loaded
     fused = load_case_result(propagation / "cases" / labeled[0].id).fused()
@@ -354,7 +493,15 @@ def test_patch_larger_than_the_volumes_is_padded_and_said(tmp_path):
     labeled = [synthetic_training_case("l", (12, 20, 16))]
     text, regions = embeddings(["l"])
     events = Events()
-    train_on_cases(tiny(iterations=1, unlabeled_batch=0), labeled, [], text, regions, tmp_path, Progress(events))
+    train_on_cases(
+        tiny(iterations=1, unlabeled_batch=0),
+        labeled,
+        [],
+        text,
+        regions,
+        tmp_path,
+        Progress(events),
+    )
     assert sum("padded" in e.get("message", "") for e in events.events) == 1
 
 
@@ -366,7 +513,9 @@ def test_gpu_out_of_memory_becomes_a_one_line_radaerror(tmp_path, monkeypatch):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(_TrainForward, "forward", oom)
-    with pytest.raises(RADAError, match=r"ran out of memory .*--preset small.*--device cpu") as caught:
+    with pytest.raises(
+        RADAError, match=r"ran out of memory .*--preset small.*--device cpu"
+    ) as caught:
         train_on_cases(tiny(iterations=1), labeled, unlabeled, text, regions, tmp_path)
     assert "\n" not in str(caught.value)
 
@@ -377,22 +526,38 @@ def test_gpu_out_of_memory_becomes_a_one_line_radaerror(tmp_path, monkeypatch):
 def _ddp_rank(rank: int, port: int, out: str, errors) -> None:
     """One process of a 2-process run, with the environment ``torchrun`` would give it."""
     try:
-        os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
+        os.environ.update(
+            RANK=str(rank),
+            LOCAL_RANK=str(rank),
+            WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            GLOO_SOCKET_IFNAME="lo",
+        )
         torch.set_num_threads(1)
         labeled, unlabeled = memory_cases(3, 3)
         text, regions = embeddings([c.id for c in labeled])
-        result = train_on_cases(tiny(iterations=3, checkpoint_every=3, prefetch=1), labeled, unlabeled, text, regions, out)
+        result = train_on_cases(
+            tiny(iterations=3, checkpoint_every=3, prefetch=1),
+            labeled,
+            unlabeled,
+            text,
+            regions,
+            out,
+        )
         torch.save(result.model.state_dict(), os.path.join(out, f"rank{rank}.pt"))
         errors.put((rank, None))
     except BaseException as error:  # reported to the test
         errors.put((rank, f"{type(error).__name__}: {error}"))
 
 
-@pytest.mark.skipif("fork" not in __import__("multiprocessing").get_all_start_methods(), reason="needs fork")
+@pytest.mark.skipif(
+    "fork" not in __import__("multiprocessing").get_all_start_methods(), reason="needs fork"
+)
 def test_two_gloo_processes_stay_in_step(tmp_path):
     import multiprocessing
     import socket
+
     import torch._dynamo  # noqa: F401 - imported once here rather than in both children (slow)
 
     with socket.socket() as probe:
@@ -403,7 +568,9 @@ def test_two_gloo_processes_stay_in_step(tmp_path):
     # the environment is the one torchrun sets, so train() opens (and closes) the gloo group itself
     context = multiprocessing.get_context("fork")
     errors = context.Queue()
-    processes = [context.Process(target=_ddp_rank, args=(r, port, str(out), errors)) for r in range(2)]
+    processes = [
+        context.Process(target=_ddp_rank, args=(r, port, str(out), errors)) for r in range(2)
+    ]
     for process in processes:
         process.start()
     for process in processes:
@@ -414,9 +581,16 @@ def test_two_gloo_processes_stay_in_step(tmp_path):
     assert states_equal(rank0, rank1)  # parameters and batch-norm buffers
     torch.manual_seed(tiny().seed)
     fresh = tiny().network.build().state_dict()  # the initial weights of the run
-    assert not torch.equal(fresh["nets.axial.vnet.out_conv.weight"], rank0["nets.axial.vnet.out_conv.weight"])
+    assert not torch.equal(
+        fresh["nets.axial.vnet.out_conv.weight"], rank0["nets.axial.vnet.out_conv.weight"]
+    )
     saved = load_checkpoint(out / CHECKPOINT)
     assert saved["world_size"] == 2 and saved["iteration"] == 3
-    assert saved["ranks"][0]["sampler"] != saved["ranks"][1]["sampler"]  # each rank draws its own batches
+    assert (
+        saved["ranks"][0]["sampler"] != saved["ranks"][1]["sampler"]
+    )  # each rank draws its own batches
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith("rank")) == [
-        "checkpoint.pt", "config.json", "metrics.jsonl"]  # rank 0 alone writes
+        "checkpoint.pt",
+        "config.json",
+        "metrics.jsonl",
+    ]  # rank 0 alone writes

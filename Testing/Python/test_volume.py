@@ -29,7 +29,8 @@ def test_permuted_flipped_volume_is_read_in_sagittal_coronal_axial_order(tmp_pat
     data = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)
     path = write_sitk(tmp_path / "a.nrrd", data, (2.0, 0.5, 1.0), (10.0, -3.0, 7.0), PERMUTED)
     volume = read_volume(path)
-    # canonical axis 0 = file axis 1 (world x), axis 1 = file axis 2 (world y, flipped), axis 2 = file axis 0 (world z, flipped)
+    # canonical axis 0 = file axis 1 (world x), axis 1 = file axis 2 (world y, flipped),
+    # axis 2 = file axis 0 (world z, flipped)
     expected = np.flip(np.flip(np.transpose(data, (1, 2, 0)), 1), 2)
     np.testing.assert_array_equal(volume.array, expected)
     assert volume.spacing == (0.5, 1.0, 2.0)
@@ -39,8 +40,12 @@ def test_permuted_flipped_volume_is_read_in_sagittal_coronal_axial_order(tmp_pat
     for canonical_index in [(0, 0, 0), (4, 5, 3), (2, 1, 2)]:
         x, y, z = canonical_index
         file_index = (3 - z, x, 5 - y)
-        world_file = np.array(image.TransformIndexToPhysicalPoint(tuple(int(v) for v in file_index)))
-        world_canonical = np.asarray(volume.origin) + volume.direction @ (np.asarray(canonical_index) * volume.spacing)
+        world_file = np.array(
+            image.TransformIndexToPhysicalPoint(tuple(int(v) for v in file_index))
+        )
+        world_canonical = np.asarray(volume.origin) + volume.direction @ (
+            np.asarray(canonical_index) * volume.spacing
+        )
         np.testing.assert_allclose(world_canonical, world_file, atol=1e-9)
 
 
@@ -56,21 +61,29 @@ def test_result_written_for_a_permuted_volume_overlays_it_voxel_for_voxel(tmp_pa
     np.testing.assert_allclose(written.GetSpacing(), original.GetSpacing())
     np.testing.assert_allclose(written.GetOrigin(), original.GetOrigin())
     np.testing.assert_allclose(written.GetDirection(), original.GetDirection())
-    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), (sitk.GetArrayFromImage(original) > 0.5).astype(np.uint8))
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(written), (sitk.GetArrayFromImage(original) > 0.5).astype(np.uint8)
+    )
     assert sorted(p.name for p in out.parent.iterdir()) == ["label.nrrd"]  # no temporary left
 
 
 def test_oblique_volume_is_refused_with_a_message_naming_the_file(tmp_path):
     angle = np.radians(20)
-    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
-    path = write_sitk(tmp_path / "oblique.nrrd", np.ones((6, 6, 4), np.float32), (1, 1, 1), (0, 0, 0), rotation)
+    rotation = np.array(
+        [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+    )
+    path = write_sitk(
+        tmp_path / "oblique.nrrd", np.ones((6, 6, 4), np.float32), (1, 1, 1), (0, 0, 0), rotation
+    )
     with pytest.raises(InputError, match=r"oblique\.nrrd: the volume is oblique.*20\.0 degrees"):
         read_volume(path)
 
 
 def test_oblique_volume_can_be_resampled_and_results_go_back_to_its_grid(tmp_path):
     angle = np.radians(15)
-    rotation = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]])
+    rotation = np.array(
+        [[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]]
+    )
     data = np.zeros((10, 12, 8), np.float32)
     data[3:7, 4:9, 2:6] = 1.0
     path = write_sitk(tmp_path / "oblique.nrrd", data, (1, 1, 1), (0, 0, 0), rotation)
@@ -101,7 +114,9 @@ def test_la_h5_volume_has_default_spacing_and_a_missing_dataset_is_named(tmp_pat
 def test_missing_truncated_and_unsupported_files_give_one_line_errors(tmp_path):
     with pytest.raises(InputError, match="nothere.nrrd: file not found"):
         read_volume(tmp_path / "nothere.nrrd")
-    good = write_sitk(tmp_path / "good.nrrd", np.ones((20, 20, 20), np.float32), (1, 1, 1), (0, 0, 0), np.eye(3))
+    good = write_sitk(
+        tmp_path / "good.nrrd", np.ones((20, 20, 20), np.float32), (1, 1, 1), (0, 0, 0), np.eye(3)
+    )
     truncated = tmp_path / "truncated.nrrd"
     truncated.write_bytes(good.read_bytes()[:-4000])
     with pytest.raises(InputError) as info:
@@ -119,18 +134,30 @@ def test_nan_voxels_and_non_integer_labels_are_rejected(tmp_path):
     path = write_sitk(tmp_path / "nan.nrrd", data, (1, 1, 1), (0, 0, 0), np.eye(3))
     with pytest.raises(InputError, match="nan.nrrd: 2 voxels are NaN or Inf"):
         read_volume(path)
-    fractional = write_sitk(tmp_path / "frac.nrrd", np.full((5, 5, 5), 0.5, np.float32), (1, 1, 1), (0, 0, 0), np.eye(3))
+    fractional = write_sitk(
+        tmp_path / "frac.nrrd", np.full((5, 5, 5), 0.5, np.float32), (1, 1, 1), (0, 0, 0), np.eye(3)
+    )
     with pytest.raises(InputError, match="non-integer values"):
         read_volume(fractional, kind="label")
 
 
 def test_label_on_another_grid_is_refused_naming_the_label(tmp_path):
-    image = read_volume(write_sitk(tmp_path / "img.nrrd", np.zeros((6, 6, 6), np.float32), (1, 1, 1), (0, 0, 0), np.eye(3)))
-    shifted = write_sitk(tmp_path / "lab.nrrd", np.zeros((6, 6, 6), np.uint8), (1, 1, 1), (5, 0, 0), np.eye(3))
+    image = read_volume(
+        write_sitk(
+            tmp_path / "img.nrrd", np.zeros((6, 6, 6), np.float32), (1, 1, 1), (0, 0, 0), np.eye(3)
+        )
+    )
+    shifted = write_sitk(
+        tmp_path / "lab.nrrd", np.zeros((6, 6, 6), np.uint8), (1, 1, 1), (5, 0, 0), np.eye(3)
+    )
     with pytest.raises(InputError, match=r"lab\.nrrd: origin .* does not match the image's"):
         read_label_for(image, shifted)
-    smaller = write_sitk(tmp_path / "small.nrrd", np.zeros((6, 6, 5), np.uint8), (1, 1, 1), (0, 0, 0), np.eye(3))
-    with pytest.raises(InputError, match=r"small\.nrrd: shape \(6, 6, 5\) does not match the image's \(6, 6, 6\)"):
+    smaller = write_sitk(
+        tmp_path / "small.nrrd", np.zeros((6, 6, 5), np.uint8), (1, 1, 1), (0, 0, 0), np.eye(3)
+    )
+    with pytest.raises(
+        InputError, match=r"small\.nrrd: shape \(6, 6, 5\) does not match the image's \(6, 6, 6\)"
+    ):
         read_label_for(image, smaller)
 
 

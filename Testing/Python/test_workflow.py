@@ -8,6 +8,7 @@ import logging
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import TranslationRegistrar, disk_stack
 
 from RADALib.bundle import load_bundle
 from RADALib.cohort import Case, Cohort
@@ -21,10 +22,10 @@ from RADALib.train_config import preset
 from RADALib.volume import read_volume, volume_from_array, write_like
 from RADALib.workflow import largest_component_record, model_folder, train_model
 
-from conftest import TranslationRegistrar, disk_stack
 
-
-def test_train_model_writes_a_bundle_that_segments_with_the_input_header(tmp_path, caplog, monkeypatch):
+def test_train_model_writes_a_bundle_that_segments_with_the_input_header(
+    tmp_path, caplog, monkeypatch
+):
     monkeypatch.setenv("RADA_CACHE_DIR", str(tmp_path / "no-weights"))
     cases = []
     direction = np.array([[0, 1, 0], [1, 0, 0], [0, 0, 1]], float)
@@ -36,23 +37,49 @@ def test_train_model_writes_a_bundle_that_segments_with_the_input_header(tmp_pat
         cases.append(Case(f"c{i}", image_path, None, label_path, simulate_from_dense=i < 2))
     cohort = Cohort("tiny", cases, {1: "left atrium"})
     experiment = tmp_path / "experiment"
-    propagate_cohort(cohort, experiment / "propagation", TranslationRegistrar(), PropagationConfig(crop_margin=20))
+    propagate_cohort(
+        cohort,
+        experiment / "propagation",
+        TranslationRegistrar(),
+        PropagationConfig(crop_margin=20),
+    )
 
-    config = preset("small", iterations=2, patch=(16, 16, 16), network={"base_filters": 2}, uncertainty_passes=1,
-                    device="cpu", checkpoint_every=1, validate_every=0, prefetch=0)
+    config = preset(
+        "small",
+        iterations=2,
+        patch=(16, 16, 16),
+        network={"base_filters": 2},
+        uncertainty_passes=1,
+        device="cpu",
+        checkpoint_every=1,
+        validate_every=0,
+        prefetch=0,
+    )
     events: list[dict] = []
     with caplog.at_level(logging.WARNING):
-        run = train_model(cohort, experiment, config, propagation_dir=experiment / "propagation",
-                          cache_dir=tmp_path / "cache", progress=Progress(events.append))
+        run = train_model(
+            cohort,
+            experiment,
+            config,
+            propagation_dir=experiment / "propagation",
+            cache_dir=tmp_path / "cache",
+            progress=Progress(events.append),
+        )
 
     # random encoders are said once, with the files and folder that would replace them, not logged twice
     random = [e["message"] for e in events if "RANDOM" in e["message"]]
     assert len(random) == 1 and "RANDOM Alpha-CLIP/CLIP weights" in random[0]
-    assert "clip_b16_grit1m_fultune_8xe.pth, ViT-B-16.pt" in random[0] and str(tmp_path / "no-weights") in random[0]
+    assert (
+        "clip_b16_grit1m_fultune_8xe.pth, ViT-B-16.pt" in random[0]
+        and str(tmp_path / "no-weights") in random[0]
+    )
     assert "RANDOM" not in caplog.text
     manifest = json.loads((run.model / "manifest.json").read_text())
     assert run.iterations == 2 and model_folder(experiment) == run.model
-    assert manifest["encoder"]["pretrained"] == {"vision": False, "text": False}  # said, never hidden
+    assert manifest["encoder"]["pretrained"] == {
+        "vision": False,
+        "text": False,
+    }  # said, never hidden
     assert len(manifest["text_embedding"]) == 512 and len(manifest["region_embedding_mean"]) == 1024
     assert manifest["classes"]["1"]["name"] == "left atrium"
     assert (experiment / "embeddings.npz").exists() and (experiment / "checkpoint.pt").exists()
@@ -66,11 +93,15 @@ def test_train_model_writes_a_bundle_that_segments_with_the_input_header(tmp_pat
     # (random ViT-B/16 towers, same seed), equals the Ev stored at training
     stored = CohortEmbeddings.load(experiment / "embeddings.npz").regions["c0"]["axial"]
     image = read_volume(cases[0].image)
-    sparse = image.with_array(load_case_result(experiment / "propagation" / "cases" / "c0").annotation.label)
+    sparse = image.with_array(
+        load_case_result(experiment / "propagation" / "cases" / "c0").annotation.label
+    )
     recomputed = region_embedding_for(load_bundle(run.model), image, sparse)
     np.testing.assert_allclose(recomputed, np.concatenate([stored, stored]), rtol=1e-5, atol=1e-5)
 
-    [output] = predict_files(run.model, [cases[2].image], tmp_path / "predictions", patch=(16, 16, 16))
+    [output] = predict_files(
+        run.model, [cases[2].image], tmp_path / "predictions", patch=(16, 16, 16)
+    )
     written, source = sitk.ReadImage(str(output)), sitk.ReadImage(str(cases[2].image))
     assert written.GetSize() == source.GetSize()
     np.testing.assert_allclose(written.GetDirection(), source.GetDirection())
@@ -83,8 +114,13 @@ def test_train_model_trains_on_the_fusion_its_propagation_settings_name(tmp_path
 
     image, label = disk_stack(shape=(32, 32, 32), radius=8, shift_per_slice=(0.5, 0.0), seed=0)
     reference = volume_from_array(image)
-    case = Case("c0", write_like(reference, image, tmp_path / "c0.nrrd"), None,
-                write_like(reference, label, tmp_path / "c0_label.nrrd"), simulate_from_dense=True)
+    case = Case(
+        "c0",
+        write_like(reference, image, tmp_path / "c0.nrrd"),
+        None,
+        write_like(reference, label, tmp_path / "c0_label.nrrd"),
+        simulate_from_dense=True,
+    )
     cohort = Cohort("tiny", [case], {1: "left atrium"})
     settings = PropagationConfig(crop_margin=20, fusion="majority", fusion_alpha=0.8)
     propagate_cohort(cohort, tmp_path / "propagation", TranslationRegistrar(), settings)
@@ -97,8 +133,13 @@ def test_train_model_trains_on_the_fusion_its_propagation_settings_name(tmp_path
 
     monkeypatch.setattr(training, "train", stop)
     with pytest.raises(KeyboardInterrupt):
-        train_model(cohort, tmp_path / "experiment", preset("small", label_source="fused"),
-                    propagation_dir=tmp_path / "propagation", propagation_config=settings)
+        train_model(
+            cohort,
+            tmp_path / "experiment",
+            preset("small", label_source="fused"),
+            propagation_dir=tmp_path / "propagation",
+            propagation_config=settings,
+        )
     assert seen["fusion"] == ("majority", 0.8)
 
 
@@ -107,13 +148,18 @@ def _tubes(shape=(48, 32, 24), parts=1, seed=0) -> tuple[np.ndarray, np.ndarray]
     x, y = np.mgrid[0 : shape[0], 0 : shape[1]]
     label = np.zeros(shape, np.uint8)
     for centre in (12, 36)[:parts]:
-        label[((x - centre) ** 2 + (y - 16) ** 2 <= 25)[:, :, None] & (np.arange(shape[2]) >= 2)[None, None, :]
-              & (np.arange(shape[2]) < 22)[None, None, :]] = 1
+        label[
+            ((x - centre) ** 2 + (y - 16) ** 2 <= 25)[:, :, None]
+            & (np.arange(shape[2]) >= 2)[None, None, :]
+            & (np.arange(shape[2]) < 22)[None, None, :]
+        ] = 1
     image = label + np.random.default_rng(seed).normal(0, 0.05, shape).astype(np.float32)
     return image.astype(np.float32), label
 
 
-def test_largest_component_is_recommended_only_for_a_structure_that_is_one_region_in_the_pseudo_labels(tmp_path):
+def test_largest_component_is_recommended_only_for_a_structure_that_is_one_region_in_the_pseudo_labels(
+    tmp_path,
+):
     config = PropagationConfig(crop_margin=20)
     for parts, expected in ((1, [1]), (2, [])):
         cases = []
@@ -121,8 +167,15 @@ def test_largest_component_is_recommended_only_for_a_structure_that_is_one_regio
             image, label = _tubes(parts=parts, seed=i)
             reference = volume_from_array(image, spacing=(1.0, 1.0, 1.0))
             folder = tmp_path / f"parts{parts}"
-            cases.append(Case(f"c{i}", write_like(reference, image, folder / "images" / f"c{i}.nrrd"), None,
-                              write_like(reference, label, folder / "labels" / f"c{i}.nrrd"), simulate_from_dense=True))
+            cases.append(
+                Case(
+                    f"c{i}",
+                    write_like(reference, image, folder / "images" / f"c{i}.nrrd"),
+                    None,
+                    write_like(reference, label, folder / "labels" / f"c{i}.nrrd"),
+                    simulate_from_dense=True,
+                )
+            )
         cohort = Cohort("tubes", cases, {1: "vessel"})
         propagate_cohort(cohort, folder / "propagation", TranslationRegistrar(), config)
         record = largest_component_record(cohort, folder / "propagation", config)
@@ -136,12 +189,16 @@ def test_demo_without_training_reports_pseudo_label_dice(tmp_path, monkeypatch):
     import RADALib.demo as demo
     from RADALib.synthetic import SyntheticConfig
 
-    monkeypatch.setattr(demo, "AntsRegistrar", lambda config, workers=0: _Managed(TranslationRegistrar()))
+    monkeypatch.setattr(
+        demo, "AntsRegistrar", lambda config, workers=0: _Managed(TranslationRegistrar())
+    )
     monkeypatch.setattr(demo, "SyntheticConfig", lambda: SyntheticConfig(shape=(48, 40, 32)))
     report = demo.run_demo(tmp_path / "demo", n_cases=2, n_labeled=1, train=False)
     assert [row["id"] for row in report["cases"]] == ["case_000"]
     assert 0.5 < report["mean"]["dice_fused"] <= 1.0
-    assert json.loads((tmp_path / "demo" / "report.json").read_text())["cases"][0]["id"] == "case_000"
+    assert (
+        json.loads((tmp_path / "demo" / "report.json").read_text())["cases"][0]["id"] == "case_000"
+    )
 
 
 class _Managed:
@@ -161,21 +218,34 @@ def test_demo_scores_rada_with_and_without_the_largest_component(tmp_path, monke
     from RADALib.postprocessing import keep_largest_component
     from RADALib.synthetic import SyntheticConfig
 
-    monkeypatch.setattr(demo, "AntsRegistrar", lambda config, workers=0: _Managed(TranslationRegistrar()))
+    monkeypatch.setattr(
+        demo, "AntsRegistrar", lambda config, workers=0: _Managed(TranslationRegistrar())
+    )
     monkeypatch.setattr(demo, "SyntheticConfig", lambda: SyntheticConfig(shape=(48, 40, 32)))
     events = []
-    report = demo.run_demo(tmp_path / "demo", n_cases=2, n_labeled=1, iterations=2, progress=Progress(events.append))
+    report = demo.run_demo(
+        tmp_path / "demo", n_cases=2, n_labeled=1, iterations=2, progress=Progress(events.append)
+    )
     rada = report["rada"]
     stage_of = {e["message"].split(" (")[0]: e["stage"] for e in events if e.get("message")}
     assert stage_of["computing the frozen encoders' embeddings"] == "embed"
     assert stage_of["case 1/2: case_000.nrrd"] == "inference"
     assert rada["iterations"] == 2 and [r["labeled"] for r in rada["cases"]] == [True, False]
     for row in rada["cases"]:  # both scores recomputed from the files the demo wrote
-        truth = read_volume(tmp_path / "demo" / "data" / "labels" / f"{row['id']}_label.nrrd", "label").array
-        prediction = read_volume(tmp_path / "demo" / "predictions" / f"{row['id']}_rada.nrrd", "label").array
+        truth = read_volume(
+            tmp_path / "demo" / "data" / "labels" / f"{row['id']}_label.nrrd", "label"
+        ).array
+        prediction = read_volume(
+            tmp_path / "demo" / "predictions" / f"{row['id']}_rada.nrrd", "label"
+        ).array
         assert row["dice"] == dice(prediction, truth)
         assert row["dice_largest_component"] == dice(keep_largest_component(prediction), truth)
     assert rada["dice_largest_component_unlabeled"] == rada["cases"][1]["dice_largest_component"]
     assert "with the largest component kept: labeled" in capsys.readouterr().out
-    assert rada["largest_component_recommended"] == [1], "the synthetic organ is one region in its pseudo-labels"
-    assert sorted(p.name for p in (tmp_path / "demo" / "overlays").iterdir()) == ["case_000.png", "case_001.png"]
+    assert rada["largest_component_recommended"] == [1], (
+        "the synthetic organ is one region in its pseudo-labels"
+    )
+    assert sorted(p.name for p in (tmp_path / "demo" / "overlays").iterdir()) == [
+        "case_000.png",
+        "case_001.png",
+    ]

@@ -27,8 +27,12 @@ ROOT = Path(__file__).resolve().parents[2]
 UI_FILE = ROOT / "RADASegment" / "Resources" / "UI" / "RADASegment.ui"
 OUTPUT = ROOT / "Resources" / "Screenshots" / "panel.png"
 
-REPLACEMENTS = {"ctkCollapsibleButton": "QGroupBox", "qMRMLNodeComboBox": "QComboBox",
-                "ctkPathLineEdit": "QLineEdit", "qMRMLWidget": "QWidget"}
+REPLACEMENTS = {
+    "ctkCollapsibleButton": "QGroupBox",
+    "qMRMLNodeComboBox": "QComboBox",
+    "ctkPathLineEdit": "QLineEdit",
+    "qMRMLWidget": "QWidget",
+}
 """Slicer classes -> the plain Qt class drawn in their place (qMRMLPlotWidget is painted below)."""
 
 EXAMPLE_ROWS = [
@@ -122,16 +126,23 @@ def main(argv: list[str] | None = None) -> int:
             painter.drawLine(area.bottomLeft(), area.bottomRight())
             painter.drawLine(area.bottomLeft(), area.topLeft())
             painter.setPen(QColor("#555555"))
-            painter.drawText(self.rect().adjusted(0, 0, 0, -4), Qt.AlignHCenter | Qt.AlignBottom, "iteration")
+            painter.drawText(
+                self.rect().adjusted(0, 0, 0, -4), Qt.AlignHCenter | Qt.AlignBottom, "iteration"
+            )
             painter.drawText(4, area.top() + 10, "1.0")
             painter.drawText(4, area.bottom(), "0")
             steps = 60
-            loss = [0.95 * (0.35 + 0.65 * 0.93 ** i) for i in range(steps)]
+            loss = [0.95 * (0.35 + 0.65 * 0.93**i) for i in range(steps)]
             dice = [0.82 * (1 - 0.9 ** (i + 1)) for i in range(0, steps, 5)]
             for values, color, every in ((loss, "#d94c40", 1), (dice, "#3380d9", 5)):
                 painter.setPen(QPen(QColor(color), 2))
-                points = [QPointF(area.left() + area.width() * (i * every) / (steps * 1.6),
-                                  area.bottom() - area.height() * v) for i, v in enumerate(values)]
+                points = [
+                    QPointF(
+                        area.left() + area.width() * (i * every) / (steps * 1.6),
+                        area.bottom() - area.height() * v,
+                    )
+                    for i, v in enumerate(values)
+                ]
                 painter.drawPolyline(QPolygonF(points))
             painter.setPen(QColor("#d94c40"))
             painter.drawText(area.right() - 70, area.top() + 12, "loss")
@@ -180,18 +191,33 @@ def main(argv: list[str] | None = None) -> int:
     header = table.horizontalHeader()
     header.setSectionResizeMode(QHeaderView.ResizeToContents)
     header.setSectionResizeMode(0, QHeaderView.Stretch)
-    table.setFixedHeight(header.sizeHint().height() + sum(table.rowHeight(r) for r in range(table.rowCount()))
-                         + 2 * table.frameWidth())
+    table.setFixedHeight(
+        header.sizeHint().height()
+        + sum(table.rowHeight(r) for r in range(table.rowCount()))
+        + 2 * table.frameWidth()
+    )
 
     child("structureNameLineEdit").setText("left atrium")
-    child("planeStatusLabel").setText("case03: still to mark: coronal, axial (marked: sagittal 44).")
+    child("planeStatusLabel").setText(
+        "case03: still to mark: coronal, axial (marked: sagittal 44)."
+    )
     child("deviceWarningLabel").setText("CUDA GPU found: training runs on it.")
     child("modelNameLineEdit").setText("la-model")
     child("modelComboBox").addItem("la-small (left atrium)")
     child("visionWeightsPathLineEdit").setText("~/models/alpha-clip-b16.pth")
     child("trainButton").setText("Cancel")
-    for name in ("addVolumeButton", "addAllVolumesButton", "addFolderButton", "loadSampleCohortButton", "removeVolumeButton",
-                 "annotateButton", "propagateButton", "segmentSelectedButton", "segmentCohortButton", "refreshModelsButton"):
+    for name in (
+        "addVolumeButton",
+        "addAllVolumesButton",
+        "addFolderButton",
+        "loadSampleCohortButton",
+        "removeVolumeButton",
+        "annotateButton",
+        "propagateButton",
+        "segmentSelectedButton",
+        "segmentCohortButton",
+        "refreshModelsButton",
+    ):
         child(name).setEnabled(False)
     progress = child("progressBar")
     progress.setRange(0, 6000)

@@ -36,8 +36,12 @@ def main() -> None:
         low, high = float(image.min()), float(image.max())
         quantized = np.round((image - low) / (high - low) * 255).astype(np.uint8)
         (folder / f"{case_id}.image.xz").write_bytes(lzma.compress(quantized.tobytes(), preset=6))
-        (folder / f"{case_id}.label.xz").write_bytes(lzma.compress(label.astype(np.uint8).tobytes(), preset=6))
-        (folder / f"{case_id}.json").write_text(json.dumps({"shape": image.shape, "low": low, "high": high}))
+        (folder / f"{case_id}.label.xz").write_bytes(
+            lzma.compress(label.astype(np.uint8).tobytes(), preset=6)
+        )
+        (folder / f"{case_id}.json").write_text(
+            json.dumps({"shape": image.shape, "low": low, "high": high})
+        )
     (out / "train.list").write_text("\n".join(ids) + "\n")
 
 

@@ -77,10 +77,24 @@ def folder_bytes(path: Path) -> int:
 def tree_bytes(root: Path) -> int:
     """Bytes of what always travels to the device: tracked and untracked-not-ignored files."""
     try:
-        listing = subprocess.run(
-            ["git", "-C", str(root), "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-            check=True, capture_output=True,
-        ).stdout.decode().split("\0")
+        listing = (
+            subprocess.run(
+                [
+                    "git",
+                    "-C",
+                    str(root),
+                    "ls-files",
+                    "-z",
+                    "--cached",
+                    "--others",
+                    "--exclude-standard",
+                ],
+                check=True,
+                capture_output=True,
+            )
+            .stdout.decode()
+            .split("\0")
+        )
     except (OSError, subprocess.CalledProcessError):
         return 0
     total = 0
@@ -100,12 +114,18 @@ def regroup_chunks(devcarry: Path, groups: int) -> list[Path]:
     cases: dict[str, list[Path]] = {}
     for header in sorted(devcarry.glob("la*/*.json")):
         case_id = header.name[: -len(".json")]
-        files = [header, header.with_name(f"{case_id}.image.xz"), header.with_name(f"{case_id}.label.xz")]
+        files = [
+            header,
+            header.with_name(f"{case_id}.image.xz"),
+            header.with_name(f"{case_id}.label.xz"),
+        ]
         if not all(f.exists() for f in files):
             raise SystemExit(f"{header.parent}: case {case_id} is incomplete; run pack_la.py again")
         cases[case_id] = files
     if not cases:
-        raise SystemExit(f"no chunk in {devcarry}/la*/: run pack_la.py first (see the module docstring)")
+        raise SystemExit(
+            f"no chunk in {devcarry}/la*/: run pack_la.py first (see the module docstring)"
+        )
     for old in devcarry.glob("carry*"):
         shutil.rmtree(old)
     folders = [devcarry / f"carry{i}" for i in range(groups)]
@@ -113,7 +133,7 @@ def regroup_chunks(devcarry: Path, groups: int) -> list[Path]:
     for folder in folders:
         folder.mkdir(parents=True)
     by_size = sorted(cases.items(), key=lambda item: -sum(f.stat().st_size for f in item[1]))
-    for case_id, files in by_size:  # largest first into the lightest group
+    for _case_id, files in by_size:  # largest first into the lightest group
         target = int(np.argmin(sizes))
         for file in files:
             shutil.copy2(file, folders[target] / file.name)
@@ -126,7 +146,14 @@ def build_cohort(data: Path, labeled: int, validation: int, prep: Path) -> Cohor
     source = cohort_from_la_folder(data, labeled=labeled, validation=validation)
     target = prep.resolve().parent / "LA2018"
     cases = [
-        Case(c.id, target / c.id / "mri_norm2.h5", None, target / c.id / "mri_norm2.h5", c.simulate_from_dense, c.split)
+        Case(
+            c.id,
+            target / c.id / "mri_norm2.h5",
+            None,
+            target / c.id / "mri_norm2.h5",
+            c.simulate_from_dense,
+            c.split,
+        )
         for c in source.cases
     ]
     return Cohort(source.name, cases, dict(source.classes))
@@ -134,16 +161,34 @@ def build_cohort(data: Path, labeled: int, validation: int, prep: Path) -> Cohor
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "LA2018"), help="LA2018 folder")
-    parser.add_argument("--out", default=str(ROOT / ".devcarry" / "prep"), help="the prep bundle folder")
-    parser.add_argument("--work", default=str(ROOT / ".devcarry" / "work"), help="full propagation output (not carried)")
+    parser.add_argument(
+        "--data", default=str(ROOT.parent / "shared" / "data" / "LA2018"), help="LA2018 folder"
+    )
+    parser.add_argument(
+        "--out", default=str(ROOT / ".devcarry" / "prep"), help="the prep bundle folder"
+    )
+    parser.add_argument(
+        "--work",
+        default=str(ROOT / ".devcarry" / "work"),
+        help="full propagation output (not carried)",
+    )
     parser.add_argument("--labeled", type=int, default=8)
     parser.add_argument("--validation", type=int, default=10)
-    parser.add_argument("--cache-dir", default="~/.cache/rada", help="RADA cache (propagation/, embeddings/)")
-    parser.add_argument("--workers", type=int, default=0, help="ANTs worker processes (0: one per core)")
-    parser.add_argument("--arch", default="ViT-B-16", help="encoder architecture (EncoderConfig.arch)")
-    parser.add_argument("--carry-groups", type=int, default=2,
-                        help="copy .devcarry/la*/ into this many balanced carry folders (0: leave them as they are)")
+    parser.add_argument(
+        "--cache-dir", default="~/.cache/rada", help="RADA cache (propagation/, embeddings/)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=0, help="ANTs worker processes (0: one per core)"
+    )
+    parser.add_argument(
+        "--arch", default="ViT-B-16", help="encoder architecture (EncoderConfig.arch)"
+    )
+    parser.add_argument(
+        "--carry-groups",
+        type=int,
+        default=2,
+        help="copy .devcarry/la*/ into this many balanced carry folders (0: leave them as they are)",
+    )
     args = parser.parse_args()
 
     started = time.perf_counter()
@@ -155,15 +200,19 @@ def main() -> None:
     # 1. cohort: propagation and embeddings read the real files; the saved manifest points at
     #    the layout the device may rebuild next to prep/
     real = cohort_from_la_folder(data, labeled=args.labeled, validation=args.validation)
-    print(f"cohort: {len(real.cases)} cases, {len(real.labeled)} labeled, {len(real.unlabeled)} unlabeled, "
-          f"{len(real.validation)} validation (the last {args.validation} ids of train.list)")
+    print(
+        f"cohort: {len(real.cases)} cases, {len(real.labeled)} labeled, {len(real.unlabeled)} unlabeled, "
+        f"{len(real.validation)} validation (the last {args.validation} ids of train.list)"
+    )
 
     # 2. propagation of the labeled cases (cached by content)
     from RADALib.workflow import ensure_propagation
 
     config = PropagationConfig()
     step = time.perf_counter()
-    ensure_propagation(real, work / "propagation", config, cache_dir, workers=args.workers, progress=progress)
+    ensure_propagation(
+        real, work / "propagation", config, cache_dir, workers=args.workers, progress=progress
+    )
     propagation_seconds = time.perf_counter() - step
     print(f"propagation: {propagation_seconds:.1f} s (cache {cache_dir / 'propagation'})")
 
@@ -173,13 +222,16 @@ def main() -> None:
 
     step = time.perf_counter()
     encoder = RegionAwareDualEncoder.from_config(EncoderConfig(arch=args.arch))
-    embeddings = compute_embeddings(real, work / "propagation", encoder, EmbeddingCache(cache_dir / "embeddings"),
-                                    use_mask=True)
+    embeddings = compute_embeddings(
+        real, work / "propagation", encoder, EmbeddingCache(cache_dir / "embeddings"), use_mask=True
+    )
     embedding_seconds = time.perf_counter() - step
     random = [tower for tower, ok in embeddings.pretrained.items() if not ok]
-    print(f"embeddings: {embedding_seconds:.1f} s, arch {args.arch}, text {embeddings.text.shape}, "
-          f"regions {len(embeddings.regions)} cases x {sorted(next(iter(embeddings.regions.values())))}; "
-          + (f"RANDOM weights: {', '.join(random)}" if random else "pretrained weights"))
+    print(
+        f"embeddings: {embedding_seconds:.1f} s, arch {args.arch}, text {embeddings.text.shape}, "
+        f"regions {len(embeddings.regions)} cases x {sorted(next(iter(embeddings.regions.values())))}; "
+        + (f"RANDOM weights: {', '.join(random)}" if random else "pretrained weights")
+    )
 
     # 4. the prep bundle
     if prep.exists():
@@ -221,8 +273,12 @@ def main() -> None:
         "label_sha256": digests,
         "propagation_config": config.to_dict(),
         "propagation_seconds": round(propagation_seconds, 1),
-        "encoder": {"arch": args.arch, "pretrained": embeddings.pretrained, "region_mode": "alpha",
-                    "prompts": embeddings.prompts},
+        "encoder": {
+            "arch": args.arch,
+            "pretrained": embeddings.pretrained,
+            "region_mode": "alpha",
+            "prompts": embeddings.prompts,
+        },
     }
     (prep / "split.json").write_text(json.dumps(split, indent=1) + "\n")
 
@@ -234,7 +290,9 @@ def main() -> None:
     print(f"  total {prep_bytes / MIB:.2f} MiB")
 
     tree = tree_bytes(ROOT)
-    print(f"\nworking tree that travels with every device call (tracked + untracked, not ignored): {tree / MIB:.2f} MiB")
+    print(
+        f"\nworking tree that travels with every device call (tracked + untracked, not ignored): {tree / MIB:.2f} MiB"
+    )
     if args.carry_groups > 0:
         folders = regroup_chunks(devcarry, args.carry_groups)
         print("carry groups (copies of .devcarry/la*/, balanced):")
@@ -244,8 +302,10 @@ def main() -> None:
             total = tree + size + extra
             what = f".devcarry/{folder.name}" + (" + .devcarry/prep" if number == 0 else "")
             flag = "OK" if total < 64 * MIB else "OVER the 64 MiB limit"
-            print(f"  call {number + 1}: {what}: {(size + extra) / MIB:.2f} MiB carried, "
-                  f"{total / MIB:.2f} MiB with the tree ({flag}); {len(list(folder.glob('*.json')))} cases")
+            print(
+                f"  call {number + 1}: {what}: {(size + extra) / MIB:.2f} MiB carried, "
+                f"{total / MIB:.2f} MiB with the tree ({flag}); {len(list(folder.glob('*.json')))} cases"
+            )
     for chunk in sorted(devcarry.glob("la[0-9]*")):
         print(f"  (3-call plan) .devcarry/{chunk.name}: {folder_bytes(chunk) / MIB:.2f} MiB")
     print(f"\ndone in {time.perf_counter() - started:.1f} s")

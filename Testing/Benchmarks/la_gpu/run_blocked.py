@@ -15,7 +15,7 @@ import argparse
 import importlib.abc
 import runpy
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 BLOCKED = ("SimpleITK", "ants", "antspyx", "open_clip")
 
@@ -30,7 +30,9 @@ class Blocker(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path=None, target=None):  # noqa: ANN001 - importlib's signature
         if fullname.split(".")[0] in self.names:
             self.attempts.append(fullname)
-            raise ModuleNotFoundError(f"No module named {fullname!r} (blocked: absent on the GPU machine)", name=fullname)
+            raise ModuleNotFoundError(
+                f"No module named {fullname!r} (blocked: absent on the GPU machine)", name=fullname
+            )
         return None
 
 
@@ -53,8 +55,11 @@ def main() -> None:
         if not isinstance(exc.code, int) and exc.code is not None:
             print(exc.code, file=sys.stderr)
     loaded = [n for n in sys.modules if n.split(".")[0] in BLOCKED]
-    print(f"run_blocked: import attempts of blocked packages: {blocker.attempts or 'none'}; "
-          f"loaded: {loaded or 'none'}", file=sys.__stderr__)
+    print(
+        f"run_blocked: import attempts of blocked packages: {blocker.attempts or 'none'}; "
+        f"loaded: {loaded or 'none'}",
+        file=sys.__stderr__,
+    )
     if loaded:
         status = status or 3
     sys.exit(status)

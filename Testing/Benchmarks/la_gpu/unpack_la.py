@@ -21,9 +21,15 @@ def main() -> None:
         case_id = header.name[: -len(".json")]
         meta = json.loads(header.read_text())
         shape = tuple(meta["shape"])
-        quantized = np.frombuffer(lzma.decompress((header.parent / f"{case_id}.image.xz").read_bytes()), np.uint8).reshape(shape)
-        label = np.frombuffer(lzma.decompress((header.parent / f"{case_id}.label.xz").read_bytes()), np.uint8).reshape(shape)
-        image = (meta["low"] + quantized.astype(np.float32) * ((meta["high"] - meta["low"]) / 255)).astype(np.float32)
+        quantized = np.frombuffer(
+            lzma.decompress((header.parent / f"{case_id}.image.xz").read_bytes()), np.uint8
+        ).reshape(shape)
+        label = np.frombuffer(
+            lzma.decompress((header.parent / f"{case_id}.label.xz").read_bytes()), np.uint8
+        ).reshape(shape)
+        image = (
+            meta["low"] + quantized.astype(np.float32) * ((meta["high"] - meta["low"]) / 255)
+        ).astype(np.float32)
         (out / case_id).mkdir(parents=True, exist_ok=True)
         with h5py.File(out / case_id / "mri_norm2.h5", "w") as handle:
             handle["image"] = image

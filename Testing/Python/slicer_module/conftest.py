@@ -25,9 +25,13 @@ except ImportError:  # pragma: no cover - depends on the environment
 def pytest_collection_modifyitems(config, items):
     if slicer is not None:
         return
-    skip = pytest.mark.skip(reason="slicer-core is not installed (pip install 'slicer-core==5.12.4.0'): module tests skipped")
+    skip = pytest.mark.skip(
+        reason="slicer-core is not installed (pip install 'slicer-core==5.12.4.0'): module tests skipped"
+    )
     for item in items:
-        if str(HERE) in str(item.fspath) and {"scene", "slicer_session"} & set(getattr(item, "fixturenames", ())):
+        if str(HERE) in str(item.fspath) and {"scene", "slicer_session"} & set(
+            getattr(item, "fixturenames", ())
+        ):
             item.add_marker(skip)
 
 

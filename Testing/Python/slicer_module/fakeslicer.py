@@ -15,9 +15,12 @@ themselves: :func:`process_timers` (or ``timer.fire()``) stands for time passing
 
 from __future__ import annotations
 
+import inspect
 import sys
 import types
 import unittest
+import weakref
+import xml.etree.ElementTree as ET
 
 
 class ScriptedLoadableModule:
@@ -44,7 +47,11 @@ class _ModuleLayout:
 class ScriptedLoadableModuleWidget:
     def __init__(self, parent=None):
         self.parent = parent
-        self.moduleName = type(self).__name__[: -len("Widget")] if type(self).__name__.endswith("Widget") else type(self).__name__
+        self.moduleName = (
+            type(self).__name__[: -len("Widget")]
+            if type(self).__name__.endswith("Widget")
+            else type(self).__name__
+        )
         self.developerMode = False
         layout = getattr(parent, "layout", None)
         self.layout = layout() if callable(layout) else _ModuleLayout()
@@ -74,8 +81,10 @@ class ScriptedLoadableModuleWidget:
         folders = [here]
         while os.path.dirname(folders[-1]) != folders[-1] and len(folders) < 4:
             folders.append(os.path.dirname(folders[-1]))
-        for test in (lambda f: os.path.isfile(os.path.join(f, self.moduleName + ".py")),
-                     lambda f: os.path.isdir(os.path.join(f, "Resources"))):
+        for test in (
+            lambda f: os.path.isfile(os.path.join(f, self.moduleName + ".py")),
+            lambda f: os.path.isdir(os.path.join(f, "Resources")),
+        ):
             for folder in folders:
                 if test(folder):
                     return os.path.join(folder, "Resources", filename)
@@ -118,11 +127,22 @@ def install() -> types.ModuleType:
 
     if "slicer.ScriptedLoadableModule" not in sys.modules:
         module = types.ModuleType("slicer.ScriptedLoadableModule")
-        for cls in (ScriptedLoadableModule, ScriptedLoadableModuleWidget, ScriptedLoadableModuleLogic,
-                    ScriptedLoadableModuleTest):
+        for cls in (
+            ScriptedLoadableModule,
+            ScriptedLoadableModuleWidget,
+            ScriptedLoadableModuleLogic,
+            ScriptedLoadableModuleTest,
+        ):
             setattr(module, cls.__name__, cls)
-        module.__all__ = [cls.__name__ for cls in (ScriptedLoadableModule, ScriptedLoadableModuleWidget,
-                                                   ScriptedLoadableModuleLogic, ScriptedLoadableModuleTest)]
+        module.__all__ = [
+            cls.__name__
+            for cls in (
+                ScriptedLoadableModule,
+                ScriptedLoadableModuleWidget,
+                ScriptedLoadableModuleLogic,
+                ScriptedLoadableModuleTest,
+            )
+        ]
         sys.modules["slicer.ScriptedLoadableModule"] = module
         slicer.ScriptedLoadableModule = module
     return sys.modules["slicer.ScriptedLoadableModule"]
@@ -131,10 +151,6 @@ def install() -> types.ModuleType:
 # --------------------------------------------------------------------------------------------
 # Fake qt / ctk / qMRML widgets for the panel's tests (install_qt)
 # --------------------------------------------------------------------------------------------
-
-import inspect
-import weakref
-import xml.etree.ElementTree as ET
 
 
 def _call_slot(slot, args):
@@ -208,7 +224,9 @@ class FakeQObject:
     # --- signals
     def connect(self, signal, slot) -> bool:
         if signal not in self.signals():
-            raise AttributeError(f"{self.className()} has no signal {signal!r} (known: {sorted(self.signals())})")
+            raise AttributeError(
+                f"{self.className()} has no signal {signal!r} (known: {sorted(self.signals())})"
+            )
         if not callable(slot):
             raise TypeError(f"slot for {signal!r} is not callable: {slot!r}")
         self._connections.setdefault(signal, []).append(slot)
@@ -432,7 +450,9 @@ class FakeQLineEdit(FakeQWidget):
     """QLineEdit: ``setText`` emits ``textChanged`` (when the text changes); ``typeText`` is a user typing."""
 
     QT_CLASS = "QLineEdit"
-    SIGNALS = frozenset({"textChanged(QString)", "textEdited(QString)", "editingFinished()", "returnPressed()"})
+    SIGNALS = frozenset(
+        {"textChanged(QString)", "textEdited(QString)", "editingFinished()", "returnPressed()"}
+    )
 
     def __init__(self, text="", parent=None):
         super().__init__(parent)
@@ -441,7 +461,9 @@ class FakeQLineEdit(FakeQWidget):
         self._readOnly = False
 
     text = property(lambda self: self._text, lambda self, v: self.setText(v))
-    placeholderText = property(lambda self: self._placeholderText, lambda self, v: self.setPlaceholderText(v))
+    placeholderText = property(
+        lambda self: self._placeholderText, lambda self, v: self.setPlaceholderText(v)
+    )
     readOnly = property(lambda self: self._readOnly, lambda self, v: self.setReadOnly(v))
 
     def setText(self, text):
@@ -473,16 +495,27 @@ class FakeQComboBox(FakeQWidget):
     """QComboBox with (text, data) items; changing the index emits the change signals."""
 
     QT_CLASS = "QComboBox"
-    SIGNALS = frozenset({"currentIndexChanged(int)", "currentIndexChanged(QString)", "currentTextChanged(QString)",
-                         "activated(int)", "activated(QString)"})
+    SIGNALS = frozenset(
+        {
+            "currentIndexChanged(int)",
+            "currentIndexChanged(QString)",
+            "currentTextChanged(QString)",
+            "activated(int)",
+            "activated(QString)",
+        }
+    )
 
     def __init__(self, parent=None):
         super().__init__(parent)
         self._items: list[list] = []
         self._currentIndex = -1
 
-    currentIndex = property(lambda self: self._currentIndex, lambda self, v: self.setCurrentIndex(v))
-    currentText = property(lambda self: self.itemText(self._currentIndex), lambda self, v: self.setCurrentText(v))
+    currentIndex = property(
+        lambda self: self._currentIndex, lambda self, v: self.setCurrentIndex(v)
+    )
+    currentText = property(
+        lambda self: self.itemText(self._currentIndex), lambda self, v: self.setCurrentText(v)
+    )
     count = property(lambda self: len(self._items))
 
     def addItem(self, text, userData=None):
@@ -540,7 +573,9 @@ class FakeQComboBox(FakeQWidget):
         """Test helper: the user picks the item ``text`` (it must exist)."""
         index = self.findText(text)
         if index < 0:
-            raise ValueError(f"{self.objectName}: no item {text!r} (items: {[i[0] for i in self._items]})")
+            raise ValueError(
+                f"{self.objectName}: no item {text!r} (items: {[i[0] for i in self._items]})"
+            )
         self.setCurrentIndex(index)
         self.emitSignal("activated(int)", index)
         self.emitSignal("activated(QString)", text)
@@ -566,7 +601,9 @@ class FakeQSpinBox(FakeQWidget):
     minimum = property(lambda self: self._minimum, lambda self, v: self.setMinimum(v))
     maximum = property(lambda self: self._maximum, lambda self, v: self.setMaximum(v))
     singleStep = property(lambda self: self._singleStep, lambda self, v: self.setSingleStep(v))
-    specialValueText = property(lambda self: self._specialValueText, lambda self, v: self.setSpecialValueText(v))
+    specialValueText = property(
+        lambda self: self._specialValueText, lambda self, v: self.setSpecialValueText(v)
+    )
 
     def setValue(self, value):
         value = max(self._minimum, min(self._maximum, int(value)))
@@ -619,7 +656,9 @@ class FakeQProgressBar(FakeQWidget):
         value = int(value)
         if value == self._value:
             return
-        if (value > self._maximum or value < self._minimum) and (self._maximum != 0 or self._minimum != 0):
+        if (value > self._maximum or value < self._minimum) and (
+            self._maximum != 0 or self._minimum != 0
+        ):
             return
         self._value = value
         self.emitSignal("valueChanged(int)", value)
@@ -657,7 +696,9 @@ class FakeQPlainTextEdit(FakeQWidget):
 
     plainText = property(lambda self: "\n".join(self._lines), lambda self, v: self.setPlainText(v))
     readOnly = property(lambda self: self._readOnly, lambda self, v: self.setReadOnly(v))
-    maximumBlockCount = property(lambda self: self._maximumBlockCount, lambda self, v: self.setMaximumBlockCount(v))
+    maximumBlockCount = property(
+        lambda self: self._maximumBlockCount, lambda self, v: self.setMaximumBlockCount(v)
+    )
 
     def toPlainText(self) -> str:
         return self.plainText
@@ -751,8 +792,15 @@ class FakeQTableWidget(FakeQWidget):
     """QTableWidget: ``rowCount``/``columnCount`` are properties (as in PythonQt), ``currentRow()`` a method."""
 
     QT_CLASS = "QTableWidget"
-    SIGNALS = frozenset({"itemSelectionChanged()", "currentCellChanged(int,int,int,int)", "cellClicked(int,int)",
-                         "cellDoubleClicked(int,int)", "itemChanged(QTableWidgetItem*)"})
+    SIGNALS = frozenset(
+        {
+            "itemSelectionChanged()",
+            "currentCellChanged(int,int,int,int)",
+            "cellClicked(int,int)",
+            "cellDoubleClicked(int,int)",
+            "itemChanged(QTableWidgetItem*)",
+        }
+    )
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -831,7 +879,10 @@ class FakeQTableWidget(FakeQWidget):
 
     def rowTexts(self, row) -> list:
         """Test helper: the texts of one row ('' for empty cells)."""
-        return [self._items[(row, c)].text() if (row, c) in self._items else "" for c in range(self._columns)]
+        return [
+            self._items[(row, c)].text() if (row, c) in self._items else ""
+            for c in range(self._columns)
+        ]
 
     def resizeColumnsToContents(self):
         pass
@@ -842,7 +893,7 @@ class FakeQTimer(FakeQObject):
 
     QT_CLASS = "QTimer"
     SIGNALS = frozenset({"timeout()"})
-    _instances: "weakref.WeakSet" = weakref.WeakSet()
+    _instances: weakref.WeakSet = weakref.WeakSet()
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -1041,7 +1092,9 @@ class FakectkPathLineEdit(FakeQWidget):
         self._filters = None
 
     currentPath = property(lambda self: self._currentPath, lambda self, v: self.setCurrentPath(v))
-    nameFilters = property(lambda self: list(self._nameFilters), lambda self, v: self.setNameFilters(v))
+    nameFilters = property(
+        lambda self: list(self._nameFilters), lambda self, v: self.setNameFilters(v)
+    )
     filters = property(lambda self: self._filters, lambda self, v: self.setFilters(v))
 
     def setCurrentPath(self, path):
@@ -1091,9 +1144,15 @@ class FakeqMRMLNodeComboBox(FakeqMRMLWidget):
     it selects a node as soon as there is one (as the real one does when nodes are added)."""
 
     QT_CLASS = "qMRMLNodeComboBox"
-    SIGNALS = frozenset({"currentNodeChanged(vtkMRMLNode*)", "currentNodeChanged(bool)",
-                         "currentNodeIDChanged(QString)", "nodeAdded(vtkMRMLNode*)",
-                         "nodeActivated(vtkMRMLNode*)"})
+    SIGNALS = frozenset(
+        {
+            "currentNodeChanged(vtkMRMLNode*)",
+            "currentNodeChanged(bool)",
+            "currentNodeIDChanged(QString)",
+            "nodeAdded(vtkMRMLNode*)",
+            "nodeActivated(vtkMRMLNode*)",
+        }
+    )
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -1108,9 +1167,13 @@ class FakeqMRMLNodeComboBox(FakeqMRMLWidget):
 
     nodeTypes = property(lambda self: list(self._nodeTypes), lambda self, v: self.setNodeTypes(v))
     noneEnabled = property(lambda self: self._noneEnabled, lambda self, v: self.setNoneEnabled(v))
-    showChildNodeTypes = property(lambda self: self._showChildNodeTypes, lambda self, v: self.setShowChildNodeTypes(v))
-    currentNodeID = property(lambda self: self.currentNode().GetID() if self.currentNode() else "",
-                             lambda self, v: self.setCurrentNodeID(v))
+    showChildNodeTypes = property(
+        lambda self: self._showChildNodeTypes, lambda self, v: self.setShowChildNodeTypes(v)
+    )
+    currentNodeID = property(
+        lambda self: self.currentNode().GetID() if self.currentNode() else "",
+        lambda self, v: self.setCurrentNodeID(v),
+    )
 
     def setNodeTypes(self, types_):
         self._nodeTypes = [str(t) for t in types_]
@@ -1180,7 +1243,10 @@ class FakeqMRMLNodeComboBox(FakeqMRMLWidget):
                 self.setCurrentNode(listed[0])
 
     def _onSceneNodesChanged(self, caller, event):
-        if self._current is not None and self._scene.GetNodeByID(self._current.GetID()) is not self._current:
+        if (
+            self._current is not None
+            and self._scene.GetNodeByID(self._current.GetID()) is not self._current
+        ):
             self._current = None
             self._emitCurrent()
         self._selectDefault()
@@ -1190,7 +1256,9 @@ class FakeqMRMLNodeComboBox(FakeqMRMLWidget):
 
     def setCurrentNode(self, node):
         if node is not None and not self.accepts(node):
-            raise ValueError(f"{self.objectName}: a {node.GetClassName()} is not one of {self._nodeTypes}")
+            raise ValueError(
+                f"{self.objectName}: a {node.GetClassName()} is not one of {self._nodeTypes}"
+            )
         if node is self._current:
             return
         self._current = node
@@ -1228,10 +1296,27 @@ class FakeqMRMLPlotWidget(FakeqMRMLWidget):
 
 WIDGET_CLASSES = {
     cls.QT_CLASS: cls
-    for cls in (FakeQWidget, FakeQFrame, FakeQGroupBox, FakeQLabel, FakeQPushButton, FakeQToolButton, FakeQCheckBox,
-                FakeQRadioButton, FakeQLineEdit, FakeQComboBox, FakeQSpinBox, FakeQProgressBar, FakeQPlainTextEdit,
-                FakeQTableWidget, FakectkCollapsibleButton, FakectkPathLineEdit, FakeqMRMLWidget,
-                FakeqMRMLNodeComboBox, FakeqMRMLPlotWidget)
+    for cls in (
+        FakeQWidget,
+        FakeQFrame,
+        FakeQGroupBox,
+        FakeQLabel,
+        FakeQPushButton,
+        FakeQToolButton,
+        FakeQCheckBox,
+        FakeQRadioButton,
+        FakeQLineEdit,
+        FakeQComboBox,
+        FakeQSpinBox,
+        FakeQProgressBar,
+        FakeQPlainTextEdit,
+        FakeQTableWidget,
+        FakectkCollapsibleButton,
+        FakectkPathLineEdit,
+        FakeqMRMLWidget,
+        FakeqMRMLNodeComboBox,
+        FakeqMRMLPlotWidget,
+    )
 }
 """The ``<widget class=...>`` names the loader can build; any other class fails the load."""
 
@@ -1274,8 +1359,10 @@ def _build_widget(element, parent, named):
     class_name = element.get("class")
     cls = WIDGET_CLASSES.get(class_name)
     if cls is None:
-        raise ValueError(f"the fake Qt cannot build a {class_name} (widget {element.get('name')!r}): "
-                         "add it to fakeslicer.py")
+        raise ValueError(
+            f"the fake Qt cannot build a {class_name} (widget {element.get('name')!r}): "
+            "add it to fakeslicer.py"
+        )
     widget = cls(parent=parent)
     widget.setObjectName(element.get("name") or "")
     if widget.objectName:
@@ -1318,9 +1405,14 @@ def build_ui(path) -> FakeQWidget:
     named: dict = {}
     widget = _build_widget(top, None, named)
     for connection in root.findall("connections/connection"):
-        sender, receiver = named.get(connection.findtext("sender")), named.get(connection.findtext("receiver"))
+        sender, receiver = (
+            named.get(connection.findtext("sender")),
+            named.get(connection.findtext("receiver")),
+        )
         if sender is None or receiver is None:
-            raise ValueError(f"{path}: a connection names a widget the .ui lacks: {ET.tostring(connection, 'unicode')}")
+            raise ValueError(
+                f"{path}: a connection names a widget the .ui lacks: {ET.tostring(connection, 'unicode')}"
+            )
         slot = getattr(receiver, connection.findtext("slot").split("(")[0])
         sender.connect(connection.findtext("signal"), slot)
     widget.uiPath = str(path)
@@ -1367,18 +1459,40 @@ def _qt_modules() -> tuple[types.ModuleType, types.ModuleType]:
     """The fake ``qt`` and ``ctk`` modules (made once per process, so imports stay valid)."""
     if not _QT_MODULES:
         qt_module = types.ModuleType("qt")
-        qt_module.__doc__ = "Fake PythonQt 'qt' for tests (Testing/Python/slicer_module/fakeslicer.py)."
-        for cls in (FakeQObject, FakeQWidget, FakeQFrame, FakeQGroupBox, FakeQLabel, FakeQAbstractButton,
-                    FakeQPushButton, FakeQToolButton, FakeQCheckBox, FakeQRadioButton, FakeQLineEdit, FakeQComboBox,
-                    FakeQSpinBox, FakeQProgressBar, FakeQPlainTextEdit, FakeQTableWidget, FakeQHeaderView,
-                    FakeQTimer, FakeQFileDialog, FakeQMessageBox):
-            setattr(qt_module, cls.__name__[len("Fake"):], cls)
+        qt_module.__doc__ = (
+            "Fake PythonQt 'qt' for tests (Testing/Python/slicer_module/fakeslicer.py)."
+        )
+        for cls in (
+            FakeQObject,
+            FakeQWidget,
+            FakeQFrame,
+            FakeQGroupBox,
+            FakeQLabel,
+            FakeQAbstractButton,
+            FakeQPushButton,
+            FakeQToolButton,
+            FakeQCheckBox,
+            FakeQRadioButton,
+            FakeQLineEdit,
+            FakeQComboBox,
+            FakeQSpinBox,
+            FakeQProgressBar,
+            FakeQPlainTextEdit,
+            FakeQTableWidget,
+            FakeQHeaderView,
+            FakeQTimer,
+            FakeQFileDialog,
+            FakeQMessageBox,
+        ):
+            setattr(qt_module, cls.__name__[len("Fake") :], cls)
         qt_module.QTableWidgetItem = FakeQTableWidgetItem
         qt_module.Qt = FakeQt
         qt_module.QFile = FakeQFile
         qt_module.QUiLoader = FakeQUiLoader
         qt_module.QApplication = FakeQApplication
-        qt_module.QVBoxLayout = qt_module.QHBoxLayout = qt_module.QFormLayout = qt_module.QGridLayout = FakeQLayout
+        qt_module.QVBoxLayout = qt_module.QHBoxLayout = qt_module.QFormLayout = (
+            qt_module.QGridLayout
+        ) = FakeQLayout
         ctk_module = types.ModuleType("ctk")
         ctk_module.__doc__ = "Fake 'ctk' for tests (Testing/Python/slicer_module/fakeslicer.py)."
         ctk_module.ctkCollapsibleButton = FakectkCollapsibleButton
@@ -1409,22 +1523,37 @@ def install_qt() -> QtFakes:
     if _QT_SAVED is None:
         _QT_SAVED = {
             "modules": {name: sys.modules.get(name, _MISSING) for name in ("qt", "ctk")},
-            "slicer": {name: getattr(slicer, name, _MISSING) for name in
-                       ("app", "qMRMLWidget", "qMRMLNodeComboBox", "qMRMLPlotWidget")},
-            "util": {name: getattr(slicer.util, name) for name in
-                     ("errorDisplay", "warningDisplay", "infoDisplay", "selectModule")},
+            "slicer": {
+                name: getattr(slicer, name, _MISSING)
+                for name in ("app", "qMRMLWidget", "qMRMLNodeComboBox", "qMRMLPlotWidget")
+            },
+            "util": {
+                name: getattr(slicer.util, name)
+                for name in ("errorDisplay", "warningDisplay", "infoDisplay", "selectModule")
+            },
         }
-    fakes = QtFakes(qt=qt_module, ctk=ctk_module, app=FakeSlicerApp(), errors=[], warnings=[], infos=[],
-                    selected_modules=[])
+    fakes = QtFakes(
+        qt=qt_module,
+        ctk=ctk_module,
+        app=FakeSlicerApp(),
+        errors=[],
+        warnings=[],
+        infos=[],
+        selected_modules=[],
+    )
     sys.modules["qt"], sys.modules["ctk"] = qt_module, ctk_module
     slicer.app = fakes.app
     slicer.qMRMLWidget, slicer.qMRMLNodeComboBox, slicer.qMRMLPlotWidget = (
-        FakeqMRMLWidget, FakeqMRMLNodeComboBox, FakeqMRMLPlotWidget)
+        FakeqMRMLWidget,
+        FakeqMRMLNodeComboBox,
+        FakeqMRMLPlotWidget,
+    )
     slicer.util.errorDisplay = lambda text, *a, **k: fakes.errors.append(str(text))
     slicer.util.warningDisplay = lambda text, *a, **k: fakes.warnings.append(str(text))
     slicer.util.infoDisplay = lambda text, *a, **k: fakes.infos.append(str(text))
     slicer.util.selectModule = lambda module: fakes.selected_modules.append(
-        module if isinstance(module, str) else module.name)
+        module if isinstance(module, str) else module.name
+    )
     FakeQFileDialog.answers, FakeQFileDialog.calls = [], []
     FakeQMessageBox.shown, FakeQMessageBox.answer = [], FakeQMessageBox.Ok
     FakeQApplication.override_cursors = []

@@ -16,7 +16,7 @@ import types
 from dataclasses import dataclass, field
 from typing import Any
 
-_SESSION: "SlicerSession | None" = None
+_SESSION: SlicerSession | None = None
 
 
 @dataclass
@@ -63,13 +63,17 @@ def _add_file_color_stand_ins(scene: Any, colors: Any) -> None:
 
     prefix = "vtkMRMLColorTableNode"
     for node_id in {colors.GetDefaultLabelMapColorNodeID(), colors.GetDefaultEditorColorNodeID()}:
-        if not node_id or scene.GetNodeByID(node_id) is not None or not node_id.startswith(prefix + "File"):
+        if (
+            not node_id
+            or scene.GetNodeByID(node_id) is not None
+            or not node_id.startswith(prefix + "File")
+        ):
             continue
         node = slicer.vtkMRMLColorTableNode()
         node.SetTypeToLabels()
-        tag = node_id[len(prefix):]
+        tag = node_id[len(prefix) :]
         node.SetSingletonTag(tag)
-        node.SetName(tag[len("File"):].rsplit(".", 1)[0])
+        node.SetName(tag[len("File") :].rsplit(".", 1)[0])
         scene.AddNode(node)
 
 
@@ -102,7 +106,12 @@ def setup_session() -> SlicerSession:
     # Subject hierarchy: makes the scene's subject hierarchy node. Unlike the application, where
     # a Qt plugin logic gives every new data node an item, nodes get NO item here by themselves:
     # code (and tests) must create one when GetItemByDataNode returns 0.
-    _register(session, "subjecthierarchy", slicer.vtkSlicerSubjectHierarchyModuleLogic(), "SubjectHierarchy")
+    _register(
+        session,
+        "subjecthierarchy",
+        slicer.vtkSlicerSubjectHierarchyModuleLogic(),
+        "SubjectHierarchy",
+    )
     # Terminologies: its static helpers (SerializeTerminologyEntry, ...) are what the module uses.
     # On a scene it would load the default terminology files, which slicer-core does not ship,
     # and log an error for each; so it gets the application logic but no scene.

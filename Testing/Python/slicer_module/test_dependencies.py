@@ -52,7 +52,10 @@ class FakeEnvironment:
 
     def ensure(self) -> None:
         ensure_dependencies(
-            self.confirm, install_torch=self.install_torch, pip_install=self.pip_install, importer=self.importer
+            self.confirm,
+            install_torch=self.install_torch,
+            pip_install=self.pip_install,
+            importer=self.importer,
         )
 
 
@@ -60,7 +63,9 @@ def test_importing_the_module_pulls_in_neither_qt_nor_slicer_application_modules
     assert "qt" not in vars(deps)
     source = open(deps.__file__, encoding="utf-8").read()
     top_level = [line for line in source.splitlines() if line.startswith(("import ", "from "))]
-    assert not any("qt" in line.split() or "slicer" in line or "PyTorchUtils" in line for line in top_level)
+    assert not any(
+        "qt" in line.split() or "slicer" in line or "PyTorchUtils" in line for line in top_level
+    )
 
 
 def test_engine_packages_leave_out_what_slicer_ships_and_torch_goes_through_slicer_pytorch():
@@ -72,7 +77,11 @@ def test_engine_packages_leave_out_what_slicer_ships_and_torch_goes_through_slic
 
 def test_missing_packages_lists_requirements_of_modules_that_cannot_be_imported_torch_first():
     env = FakeEnvironment(absent=["open_clip", "torch", "ants"])
-    assert missing_packages(env.importer) == ["torch>=2.1", "antspyx>=0.4.2", "open_clip_torch>=2.24"]
+    assert missing_packages(env.importer) == [
+        "torch>=2.1",
+        "antspyx>=0.4.2",
+        "open_clip_torch>=2.24",
+    ]
 
 
 def test_missing_packages_counts_a_module_whose_lookup_fails_as_missing():
@@ -126,7 +135,9 @@ def test_torch_is_installed_by_the_injected_torch_installer_before_pip_and_never
     assert order == ["torch", "pip"]
     assert env.torch_installs == 1
     assert env.pip_calls == [["open_clip_torch>=2.24"]]
-    assert not any(req.startswith(("torch", "torchvision")) for call in env.pip_calls for req in call)
+    assert not any(
+        req.startswith(("torch", "torchvision")) for call in env.pip_calls for req in call
+    )
 
 
 def test_torch_installer_is_not_called_when_only_pip_packages_are_missing():
@@ -149,7 +160,11 @@ def test_torch_installer_failure_is_a_one_line_error_naming_torch():
     env = FakeEnvironment(absent=["torch", "torchvision"])
 
     def failing() -> bool:
-        raise subprocess.CalledProcessError(1, ["ltt", "install"], output="...\nERROR: Could not find a version that satisfies torch>=2.1\n")
+        raise subprocess.CalledProcessError(
+            1,
+            ["ltt", "install"],
+            output="...\nERROR: Could not find a version that satisfies torch>=2.1\n",
+        )
 
     env.install_torch = failing
     with pytest.raises(DependencyError) as caught:
@@ -162,13 +177,17 @@ def test_torch_installer_failure_is_a_one_line_error_naming_torch():
 def test_pip_failure_names_the_package_and_the_last_line_of_pip_output():
     env = FakeEnvironment(absent=["ants"])
     env.pip_error = subprocess.CalledProcessError(
-        1, ["pip", "install"], output="Collecting antspyx\nERROR: No matching distribution found for antspyx>=0.4.2\n"
+        1,
+        ["pip", "install"],
+        output="Collecting antspyx\nERROR: No matching distribution found for antspyx>=0.4.2\n",
     )
     with pytest.raises(DependencyError) as caught:
         env.ensure()
     message = str(caught.value)
     assert "\n" not in message
-    assert message.startswith("Could not install antspyx>=0.4.2: ERROR: No matching distribution found")
+    assert message.startswith(
+        "Could not install antspyx>=0.4.2: ERROR: No matching distribution found"
+    )
     assert "network" in message and "restart Slicer" in message
 
 
@@ -183,7 +202,9 @@ def test_pip_failure_without_output_still_gives_a_one_line_error():
 
 def test_packages_still_missing_after_installing_give_a_restart_hint():
     env = FakeEnvironment(absent=["h5py"])
-    env.pip_install = lambda reqs: None  # "succeeds" but nothing appears (e.g. skipped in testing mode)
+    env.pip_install = lambda reqs: (
+        None
+    )  # "succeeds" but nothing appears (e.g. skipped in testing mode)
     with pytest.raises(DependencyError, match="restart Slicer"):
         env.ensure()
 
@@ -191,11 +212,15 @@ def test_packages_still_missing_after_installing_give_a_restart_hint():
 def test_default_torch_installer_explains_how_to_get_the_pytorch_extension(monkeypatch):
     monkeypatch.setitem(sys.modules, "PyTorchUtils", None)  # makes `import PyTorchUtils` fail
     env = FakeEnvironment(absent=["torch"])
-    with pytest.raises(DependencyError, match="install the PyTorch extension from the Extensions Manager"):
+    with pytest.raises(
+        DependencyError, match="install the PyTorch extension from the Extensions Manager"
+    ):
         ensure_dependencies(env.confirm, pip_install=env.pip_install, importer=env.importer)
 
 
-def test_default_torch_installer_asks_slicer_pytorch_for_a_torch_build_without_forcing_cuda(monkeypatch):
+def test_default_torch_installer_asks_slicer_pytorch_for_a_torch_build_without_forcing_cuda(
+    monkeypatch,
+):
     calls: list[dict] = []
 
     class FakeLogic:
@@ -216,7 +241,9 @@ def test_default_torch_installer_asks_slicer_pytorch_for_a_torch_build_without_f
             )
             return types.SimpleNamespace(__version__="2.14.1")
 
-    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=FakeLogic))
+    monkeypatch.setitem(
+        sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=FakeLogic)
+    )
     assert deps._install_torch_with_pytorch_utils() is True
     assert calls == [
         dict(
@@ -228,15 +255,25 @@ def test_default_torch_installer_asks_slicer_pytorch_for_a_torch_build_without_f
     ]
 
 
-def test_default_torch_installer_works_with_older_slicer_pytorch_without_a_torchvision_pin(monkeypatch):
+def test_default_torch_installer_works_with_older_slicer_pytorch_without_a_torchvision_pin(
+    monkeypatch,
+):
     calls: list[dict] = []
 
     class OldLogic:
-        def installTorch(self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None):  # noqa: N802,N803
-            calls.append(dict(askConfirmation=askConfirmation, torchVersionRequirement=torchVersionRequirement))
+        def installTorch(
+            self, askConfirmation=False, forceComputationBackend=None, torchVersionRequirement=None
+        ):  # noqa: N802,N803
+            calls.append(
+                dict(
+                    askConfirmation=askConfirmation, torchVersionRequirement=torchVersionRequirement
+                )
+            )
             return None  # e.g. nothing installed
 
-    monkeypatch.setitem(sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=OldLogic))
+    monkeypatch.setitem(
+        sys.modules, "PyTorchUtils", types.SimpleNamespace(PyTorchUtilsLogic=OldLogic)
+    )
     assert deps._install_torch_with_pytorch_utils() is False
     assert calls == [dict(askConfirmation=False, torchVersionRequirement=">=2.1")]
 
@@ -250,7 +287,9 @@ def _fake_slicer(monkeypatch, with_packaging: bool) -> list[tuple]:
     monkeypatch.setitem(sys.modules, "slicer", slicer)
     if with_packaging:
         packaging = types.ModuleType("slicer.packaging")
-        packaging.pip_ensure = lambda reqs, **kwargs: calls.append(("packaging.pip_ensure", reqs, kwargs))
+        packaging.pip_ensure = lambda reqs, **kwargs: calls.append(
+            ("packaging.pip_ensure", reqs, kwargs)
+        )
         slicer.packaging = packaging
         monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
     else:
@@ -258,10 +297,14 @@ def _fake_slicer(monkeypatch, with_packaging: bool) -> list[tuple]:
     return calls
 
 
-def test_default_pip_installer_uses_pip_ensure_without_a_second_question_where_slicer_has_it(monkeypatch):
+def test_default_pip_installer_uses_pip_ensure_without_a_second_question_where_slicer_has_it(
+    monkeypatch,
+):
     calls = _fake_slicer(monkeypatch, with_packaging=True)
     deps._pip_install_with_slicer(["h5py>=3.8"])
-    assert calls == [("packaging.pip_ensure", ["h5py>=3.8"], {"prompt_install": False, "requester": "RADA"})]
+    assert calls == [
+        ("packaging.pip_ensure", ["h5py>=3.8"], {"prompt_install": False, "requester": "RADA"})
+    ]
 
 
 def test_default_pip_installer_falls_back_to_slicer_util_pip_install_on_older_slicer(monkeypatch):
@@ -271,14 +314,20 @@ def test_default_pip_installer_falls_back_to_slicer_util_pip_install_on_older_sl
 
 
 def test_every_engine_dependency_in_pyproject_is_shipped_by_slicer_or_installed_on_first_use():
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     def name(requirement: str) -> str:
         return re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0].lower().replace("_", "-")
 
     pyproject = Path(deps.__file__).resolve().parents[2] / "pyproject.toml"
-    needed = {name(r) for r in tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["dependencies"]}
+    needed = {
+        name(r)
+        for r in tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["dependencies"]
+    }
     shipped_by_slicer = {"numpy", "simpleitk", "vtk"}
-    installed_on_first_use = {name(p.requirement) for p in deps.TORCH_PACKAGES + deps.ENGINE_PACKAGES}
+    installed_on_first_use = {
+        name(p.requirement) for p in deps.TORCH_PACKAGES + deps.ENGINE_PACKAGES
+    }
     assert sorted(needed - shipped_by_slicer - installed_on_first_use) == []

@@ -68,11 +68,17 @@ def fake_propagate(args):
             write_like(image, sparse, folder / f"pseudo_{plane}.nrrd")
 
 
-def write_fake_bundle(folder: Path, class_name: str = "kidney", largest_component: list[int] | None = None) -> Path:
+def write_fake_bundle(
+    folder: Path, class_name: str = "kidney", largest_component: list[int] | None = None
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    manifest = {"format": "rada-bundle", "format_version": 1, "created": "2026-11-27T00:00:00Z",
-                "classes": {"1": {"name": class_name, "color": [0.7, 0.4, 0.3], "terminology": None}},
-                "encoder": {"pretrained": {"vision": False, "text": False}}}
+    manifest = {
+        "format": "rada-bundle",
+        "format_version": 1,
+        "created": "2026-11-27T00:00:00Z",
+        "classes": {"1": {"name": class_name, "color": [0.7, 0.4, 0.3], "terminology": None}},
+        "encoder": {"pretrained": {"vision": False, "text": False}},
+    }
     if largest_component is not None:
         manifest["inference"] = {"largest_component": {"classes": largest_component}}
     (folder / "manifest.json").write_text(json.dumps(manifest))
@@ -85,7 +91,9 @@ def fake_train(args):
 
 
 def fake_predict(args):
-    assert args.count("--sparse-label") == args.count("--image"), "one --sparse-label (or -) per --image"
+    assert args.count("--sparse-label") == args.count("--image"), (
+        "one --sparse-label (or -) per --image"
+    )
     out = Path(_argument(args, "--out"))
     out.mkdir(parents=True, exist_ok=True)
     images = [args[i + 1] for i, a in enumerate(args) if a == "--image"]
@@ -107,7 +115,9 @@ def make_logic(scene, tmp_path):
             started.append(process)
             return process
 
-        logic = RADASegmentLogic(processFactory=factory, workFolder=tmp_path / "work", modelsFolder=tmp_path / "models")
+        logic = RADASegmentLogic(
+            processFactory=factory, workFolder=tmp_path / "work", modelsFolder=tmp_path / "models"
+        )
         logic.started = started
         return logic
 
@@ -119,15 +129,20 @@ def _volume(name="case", direction=None, seed=0):
 
     rng = np.random.default_rng(seed)
     x, y, z = np.mgrid[0:24, 0:20, 0:16]
-    truth = (((x - 12) / 7.0) ** 2 + ((y - 10) / 6.0) ** 2 + ((z - 8) / 5.0) ** 2 <= 1).astype(np.uint8)
+    truth = (((x - 12) / 7.0) ** 2 + ((y - 10) / 6.0) ** 2 + ((z - 8) / 5.0) ** 2 <= 1).astype(
+        np.uint8
+    )
     image = truth * 1.0 + rng.normal(0, 0.1, truth.shape)
     direction = np.diag([-1.0, -1.0, 1.0]) if direction is None else direction
     node = volume_node_from_canonical(image.astype(np.float32), (1.0, 1.2, 2.0), direction, name)
     return node, truth, canonical_to_kji(truth, direction).astype(np.uint8), direction
 
 
-def _paint(logic, node, truth, direction, structure="kidney", planes=("sagittal", "coronal", "axial")):
+def _paint(
+    logic, node, truth, direction, structure="kidney", planes=("sagittal", "coronal", "axial")
+):
     import slicer
+
     from RADASegmentLib.nodes import canonical_to_kji
 
     segmentation = logic.annotate(node, structure)
@@ -139,14 +154,20 @@ def _paint(logic, node, truth, direction, structure="kidney", planes=("sagittal"
             index[axis] = sparse.slices[axis][0]
             keep[tuple(index)] = sparse.label[tuple(index)]
     slicer.util.updateSegmentBinaryLabelmapFromArray(
-        canonical_to_kji(keep, direction).astype(np.uint8), segmentation, logic.entry(node).segmentID, node)
+        canonical_to_kji(keep, direction).astype(np.uint8),
+        segmentation,
+        logic.entry(node).segmentID,
+        node,
+    )
     return segmentation
 
 
 PERMUTED = np.array([[0.0, 0.0, -1.0], [-1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
 
 
-def test_sample_cohort_adds_synthetic_volumes_with_three_painted_planes_the_engine_reads_back(make_logic):
+def test_sample_cohort_adds_synthetic_volumes_with_three_painted_planes_the_engine_reads_back(
+    make_logic,
+):
     from RADALib.synthetic import synthetic_cohort
     from RADASegmentLib.logic import RADASegmentError
 
@@ -155,7 +176,11 @@ def test_sample_cohort_adds_synthetic_volumes_with_three_painted_planes_the_engi
     assert [v.GetName() for v in volumes] == ["RADA sample 1", "RADA sample 2", "RADA sample 3"]
     assert [logic.entry(v) is not None for v in volumes] == [True] * 3
     assert [logic.entry(v).annotated for v in volumes] == [True, True, False]
-    assert all(len(logic.entry(v).planes[p]) == 1 for v in volumes[:2] for p in ("sagittal", "coronal", "axial"))
+    assert all(
+        len(logic.entry(v).planes[p]) == 1
+        for v in volumes[:2]
+        for p in ("sagittal", "coronal", "axial")
+    )
     assert logic.getSettings().structureName == "organ"
     logic.propagate(wait=True)
     cohort = load_cohort(_argument(logic.started[0].args, "--cohort"))
@@ -164,8 +189,9 @@ def test_sample_cohort_adds_synthetic_volumes_with_three_painted_planes_the_engi
     for case, (_, _, truth) in zip(cohort.labeled, synthetic_cohort(2, seed=5)):
         image = read_volume(case.image, "image")
         assert image.array.shape == truth.shape and image.spacing == pytest.approx((1.0, 1.0, 1.5))
-        np.testing.assert_array_equal(read_label_for(image, case.sparse_label).array,
-                                      simulate_sparse_annotation(truth).label)
+        np.testing.assert_array_equal(
+            read_label_for(image, case.sparse_label).array, simulate_sparse_annotation(truth).label
+        )
     with pytest.raises(RADASegmentError, match="3 volumes with 4 painted is not possible"):
         logic.loadSampleCohort(count=3, painted=4)
 
@@ -211,7 +237,9 @@ def test_propagate_names_the_volume_and_the_missing_plane(make_logic):
 def test_propagate_loads_pseudo_labels_aligned_and_leaves_the_users_segmentation_alone(make_logic):
     import slicer
 
-    logic = make_logic(work=fake_propagate, events=[{"stage": "propagate", "step": 1, "total": 1, "message": ""}])
+    logic = make_logic(
+        work=fake_propagate, events=[{"stage": "propagate", "step": 1, "total": 1, "message": ""}]
+    )
     node, truth, _, direction = _volume(direction=PERMUTED)
     segmentation = _paint(logic, node, truth, direction)
     segmentId = logic.entry(node).segmentID
@@ -226,9 +254,13 @@ def test_propagate_loads_pseudo_labels_aligned_and_leaves_the_users_segmentation
     assert pseudo.GetName().startswith(node.GetName())
     pseudoId = pseudo.GetSegmentation().GetSegmentIdBySegmentName("kidney")
     loaded = slicer.util.arrayFromSegmentBinaryLabelmap(pseudo, pseudoId, node)
-    np.testing.assert_array_equal(loaded > 0, painted > 0)  # the fake engine returns the painted slices
+    np.testing.assert_array_equal(
+        loaded > 0, painted > 0
+    )  # the fake engine returns the painted slices
     assert logic.entry(node).pseudoLabelStatus == "done"
-    np.testing.assert_array_equal(slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, node), painted)
+    np.testing.assert_array_equal(
+        slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, node), painted
+    )
     assert segmentation.GetSegmentation().GetNumberOfSegments() == 1
 
 
@@ -251,7 +283,9 @@ def test_a_failed_engine_run_reports_its_message_and_loads_nothing(make_logic):
 def test_wait_raises_the_engine_message_on_failure(make_logic):
     from RADASegmentLib.logic import RADASegmentError
 
-    logic = make_logic(outcome="failed", message="rada: out of memory on cuda:0; try --preset small")
+    logic = make_logic(
+        outcome="failed", message="rada: out of memory on cuda:0; try --preset small"
+    )
     node, truth, _, direction = _volume()
     _paint(logic, node, truth, direction)
     with pytest.raises(RADASegmentError, match="out of memory"):
@@ -280,22 +314,40 @@ def test_a_second_job_is_refused_while_one_runs(make_logic):
         logic.propagate()
 
 
-def test_train_exports_labeled_and_unlabeled_cases_and_keeps_the_model_in_the_models_folder(make_logic, tmp_path):
+def test_train_exports_labeled_and_unlabeled_cases_and_keeps_the_model_in_the_models_folder(
+    make_logic, tmp_path
+):
     from RADASegmentLib.parameters import RADASegmentSettings
 
-    events = [{"stage": "train", "step": 1, "total": 2, "loss": 0.9, "eta_s": 1.0, "message": ""},
-              {"stage": "train", "step": 2, "total": 2, "loss": 0.7, "dice": 0.5, "eta_s": 0.0, "message": ""}]
+    events = [
+        {"stage": "train", "step": 1, "total": 2, "loss": 0.9, "eta_s": 1.0, "message": ""},
+        {
+            "stage": "train",
+            "step": 2,
+            "total": 2,
+            "loss": 0.7,
+            "dice": 0.5,
+            "eta_s": 0.0,
+            "message": "",
+        },
+    ]
     logic = make_logic(work=fake_train, events=events)
     node, truth, _, direction = _volume("a")
     other, _, _, _ = _volume("b", seed=1)
     _paint(logic, node, truth, direction)
     logic.addVolume(other)
-    settings = RADASegmentSettings(structureName="kidney", preset="small", iterations=2, device="cpu", modelName="m1")
+    settings = RADASegmentSettings(
+        structureName="kidney", preset="small", iterations=2, device="cpu", modelName="m1"
+    )
     model = logic.train(settings=settings, wait=True)
     assert Path(model) == tmp_path / "models" / "m1" and (Path(model) / "manifest.json").is_file()
     args = logic.started[0].args
-    assert args[args.index("--preset") + 1] == "small" and args[args.index("--iterations") + 1] == "2"
-    assert "--set" not in args  # the paper's supervision unless the user picks fused training labels
+    assert (
+        args[args.index("--preset") + 1] == "small" and args[args.index("--iterations") + 1] == "2"
+    )
+    assert (
+        "--set" not in args
+    )  # the paper's supervision unless the user picks fused training labels
     cohort = load_cohort(_argument(args, "--cohort"))
     assert [c.labeled for c in cohort.cases] == [True, False]
     assert cohort.classes == {1: "kidney"}
@@ -309,7 +361,9 @@ def test_fused_training_labels_reach_rada_train_as_label_source(make_logic):
     logic = make_logic(work=fake_train)
     node, truth, _, direction = _volume("a")
     _paint(logic, node, truth, direction)
-    settings = RADASegmentSettings(preset="small", iterations=2, device="cpu", modelName="m2", trainingLabels="fused")
+    settings = RADASegmentSettings(
+        preset="small", iterations=2, device="cpu", modelName="m2", trainingLabels="fused"
+    )
     logic.train(settings=settings, wait=True)
     args = logic.started[0].args
     assert args[args.index("--set") + 1] == "label_source=fused"
@@ -323,15 +377,23 @@ def test_extra_settings_reach_rada_train_as_set_items_and_bad_ones_are_refused(m
     logic = make_logic(work=fake_train)
     node, truth, _, direction = _volume("a")
     _paint(logic, node, truth, direction)
-    settings = RADASegmentSettings(preset="small", iterations=2, device="cpu", modelName="m3",
-                                   extraSettings="schedule.alpha_floor=0.9  patch=64,64,48")
+    settings = RADASegmentSettings(
+        preset="small",
+        iterations=2,
+        device="cpu",
+        modelName="m3",
+        extraSettings="schedule.alpha_floor=0.9  patch=64,64,48",
+    )
     logic.train(settings=settings, wait=True)
     args = logic.started[0].args
     items = [args[i + 1] for i, a in enumerate(args) if a == "--set"]
     assert items == ["schedule.alpha_floor=0.9", "patch=64,64,48"]
-    for text, message in (("alpha_floor", "'alpha_floor' is not KEY=VALUE"), ("=1", "'=1' is not KEY=VALUE"),
-                          ("iterations=5", "set iterations with the Iterations field instead"),
-                          ("label_source=fused", "with the Training labels field")):
+    for text, message in (
+        ("alpha_floor", "'alpha_floor' is not KEY=VALUE"),
+        ("=1", "'=1' is not KEY=VALUE"),
+        ("iterations=5", "set iterations with the Iterations field instead"),
+        ("label_source=fused", "with the Training labels field"),
+    ):
         with pytest.raises(ValueError, match=message):
             RADASegmentSettings(extraSettings=text).validate()
 
@@ -342,7 +404,10 @@ def test_list_models_says_which_structures_each_model_keeps_one_region_of(make_l
     write_fake_bundle(tmp_path / "models" / "c-kidneys", "kidneys", largest_component=[])
     logic = make_logic()
     assert {m.name: m.largestComponent for m in logic.listModels()} == {
-        "a-old": None, "b-la": ["left atrium"], "c-kidneys": []}
+        "a-old": None,
+        "b-la": ["left atrium"],
+        "c-kidneys": [],
+    }
 
 
 def test_train_never_overwrites_an_existing_model(make_logic, tmp_path):
@@ -373,16 +438,24 @@ def test_segment_loads_named_coloured_results_aligned_with_each_volume(make_logi
     assert logic.entry(node).predictionStatus == "done"
 
 
-@pytest.mark.parametrize("choice, flags", [("auto", []), ("on", ["--largest-component"]),
-                                           ("off", ["--no-largest-component"])])
-def test_segment_passes_the_largest_component_choice_and_leaves_auto_to_the_model(make_logic, tmp_path, choice, flags):
+@pytest.mark.parametrize(
+    "choice, flags",
+    [("auto", []), ("on", ["--largest-component"]), ("off", ["--no-largest-component"])],
+)
+def test_segment_passes_the_largest_component_choice_and_leaves_auto_to_the_model(
+    make_logic, tmp_path, choice, flags
+):
     from RADASegmentLib.parameters import RADASegmentSettings
 
     logic = make_logic(work=fake_predict)
     model = write_fake_bundle(tmp_path / "models" / "kid")
     node, _, _, _ = _volume("scan")
-    logic.segment(node, str(model), settings=RADASegmentSettings(structureName="kidney", largestComponent=choice),
-                  wait=True)
+    logic.segment(
+        node,
+        str(model),
+        settings=RADASegmentSettings(structureName="kidney", largestComponent=choice),
+        wait=True,
+    )
     assert [a for a in logic.started[-1].args if "largest-component" in a] == flags
 
 
@@ -402,7 +475,9 @@ def test_settings_round_trip_through_the_parameter_node_and_bad_values_are_refus
 
     logic = make_logic()
     logic.setSettings(RADASegmentSettings(structureName="liver", preset="small", iterations=50))
-    assert logic.getSettings() == RADASegmentSettings(structureName="liver", preset="small", iterations=50)
+    assert logic.getSettings() == RADASegmentSettings(
+        structureName="liver", preset="small", iterations=50
+    )
     with pytest.raises(ValueError, match="preset 'huge'"):
         logic.setSettings(RADASegmentSettings(preset="huge"))
     with pytest.raises(ValueError, match="model name"):
@@ -415,7 +490,9 @@ def test_settings_round_trip_through_the_parameter_node_and_bad_values_are_refus
 def test_a_scene_saved_with_the_largest_component_checkbox_reads_as_the_new_choice(stored, read):
     from RADASegmentLib.parameters import RADASegmentSettings
 
-    settings = RADASegmentSettings.from_json(json.dumps({"largestComponent": stored, "stride": "dense"}))
+    settings = RADASegmentSettings.from_json(
+        json.dumps({"largestComponent": stored, "stride": "dense"})
+    )
     assert (settings.largestComponent, settings.stride) == (read, "dense")
     settings.validate()
 
@@ -442,12 +519,16 @@ def test_annotate_puts_the_three_slice_views_on_the_suggested_slices_of_the_volu
         axis = ("sagittal", "coronal", "axial").index(plane)
         normal = [matrix.GetElement(r, 2) for r in range(3)]
         assert abs(normal[axis]) == pytest.approx(1.0), layout
-        assert matrix.GetElement(axis, 3) == pytest.approx(expected[plane], abs=1e-6), layout  # plane through it
+        assert matrix.GetElement(axis, 3) == pytest.approx(expected[plane], abs=1e-6), (
+            layout
+        )  # plane through it
     for composite in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"):
         assert composite.GetBackgroundVolumeID() == node.GetID()
 
 
-def test_segment_gives_a_painted_volume_its_own_region_prompt_and_others_the_stored_one(make_logic, tmp_path):
+def test_segment_gives_a_painted_volume_its_own_region_prompt_and_others_the_stored_one(
+    make_logic, tmp_path
+):
     logic = make_logic(work=fake_predict)
     model = write_fake_bundle(tmp_path / "models" / "kid")
     painted, truth, _, direction = _volume("painted")

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from RADALib.annotation import detect_sparse_annotation
-from RADALib.terminology import class_entry
 from RADALib.errors import InputError
+from RADALib.terminology import class_entry
 from RADALib.volume import read_volume, write_like
 
 SHAPE_KJI = (16, 24, 20)  # arrays are (K, J, I); the volume is 20 x 24 x 16 voxels
@@ -61,7 +61,9 @@ def _segmentation(volume_node, names=("target",)):
 def _paint(segmentation_node, segment_id, array_kji, volume_node) -> None:
     import slicer
 
-    slicer.util.updateSegmentBinaryLabelmapFromArray(array_kji.astype(np.uint8), segmentation_node, segment_id, volume_node)
+    slicer.util.updateSegmentBinaryLabelmapFromArray(
+        array_kji.astype(np.uint8), segmentation_node, segment_id, volume_node
+    )
 
 
 def _one_slice_per_plane(shape_kji, axes: dict[str, int], indices: dict[str, int]) -> np.ndarray:
@@ -84,14 +86,23 @@ def _digest(segmentation_node) -> tuple:
     import slicer
 
     segmentation = segmentation_node.GetSegmentation()
-    parts = [segmentation_node.GetMTime(), segmentation.GetMTime(), segmentation.GetNumberOfSegments(),
-             segmentation_node.GetNumberOfDisplayNodes()]
+    parts = [
+        segmentation_node.GetMTime(),
+        segmentation.GetMTime(),
+        segmentation.GetNumberOfSegments(),
+        segmentation_node.GetNumberOfDisplayNodes(),
+    ]
     for index in range(segmentation.GetNumberOfSegments()):
         segment_id = segmentation.GetNthSegmentID(index)
         names = []
         segmentation.GetSegment(segment_id).GetContainedRepresentationNames(names)
         array = slicer.util.arrayFromSegmentInternalBinaryLabelmap(segmentation_node, segment_id)
-        parts += [segment_id, tuple(names), hashlib.sha256(array.tobytes()).hexdigest(), array.shape]
+        parts += [
+            segment_id,
+            tuple(names),
+            hashlib.sha256(array.tobytes()).hexdigest(),
+            array.shape,
+        ]
     return tuple(parts)
 
 
@@ -114,11 +125,15 @@ def test_setup_session_is_idempotent_and_gives_the_module_logics(slicer_session)
 
 
 @pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
-def test_export_volume_reads_back_in_canonical_order_at_the_same_physical_positions(scene, nodes, tmp_path, geometry):
+def test_export_volume_reads_back_in_canonical_order_at_the_same_physical_positions(
+    scene, nodes, tmp_path, geometry
+):
     matrix = GEOMETRIES[geometry]
     volume_node, array = _volume(matrix)
     path = nodes.export_volume(volume_node, tmp_path / "image.nrrd")
-    assert path == tmp_path / "image.nrrd" and [p.name for p in tmp_path.iterdir()] == ["image.nrrd"]
+    assert path == tmp_path / "image.nrrd" and [p.name for p in tmp_path.iterdir()] == [
+        "image.nrrd"
+    ]
 
     volume = read_volume(path)
     axes = nodes.plane_axes(volume_node)
@@ -141,8 +156,12 @@ def test_export_volume_reads_back_in_canonical_order_at_the_same_physical_positi
 
 def test_oblique_volume_is_refused_with_its_name(scene, nodes, tmp_path):
     angle = np.radians(12)
-    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
-    volume_node, _ = _volume(_matrix((rotation @ np.diag([0.8, 0.8, 2.0])).T, (0, 0, 0)), name="tilted MR")
+    rotation = np.array(
+        [[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]]
+    )
+    volume_node, _ = _volume(
+        _matrix((rotation @ np.diag([0.8, 0.8, 2.0])).T, (0, 0, 0)), name="tilted MR"
+    )
     assert nodes.volume_obliquity(volume_node) == pytest.approx(np.sin(angle))
     with pytest.raises(InputError) as caught:
         nodes.check_not_oblique(volume_node)
@@ -167,42 +186,62 @@ def test_suggested_slices_use_the_roi_centre_snapped_to_a_voxel_else_the_middle_
     roi.SetCenter(target[0] + 0.2, target[1] - 0.3, target[2] + 0.4)
     roi.SetSize(10, 10, 10)
     suggested = nodes.suggested_slices(volume_node, roi)
-    assert suggested == pytest.approx({"sagittal": target[0], "coronal": target[1], "axial": target[2]})
+    assert suggested == pytest.approx(
+        {"sagittal": target[0], "coronal": target[1], "axial": target[2]}
+    )
 
 
 # ----------------------------------------------------------------------------- user segmentation -> engine
 
 
 @pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
-def test_annotated_slices_reports_each_plane_and_the_engine_finds_the_same_planes(scene, nodes, tmp_path, geometry):
+def test_annotated_slices_reports_each_plane_and_the_engine_finds_the_same_planes(
+    scene, nodes, tmp_path, geometry
+):
     matrix = GEOMETRIES[geometry]
     volume_node, _ = _volume(matrix)
     segmentation_node, (segment_id,) = _segmentation(volume_node)
     axes = nodes.plane_axes(volume_node)
     painted = {"sagittal": 5, "coronal": 9, "axial": 12}
-    _paint(segmentation_node, segment_id, _one_slice_per_plane(SHAPE_KJI, axes, painted), volume_node)
+    _paint(
+        segmentation_node, segment_id, _one_slice_per_plane(SHAPE_KJI, axes, painted), volume_node
+    )
 
-    assert nodes.annotated_slices(segmentation_node, segment_id, volume_node) == {p: [i] for p, i in painted.items()}
+    assert nodes.annotated_slices(segmentation_node, segment_id, volume_node) == {
+        p: [i] for p, i in painted.items()
+    }
 
-    path = nodes.export_label_map(segmentation_node, {1: segment_id}, volume_node, tmp_path / "label.nrrd")
+    path = nodes.export_label_map(
+        segmentation_node, {1: segment_id}, volume_node, tmp_path / "label.nrrd"
+    )
     image = read_volume(nodes.export_volume(volume_node, tmp_path / "image.nrrd"))
     label = read_volume(path, kind="label")
     assert label.same_grid(image) is None and label.array.dtype == np.uint8
     sizes = {0: 20, 1: 24, 2: 16}
-    expected = {p: (_canonical_index(i, axes[p], matrix, sizes[axes[p]]),) for p, i in painted.items()}
+    expected = {
+        p: (_canonical_index(i, axes[p], matrix, sizes[axes[p]]),) for p, i in painted.items()
+    }
     assert detect_sparse_annotation(label.array, source=str(path)).planes() == expected
 
 
 def test_annotated_slices_never_raises_for_incomplete_annotation(scene, nodes):
     volume_node, _ = _volume(PERMUTED)
     segmentation_node, (segment_id,) = _segmentation(volume_node)
-    assert nodes.annotated_slices(segmentation_node, segment_id, volume_node) == {"sagittal": [], "coronal": [], "axial": []}
+    assert nodes.annotated_slices(segmentation_node, segment_id, volume_node) == {
+        "sagittal": [],
+        "coronal": [],
+        "axial": [],
+    }
 
     mask = np.zeros(SHAPE_KJI, np.uint8)
     mask[2:14, 4:20, 6] = 1  # I = 6: one axial slice
     mask[2:14, 4:20, 7] = 1  # and the next one (a 3D stroke): reported, not judged
     _paint(segmentation_node, segment_id, mask, volume_node)
-    assert nodes.annotated_slices(segmentation_node, segment_id, volume_node) == {"sagittal": [], "coronal": [], "axial": [6, 7]}
+    assert nodes.annotated_slices(segmentation_node, segment_id, volume_node) == {
+        "sagittal": [],
+        "coronal": [],
+        "axial": [6, 7],
+    }
 
 
 def test_segmentation_painted_on_a_finer_grid_is_resampled_onto_the_volume(scene, nodes):
@@ -211,8 +250,12 @@ def test_segmentation_painted_on_a_finer_grid_is_resampled_onto_the_volume(scene
     volume_node, _ = _volume(LPS_LIKE)
     fine_matrix = LPS_LIKE.copy()
     fine_matrix[:3, :3] /= 2.0  # half the spacing, same first voxel centre
-    fine = slicer.util.addVolumeFromArray(np.zeros((32, 48, 40), np.uint8), fine_matrix, name="fine",
-                                          nodeClassName="vtkMRMLLabelMapVolumeNode")
+    fine = slicer.util.addVolumeFromArray(
+        np.zeros((32, 48, 40), np.uint8),
+        fine_matrix,
+        name="fine",
+        nodeClassName="vtkMRMLLabelMapVolumeNode",
+    )
     segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "painted finer")
     segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(fine)
     segment_id = segmentation_node.GetSegmentation().AddEmptySegment("", "target")
@@ -245,12 +288,20 @@ def test_overlapping_segments_take_the_higher_class(scene, nodes):
 def test_the_users_segmentation_is_unchanged_by_export(scene, nodes, tmp_path):
     volume_node, _ = _volume(PERMUTED)
     segmentation_node, ids = _segmentation(volume_node, ("one", "two"))
-    _paint(segmentation_node, ids[0], _one_slice_per_plane(SHAPE_KJI, nodes.plane_axes(volume_node),
-                                                           {"sagittal": 3, "coronal": 4, "axial": 5}), volume_node)
+    _paint(
+        segmentation_node,
+        ids[0],
+        _one_slice_per_plane(
+            SHAPE_KJI, nodes.plane_axes(volume_node), {"sagittal": 3, "coronal": 4, "axial": 5}
+        ),
+        volume_node,
+    )
     before = _digest(segmentation_node)
     node_count = scene.GetNumberOfNodes()
     nodes.annotated_slices(segmentation_node, ids[0], volume_node)
-    nodes.export_label_map(segmentation_node, {1: ids[0], 2: ids[1]}, volume_node, tmp_path / "label.nrrd")
+    nodes.export_label_map(
+        segmentation_node, {1: ids[0], 2: ids[1]}, volume_node, tmp_path / "label.nrrd"
+    )
     assert _digest(segmentation_node) == before
     assert scene.GetNumberOfNodes() == node_count
 
@@ -270,7 +321,9 @@ def test_closed_surface_segment_is_converted_on_a_copy_not_on_the_users_node(sce
     segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", "surfaces")
     segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(volume_node)
     segmentation_node.GetSegmentation().SetSourceRepresentationName("Closed surface")
-    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportModelToSegmentationNode(model, segmentation_node, "")
+    assert slicer.vtkSlicerSegmentationsModuleLogic.ImportModelToSegmentationNode(
+        model, segmentation_node, ""
+    )
     segment_id = segmentation_node.GetSegmentation().GetNthSegmentID(0)
     before = (segmentation_node.GetMTime(), scene.GetNumberOfNodes())
 
@@ -278,7 +331,9 @@ def test_closed_surface_segment_is_converted_on_a_copy_not_on_the_users_node(sce
     assert np.count_nonzero(label) > 100
     np.testing.assert_allclose(np.argwhere(label).mean(axis=0), (8, 12, 10), atol=0.5)  # (K, J, I)
     names: list[str] = []
-    segmentation_node.GetSegmentation().GetSegment(segment_id).GetContainedRepresentationNames(names)
+    segmentation_node.GetSegmentation().GetSegment(segment_id).GetContainedRepresentationNames(
+        names
+    )
     assert names == ["Closed surface"]
     assert (segmentation_node.GetMTime(), scene.GetNumberOfNodes()) == before
 
@@ -294,7 +349,9 @@ def test_missing_segment_is_reported_by_segmentation_name(scene, nodes):
 
 
 @pytest.mark.parametrize("geometry", sorted(GEOMETRIES))
-def test_result_loads_back_voxel_exactly_with_names_colours_terminology_and_folder(scene, nodes, tmp_path, geometry):
+def test_result_loads_back_voxel_exactly_with_names_colours_terminology_and_folder(
+    scene, nodes, tmp_path, geometry
+):
     import slicer
 
     volume_node, _ = _volume(GEOMETRIES[geometry])
@@ -307,29 +364,54 @@ def test_result_loads_back_voxel_exactly_with_names_colours_terminology_and_fold
     result[3:9, 2:6, 4:10] = 1
     result[12:15, 10:14, 1:3] = 3
     write_like(image, result, tmp_path / "result.nrrd")
-    classes = {1: class_entry("left atrium", 1), 2: class_entry("kidney tumor", 2), 3: class_entry("scar", 3)}
+    classes = {
+        1: class_entry("left atrium", 1),
+        2: class_entry("kidney tumor", 2),
+        3: class_entry("scar", 3),
+    }
     name = nodes.node_name_for(volume_node, "RADA")
-    node = nodes.load_label_map_as_segmentation(tmp_path / "result.nrrd", volume_node, classes, name)
+    node = nodes.load_label_map_as_segmentation(
+        tmp_path / "result.nrrd", volume_node, classes, name
+    )
 
     assert node.GetName() == "CT chest RADA"
     segmentation = node.GetSegmentation()
-    assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == \
-        ["left atrium", "kidney tumor", "scar"]
-    written_kji = np.transpose(_file_order(tmp_path / "result.nrrd"), (2, 1, 0))  # the volume's IJK order
+    assert [
+        segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())
+    ] == ["left atrium", "kidney tumor", "scar"]
+    written_kji = np.transpose(
+        _file_order(tmp_path / "result.nrrd"), (2, 1, 0)
+    )  # the volume's IJK order
     for value, entry in classes.items():
         segment_id = segmentation.GetSegmentIdBySegmentName(entry["name"])
         segment = segmentation.GetSegment(segment_id)
         assert segment.GetColor() == pytest.approx(tuple(entry["color"]))
         mask = slicer.util.arrayFromSegmentBinaryLabelmap(node, segment_id, volume_node)
         np.testing.assert_array_equal(mask, (written_kji == value).astype(mask.dtype))
-    tumour = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("kidney tumor")).GetTerminology()
-    assert tumour == ("Segmentation category and type - DICOM master list~SCT^49755003^Morphologically Altered Structure"
-                      "~SCT^4147007^Mass~^^~Anatomic codes - DICOM master list~SCT^64033007^Kidney~^^")
-    atrium = segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("left atrium")).GetTerminology()
+    tumour = segmentation.GetSegment(
+        segmentation.GetSegmentIdBySegmentName("kidney tumor")
+    ).GetTerminology()
+    assert tumour == (
+        "Segmentation category and type - DICOM master list~SCT^49755003^Morphologically Altered Structure"
+        "~SCT^4147007^Mass~^^~Anatomic codes - DICOM master list~SCT^64033007^Kidney~^^"
+    )
+    atrium = segmentation.GetSegment(
+        segmentation.GetSegmentIdBySegmentName("left atrium")
+    ).GetTerminology()
     assert "SCT^82471001^Left atrium" in atrium
-    assert segmentation.GetSegment(segmentation.GetSegmentIdBySegmentName("kidney tumor")).GetLabelValue() == 2
+    assert (
+        segmentation.GetSegment(
+            segmentation.GetSegmentIdBySegmentName("kidney tumor")
+        ).GetLabelValue()
+        == 2
+    )
 
-    assert node.GetNodeReference(slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()) is volume_node
+    assert (
+        node.GetNodeReference(
+            slicer.vtkMRMLSegmentationNode.GetReferenceImageGeometryReferenceRole()
+        )
+        is volume_node
+    )
     assert sh.GetItemParent(sh.GetItemByDataNode(node)) == folder
     assert scene.GetNodesByClass("vtkMRMLLabelMapVolumeNode").GetNumberOfItems() == 0
     assert nodes.node_name_for(volume_node, "RADA") == "CT chest RADA_1"
@@ -356,7 +438,9 @@ def test_result_loads_under_the_volumes_transform(scene, nodes, tmp_path):
     result = np.zeros(image.shape, np.uint8)
     result[5:8, 5:8, 5:8] = 1
     write_like(image, result, tmp_path / "result.nrrd")
-    node = nodes.load_label_map_as_segmentation(tmp_path / "result.nrrd", volume_node, {1: class_entry("liver")}, "r")
+    node = nodes.load_label_map_as_segmentation(
+        tmp_path / "result.nrrd", volume_node, {1: class_entry("liver")}, "r"
+    )
     assert node.GetTransformNodeID() == transform.GetID()
     assert nodes.voxel_center_ras(volume_node, (0, 0, 0))[0] == pytest.approx(LPS_LIKE[0, 3] + 25.0)
 
@@ -368,7 +452,9 @@ def test_result_on_another_grid_is_refused_naming_the_file(scene, nodes, tmp_pat
     write_like(image, np.zeros(image.shape, np.uint8), tmp_path / "result.nrrd")
     before = scene.GetNumberOfNodes()
     with pytest.raises(InputError, match=r"result\.nrrd: does not lie on volume 'CT chest'"):
-        nodes.load_label_map_as_segmentation(tmp_path / "result.nrrd", volume_node, {1: class_entry("liver")}, "r")
+        nodes.load_label_map_as_segmentation(
+            tmp_path / "result.nrrd", volume_node, {1: class_entry("liver")}, "r"
+        )
     assert scene.GetNumberOfNodes() == before
 
 
@@ -378,6 +464,10 @@ def test_unknown_label_values_in_a_result_still_get_a_segment(scene, nodes, tmp_
     result = np.zeros(image.shape, np.uint8)
     result[1:3, 1:3, 1:3] = 7
     write_like(image, result, tmp_path / "result.nrrd")
-    node = nodes.load_label_map_as_segmentation(tmp_path / "result.nrrd", volume_node, {1: class_entry("liver")}, "r")
+    node = nodes.load_label_map_as_segmentation(
+        tmp_path / "result.nrrd", volume_node, {1: class_entry("liver")}, "r"
+    )
     segmentation = node.GetSegmentation()
-    assert [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())] == ["liver", "label 7"]
+    assert [
+        segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())
+    ] == ["liver", "label 7"]

@@ -24,7 +24,15 @@ MODULE_DIR = ROOT / "RADASegment"
 MODULE_CMAKE = MODULE_DIR / "CMakeLists.txt"
 ENGINE_DIR = ROOT / "RADALib"
 CATALOG = ROOT / "Resources" / "ExtensionsIndex" / "RADA.json"
-EXTENSION_FIELDS = ("HOMEPAGE", "CATEGORY", "CONTRIBUTORS", "DESCRIPTION", "ICONURL", "SCREENSHOTURLS", "DEPENDS")
+EXTENSION_FIELDS = (
+    "HOMEPAGE",
+    "CATEGORY",
+    "CONTRIBUTORS",
+    "DESCRIPTION",
+    "ICONURL",
+    "SCREENSHOTURLS",
+    "DEPENDS",
+)
 # Properties of Slicer's catalog entry schema (Schemas/slicer-extension-catalog-entry-schema-v1.0.1.json);
 # the schema has additionalProperties: false and requires $schema, category and scm_url.
 CATALOG_PROPERTIES = {
@@ -110,7 +118,9 @@ def python_files(folder: Path, relative_to: Path) -> set[str]:
 def png_size(path: Path) -> tuple[int, int]:
     """Width and height from a PNG's IHDR chunk; fails on anything that is not a PNG."""
     head = path.read_bytes()[:24]
-    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR", f"{path.name} is not a PNG file"
+    assert head[:8] == b"\x89PNG\r\n\x1a\n" and head[12:16] == b"IHDR", (
+        f"{path.name} is not a PNG file"
+    )
     return struct.unpack(">II", head[16:24])
 
 
@@ -148,7 +158,11 @@ def test_top_level_cmake_has_the_standard_extension_lines_and_adds_the_module():
     assert commands(text, "project") == [["RADA"]]
     assert ["Slicer", "REQUIRED"] in commands(text, "find_package")
     includes = [args[0] for args in commands(text, "include")]
-    assert includes == ["${Slicer_USE_FILE}", "${Slicer_EXTENSION_GENERATE_CONFIG}", "${Slicer_EXTENSION_CPACK}"]
+    assert includes == [
+        "${Slicer_USE_FILE}",
+        "${Slicer_EXTENSION_GENERATE_CONFIG}",
+        "${Slicer_EXTENSION_CPACK}",
+    ]
     assert ["RADASegment"] in commands(text, "add_subdirectory")
 
 
@@ -174,16 +188,24 @@ def test_module_cmake_lists_the_module_file_and_every_python_file_of_its_library
     # Every .py under RADASegment/ (a Slicer-style Testing/ folder would be built on its own).
     on_disk = {f for f in python_files(MODULE_DIR, MODULE_DIR) if not f.startswith("Testing/")}
     assert f"{name}.py" in on_disk and f"{name}Lib/__init__.py" in on_disk
-    assert sorted(on_disk - set(scripts)) == [], "add these to MODULE_PYTHON_SCRIPTS in RADASegment/CMakeLists.txt"
-    assert sorted(set(scripts) - on_disk) == [], "MODULE_PYTHON_SCRIPTS lists files that do not exist"
+    assert sorted(on_disk - set(scripts)) == [], (
+        "add these to MODULE_PYTHON_SCRIPTS in RADASegment/CMakeLists.txt"
+    )
+    assert sorted(set(scripts) - on_disk) == [], (
+        "MODULE_PYTHON_SCRIPTS lists files that do not exist"
+    )
     assert len(scripts) == len(set(scripts)), "a script is listed twice"
 
 
 def test_module_cmake_lists_every_python_file_of_the_engine():
     _, _, _, engine = module_lists()
     on_disk = python_files(ENGINE_DIR, ROOT)
-    assert sorted(on_disk - set(engine)) == [], "add these to RADALIB_PYTHON_SCRIPTS in RADASegment/CMakeLists.txt"
-    assert sorted(set(engine) - on_disk) == [], "RADALIB_PYTHON_SCRIPTS lists files that do not exist"
+    assert sorted(on_disk - set(engine)) == [], (
+        "add these to RADALIB_PYTHON_SCRIPTS in RADASegment/CMakeLists.txt"
+    )
+    assert sorted(set(engine) - on_disk) == [], (
+        "RADALIB_PYTHON_SCRIPTS lists files that do not exist"
+    )
     assert len(engine) == len(set(engine)), "an engine file is listed twice"
 
 
@@ -209,13 +231,24 @@ def test_engine_is_installed_beside_the_module_from_the_repository_top():
     calls = commands(MODULE_CMAKE.read_text(encoding="utf-8"), "ctkMacroCompilePythonScript")
     assert len(calls) == 1
     args = calls[0]
-    keywords = {"TARGET_NAME", "SCRIPTS", "RESOURCES", "SOURCE_DIR", "DESTINATION_DIR", "INSTALL_DIR", "NO_INSTALL_SUBDIR", "GLOBAL_TARGET"}  # fmt: skip
+    keywords = {
+        "TARGET_NAME", "SCRIPTS", "RESOURCES", "SOURCE_DIR", "DESTINATION_DIR", "INSTALL_DIR",
+        "NO_INSTALL_SUBDIR", "GLOBAL_TARGET",
+    }  # fmt: skip
     assert keyword_values(args, "SCRIPTS", keywords) == ["${RADALIB_PYTHON_SCRIPTS}"]
     source_dir = keyword_values(args, "SOURCE_DIR", keywords)
-    assert source_dir in (["${CMAKE_CURRENT_SOURCE_DIR}/.."], ["${PROJECT_SOURCE_DIR}"], ["${RADA_SOURCE_DIR}"])
+    assert source_dir in (
+        ["${CMAKE_CURRENT_SOURCE_DIR}/.."],
+        ["${PROJECT_SOURCE_DIR}"],
+        ["${RADA_SOURCE_DIR}"],
+    )
     # The same folder as slicerMacroBuildScriptedModule uses for the module itself:
-    assert keyword_values(args, "DESTINATION_DIR", keywords) == ["${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}"]
-    assert keyword_values(args, "INSTALL_DIR", keywords) == ["${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}"]
+    assert keyword_values(args, "DESTINATION_DIR", keywords) == [
+        "${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}"
+    ]
+    assert keyword_values(args, "INSTALL_DIR", keywords) == [
+        "${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}"
+    ]
     assert "NO_INSTALL_SUBDIR" in args
     _, _, _, engine = module_lists()
     assert all(item.startswith("RADALib/") for item in engine)
@@ -225,7 +258,9 @@ def test_module_self_test_is_registered_when_testing_is_built():
     text = strip_comments(MODULE_CMAKE.read_text(encoding="utf-8"))
     block = re.search(r"if\s*\(\s*BUILD_TESTING\s*\)(.*?)endif\s*\(", text, re.S | re.I)
     assert block, "no if(BUILD_TESTING) block"
-    assert commands(block.group(1), "slicer_add_python_unittest") == [["SCRIPT", "${MODULE_NAME}.py"]]
+    assert commands(block.group(1), "slicer_add_python_unittest") == [
+        ["SCRIPT", "${MODULE_NAME}.py"]
+    ]
 
 
 STUB_SLICER = r"""
@@ -249,7 +284,8 @@ macro(slicerMacroBuildScriptedModule)
   _stub_require_files(${CMAKE_CURRENT_SOURCE_DIR} ${MY_SLICER_SCRIPTS} ${MY_SLICER_RESOURCES})
 endmacro()
 macro(ctkMacroCompilePythonScript)
-  cmake_parse_arguments(MY "NO_INSTALL_SUBDIR;GLOBAL_TARGET" "TARGET_NAME;SOURCE_DIR;DESTINATION_DIR;INSTALL_DIR" "SCRIPTS;RESOURCES" ${ARGN})
+  cmake_parse_arguments(MY "NO_INSTALL_SUBDIR;GLOBAL_TARGET"
+    "TARGET_NAME;SOURCE_DIR;DESTINATION_DIR;INSTALL_DIR" "SCRIPTS;RESOURCES" ${ARGN})
   if(MY_UNPARSED_ARGUMENTS)
     message(FATAL_ERROR "Unknown keywords given to ctkMacroCompilePythonScript(): ${MY_UNPARSED_ARGUMENTS}")
   endif()
@@ -310,16 +346,22 @@ def test_catalog_entry_is_named_after_the_extension_and_follows_slicers_schema()
     assert CATALOG.stem == commands(TOP_CMAKE.read_text(encoding="utf-8"), "project")[0][0]
     entry = catalog()
     assert CATALOG_REQUIRED <= entry.keys()
-    assert set(entry) <= CATALOG_PROPERTIES, f"unknown keys: {sorted(set(entry) - CATALOG_PROPERTIES)}"
+    assert set(entry) <= CATALOG_PROPERTIES, (
+        f"unknown keys: {sorted(set(entry) - CATALOG_PROPERTIES)}"
+    )
     assert re.fullmatch(
         r"https://raw\.githubusercontent\.com/Slicer/Slicer/main/Schemas/"
         r"slicer-extension-catalog-entry-schema-v\d+\.\d+\.\d+\.json#?",
         entry["$schema"],
     )
-    assert isinstance(entry["build_dependencies"], list) and all(isinstance(d, str) for d in entry["build_dependencies"])
+    assert isinstance(entry["build_dependencies"], list) and all(
+        isinstance(d, str) for d in entry["build_dependencies"]
+    )
     assert entry.get("scm_type", "git") == "git"
     assert entry.get("tier", 1) in (1, 3, 5)
-    assert isinstance(entry.get("scm_revision", ""), str) and isinstance(entry.get("build_subdirectory", "."), str)
+    assert isinstance(entry.get("scm_revision", ""), str) and isinstance(
+        entry.get("build_subdirectory", "."), str
+    )
 
 
 def test_catalog_entry_points_at_the_homepage_repository():

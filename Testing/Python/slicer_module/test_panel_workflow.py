@@ -13,9 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import fakeslicer
 import pytest
 
-import fakeslicer
 from slicer_module.test_logic import FakeProcess, _paint, _volume, fake_propagate
 
 
@@ -27,11 +27,19 @@ def panel(scene, tmp_path):
     started = []
 
     def factory(args, env):
-        started.append(FakeProcess(args, env, [{"stage": "propagate", "step": 1, "total": 1, "message": "case"}],
-                                   work=fake_propagate))
+        started.append(
+            FakeProcess(
+                args,
+                env,
+                [{"stage": "propagate", "step": 1, "total": 1, "message": "case"}],
+                work=fake_propagate,
+            )
+        )
         return started[-1]
 
-    logic = RADASegmentLogic(processFactory=factory, workFolder=tmp_path / "work", modelsFolder=tmp_path / "models")
+    logic = RADASegmentLogic(
+        processFactory=factory, workFolder=tmp_path / "work", modelsFolder=tmp_path / "models"
+    )
     logic.started = started
     widget = importlib.import_module("RADASegmentLib.widget").RADASegmentWidget(logic=logic)
     widget.setup()
@@ -102,7 +110,12 @@ def test_module_loads_before_the_engine_packages_are_installed(tmp_path):
         "import RADASegment\n"
         "print('loaded', RADASegment.RADASegmentLogic().listModels())\n"
     )
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "RADA_CACHE_DIR": str(tmp_path / "cache")})
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "RADA_CACHE_DIR": str(tmp_path / "cache")},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "loaded []" in done.stdout

@@ -31,8 +31,11 @@ def test_cancelling_a_real_propagation_ends_the_engine_and_adds_no_node(scene, t
     from RADASegmentLib.logic import RADASegmentLogic
     from slicer_module.test_logic import _paint, _volume
 
-    logic = RADASegmentLogic(workFolder=tmp_path / "work", modelsFolder=tmp_path / "models",
-                             cacheFolder=tmp_path / "cache")
+    logic = RADASegmentLogic(
+        workFolder=tmp_path / "work",
+        modelsFolder=tmp_path / "models",
+        cacheFolder=tmp_path / "cache",
+    )
     node, truth, _, direction = _volume("to-cancel")
     segmentation = _paint(logic, node, truth, direction)
     before = slicer.mrmlScene.GetNumberOfNodes()
@@ -52,4 +55,6 @@ def test_cancelling_a_real_propagation_ends_the_engine_and_adds_no_node(scene, t
     except ProcessLookupError:
         return
     stat = f"/proc/{pid}/stat"
-    assert os.path.exists(stat) and open(stat).read().split()[2] == "Z", "the engine still runs after cancel"
+    assert os.path.exists(stat) and open(stat).read().split()[2] == "Z", (
+        "the engine still runs after cancel"
+    )

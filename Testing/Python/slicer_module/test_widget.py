@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-
 import fakeslicer
+import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
 WIDGET_PY = ROOT / "RADASegment" / "RADASegmentLib" / "widget.py"
@@ -40,7 +39,9 @@ def missing_ui_names(source: str, ui_path: Path) -> set[str]:
 
 def test_every_ui_name_the_widget_uses_exists_in_the_ui_file():
     source = WIDGET_PY.read_text(encoding="utf-8")
-    assert re.search(r"self\.ui\.\w+", source), "widget.py uses no self.ui names: the check would be empty"
+    assert re.search(r"self\.ui\.\w+", source), (
+        "widget.py uses no self.ui names: the check would be empty"
+    )
     assert missing_ui_names(source, UI_FILE) == set()
 
 
@@ -58,7 +59,14 @@ def test_ui_declares_every_slicer_class_it_uses_as_a_custom_widget():
 
 
 def test_ui_has_the_cohort_table_columns_and_the_choice_lists_of_the_settings():
-    from RADASegmentLib.parameters import DEVICES, FUSIONS, LARGEST_COMPONENT, PRESETS, STRIDES, TRAINING_LABELS
+    from RADASegmentLib.parameters import (
+        DEVICES,
+        FUSIONS,
+        LARGEST_COMPONENT,
+        PRESETS,
+        STRIDES,
+        TRAINING_LABELS,
+    )
 
     root = ET.parse(UI_FILE).getroot()
     widgets = {w.get("name"): w for w in root.iter("widget")}
@@ -67,7 +75,13 @@ def test_ui_has_the_cohort_table_columns_and_the_choice_lists_of_the_settings():
         return [i.findtext("property/string") for i in widgets[name].findall("item")]
 
     assert [c.findtext("property/string") for c in widgets["cohortTable"].findall("column")] == [
-        "Volume", "Sagittal", "Coronal", "Axial", "Pseudo-label", "Prediction"]
+        "Volume",
+        "Sagittal",
+        "Coronal",
+        "Axial",
+        "Pseudo-label",
+        "Prediction",
+    ]
     assert items("presetComboBox") == list(PRESETS)
     assert items("deviceComboBox") == list(DEVICES)
     assert items("strideComboBox") == list(STRIDES)
@@ -194,8 +208,9 @@ class FakeLogic(fakeslicer.ScriptedLoadableModuleLogic):
 
         self.calls.append(("annotate", volumeNode.GetID(), structureName, roiNode))
         entry = self.addVolume(volumeNode)
-        segmentation = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSegmentationNode",
-                                                          f"{volumeNode.GetName()} annotation")
+        segmentation = slicer.mrmlScene.AddNewNodeByClass(
+            "vtkMRMLSegmentationNode", f"{volumeNode.GetName()} annotation"
+        )
         segmentation.CreateDefaultDisplayNodes()
         segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
         entry.segmentationNodeID = segmentation.GetID()
@@ -215,7 +230,15 @@ class FakeLogic(fakeslicer.ScriptedLoadableModuleLogic):
         self.jobs.append(job)
         return job
 
-    def propagate(self, volumeNodes=None, settings=None, wait=False, onEvent=None, onFinished=None, showViews=False):
+    def propagate(
+        self,
+        volumeNodes=None,
+        settings=None,
+        wait=False,
+        onEvent=None,
+        onFinished=None,
+        showViews=False,
+    ):
         self.calls.append(("propagate", volumeNodes, settings, wait, showViews))
         return self._job("propagate", onEvent, onFinished)
 
@@ -223,9 +246,18 @@ class FakeLogic(fakeslicer.ScriptedLoadableModuleLogic):
         self.calls.append(("train", volumeNodes, settings, wait))
         return self._job("train", onEvent, onFinished)
 
-    def segment(self, volumeNodes=None, model=None, settings=None, wait=False, onEvent=None, onFinished=None):
-        self.calls.append(("segment", [n.GetID() for n in volumeNodes] if volumeNodes else volumeNodes, model,
-                           settings, wait))
+    def segment(
+        self, volumeNodes=None, model=None, settings=None, wait=False, onEvent=None, onFinished=None
+    ):
+        self.calls.append(
+            (
+                "segment",
+                [n.GetID() for n in volumeNodes] if volumeNodes else volumeNodes,
+                model,
+                settings,
+                wait,
+            )
+        )
         return self._job("segment", onEvent, onFinished)
 
     def listModels(self):
@@ -291,9 +323,18 @@ def stored_settings(logic):
     return RADASegmentSettings.from_parameter_node(logic.getParameterNode())
 
 
-ACTION_BUTTONS = ("addVolumeButton", "addAllVolumesButton", "addFolderButton", "removeVolumeButton", "annotateButton",
-                  "propagateButton", "trainButton", "segmentSelectedButton", "segmentCohortButton",
-                  "refreshModelsButton")
+ACTION_BUTTONS = (
+    "addVolumeButton",
+    "addAllVolumesButton",
+    "addFolderButton",
+    "removeVolumeButton",
+    "annotateButton",
+    "propagateButton",
+    "trainButton",
+    "segmentSelectedButton",
+    "segmentCohortButton",
+    "refreshModelsButton",
+)
 
 
 # ---------------------------------------------------------------- set-up and settings
@@ -317,8 +358,14 @@ def test_setup_creates_the_real_logic_when_none_is_injected(fakes, monkeypatch):
             super().__init__()
             created.append(self)
 
-    monkeypatch.setitem(__import__("sys").modules, "RADASegmentLib.logic", SimpleNamespace(RADASegmentLogic=StubLogic))
-    monkeypatch.setattr(RADASegmentLib, "logic", SimpleNamespace(RADASegmentLogic=StubLogic), raising=False)
+    monkeypatch.setitem(
+        __import__("sys").modules,
+        "RADASegmentLib.logic",
+        SimpleNamespace(RADASegmentLogic=StubLogic),
+    )
+    monkeypatch.setattr(
+        RADASegmentLib, "logic", SimpleNamespace(RADASegmentLogic=StubLogic), raising=False
+    )
     module = importlib.import_module("RADASegmentLib.widget")
     widget = module.RADASegmentWidget()
     widget.setup()
@@ -331,11 +378,20 @@ def test_setup_creates_the_real_logic_when_none_is_injected(fakes, monkeypatch):
 def test_settings_in_the_parameter_node_are_shown_by_the_widgets(logic):
     from RADASegmentLib.parameters import RADASegmentSettings
 
-    RADASegmentSettings(structureName="left atrium", preset="small", iterations=300, device="cpu",
-                        visionWeights="/w/v.pth", allowDownload=True, modelName="la-1", stride="dense",
-                        largestComponent="off", fusion="majority",
-                        trainingLabels="fused", extraSettings="network.base_filters=8").to_parameter_node(
-        logic.getParameterNode())
+    RADASegmentSettings(
+        structureName="left atrium",
+        preset="small",
+        iterations=300,
+        device="cpu",
+        visionWeights="/w/v.pth",
+        allowDownload=True,
+        modelName="la-1",
+        stride="dense",
+        largestComponent="off",
+        fusion="majority",
+        trainingLabels="fused",
+        extraSettings="network.base_filters=8",
+    ).to_parameter_node(logic.getParameterNode())
     panel = make_panel(logic)
     try:
         ui = panel.ui
@@ -375,7 +431,11 @@ def test_changing_widgets_writes_the_settings_to_the_parameter_node(panel, logic
     assert (settings.preset, settings.iterations, settings.device) == ("small", 250, "cpu")
     assert settings.structureName == "liver"
     assert (settings.textWeights, settings.allowDownload) == ("/w/text.bin", True)
-    assert (settings.stride, settings.fusion, settings.largestComponent) == ("dense", "majority", "on")
+    assert (settings.stride, settings.fusion, settings.largestComponent) == (
+        "dense",
+        "majority",
+        "on",
+    )
     assert settings.modelName == "liver-model" and settings.trainingLabels == "fused"
     assert settings.extraSettings == "schedule.alpha_floor=0.9 seed=7"
     assert settings.workers == 3, "a setting without a widget is kept"
@@ -414,7 +474,9 @@ def test_invalid_settings_keep_a_job_from_starting(panel, logic):
 def test_settings_changed_from_the_console_show_in_the_panel(panel, logic):
     from RADASegmentLib.parameters import RADASegmentSettings
 
-    RADASegmentSettings(preset="small", modelName="from-console").to_parameter_node(logic.getParameterNode())
+    RADASegmentSettings(preset="small", modelName="from-console").to_parameter_node(
+        logic.getParameterNode()
+    )
     assert panel.ui.presetComboBox.currentText == "small"
     assert panel.ui.modelNameLineEdit.text == "from-console"
 
@@ -471,14 +533,27 @@ def test_add_all_and_add_folder_fill_the_table(panel, logic, fakes):
 def test_sample_cohort_button_fills_the_table_and_says_what_to_do_next(panel, logic):
     import slicer
 
-    composite = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSliceCompositeNode")  # a slice view's layers
+    composite = slicer.mrmlScene.AddNewNodeByClass(
+        "vtkMRMLSliceCompositeNode"
+    )  # a slice view's layers
     panel.ui.loadSampleCohortButton.click()
     assert logic.called("loadSampleCohort") == [("loadSampleCohort",)]
-    assert [panel.ui.cohortTable.rowTexts(r)[0] for r in range(2)] == ["RADA sample 1", "RADA sample 2"]
-    assert panel.ui.cohortTable.rowTexts(0)[1:4] == ["✓ 7"] * 3 and panel.ui.cohortTable.rowTexts(1)[1] != "✓ 7"
+    assert [panel.ui.cohortTable.rowTexts(r)[0] for r in range(2)] == [
+        "RADA sample 1",
+        "RADA sample 2",
+    ]
+    assert (
+        panel.ui.cohortTable.rowTexts(0)[1:4] == ["✓ 7"] * 3
+        and panel.ui.cohortTable.rowTexts(1)[1] != "✓ 7"
+    )
     assert panel.ui.structureNameLineEdit.text == "organ"  # the sample's structure, shown
-    assert "Added 2 sample volumes, 1 painted in three planes: press Propagate" in panel.ui.statusLabel.text
-    assert composite.GetBackgroundVolumeID() == slicer.util.getNode("RADA sample 1").GetID()  # shown
+    assert (
+        "Added 2 sample volumes, 1 painted in three planes: press Propagate"
+        in panel.ui.statusLabel.text
+    )
+    assert (
+        composite.GetBackgroundVolumeID() == slicer.util.getNode("RADA sample 1").GetID()
+    )  # shown
 
 
 def test_remove_button_removes_the_selected_volume(panel, logic):
@@ -515,21 +590,27 @@ def test_a_failing_add_is_shown_as_an_error_in_one_line(panel, logic, fakes):
 
     logic.addAllVolumes = broken
     panel.ui.addAllVolumesButton.click()
-    assert fakes.errors == ["Adding the loaded volumes failed: volume is oblique: resample it first"]
+    assert fakes.errors == [
+        "Adding the loaded volumes failed: volume is oblique: resample it first"
+    ]
     assert panel.ui.statusLabel.text == fakes.errors[0]
 
 
 # ---------------------------------------------------------------- annotation
 
 
-def test_annotate_calls_the_logic_and_opens_the_segment_editor_on_the_segmentation(panel, logic, fakes, monkeypatch):
+def test_annotate_calls_the_logic_and_opens_the_segment_editor_on_the_segmentation(
+    panel, logic, fakes, monkeypatch
+):
     import slicer
 
     editor = SimpleNamespace(calls=[])
     editor.setSegmentationNode = lambda n: editor.calls.append(("segmentation", n.GetID()))
     editor.setSourceVolumeNode = lambda n: editor.calls.append(("source", n.GetID()))
     editor.setCurrentSegmentID = lambda s: editor.calls.append(("segment", s))
-    monkeypatch.setattr(slicer.modules, "SegmentEditorWidget", SimpleNamespace(editor=editor), raising=False)
+    monkeypatch.setattr(
+        slicer.modules, "SegmentEditorWidget", SimpleNamespace(editor=editor), raising=False
+    )
     volume = add_volume("case01")
     panel.ui.volumeSelector.setCurrentNode(volume)
     panel.ui.structureNameLineEdit.typeText("left atrium")
@@ -538,8 +619,11 @@ def test_annotate_calls_the_logic_and_opens_the_segment_editor_on_the_segmentati
     assert call == ("annotate", volume.GetID(), "left atrium", None)
     entry = logic.cohort[0]
     assert fakes.selected_modules == ["SegmentEditor"]
-    assert editor.calls == [("segmentation", entry.segmentationNodeID), ("source", volume.GetID()),
-                            ("segment", entry.segmentID)]
+    assert editor.calls == [
+        ("segmentation", entry.segmentationNodeID),
+        ("source", volume.GetID()),
+        ("segment", entry.segmentID),
+    ]
     assert "Segment Editor" in panel.ui.statusLabel.text
 
 
@@ -556,7 +640,11 @@ def test_annotate_works_where_the_segment_editor_cannot_be_reached(panel, logic,
     volume = add_volume("case01")
     panel.ui.volumeSelector.setCurrentNode(volume)
     panel.ui.annotateButton.click()  # slicer.modules has no SegmentEditorWidget here
-    assert logic.called("annotate") and fakes.selected_modules == ["SegmentEditor"] and fakes.errors == []
+    assert (
+        logic.called("annotate")
+        and fakes.selected_modules == ["SegmentEditor"]
+        and fakes.errors == []
+    )
 
 
 def test_painting_the_segment_refreshes_the_plane_status(panel, logic):
@@ -572,7 +660,9 @@ def test_painting_the_segment_refreshes_the_plane_status(panel, logic):
     painted = np.zeros((6, 8, 10), dtype=np.uint8)
     painted[2, 2:5, 2:6] = 1
     slicer.util.updateSegmentBinaryLabelmapFromArray(painted, segmentation, entry.segmentID, volume)
-    assert logic.called("updatePlanes") == [], "planes are read after a short delay, not on every change"
+    assert logic.called("updatePlanes") == [], (
+        "planes are read after a short delay, not on every change"
+    )
     fakeslicer.process_timers()
     assert logic.called("updatePlanes") == [("updatePlanes", volume.GetID())]
     assert panel.ui.cohortTable.rowTexts(0)[1:4] == ["✓ 4", "✓ 3", "✓ 2"]
@@ -612,8 +702,17 @@ def test_poll_events_move_the_progress_bar_and_the_status_line(panel, logic):
     panel.ui.trainButton.click()
     job = logic.jobs[0]
     assert panel._pollTimer.isActive() and panel._pollTimer.interval == 200
-    job.events = [{"stage": "train", "step": 120, "total": 6000, "loss": 0.41, "dice": 0.8, "eta_s": 80,
-                   "message": "iteration 120"}]
+    job.events = [
+        {
+            "stage": "train",
+            "step": 120,
+            "total": 6000,
+            "loss": 0.41,
+            "dice": 0.8,
+            "eta_s": 80,
+            "message": "iteration 120",
+        }
+    ]
     fakeslicer.process_timers()
     assert job.polls == 1
     bar = panel.ui.progressBar
@@ -631,7 +730,9 @@ def test_a_failed_job_shows_its_message_in_an_error_box(panel, logic, fakes):
     job.end("failed", "propagate: CUDA out of memory; try device 'cpu'")
     fakeslicer.process_timers()
     assert fakes.errors == ["propagate: CUDA out of memory; try device 'cpu'"]
-    assert "failed" in panel.ui.statusLabel.text and "CUDA out of memory" in panel.ui.statusLabel.text
+    assert (
+        "failed" in panel.ui.statusLabel.text and "CUDA out of memory" in panel.ui.statusLabel.text
+    )
     assert panel.ui.propagateButton.text == "Propagate" and panel.job is None
 
 
@@ -639,8 +740,14 @@ def test_a_succeeded_training_refreshes_the_models_and_selects_the_new_one(panel
     panel.ui.modelNameLineEdit.typeText("la-model")
     panel.ui.trainButton.click()
     assert panel.ui.plotWidget.mrmlPlotViewNode() is not None
-    assert panel.ui.plotWidget.mrmlPlotViewNode().GetPlotChartNodeID() == logic.trainingChartNode().GetID()
-    logic.models = [FakeModel("old", "/m/old", ["liver"]), FakeModel("la-model", "/m/la-model", ["left atrium"])]
+    assert (
+        panel.ui.plotWidget.mrmlPlotViewNode().GetPlotChartNodeID()
+        == logic.trainingChartNode().GetID()
+    )
+    logic.models = [
+        FakeModel("old", "/m/old", ["liver"]),
+        FakeModel("la-model", "/m/la-model", ["left atrium"]),
+    ]
     logic.jobs[0].end("succeeded")
     fakeslicer.process_timers()
     assert panel.ui.statusLabel.text == "Training: done."
@@ -656,7 +763,10 @@ def test_segment_buttons_need_a_model(panel):
 
 
 def test_segment_buttons_pass_the_volume_and_the_chosen_model_path(logic):
-    logic.models = [FakeModel("a", "/m/a", ["liver"]), FakeModel("b", "/m/b", ["spleen"], pretrained=True)]
+    logic.models = [
+        FakeModel("a", "/m/a", ["liver"]),
+        FakeModel("b", "/m/b", ["spleen"], pretrained=True),
+    ]
     panel = make_panel(logic)
     try:
         volume = add_volume("case07")
@@ -681,7 +791,9 @@ def test_a_job_that_cannot_start_is_reported_and_leaves_the_buttons_alone(panel,
     panel.ui.trainButton.click()
     assert fakes.errors == ["Training could not start: " + logic.failStart]
     assert panel.ui.trainButton.text == "Train" and panel.job is None
-    assert all(getattr(panel.ui, n).enabled for n in ("propagateButton", "trainButton", "addVolumeButton"))
+    assert all(
+        getattr(panel.ui, n).enabled for n in ("propagateButton", "trainButton", "addVolumeButton")
+    )
 
 
 def test_a_job_that_ends_before_start_returns_is_finished_at_once(panel, logic):
@@ -734,7 +846,13 @@ def test_closing_the_scene_reloads_the_settings(panel, logic, scene):
 
 def test_durations_and_events_read_as_one_short_line(fakes):
     widget = importlib.import_module("RADASegmentLib.widget")
-    assert [widget.formatDuration(s) for s in (0, 42, 80, 3700, None)] == ["0s", "42s", "1m20s", "1h01m", ""]
+    assert [widget.formatDuration(s) for s in (0, 42, 80, 3700, None)] == [
+        "0s",
+        "42s",
+        "1m20s",
+        "1h01m",
+        "",
+    ]
     assert widget.formatEvent({"stage": "propagate", "step": 2, "total": 5}) == "propagate: 2/5"
     assert widget.formatEvent({"message": "loading model"}, "segment") == "segment: loading model"
     assert widget.planeText([]) == "—" and widget.planeText([7]) == "✓ 7"
@@ -746,12 +864,17 @@ def test_the_fake_rejects_a_signal_the_widget_class_does_not_have(fakes):
         button.connect("clicked(int)", lambda: None)
 
 
-@pytest.mark.parametrize("kept, note", [
-    (None, "every region kept (this model predates the recommendation)"),
-    ([], "every region kept (the structure was not one region in its pseudo-labels)"),
-    (["left atrium"], "only the largest region of left atrium kept"),
-])
-def test_the_model_list_tooltip_says_what_largest_component_auto_does_with_the_model(logic, kept, note):
+@pytest.mark.parametrize(
+    "kept, note",
+    [
+        (None, "every region kept (this model predates the recommendation)"),
+        ([], "every region kept (the structure was not one region in its pseudo-labels)"),
+        (["left atrium"], "only the largest region of left atrium kept"),
+    ],
+)
+def test_the_model_list_tooltip_says_what_largest_component_auto_does_with_the_model(
+    logic, kept, note
+):
     logic.models = [FakeModel("la", "/m/la", ["left atrium"], largestComponent=kept)]
     panel = make_panel(logic)
     try:
