@@ -126,6 +126,21 @@ def save_cohort(cohort: Cohort, path: str | os.PathLike[str]) -> Path:
 def load_cohort(path: str | os.PathLike[str], check_files: bool = True) -> Cohort:
     """Read and validate a manifest; every error names the manifest and the case."""
     path = Path(path)
+    data = _read_manifest(path)
+    base = path.parent.resolve()
+    cases, seen = [], set()
+    for number, entry in enumerate(data["cases"]):
+        case_id = _entry_id(path, number, entry)
+        if case_id in seen:
+            raise InputError(path, f"case id {case_id} appears twice")
+        seen.add(case_id)
+        cases.append(_case_from_entry(path, base, case_id, entry, check_files))
+    classes = {int(k): str(v) for k, v in (data.get("classes") or {"1": "foreground"}).items()}
+    return Cohort(str(data.get("name", path.stem)), cases, classes, path)
+
+
+def _read_manifest(path: Path) -> dict:
+    """The manifest's JSON object, checked to be a cohort file of this format."""
     if not path.exists():
         raise InputError(path, "cohort file not found")
     try:
@@ -142,45 +157,53 @@ def load_cohort(path: str | os.PathLike[str], check_files: bool = True) -> Cohor
         raise InputError(
             path, f"unknown cohort format {data.get('format')!r} (this version reads {FORMAT})"
         )
-    base = path.parent.resolve()
+    return data
 
-    def resolve(value: object, case_id: str, key: str) -> Path | None:
-        if value in (None, ""):
-            return None
-        if not isinstance(value, str):
-            raise InputError(path, f"case {case_id}: '{key}' must be a path string")
-        file = Path(value)
-        file = file if file.is_absolute() else base / file
-        if check_files and not file.exists():
-            raise InputError(path, f"case {case_id}: {key} file {file} not found")
-        return file
 
-    cases, seen = [], set()
-    for number, entry in enumerate(data["cases"]):
-        if not isinstance(entry, dict) or "id" not in entry or "image" not in entry:
-            raise InputError(path, f"case #{number} needs at least 'id' and 'image'")
-        case_id = str(entry["id"])
-        if case_id in seen:
-            raise InputError(path, f"case id {case_id} appears twice")
-        seen.add(case_id)
-        split = entry.get("split", "train")
-        if split not in ("train", "validation"):
-            raise InputError(
-                path, f"case {case_id}: split must be 'train' or 'validation', got {split!r}"
-            )
-        case = Case(
-            id=case_id,
-            image=resolve(entry["image"], case_id, "image"),  # type: ignore[arg-type]
-            sparse_label=resolve(entry.get("sparse_label"), case_id, "sparse_label"),
-            dense_label=resolve(entry.get("dense_label"), case_id, "dense_label"),
-            simulate_from_dense=bool(entry.get("simulate_from_dense", False)),
-            split=split,
+def _entry_id(path: Path, number: int, entry: object) -> str:
+    """The case id of manifest entry ``number``, which must name at least an id and an image."""
+    if not isinstance(entry, dict) or "id" not in entry or "image" not in entry:
+        raise InputError(path, f"case #{number} needs at least 'id' and 'image'")
+    return str(entry["id"])
+
+
+def _case_from_entry(path: Path, base: Path, case_id: str, entry: dict, check_files: bool) -> Case:
+    """One manifest entry as a :class:`Case`; relative file paths are taken from ``base``."""
+
+    def resolve(key: str) -> Path | None:
+        return _manifest_file(path, base, entry.get(key), case_id, key, check_files)
+
+    split = entry.get("split", "train")
+    if split not in ("train", "validation"):
+        raise InputError(
+            path, f"case {case_id}: split must be 'train' or 'validation', got {split!r}"
         )
-        if case.simulate_from_dense and case.dense_label is None:
-            raise InputError(path, f"case {case_id}: simulate_from_dense needs a dense_label")
-        cases.append(case)
-    classes = {int(k): str(v) for k, v in (data.get("classes") or {"1": "foreground"}).items()}
-    return Cohort(str(data.get("name", path.stem)), cases, classes, path)
+    case = Case(
+        id=case_id,
+        image=resolve("image"),  # type: ignore[arg-type]
+        sparse_label=resolve("sparse_label"),
+        dense_label=resolve("dense_label"),
+        simulate_from_dense=bool(entry.get("simulate_from_dense", False)),
+        split=split,
+    )
+    if case.simulate_from_dense and case.dense_label is None:
+        raise InputError(path, f"case {case_id}: simulate_from_dense needs a dense_label")
+    return case
+
+
+def _manifest_file(
+    path: Path, base: Path, value: object, case_id: str, key: str, check_files: bool
+) -> Path | None:
+    """A file named in the manifest ``path``, relative to ``base`` unless absolute; None if unset."""
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str):
+        raise InputError(path, f"case {case_id}: '{key}' must be a path string")
+    file = Path(value)
+    file = file if file.is_absolute() else base / file
+    if check_files and not file.exists():
+        raise InputError(path, f"case {case_id}: {key} file {file} not found")
+    return file
 
 
 # ----------------------------------------------------------------------------- builders

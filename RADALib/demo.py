@@ -25,6 +25,7 @@ from .cohort import Case, Cohort, save_cohort
 from .errors import InputError
 from .events import Progress
 from .metrics import dice
+from .postprocessing import keep_largest_component
 from .propagation import PropagationConfig
 from .pseudo_labels import load_case_result, propagate_cohort
 from .registration import AntsRegistrar
@@ -119,7 +120,6 @@ def _train_and_segment(
     """Train with the small preset, segment every volume, score it; PNG overlays of a few."""
     from .bundle import load_bundle
     from .inference import predict_files
-    from .postprocessing import keep_largest_component
     from .train_config import preset
     from .workflow import train_model
 
@@ -141,29 +141,7 @@ def _train_and_segment(
     outputs = predict_files(
         bundle, images, out / "predictions", progress=progress, largest_component=False
     )
-    per_case = []
-    labeled_ids = [c.id for c in cohort.cases if c.labeled]
-    unlabeled_ids = [c.id for c in cohort.cases if not c.labeled]
-    shown = set(labeled_ids[:1] + unlabeled_ids[:2])  # overlays: one labeled, two unlabeled volumes
-    for case, path in zip(cohort.cases, outputs):
-        truth = read_volume(case.dense_label, "label")
-        prediction = read_volume(path, "label").array
-        per_case.append(
-            {
-                "id": case.id,
-                "labeled": case.labeled,
-                "dice": dice(prediction, truth.array),
-                "dice_largest_component": dice(keep_largest_component(prediction), truth.array),
-            }
-        )
-        if case.id in shown:
-            write_overlay(
-                read_volume(case.image).array,
-                truth.array,
-                prediction,
-                out / "overlays" / f"{case.id}.png",
-                case.id,
-            )
+    per_case = _score_predictions(cohort, outputs, out / "overlays")
 
     def mean(key: str, labeled: bool) -> float | None:
         values = [r[key] for r in per_case if r["labeled"] == labeled]
@@ -181,6 +159,35 @@ def _train_and_segment(
         "encoders_pretrained": run.pretrained,
         "model": str(run.model),
     }
+
+
+def _score_predictions(cohort: Cohort, outputs: list[Path], overlays: Path) -> list[dict]:
+    """Each case's Dice against its dense truth, as predicted and with the largest component
+    kept; overlays (in ``overlays``) of one labeled and two unlabeled volumes."""
+    labeled_ids = [c.id for c in cohort.cases if c.labeled]
+    unlabeled_ids = [c.id for c in cohort.cases if not c.labeled]
+    shown = set(labeled_ids[:1] + unlabeled_ids[:2])
+    per_case = []
+    for case, path in zip(cohort.cases, outputs):
+        truth = read_volume(case.dense_label, "label")
+        prediction = read_volume(path, "label").array
+        per_case.append(
+            {
+                "id": case.id,
+                "labeled": case.labeled,
+                "dice": dice(prediction, truth.array),
+                "dice_largest_component": dice(keep_largest_component(prediction), truth.array),
+            }
+        )
+        if case.id in shown:
+            write_overlay(
+                read_volume(case.image).array,
+                truth.array,
+                prediction,
+                overlays / f"{case.id}.png",
+                case.id,
+            )
+    return per_case
 
 
 def write_overlay(

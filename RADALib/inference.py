@@ -1,6 +1,6 @@
 """Inference: sliding window over a volume, the three view networks' softmax averaged, argmax.
 
-How a new volume is segmented (paper section 3 / METHOD.md 1.6):
+How a new volume is segmented (paper section 3; docs/method.md, Inference):
 
 1. the image is z-scored over the whole volume (as in training);
 2. Era = Adapter(Et ⊕ Ev) is computed once: Et is the text embedding stored in the bundle, and
@@ -29,19 +29,19 @@ For an LA volume (183x140x88) dense is 45 windows and fast 8; a half-patch strid
 was no closer to dense than fast in a random-weight comparison, so it is not a preset. Use
 ``"dense"`` to reproduce the paper's numbers; ``"fast"`` is the default for interactive use.
 ``"whole"`` is not a stride: each network runs once over the whole volume and γ is taken per
-``fast`` window from that window's part of the bottleneck (:func:`whole_volume_inference`);
-about 3x faster than ``fast`` on an LA volume on CPU. How close it comes to ``dense`` needs a
-trained model (the LA GPU run evaluates all three); on a weak CPU-trained stand-in (patch
-64x64x48) it was not close (mean |ΔDice| 0.048 vs 0.031 for ``fast``; README, "Measured figures").
+``fast`` window from that window's part of the bottleneck (:func:`whole_volume_inference`), so
+it runs fewer network passes than ``fast``. How close it comes to ``dense`` needs a well
+trained model to judge; the comparisons made so far, and the timings of every mode, are in
+``Testing/Benchmarks/RESULTS.md``.
 
-Cost: each window runs three VNets (about 240 GFLOP at base 16 and 112x112x80), about 5 s on
-two shared CPU cores in the channels-last-3d layout (which oneDNN ran 25-40 % faster than the
-default layout here); GPU timings were not measured.
+Cost: each window runs three VNets (about 240 GFLOP at base 16 and 112x112x80). On CPU they run
+in the channels-last-3d layout, which oneDNN runs faster than the default layout.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -78,9 +78,10 @@ INFERENCE_MODES: tuple[str, ...] = (*STRIDE_PRESETS, WHOLE)
 """What ``stride`` may name: the stride presets, or ``"whole"``."""
 
 MAX_WHOLE_VOXELS = 8_000_000
-"""Above this many (padded) voxels ``"whole"`` falls back to ``"fast"`` windows. On CPU an LA
-volume (2.65 M padded voxels, paper network) needed about 0.85 GB more than the windowed pass's
-baseline, so this bound is about 2.6 GB."""
+"""Above this many (padded) voxels ``"whole"`` falls back to ``"fast"`` windows: a whole pass
+holds each network's feature maps for the whole volume, so its memory grows with the volume;
+this bound keeps a pass with the paper network within an ordinary workstation's memory (the
+memory measured on an LA volume: ``Testing/Benchmarks/RESULTS.md``)."""
 
 DEFAULT_STRIDE = "fast"
 """The stride used when neither the caller nor the bundle names one."""
@@ -234,32 +235,42 @@ def sliding_window_inference(
     total: Tensor | None = None
     done = 0
     for batch in _chunks(corners, batch_size):
-        windows = torch.cat(
-            [image[:, :, x : x + patch[0], y : y + patch[1], z : z + patch[2]] for x, y, z in batch]
-        )
+        windows = torch.cat([image[(slice(None), slice(None), *_box(c, patch))] for c in batch])
         probabilities = predictor(windows)
-        expected = (len(batch), patch[0], patch[1], patch[2])
-        if (
-            probabilities.dim() != 5
-            or (probabilities.shape[0], *probabilities.shape[2:]) != expected
-        ):
-            raise ValueError(
-                f"predictor returned shape {tuple(probabilities.shape)} for windows {tuple(windows.shape)}; "
-                f"expected (B, K, {patch[0]}, {patch[1]}, {patch[2]})"
-            )
+        _check_window_output(probabilities, windows, patch)
         if total is None:
             total = torch.zeros(
                 (probabilities.shape[1], *padded), dtype=torch.float32, device=image.device
             )
-        for (x, y, z), window in zip(batch, probabilities):
-            total[:, x : x + patch[0], y : y + patch[1], z : z + patch[2]] += window.to(total.dtype)
+        for corner, window in zip(batch, probabilities):
+            total[(slice(None), *_box(corner, patch))] += window.to(total.dtype)
         done += len(batch)
         if progress is not None:
             progress.update(done, message)
     assert total is not None
     total /= coverage
+    return _crop(total, pads, shape)
+
+
+def _box(corner: Sequence[int], patch: Sequence[int]) -> tuple[slice, slice, slice]:
+    """The spatial slices of the window of size ``patch`` starting at ``corner``."""
+    return tuple(slice(c, c + p) for c, p in zip(corner, patch))  # type: ignore[return-value]
+
+
+def _check_window_output(probabilities: Tensor, windows: Tensor, patch: Sequence[int]) -> None:
+    """``ValueError`` unless the predictor returned (B, K, *patch) for the B ``windows``."""
+    expected = (windows.shape[0], patch[0], patch[1], patch[2])
+    if probabilities.dim() != 5 or (probabilities.shape[0], *probabilities.shape[2:]) != expected:
+        raise ValueError(
+            f"predictor returned shape {tuple(probabilities.shape)} for windows {tuple(windows.shape)}; "
+            f"expected (B, K, {patch[0]}, {patch[1]}, {patch[2]})"
+        )
+
+
+def _crop(volume: Tensor, pads: Sequence[tuple[int, int]], shape: Sequence[int]) -> Tensor:
+    """``volume`` (K, X, Y, Z) without the padding ``pads`` (before, after): back to ``shape``."""
     (x0, _), (y0, _), (z0, _) = pads
-    return total[:, x0 : x0 + shape[0], y0 : y0 + shape[1], z0 : z0 + shape[2]].contiguous()
+    return volume[:, x0 : x0 + shape[0], y0 : y0 + shape[1], z0 : z0 + shape[2]].contiguous()
 
 
 def _chunks(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -297,7 +308,7 @@ def whole_volume_inference(
     if any(p < DOWNSAMPLING or p % DOWNSAMPLING for p in patch):
         raise ValueError(f"patch {patch}: every size must be a positive multiple of {DOWNSAMPLING}")
     shape = tuple(int(n) for n in image.shape[2:])
-    padded = tuple(max(p, DOWNSAMPLING * math.ceil(n / DOWNSAMPLING)) for n, p in zip(shape, patch))
+    padded = _whole_shape(shape, patch)
     pads = [((t - n) // 2, t - n - (t - n) // 2) for n, t in zip(shape, padded)]
     image = _pad(image, pads, pad_value).contiguous(memory_format=memory_format)
     corners, coverage = _windows(window_grid(padded, patch, patch), padded, patch, image.device)
@@ -321,37 +332,50 @@ def whole_volume_inference(
             if era is None:  # no guidance: the windows would all see the same logits
                 total += torch.softmax(logits, dim=0) * coverage
             else:
-                for x, y, z in corners:
-                    window = (
-                        slice(None),
-                        slice(x, x + patch[0]),
-                        slice(y, y + patch[1]),
-                        slice(z, z + patch[2]),
-                    )
-                    part = tuple(
-                        slice(c // DOWNSAMPLING, (c + p) // DOWNSAMPLING)
-                        for c, p in zip((x, y, z), patch)
-                    )
-                    with autocast():
-                        gamma = net.gamma(
-                            era, features[-1][(slice(None), slice(None), *part)]
-                        )  # eq. (4)
-                        shift = F.conv3d(gamma, net.head.weight).float()[0]  # W·γ, (K, 1, 1, 1)
-                    total[window] += torch.softmax(logits[window] + shift, dim=0)  # eq. (5)
+                _add_prompted_windows(
+                    total, net, era, features[-1], logits, corners, patch, autocast
+                )
             del features, logits
             if progress is not None:
                 progress.update(done)
         assert total is not None
         total /= coverage * len(nets)
-        (x0, _), (y0, _), (z0, _) = pads
-        return total[:, x0 : x0 + shape[0], y0 : y0 + shape[1], z0 : z0 + shape[2]].contiguous()
+        return _crop(total, pads, shape)
+
+
+def _add_prompted_windows(
+    total: Tensor,
+    net: torch.nn.Module,
+    era: Tensor,
+    bottleneck: Tensor,
+    logits: Tensor,
+    corners: Sequence[tuple[int, int, int]],
+    patch: Sequence[int],
+    autocast: Callable[[], contextlib.AbstractContextManager],
+) -> None:
+    """Add to ``total`` each window's softmax of ``logits`` + W·γ, γ from its part of
+    ``bottleneck`` (eqs. 4-5)."""
+    for corner in corners:
+        window = (slice(None), *_box(corner, patch))
+        part = tuple(
+            slice(c // DOWNSAMPLING, (c + p) // DOWNSAMPLING) for c, p in zip(corner, patch)
+        )
+        with autocast():
+            gamma = net.gamma(era, bottleneck[(slice(None), slice(None), *part)])  # eq. (4)
+            shift = F.conv3d(gamma, net.head.weight).float()[0]  # W·γ, (K, 1, 1, 1)
+        total[window] += torch.softmax(logits[window] + shift, dim=0)  # eq. (5)
+
+
+def _whole_shape(shape: Sequence[int], patch: Sequence[int]) -> tuple[int, ...]:
+    """The padded shape of a ``"whole"`` pass: a multiple of the VNet's downsampling, >= patch."""
+    return tuple(
+        max(int(p), DOWNSAMPLING * math.ceil(int(n) / DOWNSAMPLING)) for n, p in zip(shape, patch)
+    )
 
 
 def whole_volume_voxels(shape: Sequence[int], patch: Sequence[int]) -> int:
     """Voxels of the padded volume a ``"whole"`` pass works on."""
-    return math.prod(
-        max(int(p), DOWNSAMPLING * math.ceil(int(n) / DOWNSAMPLING)) for n, p in zip(shape, patch)
-    )
+    return math.prod(_whole_shape(shape, patch))
 
 
 # ----------------------------------------------------------------------------- the ensemble
@@ -433,79 +457,28 @@ def predict_volume(
     connected component of those classes in the label map; the probabilities stay as predicted.
     """
     device = torch.device(device)
-    normalization = bundle.manifest.get("normalization", "zscore")
-    if normalization != "zscore":
-        raise InputError(
-            bundle.folder,
-            f"unknown intensity normalization {normalization!r} (this RADA knows 'zscore')",
-        )
+    _check_normalization(bundle)
     patch = bundle_patch(bundle, patch)
-    stride = stride if stride is not None else bundle.inference_settings.get("stride")
-    whole = stride == WHOLE
-    if whole and whole_volume_voxels(volume.shape, patch) > MAX_WHOLE_VOXELS:
-        if progress is not None:
-            progress.message(
-                f"the volume {volume.shape} is too large for one pass; using the 'fast' windows"
-            )
-        whole, stride = False, "fast"
-    if not whole:
-        stride = resolve_stride(stride, patch)
-        check_stride(patch, stride)
-    config = bundle.config
-    if config.in_channels != 1:
-        raise InputError(
-            bundle.folder,
-            f"the model expects {config.in_channels} input channels; RADA volumes have 1",
-        )
-    if config.n_classes > 256:
-        raise InputError(bundle.folder, f"{config.n_classes} classes do not fit a uint8 label map")
-
-    region = (
-        bundle.region_embedding_mean
-        if region_embedding is None
-        else np.asarray(region_embedding, np.float32).ravel()
-    )
-    if region is not None and region.size != config.region_dim:
-        raise InputError(
-            "region_embedding", f"has {region.size} values; this model expects {config.region_dim}"
-        )
+    stride = _inference_stride(bundle, volume.shape, patch, stride, progress)
+    _check_model_inputs(bundle)
+    region = _region_embedding(bundle, region_embedding)
     model = prepare_model(bundle.model, device)
-    with torch.inference_mode():
-        text = (
-            None
-            if bundle.text_embedding is None
-            else torch.as_tensor(bundle.text_embedding, device=device)
-        )
-        ev = None if region is None else torch.as_tensor(region, device=device)
-        era = model.embed(text, ev)
-
-    use_amp = (device.type == "cuda") if amp is None else bool(amp) and device.type == "cuda"
+    era = _era(model, bundle.text_embedding, region, device)
+    autocast = _autocast(device, amp)
     memory_format = memory_format_for(device)
-
-    def autocast() -> contextlib.AbstractContextManager:
-        return torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
-
-    def predictor(windows: Tensor) -> Tensor:
-        windows = windows.contiguous(memory_format=memory_format)
-        with autocast():
-            return ensemble_probabilities(model, windows, era)
 
     normalized = normalize_intensity(volume.array)  # as in training
     image = torch.from_numpy(normalized)[None, None].to(device)
+    pad_value = float(normalized.min())
     with torch.inference_mode():
-        if whole:
+        if stride == WHOLE:
             probabilities = whole_volume_inference(
-                model, image, era, patch, float(normalized.min()), progress, autocast, memory_format
+                model, image, era, patch, pad_value, progress, autocast, memory_format
             )
         else:
+            predictor = _ensemble_predictor(model, era, autocast, memory_format)
             probabilities = sliding_window_inference(
-                image,
-                predictor,
-                patch,
-                stride,
-                batch_size,
-                progress,
-                pad_value=float(normalized.min()),
+                image, predictor, patch, stride, batch_size, progress, pad_value=pad_value
             )
         label = probabilities.argmax(dim=0).to(torch.uint8).cpu().numpy()
         kept = (
@@ -517,6 +490,108 @@ def predict_volume(
     if post:
         label = keep_largest_component(label, post)
     return Prediction(label=label, probabilities=kept, largest_component=tuple(post))
+
+
+def _check_normalization(bundle: Bundle) -> None:
+    """``InputError`` unless the bundle's images were normalized the way this RADA does."""
+    normalization = bundle.manifest.get("normalization", "zscore")
+    if normalization != "zscore":
+        raise InputError(
+            bundle.folder,
+            f"unknown intensity normalization {normalization!r} (this RADA knows 'zscore')",
+        )
+
+
+def _inference_stride(
+    bundle: Bundle,
+    shape: Sequence[int],
+    patch: tuple[int, int, int],
+    stride: str | Sequence[int] | None,
+    progress: Progress | None,
+) -> str | tuple[int, int, int]:
+    """:data:`WHOLE`, or the checked stride: ``stride``, else the bundle's, else the default.
+
+    ``"whole"`` on a volume above :data:`MAX_WHOLE_VOXELS` falls back to the ``"fast"`` windows.
+    """
+    stride = stride if stride is not None else bundle.inference_settings.get("stride")
+    if stride == WHOLE:
+        if whole_volume_voxels(shape, patch) <= MAX_WHOLE_VOXELS:
+            return WHOLE
+        if progress is not None:
+            progress.message(
+                f"the volume {tuple(shape)} is too large for one pass; using the 'fast' windows"
+            )
+        stride = "fast"
+    stride = resolve_stride(stride, patch)
+    check_stride(patch, stride)
+    return stride
+
+
+def _check_model_inputs(bundle: Bundle) -> None:
+    """``InputError`` unless the model takes one input channel and its classes fit a uint8 map."""
+    config = bundle.config
+    if config.in_channels != 1:
+        raise InputError(
+            bundle.folder,
+            f"the model expects {config.in_channels} input channels; RADA volumes have 1",
+        )
+    if config.n_classes > 256:
+        raise InputError(bundle.folder, f"{config.n_classes} classes do not fit a uint8 label map")
+
+
+def _region_embedding(bundle: Bundle, region_embedding: np.ndarray | None) -> np.ndarray | None:
+    """Ev for inference: the volume's own region embedding if given, else the bundle's mean."""
+    region = (
+        bundle.region_embedding_mean
+        if region_embedding is None
+        else np.asarray(region_embedding, np.float32).ravel()
+    )
+    if region is not None and region.size != bundle.config.region_dim:
+        raise InputError(
+            "region_embedding",
+            f"has {region.size} values; this model expects {bundle.config.region_dim}",
+        )
+    return region
+
+
+def _era(
+    model: TripleViewModel,
+    text_embedding: np.ndarray | None,
+    region: np.ndarray | None,
+    device: torch.device,
+) -> Tensor | None:
+    """Era = Adapter(Et ⊕ Ev), computed once for the whole volume."""
+    with torch.inference_mode():
+        text = None if text_embedding is None else torch.as_tensor(text_embedding, device=device)
+        ev = None if region is None else torch.as_tensor(region, device=device)
+        return model.embed(text, ev)
+
+
+def _autocast(
+    device: torch.device, amp: bool | None
+) -> Callable[[], contextlib.AbstractContextManager]:
+    """A factory of the context the networks run in: bfloat16 autocast on CUDA when ``amp``
+    (default: on for CUDA), else nothing."""
+    use_amp = (device.type == "cuda") if amp is None else bool(amp) and device.type == "cuda"
+    if use_amp:
+        return functools.partial(torch.autocast, "cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def _ensemble_predictor(
+    model: TripleViewModel,
+    era: Tensor | None,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    memory_format: torch.memory_format,
+) -> Callable[[Tensor], Tensor]:
+    """The windows' predictor for :func:`sliding_window_inference`: the ensemble's probabilities."""
+
+    def predictor(windows: Tensor) -> Tensor:
+        windows = windows.contiguous(memory_format=memory_format)
+        with autocast():
+            return ensemble_probabilities(model, windows, era)
+
+    return predictor
 
 
 def largest_component_classes(bundle: Bundle, largest_component: bool | None = None) -> list[int]:
@@ -601,24 +676,9 @@ def predict_files(
     """
     bundle = bundle_folder if isinstance(bundle_folder, Bundle) else load_bundle(bundle_folder)
     inputs = [Path(p) for p in inputs]
-    if region_embedding is None or isinstance(region_embedding, np.ndarray):
-        regions: list[np.ndarray | None] = [region_embedding] * len(inputs)
-    else:
-        regions = list(region_embedding)
-        if len(regions) != len(inputs):
-            raise InputError(
-                "region_embedding", f"has {len(regions)} entries for {len(inputs)} inputs"
-            )
+    regions = _regions_per_input(region_embedding, len(inputs))
     out_dir = Path(out_dir)
-    seen: dict[str, Path] = {}
-    for path in inputs:
-        case = case_name(path)
-        if case in seen:
-            raise InputError(
-                path,
-                f"has the same case name '{case}' as {seen[case]}; their outputs would collide",
-            )
-        seen[case] = path
+    _check_case_names(inputs)
     if progress is not None:
         progress.enter("inference")
         progress.message(describe_largest_component(bundle, largest_component))
@@ -647,20 +707,43 @@ def predict_files(
         label_path, probability_path = output_paths(path, out_dir)
         write_like(volume, result.label, label_path)
         if write_probabilities and result.probabilities is not None:
-            k = result.probabilities.shape[0]
-            if k == 2:
-                write_like(
-                    volume,
-                    np.ascontiguousarray(result.probabilities[1], np.float32),
-                    probability_path,
-                )
-            else:
-                for c in range(1, k):
-                    target = probability_path.with_name(
-                        f"{case_name(path)}{PROBABILITY_SUFFIX}_{c}.nrrd"
-                    )
-                    write_like(
-                        volume, np.ascontiguousarray(result.probabilities[c], np.float32), target
-                    )
+            _write_probabilities(volume, result.probabilities, probability_path)
         written.append(label_path)
     return written
+
+
+def _regions_per_input(
+    region_embedding: np.ndarray | Sequence[np.ndarray | None] | None, n_inputs: int
+) -> list[np.ndarray | None]:
+    """One region embedding (or None) per input: the same for all, or the list's own."""
+    if region_embedding is None or isinstance(region_embedding, np.ndarray):
+        return [region_embedding] * n_inputs
+    regions = list(region_embedding)
+    if len(regions) != n_inputs:
+        raise InputError("region_embedding", f"has {len(regions)} entries for {n_inputs} inputs")
+    return regions
+
+
+def _check_case_names(inputs: Sequence[Path]) -> None:
+    """``InputError`` if two inputs share a case name (their outputs would overwrite each other)."""
+    seen: dict[str, Path] = {}
+    for path in inputs:
+        case = case_name(path)
+        if case in seen:
+            raise InputError(
+                path,
+                f"has the same case name '{case}' as {seen[case]}; their outputs would collide",
+            )
+        seen[case] = path
+
+
+def _write_probabilities(volume: Volume, probabilities: np.ndarray, path: Path) -> None:
+    """The foreground probability at ``path`` (two classes), else one file per foreground class
+    ``k`` named ``<path's stem>_<k>.nrrd``."""
+    k = probabilities.shape[0]
+    if k == 2:
+        write_like(volume, np.ascontiguousarray(probabilities[1], np.float32), path)
+        return
+    for c in range(1, k):
+        target = path.with_name(f"{path.stem}_{c}.nrrd")
+        write_like(volume, np.ascontiguousarray(probabilities[c], np.float32), target)

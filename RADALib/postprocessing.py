@@ -28,8 +28,9 @@ __all__ = [
 SINGLE_REGION_FRACTION = 0.95
 """A class counts as one region when its cases' largest components hold at least this share of
 all its voxels: fragments a registration leaves here and there do not disqualify an organ (on
-the LA2018 pseudo-labels 99.7 % of the voxels lie in the largest region; 97.1 % in the worst
-case), a second part of real size (the other kidney: about half) does."""
+the LA2018 pseudo-labels nearly all voxels lie in the largest region, even in the worst case:
+``Testing/Benchmarks/RESULTS.md``), a second part of real size (the other kidney: about half)
+does."""
 
 
 def keep_largest_component(
@@ -41,7 +42,7 @@ def keep_largest_component(
     voxels sharing a face (6-neighbourhood, the default, as scipy's and nnU-Net's), 2 also an
     edge (18), 3 also a corner (26, MONAI's default). A look-alike that touches the organ only at
     an edge or a corner stays apart with 1: on the demo cohort's predictions 1 was as good as or
-    better than 3 on every volume (unlabeled mean 0.855 against 0.789; README). Of components of
+    better than 3 on every volume (figures: ``Testing/Benchmarks/RESULTS.md``). Of components of
     equal size the first in scan order is kept. Returns a new array of ``label``'s dtype;
     ``label`` is untouched.
     """

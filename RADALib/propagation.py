@@ -1,4 +1,4 @@
-"""Registration-based propagation of sparse orthogonal annotations (METHOD 1.1-1.2).
+"""Registration-based propagation of sparse orthogonal annotations (docs/method.md, Propagation).
 
 For each view v (axis 0 sagittal, 1 coronal, 2 axial), the annotated slice of that plane is
 carried through the volume, both directions, by chained 2D registrations: each slice is
@@ -49,9 +49,9 @@ OBSOLETE_SETTINGS = ("extent_margin",)
 
 @dataclass(frozen=True)
 class PropagationConfig:
-    """How annotations are propagated. Defaults are the measured speed/quality trade-off
-    (README): ``crop_margin`` 10 gave the same fused Dice on LA as 15 (0.888) for 17 % fewer
-    registered pixels and 12 % less time."""
+    """How annotations are propagated. The defaults are a speed/quality trade-off chosen by
+    measurement: ``crop_margin`` 10 registers fewer pixels than 15 in less time for the same
+    fused Dice on LA (figures: ``Testing/Benchmarks/RESULTS.md``)."""
 
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
     slice_step: int = 3
@@ -348,7 +348,7 @@ def propagate(
     config: PropagationConfig = PropagationConfig(),
     progress: Callable[[str], None] | None = None,
 ) -> PropagationResult:
-    """Propagate ``annotation`` through ``image`` along each annotated plane (METHOD 1.1).
+    """Propagate ``annotation`` through ``image`` along each annotated plane (docs/method.md, Propagation).
 
     ``image`` and ``annotation.label`` are (x, y, z) arrays on one grid; ``registrar`` does the
     2D registrations (ANTs in a process pool in production, a fake in tests).
@@ -373,23 +373,8 @@ def propagate(
             progress(
                 f"{PLANES[axis]} view: propagating from slice(s) {', '.join(map(str, sources))}"
             )
-        in_plane = [a for a in range(3) if a != axis]
-        crop = (slice(None), slice(*box[in_plane[0]]), slice(*box[in_plane[1]]))
-        view = _View(
-            axis,
-            np.moveaxis(image, axis, 0)[crop],
-            (float(spacing[in_plane[0]]), float(spacing[in_plane[1]])),
-        )
-        sparse = np.moveaxis(annotation.label, axis, 0)[crop]
-        n = image.shape[axis]
-        for k, source in enumerate(sources):
-            view.labels[source] = sparse[source]
-            low = 0 if k == 0 else (sources[k - 1] + source) // 2 + 1
-            high = n - 1 if k == len(sources) - 1 else (source + sources[k + 1]) // 2
-            for direction, limit in ((1, high), (-1, low)):
-                if (limit - source) * direction > 0:
-                    chains.append(_Chain(view, source, direction, limit, source))
-        views[axis] = view
+        views[axis] = _annotated_view(image, annotation, spacing, axis, sources, box)
+        chains += _view_chains(views[axis], sources, image.shape[axis])
 
     methods: dict[str, int] = {}
     _run_chains(chains, registrar, config, methods)
@@ -401,6 +386,41 @@ def propagate(
             view, annotation, sorted(annotation.slices[axis]), box
         )
     return PropagationResult(annotation, labels, distances, methods, time.perf_counter() - started)
+
+
+def _annotated_view(
+    image: np.ndarray,
+    annotation: SparseAnnotation,
+    spacing: tuple[float, float, float],
+    axis: int,
+    sources: Sequence[int],
+    box: Sequence[tuple[int, int]],
+) -> _View:
+    """The view of plane ``axis``, cropped in-plane to ``box``, holding its source slices' labels."""
+    in_plane = [a for a in range(3) if a != axis]
+    crop = (slice(None), slice(*box[in_plane[0]]), slice(*box[in_plane[1]]))
+    view = _View(
+        axis,
+        np.moveaxis(image, axis, 0)[crop],
+        (float(spacing[in_plane[0]]), float(spacing[in_plane[1]])),
+    )
+    sparse = np.moveaxis(annotation.label, axis, 0)[crop]
+    for source in sources:
+        view.labels[source] = sparse[source]
+    return view
+
+
+def _view_chains(view: _View, sources: Sequence[int], n: int) -> list[_Chain]:
+    """Both directions from each sorted source slice of a view of ``n`` slices, each chain
+    stopping at the volume's edge or half-way to the next source."""
+    chains = []
+    for k, source in enumerate(sources):
+        low = 0 if k == 0 else (sources[k - 1] + source) // 2 + 1
+        high = n - 1 if k == len(sources) - 1 else (source + sources[k + 1]) // 2
+        for direction, limit in ((1, high), (-1, low)):
+            if (limit - source) * direction > 0:
+                chains.append(_Chain(view, source, direction, limit, source))
+    return chains
 
 
 def _run_chains(

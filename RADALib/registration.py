@@ -32,8 +32,8 @@ class RegistrationConfig:
     """ANTs settings for one slice pair.
 
     ``transform`` defaults to SyNOnly, not the paper's SyNRA: on LA slices 3 apart SyNRA took
-    twice as long for a lower fused Dice (README, benchmarks); neighbouring slices need no
-    rigid/affine stage. The iteration counts are lighter than ANTs' defaults for the same
+    longer for a lower fused Dice (``Testing/Benchmarks/RESULTS.md``); neighbouring slices need
+    no rigid/affine stage. The iteration counts are lighter than ANTs' defaults for the same
     reason. On failure, ``fallbacks`` are tried in order, then the identity. ``shrink`` > 1
     registers block-averaged slices (``shrink`` x ``shrink`` pixels per block) and upsamples
     the coordinate map: the per-pair cost falls with the pixel count.
@@ -193,7 +193,7 @@ def _register_ants(
 
 def scratch_prefix() -> str:
     """A unique file prefix for ANTs' transform files, in memory (``/dev/shm``) where there is
-    one: writing them to a disk-backed temporary folder cost about 40 ms per pair here."""
+    one: writing them to a disk-backed temporary folder adds a disk round trip to every pair."""
     folder = "/dev/shm"
     if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
         folder = tempfile.gettempdir()
@@ -335,7 +335,7 @@ class AntsRegistrar:
         jobs = [(fixed, moving, tuple(spacing), self.config) for fixed, moving in pairs]
         if not jobs:
             return []
-        # one pair per task: a pair costs ~0.3 s against ~1 ms to send it, and larger chunks
+        # one pair per task: registering a pair costs far more than sending it, and larger chunks
         # leave a worker idle at the end of each wave while the other finishes its chunk
         return list(self._executor().map(_register_job, jobs, chunksize=1))
 

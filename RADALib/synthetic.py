@@ -26,7 +26,7 @@ How a case is made (all sizes in mm, so anisotropic spacing keeps shapes round):
   Rician noise, then z-scoring.
 
 Everything is drawn from one :class:`numpy.random.Generator`; there is no global state, and the
-same seed always gives the same arrays. One 96x80x64 case takes a few tenths of a second.
+same seed always gives the same arrays.
 """
 
 from __future__ import annotations
@@ -505,92 +505,172 @@ def _place_organ(rng: np.random.Generator, config: SyntheticConfig):
     return blob, rotation, centre, scale, (lo, hi)
 
 
-def synthetic_case(
-    seed: int | np.random.Generator, config: SyntheticConfig = SyntheticConfig()
-) -> tuple[np.ndarray, np.ndarray]:
-    """One synthetic case: (image float32 z-scored, label uint8), both of ``config.shape`` in (x, y, z) order.
+@dataclass
+class _Scene:
+    """The volume's grid and the placed organ, around which the distractors are drawn."""
 
-    ``seed`` is an integer or a :class:`numpy.random.Generator` (which is advanced).
-    """
-    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
-    shape, spacing = tuple(int(n) for n in config.shape), tuple(float(s) for s in config.spacing)
-    extent = np.array([(n - 1) * s for n, s in zip(shape, spacing)])
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float]
+    centre: np.ndarray
+    """The organ's centre (mm)."""
+    scale: float
+    """The organ's size: mm per shape unit."""
+    organ: np.ndarray
+    """The label (bool)."""
+    gap: np.ndarray
+    """The organ and the band of ``gap_mm`` around it, which distractors never enter (bool)."""
 
-    # --- the organ; distractors keep a thin gap (gap_mm) from it
+    @property
+    def extent(self) -> np.ndarray:
+        """The volume's size in mm along (x, y, z), voxel centre to voxel centre."""
+        return np.array([(n - 1) * s for n, s in zip(self.shape, self.spacing)])
+
+
+_Structure = tuple[np.ndarray, float, float]
+"""An unlabelled structure: (mask, intensity, texture weight)."""
+
+
+def _organ_scene(
+    rng: np.random.Generator,
+    config: SyntheticConfig,
+    shape: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+) -> _Scene:
+    """Draw and render the organ; its label is the largest connected component, holes filled."""
     blob, rotation, centre, scale, box = _place_organ(rng, config)
-    organ = np.zeros(shape, dtype=bool)
-    gap = np.zeros(shape, dtype=bool)
     placed = _render(blob, rotation, centre, scale, shape, spacing, box)
     if placed is None:  # cannot happen: the organ is placed inside the volume
         raise AssertionError("synthetic organ outside the volume")
     slices, organ_field = placed
+    organ = np.zeros(shape, dtype=bool)
+    gap = np.zeros(shape, dtype=bool)
     organ[slices] = _largest_component(organ_field < 0)
     gap[slices] = organ_field < config.gap_mm
     gap |= organ
+    return _Scene(shape, spacing, centre, scale, organ, gap)
 
-    # --- unlabelled structures: (mask, intensity, texture weight), painted in order, later wins
-    classes: list[tuple[np.ndarray, float, float]] = []
 
-    def add_blob(
-        size: tuple[float, float],
-        distance: tuple[float, float],
-        intensity: float,
-        texture_weight: float,
-        periphery: bool = False,
-    ) -> int:
-        """Add a blob near the organ (or against a face); returns how many voxels it shows."""
-        body = _random_body(rng, config.irregularity * 1.2, config.elongation * 1.5, n_waves=6)
-        s = scale * rng.uniform(*size)
-        if periphery:  # dark regions (lungs) sit against a face of the volume
-            where = rng.uniform(0.0, 1.0, size=3) * extent
-            axis = int(rng.integers(0, 2))
-            where[axis] = (
-                extent[axis] * float(rng.integers(0, 2)) + rng.normal(0.0, 0.08) * extent[axis]
-            )
-        else:  # against the organ, in a random direction
-            where = centre + _unit(rng.normal(size=3)) * (scale + s) * rng.uniform(*distance)
-        placed = _render(body, _rotation(rng, 180.0), where, s, shape, spacing)
-        if placed is not None:
-            mask = np.zeros(shape, dtype=bool)
-            mask[placed[0]] = (placed[1] < 0) & ~gap[placed[0]]
-            classes.append((mask, intensity, texture_weight))
-            return int(np.count_nonzero(mask))
+def _blob_mask(
+    rng: np.random.Generator,
+    config: SyntheticConfig,
+    scene: _Scene,
+    size: tuple[float, float],
+    distance: tuple[float, float],
+    periphery: bool = False,
+) -> np.ndarray | None:
+    """A distractor blob near the organ (or against a face), outside the gap; None if it misses."""
+    body = _random_body(rng, config.irregularity * 1.2, config.elongation * 1.5, n_waves=6)
+    s = scene.scale * rng.uniform(*size)
+    extent = scene.extent
+    if periphery:  # dark regions (lungs) sit against a face of the volume
+        where = rng.uniform(0.0, 1.0, size=3) * extent
+        axis = int(rng.integers(0, 2))
+        where[axis] = (
+            extent[axis] * float(rng.integers(0, 2)) + rng.normal(0.0, 0.08) * extent[axis]
+        )
+    else:  # against the organ, in a random direction
+        where = scene.centre + _unit(rng.normal(size=3)) * (scene.scale + s) * rng.uniform(
+            *distance
+        )
+    placed = _render(body, _rotation(rng, 180.0), where, s, scene.shape, scene.spacing)
+    if placed is None:
+        return None
+    mask = np.zeros(scene.shape, dtype=bool)
+    mask[placed[0]] = (placed[1] < 0) & ~scene.gap[placed[0]]
+    return mask
+
+
+def _add_blob(
+    structures: list[_Structure],
+    mask: np.ndarray | None,
+    intensity: float,
+    texture_weight: float,
+) -> int:
+    """Append a drawn blob (if any) to ``structures``; returns how many voxels it shows."""
+    if mask is None:
         return 0
+    structures.append((mask, intensity, texture_weight))
+    return int(np.count_nonzero(mask))
 
+
+def _distractors(
+    rng: np.random.Generator, config: SyntheticConfig, scene: _Scene
+) -> list[_Structure]:
+    """Unlabelled structures in painting order (later wins): dark, mid-grey, vessel, look-alikes."""
+    structures: list[_Structure] = []
     for _ in range(int(rng.integers(config.n_dark[0], config.n_dark[1] + 1))):
-        add_blob((0.9, 1.4), (1.0, 1.3), rng.uniform(0.05, 0.15), 0.3, periphery=True)
+        intensity = rng.uniform(0.05, 0.15)
+        mask = _blob_mask(rng, config, scene, (0.9, 1.4), (1.0, 1.3), periphery=True)
+        _add_blob(structures, mask, intensity, 0.3)
     for _ in range(int(rng.integers(config.n_mid[0], config.n_mid[1] + 1))):
-        add_blob((0.5, 0.8), (0.8, 1.1), rng.uniform(0.5, 0.65), 0.8)
+        intensity = rng.uniform(0.5, 0.65)
+        _add_blob(
+            structures, _blob_mask(rng, config, scene, (0.5, 0.8), (0.8, 1.1)), intensity, 0.8
+        )
     bright = 0  # voxels of organ-like intensity that are not organ
     if config.vessel:
-        vessel = _vessel(rng, centre, scale, shape, spacing) & ~gap
-        classes.append((vessel, rng.uniform(0.9, 1.1) * config.organ_intensity, 0.6))
+        vessel = _vessel(rng, scene.centre, scene.scale, scene.shape, scene.spacing) & ~scene.gap
+        structures.append((vessel, rng.uniform(0.9, 1.1) * config.organ_intensity, 0.6))
         bright += int(np.count_nonzero(vessel))
+    _add_lookalikes(rng, config, scene, structures, bright)
+    return structures
+
+
+def _add_lookalikes(
+    rng: np.random.Generator,
+    config: SyntheticConfig,
+    scene: _Scene,
+    structures: list[_Structure],
+    bright: int,
+) -> None:
+    """Bright organ-like blobs: the drawn number, then more (up to 4) until they are sizeable.
+
+    ``bright`` counts the organ-like voxels already there (the vessel's).
+    """
     n_bright = int(rng.integers(config.n_bright[0], config.n_bright[1] + 1))
-    organ_voxels = int(np.count_nonzero(organ))
+    organ_voxels = int(np.count_nonzero(scene.organ))
     for index in range(n_bright + 4):
         # Beyond the drawn number, add blobs until the look-alikes are sizeable (or give up).
         if index >= n_bright and (n_bright == 0 or bright >= config.min_lookalike * organ_voxels):
             break
         # The first look-alike is a little brighter than the organ, so no threshold keeps the organ without it.
         level = rng.uniform(1.0, 1.12) if index == 0 else rng.uniform(0.9, 1.1)
-        bright += add_blob((0.6, 0.95), (0.8, 1.05), level * config.organ_intensity, 0.8)
+        mask = _blob_mask(rng, config, scene, (0.6, 0.95), (0.8, 1.05))
+        bright += _add_blob(structures, mask, level * config.organ_intensity, 0.8)
 
-    # --- tissue intensities with texture
+
+def _tissue_image(
+    rng: np.random.Generator,
+    config: SyntheticConfig,
+    scene: _Scene,
+    structures: list[_Structure],
+) -> np.ndarray:
+    """Piecewise-constant tissue intensities with smooth texture, the organ painted last."""
+    shape, spacing = scene.shape, scene.spacing
     texture = _smooth_noise(rng, shape, spacing, config.texture_scale_mm)
     broad = _smooth_noise(rng, shape, spacing, 12.0)  # slow variation of the background tissue
     strength = np.float32(config.texture_strength)
     image = np.float32(config.background_intensity) + strength * (1.2 * texture + 0.8 * broad)
-    for mask, intensity, texture_weight in classes:
+    for mask, intensity, texture_weight in structures:
         image[mask] = (
             np.float32(intensity) + (strength * np.float32(texture_weight)) * texture[mask]
         )
+    organ = scene.organ
     image[organ] = (
         np.float32(config.organ_intensity) + (strength * np.float32(0.5)) * texture[organ]
     )
     np.maximum(image, 0.0, out=image)
+    return image
 
-    # --- acquisition: partial-volume blur, bias field, Rician noise, z-scoring
+
+def _acquire(
+    rng: np.random.Generator,
+    config: SyntheticConfig,
+    image: np.ndarray,
+    spacing: tuple[float, float, float],
+) -> np.ndarray:
+    """The scanner's part: partial-volume blur, bias field, Rician noise, then z-scoring."""
+    shape = image.shape
     if config.blur_mm > 0:
         image = ndimage.gaussian_filter(
             image, [config.blur_mm / s for s in spacing], mode="nearest", truncate=3.0
@@ -606,7 +686,24 @@ def synthetic_case(
     image = image.astype(np.float32, copy=False)
     image -= np.float32(image.mean(dtype=np.float64))
     image /= np.float32(image.std(dtype=np.float64) + 1e-12)
-    return image, organ.astype(np.uint8)
+    return image
+
+
+def synthetic_case(
+    seed: int | np.random.Generator, config: SyntheticConfig = SyntheticConfig()
+) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic case: (image float32 z-scored, label uint8), both of ``config.shape`` in (x, y, z) order.
+
+    ``seed`` is an integer or a :class:`numpy.random.Generator` (which is advanced). The steps
+    draw from it in a fixed order (organ, distractors, tissue, acquisition), so a seed always
+    gives the same arrays.
+    """
+    rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+    shape, spacing = tuple(int(n) for n in config.shape), tuple(float(s) for s in config.spacing)
+    scene = _organ_scene(rng, config, shape, spacing)
+    structures = _distractors(rng, config, scene)
+    image = _tissue_image(rng, config, scene, structures)
+    return _acquire(rng, config, image, spacing), scene.organ.astype(np.uint8)
 
 
 def _vessel(

@@ -282,16 +282,27 @@ def read_volume(
 
 
 def _check_values(path: Path, array: np.ndarray, kind: str) -> np.ndarray:
+    """``array`` checked and converted: an image to float32, a label map to uint8/uint16."""
     if array.size == 0 or min(array.shape) < 1:
         raise InputError(path, f"the volume is empty (shape {array.shape})")
     if kind == "image":
-        if array.dtype.kind not in "fiub":
-            raise InputError(path, f"voxel type {array.dtype} is not numeric")
-        array = array.astype(np.float32, copy=False)
-        bad = int(np.count_nonzero(~np.isfinite(array)))
-        if bad:
-            raise InputError(path, f"{bad} voxels are NaN or Inf; fix or mask them before use")
-        return array
+        return _image_values(path, array)
+    return _label_values(path, array)
+
+
+def _image_values(path: Path, array: np.ndarray) -> np.ndarray:
+    """A numeric image as float32; refused if any voxel is NaN or Inf."""
+    if array.dtype.kind not in "fiub":
+        raise InputError(path, f"voxel type {array.dtype} is not numeric")
+    array = array.astype(np.float32, copy=False)
+    bad = int(np.count_nonzero(~np.isfinite(array)))
+    if bad:
+        raise InputError(path, f"{bad} voxels are NaN or Inf; fix or mask them before use")
+    return array
+
+
+def _label_values(path: Path, array: np.ndarray) -> np.ndarray:
+    """A label map of class numbers 0..65535 as uint8 (up to 255) or uint16."""
     if array.dtype.kind == "f":
         if not np.all(np.isfinite(array)):
             raise InputError(path, "label map holds NaN or Inf values")
