@@ -39,7 +39,6 @@ replaced only after the new one is complete. Trained models live in
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
@@ -54,6 +53,7 @@ import numpy as np
 import torch
 
 from . import __version__
+from .checksums import sha256_file
 from .errors import InputError
 from .model_store import (  # noqa: F401  (re-exported: the bundle's public names)
     FORMAT,
@@ -126,10 +126,12 @@ class Bundle:
 
     @property
     def prompt(self) -> str | None:
+        """The text prompt Et was computed from (None in a bundle without one)."""
         return self.manifest.get("prompt")
 
     @property
     def visual_planes(self) -> list[str]:
+        """The planes of the region prompt Ev, in order (``["axial", "axial"]`` for LA)."""
         return list(self.manifest.get("visual_planes") or [])
 
     @property
@@ -142,15 +144,6 @@ class Bundle:
         """Classes whose largest connected component alone is kept by default (may be empty)."""
         record = self.inference_settings.get("largest_component") or {}
         return list(record.get("classes") or [])  # checked by load_bundle
-
-
-def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
-    """SHA-256 (hex) of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _jsonable(value: Any) -> Any:

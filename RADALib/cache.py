@@ -42,6 +42,7 @@ class ArrayCache:
         self.folder = Path(folder)
 
     def path(self, key: str) -> Path:
+        """The file that holds ``key``'s entry."""
         return self.folder / f"{key}.npz"
 
     def get(self, key: str) -> tuple[dict[str, np.ndarray], dict] | None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,14 +16,15 @@ from typing import Any
 
 from . import __version__
 from .errors import RADAError
+from .paths import cache_root
 
 EXIT_INPUT = 2
 EXIT_INTERRUPTED = 130
 
 
-def default_cache_dir() -> Path:
-    """``$RADA_CACHE_DIR`` or ``~/.cache/rada``: cached results and weights, never the install folder."""
-    return Path(os.environ.get("RADA_CACHE_DIR") or Path.home() / ".cache" / "rada")
+def _cache_dir(args: argparse.Namespace) -> Path:
+    """``--cache-dir`` if given, else the cache root (:func:`~RADALib.paths.cache_root`)."""
+    return Path(args.cache_dir) if args.cache_dir else cache_root()
 
 
 def _progress(args: argparse.Namespace):
@@ -141,6 +141,7 @@ def _propagation_config(args: argparse.Namespace):
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """``rada demo``: a synthetic cohort, its propagation and (unless ``--no-train``) a model."""
     from .demo import run_demo
 
     run_demo(
@@ -157,6 +158,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_cohort(args: argparse.Namespace) -> int:
+    """``rada cohort``: write a cohort manifest from image/label folders or an LA2018 folder."""
     from .cohort import cohort_from_folders, cohort_from_la_folder, save_cohort
 
     if args.la:
@@ -192,6 +194,7 @@ def cmd_cohort(args: argparse.Namespace) -> int:
 
 
 def cmd_propagate(args: argparse.Namespace) -> int:
+    """``rada propagate``: pseudo-labels of the cohort's labeled cases from their sparse slices."""
     from .cache import ArrayCache
     from .cohort import load_cohort
     from .pseudo_labels import propagate_cohort
@@ -201,11 +204,7 @@ def cmd_propagate(args: argparse.Namespace) -> int:
     if args.cases:
         cohort = cohort.select(args.cases.split(","))
     config = _propagation_config(args)
-    cache = (
-        None
-        if args.no_cache
-        else ArrayCache(Path(args.cache_dir or default_cache_dir()) / "propagation")
-    )
+    cache = None if args.no_cache else ArrayCache(_cache_dir(args) / "propagation")
     with AntsRegistrar(config.registration, workers=args.workers) as registrar:
         reports = propagate_cohort(
             cohort,
@@ -259,12 +258,13 @@ def parse_triple(text: str, option: str | None = None) -> tuple[int, int, int]:
 
 def _encoder_config(args: argparse.Namespace):
     from .encoders import EncoderConfig
+    from .weights import WEIGHTS_FOLDER
 
     return EncoderConfig(
         arch=args.encoder_arch,
         vision_checkpoint=args.vision_weights,
         text_checkpoint=args.text_weights,
-        cache_dir=str(Path(args.cache_dir or default_cache_dir()) / "weights"),
+        cache_dir=str(_cache_dir(args) / WEIGHTS_FOLDER),
         allow_download=args.allow_download,
     )
 
@@ -297,6 +297,7 @@ def _train_config(args: argparse.Namespace):
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """``rada train``: propagation (if needed), embeddings and training; writes a model bundle."""
     from .cohort import load_cohort
     from .workflow import train_model
 
@@ -309,7 +310,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.propagation,
         _propagation_config(args),
         _encoder_config(args),
-        Path(args.cache_dir or default_cache_dir()),
+        _cache_dir(args),
         args.workers,
         _progress(args),
         cohort.validation,
@@ -340,6 +341,7 @@ def cmd_settings(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """``rada predict``: segment images with a model bundle, one label map per image."""
     from .bundle import load_bundle
     from .cohort import load_cohort
     from .inference import INFERENCE_MODES, predict_files
@@ -384,7 +386,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         bundle,
         inputs,
         sparse,
-        Path(args.cache_dir or default_cache_dir()),
+        _cache_dir(args),
         args.vision_weights,
         args.device,
         args.oblique,
@@ -410,6 +412,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``rada evaluate``: score predictions against ground truth (a table; JSON, CSV on request)."""
     from .evaluation import evaluate_files, pair_files, write_outputs
 
     pairs = pair_files(args.pred, args.truth)
@@ -426,6 +429,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``rada`` argument parser with all its sub-commands."""
     parser = argparse.ArgumentParser(
         prog="rada", description="RADA: segment 3D scans from three annotated slices per volume."
     )

@@ -18,6 +18,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -26,6 +27,9 @@ from .atomic import write_npz_atomic
 from .cohort import Cohort
 from .errors import InputError
 from .pseudo_labels import load_case_result
+
+if TYPE_CHECKING:
+    from .encoders import EmbeddingCache, RegionAwareDualEncoder
 
 
 @dataclass
@@ -56,6 +60,7 @@ class CohortEmbeddings:
         ).astype(np.float32)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write all arrays and the identity to one ``.npz`` (atomically); returns its path."""
         path = Path(path)
         arrays = {"text": self.text}
         for case_id, planes in self.regions.items():
@@ -72,6 +77,7 @@ class CohortEmbeddings:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CohortEmbeddings:
+        """Read what :meth:`save` wrote; ``InputError`` when the file is missing."""
         path = Path(path)
         if not path.exists():
             raise InputError(path, "embeddings not found")
@@ -95,8 +101,8 @@ class CohortEmbeddings:
 def compute_embeddings(
     cohort: Cohort,
     propagation_dir: str | os.PathLike[str],
-    encoder,
-    cache=None,
+    encoder: RegionAwareDualEncoder,
+    cache: EmbeddingCache | None = None,
     use_mask: bool = True,
 ) -> CohortEmbeddings:
     """Et for the cohort's classes and Ev for every labeled case's annotated slices.
@@ -139,7 +145,7 @@ def compute_embeddings(
     )
 
 
-def weight_files(encoder) -> dict[str, str | None]:
+def weight_files(encoder: object) -> dict[str, str | None]:
     """The files the encoder's towers were loaded from (None for a random tower or unknown)."""
     out: dict[str, str | None] = {}
     for tower in ("vision", "text"):

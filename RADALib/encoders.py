@@ -13,13 +13,14 @@ Pieces:
   of it is cropped away (CLIP's own centre crop could cut the foreground off). A constant slice
   becomes a black image. By default the slice is transposed first (``transpose=True``), so the
   array's axis 0 (x) runs horizontally and axis 1 (y) vertically, as a viewer shows it.
-* A weights registry (:data:`WEIGHTS`), :func:`default_cache_dir` and
-  :func:`resolve_checkpoint`: a local path is used as is; a known name is looked up in the
-  user's cache folder and downloaded only when allowed (temp file, SHA256 check, rename).
+* The towers' checkpoints are found (and downloaded when allowed) by :mod:`RADALib.weights`.
 * :class:`RegionAwareDualEncoder` (:meth:`~RegionAwareDualEncoder.from_config`,
   :meth:`~RegionAwareDualEncoder.encode_text`, :meth:`~RegionAwareDualEncoder.encode_regions`,
   :meth:`~RegionAwareDualEncoder.identity`). Without weights it runs seeded random towers and
   says so with a logged WARNING and ``pretrained == {"vision": False, "text": False}``.
+  :class:`VisionRegionEncoder` is its Alpha-CLIP tower alone, rebuilt for a trained model's
+  own region prompt (:mod:`RADALib.region_prompt`); both encode regions as
+  :class:`FrozenVisionTower` does.
 * :class:`EmbeddingCache`: .npy files keyed by SHA256 of (encoder identity, slice bytes, mask
   bytes) or (encoder identity, prompt), written atomically, so each cohort is encoded once.
 
@@ -28,12 +29,12 @@ Embeddings are CLIP's raw (unnormalised) features unless ``normalize=True`` is a
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import os
 import tempfile
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,7 +57,16 @@ from .alpha_clip import (
     specs_for_arch,
     text_spec_of,
 )
+from .checksums import sha256_file
 from .errors import InputError
+from .weights import (
+    DEFAULT_WEIGHTS,
+    WEIGHTS,
+    Downloader,
+    random_weights_warning,
+    resolve_weights,
+    weights_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +76,6 @@ ALPHA_MEAN = 0.5
 ALPHA_STD = 0.26
 DEFAULT_PROMPT = "An image containing the {cls}, with the rest being background"
 PREPROCESS_VERSION = "rada-pre-1: minmax-uint8, pad-square, PIL-bicubic, mask-bilinear-aa"
-RANDOM_WEIGHTS_WARNING = (
-    "encoder weights not found: running with RANDOM {which} weights; "
-    "results will not match the paper"
-)
-CACHE_ENV = "RADA_CACHE_DIR"
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,286 +151,6 @@ def preprocess_mask(
 
 
 # --------------------------------------------------------------------------------------------
-# Weights registry and resolution
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class WeightsEntry:
-    """A known checkpoint file: where it comes from and how to check it.
-
-    ``sha256`` is None where no checksum is known for sure; the downloader then logs the hash it
-    computed and writes it beside the file (``<file>.sha256``). ``manual_url`` is the page a user
-    can download it from by hand when automatic download is off or fails.
-    """
-
-    name: str
-    filename: str
-    url: str
-    sha256: str | None
-    kind: str  # "alpha-clip-visual" or "clip-text"
-    arch: str
-    manual_url: str = ""
-    note: str = ""
-
-
-WEIGHTS: Mapping[str, WeightsEntry] = {
-    e.name: e
-    for e in (
-        WeightsEntry(
-            name="alpha-clip-vit-b16",
-            filename="clip_b16_grit1m_fultune_8xe.pth",
-            url="https://download.openxlab.org.cn/models/SunzeY/AlphaCLIP/weight/clip_b16_grit1m_fultune_8xe.pth",
-            sha256=None,
-            kind="alpha-clip-visual",
-            arch="ViT-B-16",
-            manual_url="https://drive.google.com/file/d/16fHEXZ-7bgzcSBHzEz1wXRIZTjQIXm_2/view",
-            note="Alpha-CLIP ViT-B/16 trained on GRIT-1M (official model zoo, Google Drive); "
-            "the OpenXLab URL is the mirror other projects download from (not verified here)",
-        ),
-        WeightsEntry(
-            name="alpha-clip-vit-l14",
-            filename="clip_l14_grit1m_fultune_8xe.pth",
-            url="https://download.openxlab.org.cn/models/SunzeY/AlphaCLIP/weight/clip_l14_grit1m_fultune_8xe.pth",
-            sha256=None,
-            kind="alpha-clip-visual",
-            arch="ViT-L-14",
-            manual_url="https://drive.google.com/file/d/1PIhplBnsmSWiJN--TXCCSsiaV6bY9koq/view",
-            note="Alpha-CLIP ViT-L/14 trained on GRIT-1M",
-        ),
-        WeightsEntry(
-            name="alpha-clip-vit-l14-336",
-            filename="clip_l14_336_grit1m_fultune_8xe.pth",
-            url="https://download.openxlab.org.cn/models/SunzeY/AlphaCLIP/weight/clip_l14_336_grit1m_fultune_8xe.pth",
-            sha256=None,
-            kind="alpha-clip-visual",
-            arch="ViT-L-14-336",
-            manual_url="https://drive.google.com/file/d/1DeNbUv0lraDxJZItb7shTlvGW6z_Z9Si/view",
-            note="Alpha-CLIP ViT-L/14@336px trained on GRIT-1M (model zoo name clip_l14@336_grit1m_fultune_8xe)",
-        ),
-        WeightsEntry(
-            name="clip-vit-b16-text",
-            filename="ViT-B-16.pt",
-            url="https://openaipublic.azureedge.net/clip/models/"
-            "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
-            sha256="5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f",
-            kind="clip-text",
-            arch="ViT-B-16",
-            manual_url="https://github.com/openai/CLIP",
-            note="OpenAI CLIP ViT-B/16 (TorchScript; text tower used); the SHA256 is the URL's "
-            "path segment, which OpenAI's and open_clip's loaders check",
-        ),
-        WeightsEntry(
-            name="clip-vit-l14-text",
-            filename="ViT-L-14.pt",
-            url="https://openaipublic.azureedge.net/clip/models/"
-            "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
-            sha256="b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836",
-            kind="clip-text",
-            arch="ViT-L-14",
-            manual_url="https://github.com/openai/CLIP",
-            note="OpenAI CLIP ViT-L/14",
-        ),
-        WeightsEntry(
-            name="clip-vit-l14-336-text",
-            filename="ViT-L-14-336px.pt",
-            url="https://openaipublic.azureedge.net/clip/models/"
-            "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt",
-            sha256="3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02",
-            kind="clip-text",
-            arch="ViT-L-14-336",
-            manual_url="https://github.com/openai/CLIP",
-            note="OpenAI CLIP ViT-L/14@336px",
-        ),
-    )
-}
-
-DEFAULT_WEIGHTS: Mapping[str, tuple[str, str]] = {
-    "ViT-B-16": ("alpha-clip-vit-b16", "clip-vit-b16-text"),
-    "ViT-L-14": ("alpha-clip-vit-l14", "clip-vit-l14-text"),
-    "ViT-L-14-336": ("alpha-clip-vit-l14-336", "clip-vit-l14-336-text"),
-}
-"""Registry names used when a config gives no checkpoint for an architecture."""
-
-
-def random_weights_warning(
-    random: Mapping[str, bool], arch: str, cache_dir: str | Path | None = None
-) -> str:
-    """The warning for the towers flagged in ``random`` ("vision", "text": True when random),
-    naming the checkpoint files of ``arch`` that would replace them and the folder they go in."""
-    towers = [
-        (name, i)
-        for i, (key, name) in enumerate((("vision", "Alpha-CLIP"), ("text", "CLIP")))
-        if random.get(key)
-    ]
-    message = RANDOM_WEIGHTS_WARNING.format(which="/".join(name for name, _ in towers))
-    defaults = DEFAULT_WEIGHTS.get(arch)
-    if defaults:
-        folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-        message += f" (put {', '.join(WEIGHTS[defaults[i]].filename for _, i in towers)} in {folder} to use them)"
-    return message
-
-
-Downloader = Callable[[str, Path], None]
-"""``downloader(url, destination)`` writes the bytes at ``url`` into ``destination``."""
-
-
-def default_cache_dir(environ: Mapping[str, str] | None = None) -> Path:
-    """The weights folder: ``$RADA_CACHE_DIR/weights`` if set, else ``~/.cache/rada/weights``
-    (read when called; the same folder ``rada`` uses, ``$RADA_CACHE_DIR`` being the cache root)."""
-    env = os.environ if environ is None else environ
-    value = env.get(CACHE_ENV, "").strip()
-    return (Path(value).expanduser() if value else Path("~/.cache/rada").expanduser()) / "weights"
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def urllib_download(url: str, destination: Path, timeout: float = 60.0) -> None:
-    """Stream ``url`` into ``destination`` with urllib (http(s) and file:// URLs)."""
-    request = urllib.request.Request(url, headers={"User-Agent": "RADA"})
-    with (
-        urllib.request.urlopen(request, timeout=timeout) as response,
-        open(destination, "wb") as out,
-    ):
-        while block := response.read(1 << 20):
-            out.write(block)
-
-
-def _looks_like_html(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(512).lstrip().lower()
-    return head.startswith(b"<!doctype html") or head.startswith(b"<html")
-
-
-def _where_to_put(entry: WeightsEntry, target: Path) -> str:
-    source = entry.manual_url or entry.url
-    return f"download {entry.filename} from {source} and put it at {target}"
-
-
-def _download(entry: WeightsEntry, target: Path, downloader: Downloader) -> str:
-    """Download ``entry`` to ``target`` via a temp file; returns the file's SHA256."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{entry.filename}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        log.info("downloading %s from %s", entry.name, entry.url)
-        try:
-            downloader(entry.url, tmp)
-        except InputError:
-            raise
-        except Exception as exc:
-            raise InputError(
-                entry.name,
-                f"download from {entry.url} failed ({type(exc).__name__}: {exc}); {_where_to_put(entry, target)}",
-            ) from exc
-        if tmp.stat().st_size == 0 or _looks_like_html(tmp):
-            raise InputError(
-                entry.name,
-                f"download from {entry.url} did not return a checkpoint file; {_where_to_put(entry, target)}",
-            )
-        digest = sha256_file(tmp)
-        if entry.sha256 and digest != entry.sha256.lower():
-            raise InputError(
-                entry.name,
-                f"downloaded file has SHA256 {digest}, expected {entry.sha256}; it was deleted. "
-                f"{_where_to_put(entry, target)}",
-            )
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    if not entry.sha256:
-        sidecar = target.with_name(target.name + ".sha256")
-        sidecar.write_text(f"{digest}  {target.name}\n")
-        log.warning(
-            "downloaded %s with no known checksum; its SHA256 is %s (recorded in %s)",
-            entry.name,
-            digest,
-            sidecar,
-        )
-    return digest
-
-
-def _resolve(
-    name_or_path: str | os.PathLike[str],
-    cache_dir: str | os.PathLike[str] | None,
-    allow_download: bool,
-    downloader: Downloader | None,
-    registry: Mapping[str, WeightsEntry],
-) -> tuple[Path, WeightsEntry | None, str | None]:
-    """(file, registry entry or None, SHA256 if it was computed)."""
-    text = os.fspath(name_or_path)
-    entry = registry.get(text)
-    if entry is None:
-        path = Path(text).expanduser()
-        if path.is_file():
-            return path, None, None
-        looks_like_path = (
-            os.sep in text or "/" in text or path.suffix in {".pt", ".pth", ".bin", ".ckpt"}
-        )
-        if looks_like_path:
-            raise InputError(path, "checkpoint file not found")
-        raise InputError(
-            text,
-            f"neither a checkpoint file nor a known weights name (known: {', '.join(sorted(registry))})",
-        )
-    folder = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    target = folder / entry.filename
-    if target.is_file():
-        digest = None
-        if entry.sha256:
-            digest = sha256_file(target)
-            if digest != entry.sha256.lower():
-                raise InputError(
-                    target,
-                    f"SHA256 {digest} does not match the expected {entry.sha256} for {entry.name}; "
-                    "delete the file and download it again",
-                )
-        return target, entry, digest
-    if not allow_download:
-        raise InputError(
-            entry.name,
-            f"weights file not found in {folder}; {_where_to_put(entry, target)} "
-            f"(or allow downloads, or set {CACHE_ENV} to the folder that holds it)",
-        )
-    digest = _download(entry, target, downloader or urllib_download)
-    return target, entry, digest
-
-
-def resolve_checkpoint(
-    name_or_path: str | os.PathLike[str],
-    cache_dir: str | os.PathLike[str] | None = None,
-    allow_download: bool = False,
-    downloader: Downloader | None = None,
-    registry: Mapping[str, WeightsEntry] | None = None,
-) -> Path:
-    """The local file of a checkpoint given by path or by registry name.
-
-    A path to an existing file is returned as is. A known name (see :data:`WEIGHTS`) is looked
-    for as ``cache_dir / filename`` (``cache_dir`` None: :func:`default_cache_dir`); a cached
-    file with a known SHA256 is checked. A missing file is downloaded only when
-    ``allow_download`` (to a temp name, SHA256-checked when known, then renamed); otherwise an
-    :class:`InputError` says where to put it.
-    """
-    path, _, _ = _resolve(
-        name_or_path,
-        cache_dir,
-        allow_download,
-        downloader,
-        WEIGHTS if registry is None else registry,
-    )
-    return path
-
-
-# --------------------------------------------------------------------------------------------
 # The dual encoder
 # --------------------------------------------------------------------------------------------
 
@@ -435,10 +160,11 @@ class EncoderConfig:
     """How to build the frozen dual encoder.
 
     ``vision_checkpoint`` / ``text_checkpoint``: a file path or a registry name; None means the
-    architecture's default names (:data:`DEFAULT_WEIGHTS`) if their files are in the cache,
-    else random weights (with a warning). An explicit name or path that cannot be found is an
-    error, never a silent fallback. ``seed`` seeds random towers. ``transpose``: see
-    :func:`preprocess_slice`.
+    architecture's default names (:data:`~RADALib.weights.DEFAULT_WEIGHTS`) if their files are
+    in the weights folder, else random weights (with a warning). An explicit name or path that
+    cannot be found is an error, never a silent fallback. ``cache_dir``: the weights folder
+    (None: :func:`~RADALib.weights.default_weights_dir`). ``seed`` seeds random towers.
+    ``transpose``: see :func:`preprocess_slice`.
     """
 
     arch: str = "ViT-B-16"
@@ -477,7 +203,70 @@ class RegionEncoderLike(Protocol):
     def encode_regions(self, slices: list[np.ndarray], masks: list[np.ndarray]) -> np.ndarray: ...
 
 
-class RegionAwareDualEncoder:
+class FrozenVisionTower:
+    """A frozen Alpha-CLIP tower (eval mode, no gradients) that encodes regions (eq. 2).
+
+    What :class:`RegionAwareDualEncoder` and :class:`VisionRegionEncoder` share:
+    ``encode_regions(slices, masks) -> (N, D)`` through :func:`encode_regions_with`.
+    """
+
+    def __init__(
+        self,
+        vision: AlphaCLIPVisionTransformer,
+        *,
+        transpose: bool = True,
+        batch_size: int = 16,
+        device: str | torch.device = "cpu",
+    ) -> None:
+        self.device = torch.device(device)
+        self.vision = freeze(vision).to(self.device)
+        self.transpose = transpose
+        self.batch_size = max(1, int(batch_size))
+
+    @property
+    def embed_dim(self) -> int:
+        """Size D of the embeddings."""
+        return int(self.vision.spec.output_dim)
+
+    def encode_regions(
+        self, slices: Sequence[np.ndarray], masks: Sequence[np.ndarray], normalize: bool = False
+    ) -> np.ndarray:
+        """Alpha-CLIP features of each slice seen through its mask: (N, D) float32."""
+        return encode_regions_with(
+            self.vision,
+            slices,
+            masks,
+            transpose=self.transpose,
+            batch_size=self.batch_size,
+            device=self.device,
+            normalize=normalize,
+        )
+
+
+class VisionRegionEncoder(FrozenVisionTower):
+    """The frozen Alpha-CLIP tower alone, reporting an identity recorded earlier (at training).
+
+    ``encode_regions(slices, masks) -> (N, D)`` as :class:`RegionAwareDualEncoder`; rebuilt for a
+    bundle by :func:`RADALib.region_prompt.encoder_for_bundle`.
+    """
+
+    def __init__(
+        self,
+        vision: AlphaCLIPVisionTransformer,
+        identity: Mapping[str, Any],
+        transpose: bool = True,
+        batch_size: int = 16,
+        device: str = "cpu",
+    ) -> None:
+        super().__init__(vision, transpose=bool(transpose), batch_size=batch_size, device=device)
+        self._identity = copy.deepcopy(dict(identity))
+
+    def identity(self) -> dict[str, Any]:
+        """The recorded identity of the training encoder (the embedding cache's key)."""
+        return copy.deepcopy(self._identity)
+
+
+class RegionAwareDualEncoder(FrozenVisionTower):
     """Frozen Alpha-CLIP vision tower + CLIP text tower (eval mode, no gradients).
 
     ``encode_text(prompts) -> (N, D)``; ``encode_regions(slices, masks) -> (N, D)`` (float32
@@ -511,8 +300,7 @@ class RegionAwareDualEncoder:
             raise InputError(
                 "encoder", f"text tower vocabulary {text_spec.vocab_size} is not CLIP's BPE (49408)"
             )
-        self.device = torch.device(device)
-        self.vision = freeze(vision).to(self.device)
+        super().__init__(vision, transpose=transpose, batch_size=batch_size, device=device)
         self.text = freeze(text).to(self.device)
         self.vision_spec: VisionSpec = vision.spec
         self.text_spec: TextSpec = text_spec
@@ -521,8 +309,6 @@ class RegionAwareDualEncoder:
         self.text_info = text_info
         self.prompt_template = prompt_template
         self.seed = seed
-        self.batch_size = max(1, int(batch_size))
-        self.transpose = transpose
         self.tokenizer = open_clip.tokenizer.SimpleTokenizer(
             context_length=text_spec.context_length
         )
@@ -540,11 +326,11 @@ class RegionAwareDualEncoder:
         """Resolve and load the checkpoints of ``config`` (random seeded towers where none).
 
         Random towers are logged as a warning unless ``warn`` is False (a caller that reports
-        :func:`random_weights_warning` itself, once, through its progress).
+        :func:`~RADALib.weights.random_weights_warning` itself, once, through its progress).
         """
         vision_spec, text_spec = specs_for_arch(config.arch)
         defaults = DEFAULT_WEIGHTS.get(config.arch, (None, None))
-        cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
+        cache_dir = weights_dir(config.cache_dir)
 
         def load(
             requested: str | None,
@@ -558,7 +344,7 @@ class RegionAwareDualEncoder:
                     requested = default
             if requested is None:
                 return _Loaded(build(), WeightsInfo(False))
-            path, entry, digest = _resolve(
+            path, entry, digest = resolve_weights(
                 requested, cache_dir, config.allow_download, downloader, WEIGHTS
             )
             model = loader(path)
@@ -626,11 +412,6 @@ class RegionAwareDualEncoder:
             },
         }
 
-    @property
-    def embed_dim(self) -> int:
-        """Size D of both embeddings."""
-        return self.vision_spec.output_dim
-
     # ---------------------------------------------------------------- encoding
 
     def prompt(self, class_name: str) -> str:
@@ -664,20 +445,6 @@ class RegionAwareDualEncoder:
         size = self.vision_spec.image_size
         return preprocess_slice(s, size, self.transpose), preprocess_mask(m, size, self.transpose)
 
-    def encode_regions(
-        self, slices: Sequence[np.ndarray], masks: Sequence[np.ndarray], normalize: bool = False
-    ) -> np.ndarray:
-        """Alpha-CLIP features of each slice seen through its mask: (N, D) float32."""
-        return encode_regions_with(
-            self.vision,
-            slices,
-            masks,
-            transpose=self.transpose,
-            batch_size=self.batch_size,
-            device=self.device,
-            normalize=normalize,
-        )
-
 
 def encode_regions_with(
     vision: AlphaCLIPVisionTransformer,
@@ -691,8 +458,8 @@ def encode_regions_with(
 ) -> np.ndarray:
     """Features of each slice seen through its mask by an Alpha-CLIP tower: (N, D) float32.
 
-    The one place regions are encoded (:meth:`RegionAwareDualEncoder.encode_regions` and the
-    vision-only encoder of :mod:`RADALib.region_prompt`), so both give the same numbers.
+    The one place regions are encoded (:meth:`FrozenVisionTower.encode_regions`, for the dual
+    encoder and the vision-only one alike), so both give the same numbers.
     """
     if len(slices) != len(masks):
         raise InputError("masks", f"{len(masks)} masks for {len(slices)} slices")
@@ -834,20 +601,15 @@ __all__ = [
     "CLIP_MEAN",
     "CLIP_STD",
     "DEFAULT_PROMPT",
-    "DEFAULT_WEIGHTS",
-    "WEIGHTS",
     "EmbeddingCache",
     "EncoderConfig",
+    "FrozenVisionTower",
     "RegionAwareDualEncoder",
-    "WeightsEntry",
+    "VisionRegionEncoder",
     "WeightsInfo",
-    "default_cache_dir",
     "encode_regions_with",
     "pad_to_square",
     "preprocess_mask",
     "preprocess_slice",
-    "resolve_checkpoint",
-    "sha256_file",
     "slice_to_uint8",
-    "urllib_download",
 ]

@@ -58,6 +58,7 @@ from .data import normalize_intensity
 from .errors import InputError
 from .events import Progress
 from .networks import DOWNSAMPLING, TripleViewModel
+from .paths import LABEL_SUFFIX, PROBABILITY_SUFFIX
 from .postprocessing import keep_largest_component
 from .region_prompt import prompt_source
 from .volume import Oblique, Volume, file_suffix, read_volume, write_like
@@ -85,9 +86,6 @@ memory measured on an LA volume: ``Testing/Benchmarks/RESULTS.md``)."""
 
 DEFAULT_STRIDE = "fast"
 """The stride used when neither the caller nor the bundle names one."""
-
-LABEL_SUFFIX = "_rada"
-PROBABILITY_SUFFIX = "_rada_probabilities"
 
 
 # ----------------------------------------------------------------------------- windows

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .errors import InputError
+from .paths import cache_root
 
 FORMAT = "rada-bundle"
 FORMAT_VERSION = 1
@@ -55,6 +57,8 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def bundle_folder(folder: str | os.PathLike[str]) -> Path:
+    """The bundle folder ``folder`` names (itself, or the folder of its manifest or weights file);
+    ``InputError`` when it is missing or a plain file."""
     folder = Path(folder)
     if folder.is_file() and folder.name in (MANIFEST_FILE, WEIGHTS_FILE):
         folder = folder.parent
@@ -69,6 +73,7 @@ def bundle_folder(folder: str | os.PathLike[str]) -> Path:
 
 
 def is_bundle(folder: Path) -> bool:
+    """Whether ``folder`` holds a readable RADA bundle manifest (nothing else is checked)."""
     try:
         manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -76,11 +81,10 @@ def is_bundle(folder: Path) -> bool:
     return isinstance(manifest, dict) and manifest.get("format") == FORMAT
 
 
-def default_models_dir() -> Path:
-    """``$RADA_CACHE_DIR/models``, else ``~/.cache/rada/models`` (never the extension's folder)."""
-    root = os.environ.get("RADA_CACHE_DIR")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "rada"
-    return base / "models"
+def default_models_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """``models`` in the cache root (:func:`~RADALib.paths.cache_root`): ``$RADA_CACHE_DIR/models``,
+    else ``~/.cache/rada/models`` (never the extension's folder)."""
+    return cache_root(environ) / "models"
 
 
 def list_bundles(folder: str | os.PathLike[str] | None = None) -> list[Path]:

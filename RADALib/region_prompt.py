@@ -1,4 +1,4 @@
-"""A new volume's own region prompt Ev, from its sparse slices (METHOD.md 1, "Era at inference").
+"""A new volume's own region prompt Ev, from its sparse slices (docs/method.md, "Era at inference").
 
 A bundle stores the mean region embedding over the training cohort's annotated slices
 (``region_embedding_mean``): the prompt used for a volume that comes without annotation. When
@@ -28,22 +28,27 @@ Heavy modules (open_clip) are imported only when an encoder is built.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from .annotation import PLANES, detect_sparse_annotation
 from .bundle import Bundle
+from .checksums import sha256_file
 from .errors import InputError
 from .events import Progress
 from .model_store import MANIFEST_FILE
 from .train_config import REGION_MODES
 from .volume import Oblique, Volume, read_label_for, read_volume
+from .weights import checkpoint_candidates, find_by_sha256, weights_folders
+
+if TYPE_CHECKING:
+    from .embeddings import CohortEmbeddings
+    from .encoders import RegionEncoderLike, VisionRegionEncoder
 
 FROM_VOLUME = "from this volume's sparse slices"
 FROM_MEAN = "the training cohort's mean"
@@ -54,7 +59,7 @@ MEAN_HINT = "without --sparse-label the model uses the stored mean prompt of its
 # ----------------------------------------------------------------------------- the manifest record
 
 
-def encoder_record(embeddings, region_mode: str) -> dict[str, Any]:
+def encoder_record(embeddings: CohortEmbeddings | None, region_mode: str) -> dict[str, Any]:
     """The manifest's ``encoder`` field: identity, pretrained, weight files, region mode."""
     return {
         "identity": embeddings.identity if embeddings is not None else None,
@@ -98,55 +103,6 @@ def prompt_source(bundle: Bundle, embedding: np.ndarray | None) -> str:
 # ----------------------------------------------------------------------------- the encoder
 
 
-class VisionRegionEncoder:
-    """The frozen Alpha-CLIP tower alone, reporting the identity recorded at training.
-
-    ``encode_regions(slices, masks) -> (N, D)`` as :class:`~RADALib.encoders.RegionAwareDualEncoder`.
-    """
-
-    def __init__(
-        self,
-        vision,
-        identity: Mapping[str, Any],
-        transpose: bool = True,
-        batch_size: int = 16,
-        device: str = "cpu",
-    ) -> None:
-        import torch
-
-        from .alpha_clip import freeze
-
-        self.device = torch.device(device)
-        self.vision = freeze(vision).to(self.device)
-        self._identity = copy.deepcopy(dict(identity))
-        self.transpose = bool(transpose)
-        self.batch_size = max(1, int(batch_size))
-
-    def identity(self) -> dict[str, Any]:
-        """The recorded identity of the training encoder (the embedding cache's key)."""
-        return copy.deepcopy(self._identity)
-
-    @property
-    def embed_dim(self) -> int:
-        return int(self.vision.spec.output_dim)
-
-    def encode_regions(
-        self, slices: Sequence[np.ndarray], masks: Sequence[np.ndarray], normalize: bool = False
-    ) -> np.ndarray:
-        """Alpha-CLIP features of each slice seen through its mask: (N, D) float32."""
-        from .encoders import encode_regions_with
-
-        return encode_regions_with(
-            self.vision,
-            slices,
-            masks,
-            transpose=self.transpose,
-            batch_size=self.batch_size,
-            device=self.device,
-            normalize=normalize,
-        )
-
-
 def _recorded_identity(bundle: Bundle) -> dict[str, Any]:
     identity = (bundle.manifest.get("encoder") or {}).get("identity")
     vision = identity.get("vision") if isinstance(identity, Mapping) else None
@@ -170,7 +126,7 @@ def _comparable(identity: Mapping[str, Any]) -> dict[str, Any]:
     return {"arch": plain.get("arch"), "vision": vision, "preprocess": plain.get("preprocess")}
 
 
-def check_encoder(bundle: Bundle, encoder) -> None:
+def check_encoder(bundle: Bundle, encoder: RegionEncoderLike) -> None:
     """``InputError`` unless ``encoder`` computes Ev as the encoder the bundle was trained with."""
     want, have = _comparable(_recorded_identity(bundle)), _comparable(encoder.identity())
     if want == have:
@@ -191,15 +147,18 @@ def check_encoder(bundle: Bundle, encoder) -> None:
     )
 
 
-def weights_folders(cache_dir: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Where encoder weights are looked for: ``cache_dir/weights``, ``cache_dir``, then the defaults."""
-    from .encoders import default_cache_dir
-
-    folders: list[Path] = []
-    if cache_dir is not None:
-        folders += [Path(cache_dir).expanduser() / "weights", Path(cache_dir).expanduser()]
-    folders.append(default_cache_dir())
-    return list(dict.fromkeys(folders))
+def _given_vision_weights(path: Path, wanted: str, label: str) -> Path:
+    """``path`` if it holds the Alpha-CLIP weights of SHA256 ``wanted``, else ``InputError``."""
+    if not path.is_file():
+        raise InputError(path, "Alpha-CLIP checkpoint not found")
+    digest = sha256_file(path)
+    if digest != wanted:
+        raise InputError(
+            path,
+            f"has SHA256 {digest[:12]}..., but this model was trained with {label} "
+            f"(SHA256 {wanted[:12]}...); give that file",
+        )
+    return path
 
 
 def find_vision_weights(
@@ -207,9 +166,11 @@ def find_vision_weights(
     vision_weights: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
-    """The Alpha-CLIP checkpoint the bundle was trained with (SHA256-checked), else ``InputError``."""
-    from .encoders import WEIGHTS, sha256_file
+    """The Alpha-CLIP checkpoint the bundle was trained with (SHA256-checked), else ``InputError``.
 
+    ``vision_weights``, if given, must be that file; else the path recorded at training, then
+    the registry name and the file name in :func:`~RADALib.weights.weights_folders`.
+    """
     record = _recorded_identity(bundle)["vision"]
     wanted = str(record.get("sha256") or "").lower()
     label = record.get("registry_name") or record.get("checkpoint") or "Alpha-CLIP weights"
@@ -219,34 +180,17 @@ def find_vision_weights(
             f"records no SHA256 of the Alpha-CLIP weights {label}; {MEAN_HINT}",
         )
     if vision_weights is not None:
-        path = Path(vision_weights).expanduser()
-        if not path.is_file():
-            raise InputError(path, "Alpha-CLIP checkpoint not found")
-        digest = sha256_file(path)
-        if digest != wanted:
-            raise InputError(
-                path,
-                f"has SHA256 {digest[:12]}..., but this model was trained with {label} "
-                f"(SHA256 {wanted[:12]}...); give that file",
-            )
-        return path
+        return _given_vision_weights(Path(vision_weights).expanduser(), wanted, label)
     folders = weights_folders(cache_dir)
-    candidates: list[Path] = []
     recorded = ((bundle.manifest.get("encoder") or {}).get("files") or {}).get("vision")
-    if recorded:
-        candidates.append(Path(recorded))
-    for folder in folders:
-        if record.get("registry_name") in WEIGHTS:
-            candidates.append(folder / WEIGHTS[record["registry_name"]].filename)
-        if record.get("checkpoint"):
-            candidates.append(folder / str(record["checkpoint"]))
-    other = []
-    for path in dict.fromkeys(candidates):
-        if path.is_file():
-            if sha256_file(path) == wanted:
-                return path
-            other.append(str(path))
-    differs = f"; {', '.join(other)} holds other weights" if other else ""
+    candidates = [Path(recorded)] if recorded else []
+    candidates += checkpoint_candidates(
+        folders, record.get("registry_name"), record.get("checkpoint")
+    )
+    found, other = find_by_sha256(candidates, wanted)
+    if found is not None:
+        return found
+    differs = f"; {', '.join(str(p) for p in other)} holds other weights" if other else ""
     raise InputError(
         label,
         f"the Alpha-CLIP weights this model was trained with (SHA256 {wanted[:12]}...) were not found "
@@ -263,7 +207,7 @@ def encoder_for_bundle(
 ) -> VisionRegionEncoder:
     """The frozen Alpha-CLIP tower the bundle was trained with, rebuilt from its manifest."""
     from .alpha_clip import VisionSpec, build_vision_tower, load_alpha_clip_visual
-    from .encoders import PREPROCESS_VERSION
+    from .encoders import PREPROCESS_VERSION, VisionRegionEncoder
 
     identity = _recorded_identity(bundle)
     record = identity["vision"]
@@ -304,7 +248,7 @@ def region_embedding_for(
     bundle: Bundle,
     image_volume: Volume,
     sparse_label_volume: Volume,
-    encoder=None,
+    encoder: RegionEncoderLike | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     vision_weights: str | os.PathLike[str] | None = None,
 ) -> np.ndarray | None:

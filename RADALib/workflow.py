@@ -100,9 +100,10 @@ def train_model(
     Training resumes from the experiment's checkpoint when there is one.
     """
     from .bundle import save_bundle
-    from .encoders import EncoderConfig, random_weights_warning
+    from .encoders import EncoderConfig
     from .region_prompt import encoder_record
     from .training import train
+    from .weights import random_weights_warning
 
     experiment = Path(experiment)
     experiment.mkdir(parents=True, exist_ok=True)

@@ -883,7 +883,7 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
             arguments += ["--image", str(image), "--sparse-label", label]
 
         def finish() -> Any:
-            from RADALib.inference import LABEL_SUFFIX
+            from RADALib.paths import LABEL_SUFFIX
 
             results = []
             for entry, image in zip(entries, images):

@@ -44,15 +44,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from RADALib.bundle import Bundle, load_bundle  # noqa: E402
-from RADALib.cli import parse_triple  # noqa: E402
-from RADALib.inference import (  # noqa: E402
+from RADALib.bundle import Bundle, load_bundle
+from RADALib.cli import parse_triple
+from RADALib.inference import (
     INFERENCE_MODES,
     PAPER_PATCH,
     WHOLE,
@@ -62,9 +58,11 @@ from RADALib.inference import (  # noqa: E402
     resolve_stride,
     window_grid,
 )
-from RADALib.metrics import dice  # noqa: E402
-from RADALib.networks import DOWNSAMPLING, NetworkConfig  # noqa: E402
-from RADALib.volume import Volume, read_volume, volume_from_array  # noqa: E402
+from RADALib.metrics import dice
+from RADALib.networks import DOWNSAMPLING, NetworkConfig
+from RADALib.volume import Volume, read_volume, volume_from_array
+
+ROOT = Path(__file__).resolve().parents[2]
 
 # ----------------------------------------------------------------------------- arguments
 

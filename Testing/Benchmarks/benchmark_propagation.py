@@ -28,14 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from RADALib.annotation import simulate_sparse_annotation
+from RADALib.metrics import dice
+from RADALib.propagation import PropagationConfig, propagate
+from RADALib.registration import AntsRegistrar, RegistrationConfig
+from RADALib.volume import read_volume
 
-from RADALib.annotation import simulate_sparse_annotation  # noqa: E402
-from RADALib.metrics import dice  # noqa: E402
-from RADALib.propagation import PropagationConfig, propagate  # noqa: E402
-from RADALib.registration import AntsRegistrar, RegistrationConfig  # noqa: E402
-from RADALib.volume import read_volume  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def run_case(path: Path, config: PropagationConfig, registrar) -> dict:

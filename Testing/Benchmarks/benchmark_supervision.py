@@ -75,35 +75,30 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from RADALib.atomic import write_text_atomic  # noqa: E402
-from RADALib.cli import parse_setting, parse_triple  # noqa: E402
-from RADALib.cohort import Cohort, load_cohort  # noqa: E402
-from RADALib.data import TrainingCase, fused_supervision, load_training_cases, normalize_intensity  # noqa: E402
-from RADALib.demo import write_synthetic_cohort  # noqa: E402
-from RADALib.errors import InputError  # noqa: E402
-from RADALib.inference import ensemble_probabilities, sliding_window_inference  # noqa: E402
-from RADALib.metrics import dice  # noqa: E402
-from RADALib.postprocessing import keep_largest_component  # noqa: E402
-from RADALib.propagation import PropagationConfig  # noqa: E402
-from RADALib.pseudo_labels import load_case_result  # noqa: E402
-from RADALib.synthetic import SyntheticConfig  # noqa: E402
-from RADALib.train_config import TrainConfig, preset  # noqa: E402
-from RADALib.training import train_on_cases  # noqa: E402
-from RADALib.volume import read_volume  # noqa: E402
-from RADALib.workflow import cohort_embeddings, ensure_propagation  # noqa: E402
+from RADALib.atomic import write_text_atomic
+from RADALib.cli import parse_setting, parse_triple
+from RADALib.cohort import Cohort, load_cohort
+from RADALib.data import TrainingCase, fused_supervision, load_training_cases, normalize_intensity
+from RADALib.demo import write_synthetic_cohort
+from RADALib.errors import InputError
+from RADALib.inference import ensemble_probabilities, sliding_window_inference
+from RADALib.metrics import dice
+from RADALib.postprocessing import keep_largest_component
+from RADALib.propagation import PropagationConfig
+from RADALib.pseudo_labels import load_case_result
+from RADALib.synthetic import SyntheticConfig
+from RADALib.train_config import TrainConfig, preset
+from RADALib.training import train_on_cases
+from RADALib.volume import read_volume
+from RADALib.workflow import cohort_embeddings, ensure_propagation
 
 SOURCES = ("rada", "fused", "truth")
 

@@ -57,19 +57,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-import torch  # noqa: E402
-
-from RADALib.cli import parse_triple  # noqa: E402
-from RADALib.data import Batch, TrainingCase, TwoStreamSampler, normalize_intensity  # noqa: E402
-from RADALib.losses import masked_cross_entropy, supervised_loss, uncertainty_mask  # noqa: E402
-from RADALib.networks import VIEWS  # noqa: E402
-from RADALib.schedules import alpha, beta, learning_rate, uncertainty_threshold  # noqa: E402
-from RADALib.train_config import TrainConfig, preset, presets  # noqa: E402
-from RADALib.training import (  # noqa: E402
+from RADALib.cli import parse_triple
+from RADALib.data import Batch, TrainingCase, TwoStreamSampler, normalize_intensity
+from RADALib.losses import masked_cross_entropy, supervised_loss, uncertainty_mask
+from RADALib.networks import VIEWS
+from RADALib.schedules import alpha, beta, learning_rate, uncertainty_threshold
+from RADALib.train_config import TrainConfig, preset, presets
+from RADALib.training import (
     GuidancePrompt,
     build_model,
     build_optimizer,

@@ -32,17 +32,14 @@ from RADALib.encoders import (
     CLIP_MEAN,
     CLIP_STD,
     DEFAULT_PROMPT,
-    WEIGHTS,
     EmbeddingCache,
     EncoderConfig,
     RegionAwareDualEncoder,
-    WeightsEntry,
-    default_cache_dir,
     preprocess_mask,
     preprocess_slice,
-    resolve_checkpoint,
 )
 from RADALib.errors import InputError
+from RADALib.weights import WEIGHTS, WeightsEntry, default_weights_dir, resolve_checkpoint
 
 TINY_V = VisionSpec(width=64, layers=2, heads=1, patch_size=16, image_size=64, output_dim=32)
 TINY_T = TextSpec(width=64, layers=2, heads=1, context_length=77, vocab_size=49408, output_dim=32)
@@ -528,15 +525,15 @@ def test_cache_with_real_encoder(tiny_files, tmp_path):
 # ------------------------------------------------------------------------------ weights registry
 
 
-def test_registry_names_and_default_cache_dir(tmp_path):
+def test_registry_names_and_default_weights_dir(tmp_path):
     assert {"alpha-clip-vit-b16", "alpha-clip-vit-l14", "clip-vit-b16-text"} <= set(WEIGHTS)
     assert WEIGHTS["alpha-clip-vit-b16"].filename == "clip_b16_grit1m_fultune_8xe.pth"
     for entry in WEIGHTS.values():
         assert entry.sha256 is None or len(entry.sha256) == 64
     assert (
-        default_cache_dir({"RADA_CACHE_DIR": str(tmp_path)}) == tmp_path / "weights"
+        default_weights_dir({"RADA_CACHE_DIR": str(tmp_path)}) == tmp_path / "weights"
     )  # as `rada --cache-dir`
-    assert default_cache_dir({}) == Path.home() / ".cache" / "rada" / "weights"
+    assert default_weights_dir({}) == Path.home() / ".cache" / "rada" / "weights"
 
 
 def test_resolve_local_path_and_missing_known_name(tmp_path):
@@ -589,7 +586,7 @@ def test_download_file_url_with_checksum(tmp_path):
 def test_download_with_unknown_checksum_records_it(tmp_path, caplog):
     source = save({"w": torch.ones(2)}, tmp_path / "src.pth")
     digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    with caplog.at_level(logging.WARNING, logger="RADALib.encoders"):
+    with caplog.at_level(logging.WARNING, logger="RADALib.weights"):
         path = resolve_checkpoint(
             "tiny", tmp_path / "c", allow_download=True, registry=_entry(source.as_uri(), None)
         )

@@ -47,14 +47,12 @@ from pathlib import Path
 
 import numpy as np
 
+from RADALib.cohort import Case, Cohort, cohort_from_la_folder, save_cohort
+from RADALib.events import Progress, terminal_sink
+from RADALib.propagation import PropagationConfig
+from RADALib.volume import LA_SPACING_MM, read_volume
+
 ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
-
-from RADALib.cohort import Case, Cohort, cohort_from_la_folder, save_cohort  # noqa: E402
-from RADALib.events import Progress, terminal_sink  # noqa: E402
-from RADALib.propagation import PropagationConfig  # noqa: E402
-from RADALib.volume import LA_SPACING_MM, read_volume  # noqa: E402
-
 PREP_FORMAT = "rada-la-gpu-prep/1"
 MIB = 1 << 20
 

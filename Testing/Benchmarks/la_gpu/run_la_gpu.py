@@ -69,7 +69,10 @@ from typing import Any, TextIO
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[3]
-sys.path.insert(0, str(ROOT))
+try:
+    import RADALib  # noqa: F401
+except ImportError:  # the GPU machine has no installed RADA (README.md): use this checkout's
+    sys.path.insert(0, str(ROOT))
 
 import torch
 
