@@ -1,6 +1,6 @@
 """Training data of RADA: cases in memory, random patches, and the two-stream batches.
 
-What a training iteration receives (METHOD 1, paper Algorithm 1):
+What a training iteration receives (docs/method.md, paper Algorithm 1):
 
 - ``labeled_batch`` patches of labeled volumes, each with, per view v (0 sagittal, 1 coronal,
   2 axial), the mixed label Ỹv and the weight map Wv of eq. (6);

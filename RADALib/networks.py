@@ -1,7 +1,7 @@
 """Networks of RADA: the VNet backbone, the Adapter, the guidance MLP and the triple-view model.
 
 Tensors are (B, C, X, Y, Z) with X, Y, Z = sagittal, coronal, axial. Equation numbers refer to
-the RADA paper (``shared/paper/RADA-paper.txt``).
+the RADA paper; the decisions it leaves open are in docs/method.md.
 
 Architecture (UA-MT-style VNet, appendix A of the paper):
 

@@ -38,15 +38,18 @@ class TrainConfig:
     ``use_text=False``: Et is fed as zeros. ``use_registration=False``: only the truly annotated
     voxels supervise (see ``data``). ``label_source``: "views" (the paper, eq. 6: each view's
     network learns its own view's mixed label Ỹv with the weights α^d) or "fused" (not in the
-    paper: every network learns the fused three-view pseudo-label with weight 1, which measured
-    better on LA2018 when there is no unlabeled stream; README). ``prefetch``: batches prepared
-    ahead by a background thread (0: in the training thread). ``compile``: ``torch.compile``
-    each sub-network (off by default). ``deterministic``: deterministic cuDNN kernels instead of
-    the fastest ones (CPU runs are deterministic anyway). ``threads``: torch CPU threads (0 =
-    torch's default; on a busy 2-core machine 1 thread was measured as fast as 2, or up to 4x
-    faster, for the small preset). ``uncertainty_passes`` (T): 4 for the paper preset (UA-MT
-    used 8 for one teacher; here all three nets make pseudo-labels every iteration, 3·T·U extra
-    forward samples), 2 for the small one.
+    paper: every network learns the fused three-view pseudo-label with weight 1, so the
+    propagated labels keep supervising after α has decayed; meant for runs without unlabeled
+    cases: with them the three networks learn the same labels and their cross supervision loses
+    its view diversity; see docs/method.md, and Testing/Benchmarks/RESULTS.md for figures).
+    ``prefetch``: batches prepared ahead by a background thread (0: in the training thread).
+    ``compile``: ``torch.compile`` each sub-network (off by default). ``deterministic``:
+    deterministic cuDNN kernels instead of the fastest ones (CPU runs are deterministic anyway).
+    ``threads``: torch CPU threads (0 = torch's default); on a busy machine fewer threads than
+    cores can be as fast or faster for small models, since threads then wait for each other
+    (see Testing/Benchmarks/RESULTS.md). ``uncertainty_passes`` (T): 4 for the paper preset
+    (UA-MT used 8 for one teacher; here all three nets make pseudo-labels every iteration,
+    3·T·U extra forward samples), 2 for the small one.
     """
 
     patch: tuple[int, int, int] = (112, 112, 80)
@@ -85,6 +88,15 @@ class TrainConfig:
             self.network = NetworkConfig.from_dict(self.network)
         self.patch = tuple(int(p) for p in self.patch)  # type: ignore[assignment]
         self.visual_planes = tuple(str(p) for p in self.visual_planes)
+        self._check_sizes()
+        self._check_choices()
+        if self.noise_std < 0 or self.noise_clip < 0:
+            raise ValueError("TrainConfig.noise_std and noise_clip must be >= 0")
+        if self.schedule.max_iterations != self.iterations:
+            self.schedule = dataclasses.replace(self.schedule, max_iterations=int(self.iterations))
+
+    def _check_sizes(self) -> None:
+        """``ValueError`` for a patch the VNet cannot halve four times, or a count out of range."""
         if len(self.patch) != 3 or any(p < DOWNSAMPLING or p % DOWNSAMPLING for p in self.patch):
             raise ValueError(
                 f"patch must be 3 positive multiples of {DOWNSAMPLING}, got {self.patch}"
@@ -101,6 +113,9 @@ class TrainConfig:
         ):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)!r}")
+
+    def _check_choices(self) -> None:
+        """``ValueError`` for a named choice that is not one of its values."""
         if self.amp not in ("auto", "bf16", "off"):
             raise ValueError(f"TrainConfig.amp must be 'auto', 'bf16' or 'off', got {self.amp!r}")
         if self.channels_last not in _SWITCHES:
@@ -124,10 +139,6 @@ class TrainConfig:
             raise ValueError(
                 f"TrainConfig.visual_planes must name planes among {PLANES}, got {self.visual_planes}"
             )
-        if self.noise_std < 0 or self.noise_clip < 0:
-            raise ValueError("TrainConfig.noise_std and noise_clip must be >= 0")
-        if self.schedule.max_iterations != self.iterations:
-            self.schedule = dataclasses.replace(self.schedule, max_iterations=int(self.iterations))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (nested schedule and network dicts)."""

@@ -19,8 +19,11 @@ One iteration t:
 
 Steps 2-4 are one :class:`TrainingStep` (made by :func:`build_training_step` from
 :func:`build_model`, :func:`build_optimizer`, a :class:`GuidancePrompt` and
-:func:`setup_runtime`'s :class:`Runtime`): :func:`train` runs exactly that object, and so does
-``Testing/Benchmarks/benchmark_training.py``.
+:func:`~RADALib.runtime.setup_runtime`'s :class:`~RADALib.runtime.Runtime`): :func:`train` runs
+exactly that object, and so does ``Testing/Benchmarks/benchmark_training.py``. The run around it
+(:func:`train_on_cases`) resumes, logs, validates and checkpoints; the checkpoint file and its
+random state are :mod:`RADALib.checkpoint`, the device, threads and process group
+:mod:`RADALib.runtime`.
 
 Settings are a :class:`~RADALib.train_config.TrainConfig` (presets "paper" and "small", in
 :mod:`RADALib.train_config`). ``T`` (uncertainty_passes): UA-MT used 8 with a mean teacher; here
@@ -40,44 +43,50 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .atomic import write_text_atomic
+from .checkpoint import (
+    CHECKPOINT,
+    CHECKPOINT_FORMAT,
+    check_compatible,
+    load_checkpoint,
+    restore_rng_state,
+    rng_state,
+    save_checkpoint,
+)
 from .data import Batch, BatchPrefetcher, TrainingCase, TwoStreamSampler, load_training_cases
 from .errors import RADAError
 from .events import Progress
 from .losses import masked_cross_entropy, supervised_loss, uncertainty_mask
 from .networks import VIEWS, TripleViewModel
+from .runtime import (
+    Runtime,
+    broadcast_buffers,
+    gather_objects,
+    is_out_of_memory,
+    release_runtime,
+    setup_runtime,
+)
 from .schedules import alpha, beta, learning_rate, uncertainty_threshold
 from .train_config import TrainConfig
 
-CHECKPOINT = "checkpoint.pt"
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
-CHECKPOINT_FORMAT = "rada-train-checkpoint/1"
 
-# settings that change how a run goes but not what it computes: they may differ on resume
-_RUNTIME_ONLY = {
-    "device",
-    "checkpoint_every",
-    "validate_every",
-    "log_every",
-    "prefetch",
-    "compile",
-    "amp",
-    "channels_last",
-    "deterministic",
-    "threads",
-}
+Validator = Callable[[TripleViewModel, Tensor | None, Tensor | None], Mapping[str, float]]
+"""``validate(model, text, region)``: scores of the model in eval mode (see :func:`train_on_cases`)."""
 
 
 # ----------------------------------------------------------------------------- guidance inputs
@@ -263,162 +272,6 @@ class TrainResult:
     config: TrainConfig | None = None
 
 
-def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> Path:
-    """``torch.save`` into a temporary file, then rename: the old file stays whole until then."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.part")
-    try:
-        torch.save(dict(payload), temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    return path
-
-
-def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read a training checkpoint (tensors on the CPU); raises :class:`RADAError` if unreadable."""
-    path = Path(path)
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same problem for the user
-        raise RADAError(
-            f"{path}: cannot read the training checkpoint ({type(exc).__name__}: {exc}); "
-            "delete it or train into a new folder"
-        ) from None
-    if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise RADAError(f"{path}: not a RADA training checkpoint")
-    return data
-
-
-# ----------------------------------------------------------------------------- runtime
-
-
-@dataclass
-class Runtime:
-    """Where and how this process trains: device, rank among ``world`` processes, AMP dtype
-    (``None``: fp32) and channels-last-3d layout (see :func:`setup_runtime`)."""
-
-    device: torch.device
-    rank: int
-    world: int
-    owns_group: bool
-    amp_dtype: torch.dtype | None
-    channels_last: bool
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-
-def _resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RADAError(
-                f"device {name!r} asked for, but no CUDA GPU is available (use --device cpu)"
-            )
-        if device.index is None:
-            device = torch.device(
-                "cuda", local_rank if torch.cuda.device_count() > local_rank else 0
-            )
-        torch.cuda.set_device(device)
-    return device
-
-
-def setup_runtime(config: TrainConfig) -> Runtime:
-    """Resolve ``config``'s device, AMP and channels-last choices, join the process group under
-    ``torchrun`` (WORLD_SIZE > 1) and set the backend flags (cuDNN autotuning, TF32, determinism,
-    CPU threads)."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
-    device = _resolve_device(config.device, local_rank)
-    owns = False
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        owns = True
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
-    amp = config.amp
-    use_bf16 = amp == "bf16" or (
-        amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
-    )
-    cl = config.channels_last == "on" or (config.channels_last == "auto" and device.type == "cuda")
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = not config.deterministic
-        torch.backends.cudnn.deterministic = bool(config.deterministic)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    if config.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    if config.threads:
-        torch.set_num_threads(int(config.threads))
-    return Runtime(device, rank, world, owns, torch.bfloat16 if use_bf16 else None, cl)
-
-
-def _rng_state(device: torch.device, sampler_state: dict) -> dict[str, Any]:
-    return {
-        "sampler": sampler_state,
-        "torch_cpu": torch.get_rng_state(),
-        "torch_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-    }
-
-
-def _set_rng_state(device: torch.device, state: Mapping[str, Any]) -> None:
-    torch.set_rng_state(state["torch_cpu"])
-    if device.type == "cuda" and state.get("torch_cuda") is not None:
-        torch.cuda.set_rng_state(state["torch_cuda"], device)
-
-
-def _gather(obj: Any, runtime: Runtime) -> list[Any]:
-    if not runtime.distributed:
-        return [obj]
-    import torch.distributed as dist
-
-    items: list[Any] = [None] * runtime.world
-    dist.all_gather_object(items, obj)
-    return items
-
-
-def _sync_buffers(model: nn.Module, runtime: Runtime) -> None:
-    """Give every rank rank 0's buffers (batch-norm statistics)."""
-    if not runtime.distributed:
-        return
-    import torch.distributed as dist
-
-    for buffer in model.buffers():
-        dist.broadcast(buffer.data, src=0)
-
-
-def _is_oom(error: BaseException) -> bool:
-    oom = getattr(torch.cuda, "OutOfMemoryError", None)
-    return (oom is not None and isinstance(error, oom)) or (
-        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
-    )
-
-
-def _check_compatible(saved: Mapping[str, Any], config: TrainConfig, path: Path) -> None:
-    current = config.to_dict()
-    differ = sorted(
-        k
-        for k in set(saved) | set(current)
-        if k not in _RUNTIME_ONLY and saved.get(k) != current.get(k)
-    )
-    if differ:
-        raise RADAError(
-            f"{path}: the checkpoint was made with other settings ({', '.join(differ)}); "
-            "train into a new folder, or turn resuming off to start over"
-        )
-
-
 # ----------------------------------------------------------------------------- one iteration
 
 
@@ -568,29 +421,56 @@ def build_training_step(
     return TrainingStep(config, model, optimizer, forward, prompt, runtime, semi_supervised)
 
 
+def build_sampler(
+    config: TrainConfig,
+    labeled: Sequence[TrainingCase],
+    unlabeled: Sequence[TrainingCase],
+    seed: int | Sequence[int],
+) -> TwoStreamSampler:
+    """The two-stream batch sampler of ``config`` (patch, batch sizes, registration, augmentation)
+    drawing from ``seed``; :func:`train` seeds it with ``(config.seed, rank)``."""
+    return TwoStreamSampler(
+        labeled,
+        unlabeled,
+        config.patch,
+        config.labeled_batch,
+        config.unlabeled_batch,
+        seed=seed,
+        use_registration=config.use_registration,
+        augment=config.augment,
+    )
+
+
 # ----------------------------------------------------------------------------- training
+
+
+class TrainOptions(TypedDict, total=False):
+    """How a run reports, checks and stops, as :func:`train` passes them on to
+    :func:`train_on_cases` (which describes each)."""
+
+    progress: Progress | None
+    validate: Validator | None
+    resume: bool
+    stop_after: int | None
 
 
 def train(
     config: TrainConfig,
     cohort,
-    propagation_dir: str | os.PathLike[str] | None,
+    propagation_dir: str | Path | None,
     text_embedding: np.ndarray | None,
     region_embeddings: Mapping[str, Mapping[str, np.ndarray]] | None,
-    out_dir: str | os.PathLike[str],
-    progress: Progress | None = None,
-    validate: Callable[[TripleViewModel, Tensor | None, Tensor | None], Mapping[str, float]]
-    | None = None,
-    resume: bool = True,
+    out_dir: str | Path,
     *,
-    stop_after: int | None = None,
     fusion: tuple[str, float] | None = None,
+    **options: Unpack[TrainOptions],
 ) -> TrainResult:
     """Train on a cohort whose labeled cases were propagated into ``propagation_dir``.
 
     ``text_embedding``: Et (text_dim,); ``region_embeddings[case_id][plane]``: Ev (D,) of the
     labeled cases (``None``: no region prompt). ``fusion``: the propagation's vote and α, for
-    ``label_source="fused"`` (None: the default vote). See :func:`train_on_cases` for the rest.
+    ``label_source="fused"`` (None: the default vote). ``options`` (progress, validate, resume,
+    stop_after) and the rest: see :func:`train_on_cases`.
     """
     labeled, unlabeled = load_training_cases(
         cohort,
@@ -600,16 +480,7 @@ def train(
         fusion=fusion,
     )
     return train_on_cases(
-        config,
-        labeled,
-        unlabeled,
-        text_embedding,
-        region_embeddings,
-        out_dir,
-        progress,
-        validate,
-        resume,
-        stop_after=stop_after,
+        config, labeled, unlabeled, text_embedding, region_embeddings, out_dir, **options
     )
 
 
@@ -619,10 +490,9 @@ def train_on_cases(
     unlabeled: Sequence[TrainingCase],
     text_embedding: np.ndarray | None,
     region_embeddings: Mapping[str, Mapping[str, np.ndarray]] | None,
-    out_dir: str | os.PathLike[str],
+    out_dir: str | Path,
     progress: Progress | None = None,
-    validate: Callable[[TripleViewModel, Tensor | None, Tensor | None], Mapping[str, float]]
-    | None = None,
+    validate: Validator | None = None,
     resume: bool = True,
     *,
     stop_after: int | None = None,
@@ -653,15 +523,13 @@ def train_on_cases(
             list(unlabeled),
             text_embedding,
             region_embeddings,
-            Path(out_dir),
-            progress if runtime.main else Progress(),
+            _Run(config, runtime, Path(out_dir), progress if runtime.main else Progress()),
             validate,
             resume,
             stop_after,
-            runtime,
         )
     except BaseException as error:
-        if _is_oom(error):
+        if is_out_of_memory(error):
             raise RADAError(
                 f"the GPU ran out of memory training on {config.patch[0]}x{config.patch[1]}x{config.patch[2]} patches "
                 f"(batch {config.labeled_batch}+{config.unlabeled_batch}, base filters {config.network.base_filters}); "
@@ -669,11 +537,61 @@ def train_on_cases(
             ) from None
         raise
     finally:
-        if runtime.owns_group:
-            import torch.distributed as dist
+        release_runtime(runtime)
 
-            if dist.is_initialized():
-                dist.destroy_process_group()
+
+@dataclass
+class _Run:
+    """One training run in this process: its settings, process, folder and reporting, then its
+    model, optimizer and what it has logged (``history``, training ``seconds_before`` this call,
+    ``started`` by :func:`time.perf_counter`)."""
+
+    config: TrainConfig
+    runtime: Runtime
+    out_dir: Path
+    progress: Progress
+    model: TripleViewModel | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    start: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    seconds_before: float = 0.0
+    started: float = 0.0
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.out_dir / CHECKPOINT
+
+    def seconds(self, now: float | None = None) -> float:
+        """Training seconds so far, over every call that trained this folder."""
+        return self.seconds_before + (time.perf_counter() if now is None else now) - self.started
+
+    def save(self, completed: int, sampler_state: dict) -> None:
+        """Checkpoint after iteration ``completed`` (every rank's random state; rank 0 writes)."""
+        model, runtime = self.model, self.runtime
+        broadcast_buffers(model, runtime)
+        states = gather_objects(rng_state(runtime.device, sampler_state), runtime)
+        if runtime.main:
+            save_checkpoint(
+                self.checkpoint_path,
+                {
+                    "format": CHECKPOINT_FORMAT,
+                    "config": self.config.to_dict(),
+                    "iteration": completed,
+                    "model": model.state_dict(),
+                    "optimizer": self.optimizer.state_dict(),
+                    "world_size": runtime.world,
+                    "ranks": states,
+                    "history": self.history,
+                    "seconds": self.seconds(),
+                },
+            )
+
+    def log(self, entry: dict[str, Any]) -> None:
+        """Keep ``entry`` in the history and, on rank 0, append it to ``metrics.jsonl``."""
+        self.history.append(entry)
+        if self.runtime.main:
+            with open(self.out_dir / METRICS_FILE, "a") as handle:
+                handle.write(json.dumps(entry) + "\n")
 
 
 def _train(
@@ -682,15 +600,65 @@ def _train(
     unlabeled: list[TrainingCase],
     text_embedding: np.ndarray | None,
     region_embeddings: Mapping[str, Mapping[str, np.ndarray]] | None,
-    out_dir: Path,
-    progress: Progress,
-    validate: Callable | None,
+    run: _Run,
+    validate: Validator | None,
     resume: bool,
     stop_after: int | None,
-    runtime: Runtime,
 ) -> TrainResult:
-    device = runtime.device
+    """:func:`train_on_cases` once the runtime is set up (the steps of its docstring, in order)."""
+    runtime, progress = run.runtime, run.progress
     progress.enter("train")
+    prompt, config = _guidance_prompt(
+        config, labeled, text_embedding, region_embeddings, runtime.device, progress
+    )
+    run.config = config
+    _check_classes(config, labeled)
+    if runtime.main:
+        run.out_dir.mkdir(parents=True, exist_ok=True)
+    _warn_about_inputs(config, labeled, unlabeled, progress)
+
+    # model and optimizer, identical on every rank
+    run.model = model = build_model(config, runtime)
+    run.optimizer = build_optimizer(config, model)
+    sampler = _resume_or_start(
+        run, build_sampler(config, labeled, unlabeled, (config.seed, runtime.rank)), resume
+    )
+    step = build_training_step(
+        config,
+        model,
+        run.optimizer,
+        prompt,
+        runtime,
+        semi_supervised=bool(unlabeled) and config.unlabeled_batch > 0,
+    )
+
+    end = config.iterations if stop_after is None else min(config.iterations, int(stop_after))
+    result = TrainResult(model, run.history, run.out_dir, run.start, run.seconds_before, config)
+    if run.start < end:
+        progress.start(
+            "train",
+            config.iterations,
+            f"{len(labeled)} labeled + {len(unlabeled)} unlabeled volume(s), "
+            f"patch {tuple(config.patch)}, on {runtime.device}"
+            + (f" x{runtime.world}" if runtime.distributed else ""),
+            first_step=run.start,
+        )
+        _run_loop(run, step, sampler, end, validate)
+        broadcast_buffers(model, runtime)
+        result.iteration, result.seconds = end, run.seconds()
+    model.eval()
+    return result
+
+
+def _guidance_prompt(
+    config: TrainConfig,
+    labeled: Sequence[TrainingCase],
+    text_embedding: np.ndarray | None,
+    region_embeddings: Mapping[str, Mapping[str, np.ndarray]] | None,
+    device: torch.device,
+    progress: Progress,
+) -> tuple[GuidancePrompt, TrainConfig]:
+    """The prompt on the device, and ``config`` with the Adapter's widths fitted to it (said)."""
     if config.use_text and text_embedding is None:
         progress.message(
             "no text embedding given: Et is fed as zeros, as with use_text=False", level="warning"
@@ -706,6 +674,11 @@ def _train(
     config, net_changes = fit_network_to_prompt(config, prompt)
     if net_changes:
         progress.message(f"network input widths set from the embeddings: {net_changes}")
+    return prompt, config
+
+
+def _check_classes(config: TrainConfig, labeled: Sequence[TrainingCase]) -> None:
+    """Raise :class:`RADAError` when a label holds a class the network cannot output."""
     n_classes = config.network.n_classes
     largest = max(c.max_label for c in labeled)
     if largest >= n_classes:
@@ -713,9 +686,15 @@ def _train(
             f"the labels hold class {largest}, but the network has {n_classes} classes (network.n_classes)"
         )
 
-    if runtime.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
 
+def _warn_about_inputs(
+    config: TrainConfig,
+    labeled: Sequence[TrainingCase],
+    unlabeled: Sequence[TrainingCase],
+    progress: Progress,
+) -> None:
+    """Say what the inputs change about training: no unlabeled stream, fused labels with one,
+    volumes smaller than the patch."""
     if not unlabeled:
         hint = ""
         if (
@@ -736,9 +715,8 @@ def _train(
     elif config.label_source == "fused" and config.unlabeled_batch > 0:
         progress.message(
             "label_source=fused with unlabeled cases: the three networks learn the same labels, so "
-            "their cross supervision (eq. 10) loses the view diversity it relies on; on LA2018 it "
-            "scored below the default label_source=views on held-out volumes (README, Measured "
-            "figures)",
+            "their cross supervision (eq. 10) loses the view diversity it relies on; the default "
+            "label_source=views keeps it (see docs/method.md)",
             level="warning",
         )
     small = [c for c in (*labeled, *unlabeled) if any(n < p for n, p in zip(c.shape, config.patch))]
@@ -748,118 +726,111 @@ def _train(
             f"{small[0].id}, {small[0].shape}): they are padded (image with its minimum, labels 0, weight 0)"
         )
 
-    # model and optimizer, identical on every rank
-    model = build_model(config, runtime)
-    optimizer = build_optimizer(config, model)
-    sampler = TwoStreamSampler(
-        labeled,
-        unlabeled,
-        config.patch,
-        config.labeled_batch,
-        config.unlabeled_batch,
-        seed=(config.seed, runtime.rank),
-        use_registration=config.use_registration,
-        augment=config.augment,
-    )
+
+def _resume_or_start(run: _Run, sampler: TwoStreamSampler, resume: bool) -> TwoStreamSampler:
+    """Seed this rank's random streams, then continue from the folder's checkpoint (with
+    ``resume``) or start its metrics afresh; write ``config.json``. Returns the sampler to use."""
+    config, runtime = run.config, run.runtime
     torch.manual_seed(config.seed + runtime.rank)
-    if device.type == "cuda":
+    if runtime.device.type == "cuda":
         torch.cuda.manual_seed(config.seed + runtime.rank)
-
-    start, history, seconds_before = 0, [], 0.0
-    checkpoint_path = out_dir / CHECKPOINT
-    if resume and checkpoint_path.exists():
-        saved = load_checkpoint(checkpoint_path)
-        _check_compatible(saved.get("config", {}), config, checkpoint_path)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        start = int(saved["iteration"])
-        history = list(saved.get("history", []))
-        seconds_before = float(saved.get("seconds", 0.0))
-        ranks = saved.get("ranks", [])
-        if len(ranks) == runtime.world:
-            sampler.set_state(ranks[runtime.rank]["sampler"])
-            _set_rng_state(device, ranks[runtime.rank])
-        else:
-            progress.message(
-                f"the checkpoint was made by {len(ranks)} process(es), this run has {runtime.world}: "
-                "resuming with fresh random streams",
-                level="warning",
-            )
-            sampler = TwoStreamSampler(
-                labeled,
-                unlabeled,
-                config.patch,
-                config.labeled_batch,
-                config.unlabeled_batch,
-                seed=(config.seed, runtime.rank, start),
-                use_registration=config.use_registration,
-                augment=config.augment,
-            )
-            torch.manual_seed(config.seed + 1000 * start + runtime.rank)
-        if runtime.main:  # metrics past the checkpoint were never saved in it: drop them
-            write_text_atomic(
-                out_dir / METRICS_FILE, "".join(json.dumps(h) + "\n" for h in history)
-            )
-        progress.message(f"resuming from {checkpoint_path} at iteration {start}")
+    if resume and run.checkpoint_path.exists():
+        sampler = _resume(run, sampler)
     elif runtime.main:
-        (out_dir / METRICS_FILE).unlink(missing_ok=True)
+        (run.out_dir / METRICS_FILE).unlink(missing_ok=True)
     if runtime.main:  # after the resume check, so a refused run leaves the folder as it was
-        write_text_atomic(out_dir / CONFIG_FILE, json.dumps(config.to_dict(), indent=2) + "\n")
+        write_text_atomic(run.out_dir / CONFIG_FILE, json.dumps(config.to_dict(), indent=2) + "\n")
+    return sampler
 
-    step = build_training_step(
-        config,
-        model,
-        optimizer,
-        prompt,
-        runtime,
-        semi_supervised=bool(unlabeled) and config.unlabeled_batch > 0,
-    )
 
-    end = config.iterations if stop_after is None else min(config.iterations, int(stop_after))
-    result = TrainResult(model, history, out_dir, start, seconds_before, config)
-    if start >= end:
-        model.eval()
-        return result
+def _resume(run: _Run, sampler: TwoStreamSampler) -> TwoStreamSampler:
+    """Load the checkpoint into ``run`` (model, optimizer, iteration, history, seconds) and this
+    rank's random state; a checkpoint of another world size resumes with fresh random streams."""
+    config, runtime, path = run.config, run.runtime, run.checkpoint_path
+    saved = load_checkpoint(path)
+    check_compatible(saved.get("config", {}), config, path)
+    run.model.load_state_dict(saved["model"])
+    run.optimizer.load_state_dict(saved["optimizer"])
+    run.start = start = int(saved["iteration"])
+    run.history = list(saved.get("history", []))
+    run.seconds_before = float(saved.get("seconds", 0.0))
+    ranks = saved.get("ranks", [])
+    if len(ranks) == runtime.world:
+        sampler.set_state(ranks[runtime.rank]["sampler"])
+        restore_rng_state(runtime.device, ranks[runtime.rank])
+    else:
+        run.progress.message(
+            f"the checkpoint was made by {len(ranks)} process(es), this run has {runtime.world}: "
+            "resuming with fresh random streams",
+            level="warning",
+        )
+        sampler = build_sampler(
+            config, sampler.labeled, sampler.unlabeled, (config.seed, runtime.rank, start)
+        )
+        torch.manual_seed(config.seed + 1000 * start + runtime.rank)
+    if runtime.main:  # metrics past the checkpoint were never saved in it: drop them
+        write_text_atomic(
+            run.out_dir / METRICS_FILE, "".join(json.dumps(h) + "\n" for h in run.history)
+        )
+    run.progress.message(f"resuming from {path} at iteration {start}")
+    return sampler
 
-    schedule = config.schedule
-    infer_text, infer_region = step.text_input, prompt.inference_region()
 
-    def save(completed: int, state: dict) -> None:
-        _sync_buffers(model, runtime)
-        states = _gather(_rng_state(device, state), runtime)
-        if runtime.main:
-            save_checkpoint(
-                checkpoint_path,
-                {
-                    "format": CHECKPOINT_FORMAT,
-                    "config": config.to_dict(),
-                    "iteration": completed,
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "world_size": runtime.world,
-                    "ranks": states,
-                    "history": history,
-                    "seconds": seconds_before + time.perf_counter() - started,
-                },
+class _LossWindow:
+    """The losses summed on the device since the last log line (reading them is the one device
+    sync of a logging step), and when that window began."""
+
+    def __init__(self, device: torch.device, began: float) -> None:
+        self.sums = torch.zeros(3, device=device)
+        self.n = 0
+        self.began = began
+
+    def add(self, outcome: StepResult) -> None:
+        self.sums += outcome.stacked()
+        self.n += 1
+
+    def entry(self, completed: int, outcome: StepResult, alpha_t: float, run: _Run) -> dict:
+        """The metrics line of iteration ``completed``: mean losses over the window, the schedule
+        values, seconds per iteration and training seconds. Raises if the loss is not finite."""
+        values = (self.sums / self.n).tolist()
+        now = time.perf_counter()
+        if not math.isfinite(values[0]):
+            raise RADAError(
+                f"training diverged: the loss is {values[0]} at iteration {completed}; "
+                "lower schedule.base_lr or check the input intensities"
             )
+        return {
+            "step": completed,
+            "loss": values[0],
+            "loss_sup": values[1],
+            "loss_unsup": values[2],
+            "lr": outcome.lr,
+            "alpha": alpha_t,
+            "beta": outcome.beta,
+            "s_per_it": (now - self.began) / self.n,
+            "seconds": run.seconds(now),
+        }
 
-    progress.start(
-        "train",
-        config.iterations,
-        f"{len(labeled)} labeled + {len(unlabeled)} unlabeled volume(s), "
-        f"patch {tuple(config.patch)}, on {device}"
-        + (f" x{runtime.world}" if runtime.distributed else ""),
-        first_step=start,
-    )
+    def reset(self) -> None:
+        self.sums.zero_()
+        self.began, self.n = time.perf_counter(), 0
+
+
+def _run_loop(
+    run: _Run, step: TrainingStep, sampler: TwoStreamSampler, end: int, validate: Validator | None
+) -> None:
+    """Iterations ``run.start .. end-1``: one step each, a metrics line every ``log_every``
+    (and at the first, the last and each validation), a checkpoint every ``checkpoint_every``
+    and at the end."""
+    config, model, device = run.config, run.model, run.runtime.device
+    inference_prompt = (step.text_input, step.prompt.inference_region())
     model.train()
-    started = time.perf_counter()
-    window_start, window_n = started, 0
-    sums = torch.zeros(3, device=device)
-    last_state: dict | None = None
+    run.started = time.perf_counter()
+    window = _LossWindow(device, run.started)
     prefetcher = BatchPrefetcher(
         sampler,
-        lambda t: alpha(t, schedule),
-        start,
+        lambda t: alpha(t, config.schedule),
+        run.start,
         end,
         depth=config.prefetch,
         pin_memory=device.type == "cuda",
@@ -868,69 +839,50 @@ def _train(
         for host_batch in prefetcher:
             t = host_batch.iteration
             outcome = step(host_batch, t)
-            lr, a, b = outcome.lr, host_batch.alpha, outcome.beta
-            sums += outcome.stacked()
-            window_n += 1
-            last_state = host_batch.sampler_state
+            window.add(outcome)
             completed = t + 1
-
-            validating = (
+            validating = bool(
                 validate is not None
                 and config.validate_every
                 and completed % config.validate_every == 0
             )
-            if completed % config.log_every == 0 or completed == end or t == start or validating:
-                values = (sums / window_n).tolist()  # the one device sync of a logging step
-                now = time.perf_counter()
-                entry = {
-                    "step": completed,
-                    "loss": values[0],
-                    "loss_sup": values[1],
-                    "loss_unsup": values[2],
-                    "lr": lr,
-                    "alpha": a,
-                    "beta": b,
-                    "s_per_it": (now - window_start) / window_n,
-                    "seconds": seconds_before + now - started,
-                }
-                if not math.isfinite(values[0]):
-                    raise RADAError(
-                        f"training diverged: the loss is {values[0]} at iteration {completed}; "
-                        "lower schedule.base_lr or check the input intensities"
-                    )
-                if validating and runtime.main:
-                    model.eval()
-                    try:
-                        with torch.no_grad():
-                            scores = validate(model, infer_text, infer_region)
-                    finally:
-                        model.train()
-                    entry.update(
-                        {
-                            k: (float(v) if isinstance(v, (int, float, np.floating)) else v)
-                            for k, v in dict(scores).items()
-                        }
-                    )
-                history.append(entry)
-                if runtime.main:
-                    with open(out_dir / METRICS_FILE, "a") as handle:
-                        handle.write(json.dumps(entry) + "\n")
-                extra = {k: v for k, v in entry.items() if k not in ("step", "seconds")}
-                progress.update(
-                    completed, f"sup {values[1]:.4f} unsup {values[2]:.4f} lr {lr:.2g}", **extra
-                )
-                sums.zero_()
-                window_start, window_n = time.perf_counter(), 0
-
-            if (
-                config.checkpoint_every and completed % config.checkpoint_every == 0
-            ) or completed == end:
-                save(completed, last_state)  # type: ignore[arg-type]
+            if completed % config.log_every == 0 or completed in (end, run.start + 1) or validating:
+                entry = window.entry(completed, outcome, host_batch.alpha, run)
+                if validating and run.runtime.main:
+                    entry.update(_validate(model, validate, *inference_prompt))
+                _report(run, entry)
+                window.reset()
+            if (config.checkpoint_every and completed % config.checkpoint_every == 0) or (
+                completed == end
+            ):
+                run.save(completed, host_batch.sampler_state)
     finally:
         prefetcher.close()
 
-    _sync_buffers(model, runtime)
+
+def _validate(
+    model: TripleViewModel, validate: Validator, text: Tensor | None, region: Tensor | None
+) -> dict[str, Any]:
+    """``validate``'s scores of the model in eval mode under ``no_grad`` (NumPy floats as floats);
+    the model goes back to train mode."""
     model.eval()
-    result.iteration = end
-    result.seconds = seconds_before + time.perf_counter() - started
-    return result
+    try:
+        with torch.no_grad():
+            scores = validate(model, text, region)
+    finally:
+        model.train()
+    return {
+        k: (float(v) if isinstance(v, (int, float, np.floating)) else v)
+        for k, v in dict(scores).items()
+    }
+
+
+def _report(run: _Run, entry: dict[str, Any]) -> None:
+    """Log ``entry`` (history, metrics file) and send it as a progress update."""
+    run.log(entry)
+    extra = {k: v for k, v in entry.items() if k not in ("step", "seconds")}
+    run.progress.update(
+        entry["step"],
+        f"sup {entry['loss_sup']:.4f} unsup {entry['loss_unsup']:.4f} lr {entry['lr']:.2g}",
+        **extra,
+    )

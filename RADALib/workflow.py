@@ -17,6 +17,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,6 +28,10 @@ from .errors import InputError
 from .events import Progress
 from .propagation import PropagationConfig
 from .pseudo_labels import propagate_cohort
+
+if TYPE_CHECKING:
+    from .train_config import TrainConfig
+    from .training import TrainResult
 
 log = logging.getLogger(__name__)
 
@@ -100,10 +105,7 @@ def train_model(
     Training resumes from the experiment's checkpoint when there is one.
     """
     from .bundle import save_bundle
-    from .encoders import EncoderConfig
-    from .region_prompt import encoder_record
     from .training import train
-    from .weights import random_weights_warning
 
     experiment = Path(experiment)
     experiment.mkdir(parents=True, exist_ok=True)
@@ -119,6 +121,48 @@ def train_model(
         ensure_propagation(cohort, propagation, propagation_config, cache_dir, workers, progress)
     elif not propagation_dir:
         propagation = None  # type: ignore[assignment]
+    embeddings = _embed_for_training(
+        cohort, propagation, experiment, train_config, encoder_config, cache_dir, progress
+    )
+    validate = _validator(validation, train_config) if validation else None
+    result = train(
+        train_config,
+        cohort,
+        propagation,
+        embeddings.text if embeddings else None,
+        embeddings.regions if embeddings else None,
+        experiment,
+        progress=progress,
+        validate=validate,
+        fusion=(propagation_config.fusion, propagation_config.fusion_alpha),
+    )
+    components = largest_component_record(cohort, propagation, propagation_config)
+    _say_largest_component(cohort, components, progress)
+    fields = bundle_fields(cohort, train_config, embeddings, components, result)
+    model_folder = save_bundle(experiment / MODEL_FOLDER, result.model.cpu(), fields)
+    return TrainedRun(
+        experiment,
+        model_folder,
+        result.iteration,
+        result.seconds,
+        embeddings.pretrained if embeddings else {},
+    )
+
+
+def _embed_for_training(
+    cohort: Cohort,
+    propagation: Path | None,
+    experiment: Path,
+    train_config: TrainConfig,
+    encoder_config,
+    cache_dir: Path | None,
+    progress: Progress,
+) -> CohortEmbeddings | None:
+    """The cohort's embeddings (``None`` without propagation results: the ablation without
+    registration), with a warning when an encoder runs on random weights."""
+    from .encoders import EncoderConfig
+    from .weights import random_weights_warning
+
     progress.enter("embed")
     progress.message("computing the frozen encoders' embeddings (once per cohort)")
     embeddings = (
@@ -139,20 +183,11 @@ def train_model(
         progress.message(
             random_weights_warning(random, encoders.arch, encoders.cache_dir), level="warning"
         )
-    validate = _validator(validation, train_config) if validation else None
-    result = train(
-        train_config,
-        cohort,
-        propagation,
-        embeddings.text if embeddings else None,
-        embeddings.regions if embeddings else None,
-        experiment,
-        progress,
-        validate,
-        fusion=(propagation_config.fusion, propagation_config.fusion_alpha),
-    )
-    planes = list(train_config.visual_planes)
-    components = largest_component_record(cohort, propagation, propagation_config)
+    return embeddings
+
+
+def _say_largest_component(cohort: Cohort, components: dict, progress: Progress) -> None:
+    """Tell that predictions keep only the largest region of the classes the record names."""
     if components["classes"]:
         parts = [
             f"{cohort.classes.get(c, c)} ({100 * components['fractions'][str(c)]:.2f} % of its pseudo-label "
@@ -163,7 +198,21 @@ def train_model(
             f"{'; '.join(parts)}: predictions keep only the largest region by default "
             "(rada predict --no-largest-component keeps every region)"
         )
-    fields = {
+
+
+def bundle_fields(
+    cohort: Cohort,
+    train_config: TrainConfig,
+    embeddings: CohortEmbeddings | None,
+    components: dict,
+    result: TrainResult,
+) -> dict:
+    """The manifest fields of the model bundle a training run on ``cohort`` writes: classes,
+    prompt and embeddings the model was trained with, inference settings and a training record."""
+    from .region_prompt import encoder_record
+
+    planes = list(train_config.visual_planes)
+    return {
         "classes": dict(cohort.classes),
         "prompt": embeddings.prompts[0] if embeddings and embeddings.prompts else None,
         "visual_planes": planes,
@@ -187,14 +236,6 @@ def train_model(
             "cohort": str(cohort.path) if cohort.path else cohort.name,
         },
     }
-    model_folder = save_bundle(experiment / MODEL_FOLDER, result.model.cpu(), fields)
-    return TrainedRun(
-        experiment,
-        model_folder,
-        result.iteration,
-        result.seconds,
-        embeddings.pretrained if embeddings else {},
-    )
 
 
 def largest_component_record(

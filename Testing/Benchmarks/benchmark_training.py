@@ -60,17 +60,18 @@ import numpy as np
 import torch
 
 from RADALib.cli import parse_triple
-from RADALib.data import Batch, TrainingCase, TwoStreamSampler, normalize_intensity
+from RADALib.data import Batch, TrainingCase, normalize_intensity
 from RADALib.losses import masked_cross_entropy, supervised_loss, uncertainty_mask
 from RADALib.networks import VIEWS
+from RADALib.runtime import setup_runtime
 from RADALib.schedules import alpha, beta, learning_rate, uncertainty_threshold
 from RADALib.train_config import TrainConfig, preset, presets
 from RADALib.training import (
     GuidancePrompt,
     build_model,
     build_optimizer,
+    build_sampler,
     build_training_step,
-    setup_runtime,
 )
 
 LA_SHAPE = (183, 140, 88)
@@ -149,16 +150,7 @@ def host_batches(
     """The first ``count`` batches of the engine's sampler (identical in both variants) and the
     labeled case ids in sampler order (what ``Batch.labeled_index`` refers to)."""
     labeled, unlabeled = training_cases(config, data, shape)
-    sampler = TwoStreamSampler(
-        labeled,
-        unlabeled,
-        config.patch,
-        config.labeled_batch,
-        config.unlabeled_batch,
-        seed=(config.seed, 0),
-        use_registration=config.use_registration,
-        augment=config.augment,
-    )
+    sampler = build_sampler(config, labeled, unlabeled, (config.seed, 0))
     return [sampler.sample(alpha(t, config.schedule), t) for t in range(count)], [
         c.id for c in labeled
     ]

@@ -11,6 +11,7 @@ import pytest
 import torch
 from test_data import blob_case, propagated_cohort, synthetic_training_case
 
+from RADALib.checkpoint import CHECKPOINT, check_compatible, load_checkpoint
 from RADALib.data import TrainingCase, load_training_cases, normalize_intensity
 from RADALib.errors import RADAError
 from RADALib.events import Progress
@@ -18,11 +19,9 @@ from RADALib.networks import VIEWS, NetworkConfig
 from RADALib.pseudo_labels import load_case_result
 from RADALib.train_config import TrainConfig, preset, presets
 from RADALib.training import (
-    CHECKPOINT,
     GuidancePrompt,
     _TrainForward,
     iteration_losses,
-    load_checkpoint,
     peer_pseudo_labels,
     train,
     train_on_cases,
@@ -313,7 +312,9 @@ def test_training_learns_an_easy_problem(tmp_path):
     result = train_on_cases(cfg, labeled, unlabeled, text, regions, tmp_path)
     sup = [h["loss_sup"] for h in result.history]
     assert len(sup) == 16 and all(np.isfinite(sup))
-    assert np.mean(sup[-4:]) < 0.8 * np.mean(sup[:4]), sup  # measured 0.49-0.66 over seeds
+    assert np.mean(sup[-4:]) < 0.8 * np.mean(sup[:4]), (
+        sup
+    )  # well below the start on every seed tried
     assert any(h["loss_unsup"] > 0 for h in result.history)  # the cross pseudo-supervision ran
     assert not result.model.training and result.iteration == 16
 
@@ -363,6 +364,13 @@ def test_resume_after_a_stop_or_ctrl_c_equals_a_straight_run(disk_cohort, tmp_pa
     assert (
         json.loads((tmp_path / "c" / "config.json").read_text())["schedule"]["base_lr"] == 0.01
     )  # untouched
+
+
+def test_a_checkpoint_accepts_other_runtime_settings_but_not_other_computations(tmp_path):
+    saved = tiny().to_dict()
+    check_compatible(saved, tiny(threads=1, log_every=3, prefetch=0, device="cpu"), tmp_path)
+    with pytest.raises(RADAError, match=r"other settings \(seed\)"):
+        check_compatible(saved, tiny(seed=7), tmp_path)
 
 
 def test_ctrl_c_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch):
@@ -458,7 +466,15 @@ def test_ablations_run_without_text_region_or_registration(disk_cohort, tmp_path
         float(seen[0][0].abs().sum()) == 0.0 and seen[0][1] is None
     )  # Et = zeros, no region: as trained
     events = Events()
-    train(cfg.replace(use_text=True), cohort, None, None, None, tmp_path / "b", Progress(events))
+    train(
+        cfg.replace(use_text=True),
+        cohort,
+        None,
+        None,
+        None,
+        tmp_path / "b",
+        progress=Progress(events),
+    )
     assert any(
         e.get("level") == "warning" and "no text embedding" in e["message"] for e in events.events
     )

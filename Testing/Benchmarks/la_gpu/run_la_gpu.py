@@ -77,11 +77,11 @@ except ImportError:  # the GPU machine has no installed RADA (README.md): use th
 import torch
 
 from RADALib.bundle import load_bundle, save_bundle
+from RADALib.checkpoint import CHECKPOINT, load_checkpoint
 from RADALib.cli import parse_setting, parse_triple
 from RADALib.data import (
     BatchPrefetcher,
     TrainingCase,
-    TwoStreamSampler,
     labeled_case_from_result,
     normalize_intensity,
 )
@@ -98,19 +98,18 @@ from RADALib.metrics import SegmentationMetrics, dice, metrics_for_masks, summar
 from RADALib.postprocessing import keep_largest_component, recommend_largest_component
 from RADALib.pseudo_labels import load_case_result
 from RADALib.region_prompt import encoder_record
+from RADALib.runtime import setup_runtime
 from RADALib.schedules import alpha
 from RADALib.train_config import TrainConfig, preset, scale_schedule
 from RADALib.training import (
-    CHECKPOINT,
     METRICS_FILE,
     GuidancePrompt,
     TrainResult,
     build_model,
     build_optimizer,
+    build_sampler,
     build_training_step,
     fit_network_to_prompt,
-    load_checkpoint,
-    setup_runtime,
     train_on_cases,
 )
 from RADALib.volume import read_volume, volume_from_array
@@ -428,16 +427,7 @@ def probe_rate(
         runtime,
         semi_supervised=bool(unlabeled) and config.unlabeled_batch > 0,
     )
-    sampler = TwoStreamSampler(
-        labeled,
-        unlabeled,
-        config.patch,
-        config.labeled_batch,
-        config.unlabeled_batch,
-        seed=(config.seed, 4242),
-        use_registration=config.use_registration,
-        augment=config.augment,
-    )
+    sampler = build_sampler(config, labeled, unlabeled, (config.seed, 4242))
     model.train()
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     times: list[float] = []
