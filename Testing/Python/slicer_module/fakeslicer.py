@@ -1,4 +1,7 @@
-"""A small fake of what the real Slicer application adds to ``slicer-core`` (SLICER.md).
+"""A small fake of what the real Slicer application adds to ``slicer-core``.
+
+The real application does not run in these tests; what that leaves unchecked is listed in
+docs/slicer.md ("What was never run for real"), the tests' layout in docs/development.md.
 
 ``slicer-core`` gives the real MRML scene, nodes, logics and ``slicer.util``; it lacks the Qt
 parts. :func:`install` adds fakes of ``slicer.ScriptedLoadableModule`` (module, widget, logic
