@@ -43,9 +43,6 @@ EventCallback = Callable[[dict], None]
 FinishedCallback = Callable[["EngineJob"], None]
 ProcessFactory = Callable[[Sequence[str], dict], Any]
 
-CPU_SECONDS_PER_ITERATION = {"small": 1.4, "paper": 300.0}
-"""Seconds per training iteration measured on a 2-core CPU (README, benchmarks)."""
-
 
 class RADASegmentError(RADAError):
     """A problem the user can fix (no volume, a plane not painted, ...); one line."""
@@ -114,6 +111,25 @@ def _safe_id(name: str, used: set[str]) -> str:
         candidate, k = f"{base}_{k}", k + 1
     used.add(candidate)
     return candidate
+
+
+def _markEndedEntries(
+    entries: list[CohortEntry], status: str, onFinished: FinishedCallback | None
+) -> FinishedCallback:
+    """An ``onFinished`` that first gives entries still ``running`` the job's end state.
+
+    ``status`` names the entry's status field (``pseudoLabelStatus`` or ``predictionStatus``).
+    """
+
+    def finished(job: EngineJob) -> None:
+        if job.state != "succeeded":
+            for entry in entries:
+                if getattr(entry, status) == "running":
+                    setattr(entry, status, job.state)
+        if onFinished is not None:
+            onFinished(job)
+
+    return finished
 
 
 class EngineJob:
@@ -199,7 +215,7 @@ class EngineJob:
 
 
 class RADASegmentLogic(ScriptedLoadableModuleLogic):
-    """The console API of RADA Segment (see the module README).
+    """The console API of RADA Segment (see docs/slicer.md).
 
     ``processFactory(args, env)`` starts the engine process (injectable for tests);
     ``workFolder`` holds the exchanged files (default: a ``slicer`` folder in the RADA cache,
@@ -497,6 +513,24 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         cohort = Cohort("slicer", cases, {1: structureName})
         return save_cohort(cohort, folder / "cohort.json"), byId
 
+    def _exportCohort(
+        self,
+        kind: str,
+        volumeNodes: Iterable[Any] | Any | None,
+        settings: RADASegmentSettings,
+        unannotated: str,
+    ) -> tuple[Path, Path, dict[str, CohortEntry]]:
+        """A new work folder for ``kind`` with the volumes exported and the cohort file written.
+
+        Returns the folder, the cohort file and the cohort entry of each case id.
+        """
+        entries = self._entries(volumeNodes)
+        folder = self._newWorkFolder(kind)
+        cohortFile, byId = self._writeCohort(
+            folder, entries, settings.structureName, unannotated=unannotated
+        )
+        return folder, cohortFile, byId
+
     def _start(
         self,
         kind: str,
@@ -555,14 +589,9 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         Returns the job (``wait=False``), or the fused pseudo-label segmentation nodes.
         """
         settings = self._settings(settings)
-        entries = self._entries(volumeNodes)
-        folder = self._newWorkFolder("propagate")
         # the whole cohort: its annotated volumes; volumes asked for by name: each must be annotated
-        cohortFile, byId = self._writeCohort(
-            folder,
-            entries,
-            settings.structureName,
-            unannotated="skip" if volumeNodes is None else "error",
+        folder, cohortFile, byId = self._exportCohort(
+            "propagate", volumeNodes, settings, "skip" if volumeNodes is None else "error"
         )
         out = folder / "propagation"
         for entry in byId.values():
@@ -570,36 +599,12 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         classes = {1: class_entry(settings.structureName)}
 
         def finish() -> list[Any]:
-            results = []
-            for caseId, entry in byId.items():
-                volume = self.volumeNode(entry)
-                caseFolder = out / "cases" / caseId
-                node = nodes.load_label_map_as_segmentation(
-                    caseFolder / "fused.nrrd",
-                    volume,
-                    classes,
-                    nodes.node_name_for(volume, "pseudo-label"),
-                )
-                entry.pseudoLabelNodeID, entry.pseudoLabelStatus = node.GetID(), "done"
-                results.append(node)
-                if showViews:
-                    for plane in PLANES:
-                        nodes.load_label_map_as_segmentation(
-                            caseFolder / f"pseudo_{plane}.nrrd",
-                            volume,
-                            classes,
-                            nodes.node_name_for(volume, f"pseudo-label {plane}"),
-                        )
-            return results
+            return [
+                self._loadPseudoLabels(out / "cases" / caseId, entry, classes, showViews)
+                for caseId, entry in byId.items()
+            ]
 
-        def finished(job: EngineJob) -> None:
-            if job.state != "succeeded":
-                for entry in byId.values():
-                    if entry.pseudoLabelStatus == "running":
-                        entry.pseudoLabelStatus = job.state
-            if onFinished is not None:
-                onFinished(job)
-
+        finished = _markEndedEntries(list(byId.values()), "pseudoLabelStatus", onFinished)
         arguments = [
             "--cohort",
             str(cohortFile),
@@ -611,6 +616,28 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
             str(settings.workers),
         ] + self._cacheArguments()
         return self._start("propagate", arguments, finish, onEvent, finished, folder, wait)
+
+    def _loadPseudoLabels(
+        self, caseFolder: Path, entry: CohortEntry, classes: dict[int, dict], showViews: bool
+    ) -> Any:
+        """Load a case's fused pseudo-label (and, with ``showViews``, each view's) as nodes."""
+        volume = self.volumeNode(entry)
+        node = nodes.load_label_map_as_segmentation(
+            caseFolder / "fused.nrrd",
+            volume,
+            classes,
+            nodes.node_name_for(volume, "pseudo-label"),
+        )
+        entry.pseudoLabelNodeID, entry.pseudoLabelStatus = node.GetID(), "done"
+        if showViews:
+            for plane in PLANES:
+                nodes.load_label_map_as_segmentation(
+                    caseFolder / f"pseudo_{plane}.nrrd",
+                    volume,
+                    classes,
+                    nodes.node_name_for(volume, f"pseudo-label {plane}"),
+                )
+        return node
 
     # ------------------------------------------------------------------ train
 
@@ -634,12 +661,25 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
                 f"a model named '{settings.modelName}' already exists in {self.modelsFolder}: "
                 "choose another model name"
             )
-        entries = self._entries(volumeNodes)
-        folder = self._newWorkFolder("train")
-        cohortFile, _ = self._writeCohort(
-            folder, entries, settings.structureName, unannotated="unlabeled"
-        )
+        folder, cohortFile, _ = self._exportCohort("train", volumeNodes, settings, "unlabeled")
         experiment = self.modelsFolder.parent / "experiments" / settings.modelName
+        arguments = self._trainArguments(settings, cohortFile, experiment)
+        self._resetTrainingCurves()
+
+        def finish() -> Path:
+            return self._installModel(experiment / "model", target)
+
+        def event(e: dict) -> None:
+            self._recordTrainingEvent(e)
+            if onEvent is not None:
+                onEvent(e)
+
+        return self._start("train", arguments, finish, event, onFinished, folder, wait)
+
+    def _trainArguments(
+        self, settings: RADASegmentSettings, cohortFile: Path, experiment: Path
+    ) -> list[str]:
+        """``rada train``'s arguments for the settings (options left at their default omitted)."""
         arguments = [
             "--cohort",
             str(cohortFile),
@@ -664,24 +704,16 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
             arguments += ["--text-weights", settings.textWeights]
         if settings.allowDownload:
             arguments.append("--allow-download")
-        self._resetTrainingCurves()
+        return arguments
 
-        def finish() -> Path:
-            self.modelsFolder.mkdir(parents=True, exist_ok=True)
-            staging = Path(
-                tempfile.mkdtemp(prefix=f".{settings.modelName}-", dir=self.modelsFolder)
-            )
-            shutil.rmtree(staging)
-            shutil.copytree(experiment / "model", staging)
-            os.replace(staging, target)
-            return target
-
-        def event(e: dict) -> None:
-            self._recordTrainingEvent(e)
-            if onEvent is not None:
-                onEvent(e)
-
-        return self._start("train", arguments, finish, event, onFinished, folder, wait)
+    def _installModel(self, bundle: Path, target: Path) -> Path:
+        """Copy a trained bundle into the models folder as ``target``, whole or not at all."""
+        self.modelsFolder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=self.modelsFolder))
+        shutil.rmtree(staging)
+        shutil.copytree(bundle, staging)
+        os.replace(staging, target)
+        return target
 
     def cudaAvailable(self) -> bool | None:
         """Whether torch sees a CUDA GPU in this process; None when torch is not installed."""
@@ -692,25 +724,6 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         import torch
 
         return bool(torch.cuda.is_available())
-
-    def cpuTrainingEstimate(self, preset: str, iterations: int = 0) -> str:
-        """A rough duration of training on this computer's CPU (from the 2-core measurements)."""
-        its = iterations or {"small": 200, "paper": 6000}.get(preset, 6000)
-        seconds = (
-            CPU_SECONDS_PER_ITERATION.get(preset, 300.0)
-            * its
-            * 2
-            / max(1, min(os.cpu_count() or 1, 8))
-        )
-        if seconds < 120:
-            text = f"{seconds:.0f} s"
-        elif seconds < 7200:
-            text = f"{seconds / 60:.0f} min"
-        elif seconds < 172800:
-            text = f"{seconds / 3600:.0f} h"
-        else:
-            text = f"{seconds / 86400:.0f} days"
-        return f"about {text} on this CPU"
 
     # training curves: a table + chart in the scene, shown by the panel's plot widget
 
@@ -824,61 +837,15 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         """
         settings = self._settings(settings)
         single = volumeNodes is not None and not isinstance(volumeNodes, (list, tuple))
-        if model is None:
-            candidates = [m for m in self.listModels() if m.name == settings.modelName]
-            if not candidates:
-                raise RADASegmentError(
-                    f"no model named '{settings.modelName}' in {self.modelsFolder}: train one or pick a model"
-                )
-            model = candidates[0].path
+        model = model if model is not None else self._namedModel(settings.modelName)
         manifest = read_manifest(model)
         classes = {int(k): dict(v) for k, v in (manifest.get("classes") or {}).items()}
         self._checkClasses(model, classes, settings)
         entries = self._entries(volumeNodes)
         folder = self._newWorkFolder("segment")
-        images, sparse, used = [], [], set()
-        for entry in entries:
-            volume = self.volumeNode(entry)
-            caseId = _safe_id(volume.GetName(), used)
-            images.append(nodes.export_volume(volume, folder / "images" / f"{caseId}.nrrd"))
-            self.updatePlanes(volume)
-            if (
-                entry.annotated and usePaintedSlices
-            ):  # its own region prompt (METHOD: Era at inference)
-                segmentation = slicer.mrmlScene.GetNodeByID(entry.segmentationNodeID)
-                sparse.append(
-                    str(
-                        nodes.export_label_map(
-                            segmentation,
-                            {1: entry.segmentID},
-                            volume,
-                            folder / "sparse" / f"{caseId}.nrrd",
-                        )
-                    )
-                )
-            else:
-                sparse.append("-")
-            entry.predictionStatus = "running"
+        images, sparse = self._exportForSegment(entries, folder, usePaintedSlices)
         out = folder / "predictions"
-        device = settings.device
-        if device == "auto":
-            device = "cuda" if self.cudaAvailable() else "cpu"
-        arguments = [
-            "--model",
-            str(model),
-            "--out",
-            str(out),
-            "--stride",
-            settings.stride,
-            "--device",
-            device,
-        ]
-        if settings.largestComponent != "auto":  # auto: as the model's manifest recommends
-            arguments.append(
-                "--largest-component"
-                if settings.largestComponent == "on"
-                else "--no-largest-component"
-            )
+        arguments = self._segmentArguments(model, out, settings)
         for image, label in zip(images, sparse):
             arguments += ["--image", str(image), "--sparse-label", label]
 
@@ -899,15 +866,67 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
                 results.append(node)
             return results[0] if single else results
 
-        def finished(job: EngineJob) -> None:
-            if job.state != "succeeded":
-                for entry in entries:
-                    if entry.predictionStatus == "running":
-                        entry.predictionStatus = job.state
-            if onFinished is not None:
-                onFinished(job)
-
+        finished = _markEndedEntries(entries, "predictionStatus", onFinished)
         return self._start("segment", arguments, finish, onEvent, finished, folder, wait)
+
+    def _namedModel(self, modelName: str) -> str:
+        """The folder of the model called ``modelName`` in the models folder."""
+        candidates = [m for m in self.listModels() if m.name == modelName]
+        if not candidates:
+            raise RADASegmentError(
+                f"no model named '{modelName}' in {self.modelsFolder}: train one or pick a model"
+            )
+        return candidates[0].path
+
+    def _exportForSegment(
+        self, entries: list[CohortEntry], folder: Path, usePaintedSlices: bool
+    ) -> tuple[list[Path], list[str]]:
+        """Export each volume, and its painted slices where it has its own region prompt.
+
+        Returns the image files and, for each, its sparse label file or ``"-"`` (the model's
+        stored prompt). Each entry's prediction status becomes ``running``.
+        """
+        images, sparse, used = [], [], set()
+        for entry in entries:
+            volume = self.volumeNode(entry)
+            caseId = _safe_id(volume.GetName(), used)
+            images.append(nodes.export_volume(volume, folder / "images" / f"{caseId}.nrrd"))
+            self.updatePlanes(volume)
+            if entry.annotated and usePaintedSlices:  # its own region prompt (docs/method.md)
+                segmentation = slicer.mrmlScene.GetNodeByID(entry.segmentationNodeID)
+                label = nodes.export_label_map(
+                    segmentation, {1: entry.segmentID}, volume, folder / "sparse" / f"{caseId}.nrrd"
+                )
+                sparse.append(str(label))
+            else:
+                sparse.append("-")
+            entry.predictionStatus = "running"
+        return images, sparse
+
+    def _segmentArguments(
+        self, model: str | os.PathLike[str], out: Path, settings: RADASegmentSettings
+    ) -> list[str]:
+        """``rada predict``'s arguments for the model and settings, before the images."""
+        device = settings.device
+        if device == "auto":
+            device = "cuda" if self.cudaAvailable() else "cpu"
+        arguments = [
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            "--stride",
+            settings.stride,
+            "--device",
+            device,
+        ]
+        if settings.largestComponent != "auto":  # auto: as the model's manifest recommends
+            arguments.append(
+                "--largest-component"
+                if settings.largestComponent == "on"
+                else "--no-largest-component"
+            )
+        return arguments
 
     def _checkClasses(
         self, model: Any, classes: dict[int, dict], settings: RADASegmentSettings

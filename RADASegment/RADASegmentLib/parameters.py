@@ -25,7 +25,8 @@ class RADASegmentSettings:
     """What the user chooses in the panel (also the console API's keyword defaults).
 
     ``iterations`` 0 means the preset's own count (paper 6000, small 200). ``device`` ``auto``
-    trains on CUDA when present, else on CPU (with a warning and a time estimate).
+    trains on CUDA when present, else on CPU (with a warning; the time left shows once training
+    runs).
     ``largestComponent``: keep only the largest connected region of the segmented structure
     (``on``), every region (``off``), or as the model recommends (``auto``: on for structures
     that were one region in its training pseudo-labels).

@@ -65,6 +65,18 @@ def formatEvent(event: dict, kind: str = "") -> str:
     return ", ".join(parts)
 
 
+def cpuTrainingNote(preset: str) -> str:
+    """The device line's words for training on the CPU: no duration, the status line has it."""
+    if preset == "paper":
+        speed = "The paper preset is a GPU job: on a CPU it is far slower."
+    else:
+        speed = "A CUDA GPU is far faster."
+    return (
+        "training runs on the CPU; the time left shows in the status line once the first "
+        f"iterations have run. {speed}"
+    )
+
+
 def planeText(slices: list[int] | None) -> str:
     """Cohort-table cell for one plane: ``"✓ 42"`` when painted (slice indices), ``"—"`` when not."""
     if not slices:
@@ -321,7 +333,12 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
         return self._cuda
 
     def _updateDeviceWarning(self) -> None:
-        """Say where training runs; on the CPU, with the logic's time estimate."""
+        """Say where training runs; on the CPU, that the time left shows once training runs.
+
+        No duration is guessed here: how long an iteration takes depends on the computer. The
+        engine's progress events carry the time left, estimated from the iterations run so far,
+        and the status line shows it from the first logged iteration on.
+        """
         ui = self.ui
         device = ui.deviceComboBox.currentText
         cuda = self._cudaAvailable()
@@ -335,15 +352,8 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
                 "without a CUDA GPU training runs on the CPU."
             )
         else:
-            try:
-                estimate = self.logic.cpuTrainingEstimate(
-                    ui.presetComboBox.currentText, int(ui.iterationsSpinBox.value)
-                )
-            except Exception as exc:
-                log.warning("RADA: no CPU time estimate: %s", exc)
-                estimate = "time unknown"
             reason = "CPU chosen" if device == "cpu" else "No CUDA GPU found"
-            text = f"{reason}: training runs on the CPU, {estimate}. A CUDA GPU is far faster."
+            text = f"{reason}: {cpuTrainingNote(ui.presetComboBox.currentText)}"
         ui.deviceWarningLabel.setText(text)
 
     # ------------------------------------------------------------------ cohort

@@ -233,7 +233,7 @@ def machine_info(device: torch.device) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- main
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -274,28 +274,41 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=1, help="windows per forward")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--json", help="write all figures here")
-    args = parser.parse_args()
+    return parser
 
-    if args.threads:
-        torch.set_num_threads(int(args.threads))
-    device = torch.device(args.device)
-    if args.patch is not None and any(p % DOWNSAMPLING for p in args.patch):
-        parser.error(f"--patch sizes must be multiples of {DOWNSAMPLING}")
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _model(args: argparse.Namespace) -> tuple[Bundle, bool]:
+    """The ``--model`` bundle (trained: True), else a random-weight one of the paper configuration."""
     if args.model:
-        bundle = load_bundle(args.model)
-        trained = True
-    else:
-        bundle = random_bundle(args.patch or PAPER_PATCH)
-        trained = False
-    patch = bundle_patch(bundle, args.patch)
-    strides = {stride_name(s): s if s == WHOLE else resolve_stride(s, patch) for s in args.strides}
+        return load_bundle(args.model), True
+    return random_bundle(args.patch or PAPER_PATCH), False
+
+
+def _strides(
+    requested: Sequence[str | tuple[int, int, int]], patch: Sequence[int]
+) -> dict[str, Any]:
+    """Each requested stride by its name, resolved against ``patch`` and checked."""
+    strides = {stride_name(s): s if s == WHOLE else resolve_stride(s, patch) for s in requested}
     for stride in strides.values():
         if stride != WHOLE:
             check_stride(patch, stride)
-    cases = load_cases(args)
+    return strides
 
-    info = machine_info(device)
+
+def _print_setup(
+    info: dict[str, Any],
+    device: torch.device,
+    bundle: Bundle,
+    trained: bool,
+    patch: Sequence[int],
+    strides: dict[str, Any],
+    args: argparse.Namespace,
+) -> None:
     print(
         f"machine: {info['host']} {info['machine']}, {info['cores']} cores, {info['cpu']}; "
         f"torch {info['torch']}, {info['threads']} thread(s), device {info.get('gpu', device)}"
@@ -315,12 +328,9 @@ def main() -> int:
             "and are MEANINGLESS; only the timings and window counts mean something."
         )
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
 
-    # warm-up: one window through the same path (kernels, thread pools, layout conversion)
-    first = cases[0][1]
+def _warm_up(bundle: Bundle, first: Volume, patch: Sequence[int], device: torch.device) -> None:
+    """One window through the same path (kernels, thread pools, layout conversion), untimed."""
     warm = np.full(patch, float(first.array.min()), np.float32)
     block = centre_crop(first.array, patch)
     warm[tuple(slice(0, n) for n in block.shape)] = block
@@ -332,61 +342,76 @@ def main() -> int:
         device=device,
         batch_size=1,
     )
-    sync()
+    _sync(device)
 
+
+def _time_stride(
+    bundle: Bundle,
+    volume: Volume,
+    patch: Sequence[int],
+    stride: Any,
+    device: torch.device,
+    batch_size: int,
+) -> tuple[np.ndarray, float]:
+    """The plain argmax label map of one stride, and the seconds it took."""
+    _sync(device)
+    started = time.perf_counter()
+    prediction = predict_volume(
+        bundle,
+        volume,
+        patch=patch,
+        stride=stride,
+        device=device,
+        batch_size=batch_size,
+        largest_component=False,
+    )  # the plain argmax
+    _sync(device)
+    return prediction.label, time.perf_counter() - started
+
+
+def _case_rows(
+    bundle: Bundle,
+    case: tuple[str, Volume, np.ndarray | None],
+    patch: Sequence[int],
+    strides: dict[str, Any],
+    device: torch.device,
+    batch_size: int,
+) -> list[dict[str, Any]]:
+    """One row per stride for a case: windows, timings, Dice against the reference and truth."""
+    name, volume, truth = case
     reference = next(iter(strides))
+    labels: dict[str, np.ndarray] = {}
     rows: list[dict[str, Any]] = []
-    header = (
-        f"{'case':<22} {'stride':<12} {'windows':>7} {'s/volume':>9} {'s/window':>9} "
-        f"{'Dice vs ' + reference:>14} {'Dice truth':>10} {'Δ truth':>8}"
-    )
-    print("\n" + header, flush=True)
-    for name, volume, truth in cases:
-        labels: dict[str, np.ndarray] = {}
-        for sname, stride in strides.items():
-            sync()
-            started = time.perf_counter()
-            prediction = predict_volume(
-                bundle,
-                volume,
-                patch=patch,
-                stride=stride,
-                device=device,
-                batch_size=args.batch_size,
-                largest_component=False,
-            )  # the plain argmax
-            sync()
-            seconds = time.perf_counter() - started
-            labels[sname] = prediction.label
-            windows = 1 if stride == WHOLE else windows_per_volume(volume.shape, patch, stride)
-            row = {
-                "case": name,
-                "shape": list(volume.shape),
-                "stride_name": sname,
-                "stride": stride if stride == WHOLE else list(stride),
-                "windows": windows,
-                "seconds": seconds,
-                "seconds_per_window": seconds / windows,
-                "foreground_voxels": int(np.count_nonzero(prediction.label)),
-            }
-            # foreground Dice; None where both masks are empty (NaN)
-            row["dice_vs_reference"] = _number(dice(prediction.label, labels[reference]))
-            row["dice_truth"] = (
-                _number(dice(prediction.label, truth)) if truth is not None else None
-            )
-            rows.append(row)
-        ref_truth = next(
-            r["dice_truth"] for r in rows if r["case"] == name and r["stride_name"] == reference
+    for sname, stride in strides.items():
+        label, seconds = _time_stride(bundle, volume, patch, stride, device, batch_size)
+        labels[sname] = label
+        windows = 1 if stride == WHOLE else windows_per_volume(volume.shape, patch, stride)
+        row = {
+            "case": name,
+            "shape": list(volume.shape),
+            "stride_name": sname,
+            "stride": stride if stride == WHOLE else list(stride),
+            "windows": windows,
+            "seconds": seconds,
+            "seconds_per_window": seconds / windows,
+            "foreground_voxels": int(np.count_nonzero(label)),
+        }
+        # foreground Dice; None where both masks are empty (NaN)
+        row["dice_vs_reference"] = _number(dice(label, labels[reference]))
+        row["dice_truth"] = _number(dice(label, truth)) if truth is not None else None
+        rows.append(row)
+    ref_truth = next(r["dice_truth"] for r in rows if r["stride_name"] == reference)
+    for row in rows:
+        row["dice_truth_minus_reference"] = (
+            None
+            if row["dice_truth"] is None or ref_truth is None
+            else row["dice_truth"] - ref_truth
         )
-        for row in rows:
-            if row["case"] == name:
-                row["dice_truth_minus_reference"] = (
-                    None
-                    if row["dice_truth"] is None or ref_truth is None
-                    else row["dice_truth"] - ref_truth
-                )
-                print(_line(row), flush=True)
+    return rows
 
+
+def _summary(rows: list[dict[str, Any]], strides: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Means over the volumes per stride, and each stride's speed-up over the reference."""
     summary: dict[str, dict[str, Any]] = {}
     for sname in strides:
         mine = [r for r in rows if r["stride_name"] == sname]
@@ -398,16 +423,23 @@ def main() -> int:
             "dice_truth": _mean([r["dice_truth"] for r in mine]),
             "dice_truth_minus_reference": _mean([r["dice_truth_minus_reference"] for r in mine]),
         }
-    base = summary[reference]["seconds_per_volume"]
-    print(f"\nmean over {len(cases)} volume(s)")
+    base = summary[next(iter(strides))]["seconds_per_volume"]
+    for s in summary.values():
+        s["speedup_vs_reference"] = (
+            base / s["seconds_per_volume"] if s["seconds_per_volume"] > 0 else float("nan")
+        )
+    return summary
+
+
+def _print_summary(
+    summary: dict[str, dict[str, Any]], reference: str, cases: int, trained: bool
+) -> None:
+    print(f"\nmean over {cases} volume(s)")
     print(
         f"{'stride':<12} {'windows':>8} {'s/volume':>9} {'speed-up':>9} {'Dice vs ' + reference:>14} "
         f"{'Dice truth':>10} {'Δ truth':>8}"
     )
     for sname, s in summary.items():
-        s["speedup_vs_reference"] = (
-            base / s["seconds_per_volume"] if s["seconds_per_volume"] > 0 else float("nan")
-        )
         print(
             f"{sname:<12} {s['windows_per_volume']:>8.1f} {s['seconds_per_volume']:>9.2f} "
             f"{'x' + format(s['speedup_vs_reference'], '.2f'):>9} {_fmt(s['dice_vs_reference'], 14)} "
@@ -415,6 +447,42 @@ def main() -> int:
         )
     if not trained:
         print("(random weights: the Dice columns are meaningless without a trained --model)")
+
+
+def main() -> int:
+    parser = build_parser()
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(int(args.threads))
+    device = torch.device(args.device)
+    if args.patch is not None and any(p % DOWNSAMPLING for p in args.patch):
+        parser.error(f"--patch sizes must be multiples of {DOWNSAMPLING}")
+
+    bundle, trained = _model(args)
+    patch = bundle_patch(bundle, args.patch)
+    strides = _strides(args.strides, patch)
+    cases = load_cases(args)
+
+    info = machine_info(device)
+    _print_setup(info, device, bundle, trained, patch, strides, args)
+    _warm_up(bundle, cases[0][1], patch, device)
+
+    reference = next(iter(strides))
+    rows: list[dict[str, Any]] = []
+    header = (
+        f"{'case':<22} {'stride':<12} {'windows':>7} {'s/volume':>9} {'s/window':>9} "
+        f"{'Dice vs ' + reference:>14} {'Dice truth':>10} {'Δ truth':>8}"
+    )
+    print("\n" + header, flush=True)
+    for case in cases:
+        case_rows = _case_rows(bundle, case, patch, strides, device, args.batch_size)
+        for row in case_rows:
+            print(_line(row), flush=True)
+        rows += case_rows
+
+    summary = _summary(rows, strides)
+    _print_summary(summary, reference, len(cases), trained)
 
     if args.json:
         Path(args.json).write_text(

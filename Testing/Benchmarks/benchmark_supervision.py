@@ -144,7 +144,7 @@ def mean_over(values: dict[str, float], ids: Sequence[str]) -> float | None:
     return float(np.mean([values[i] for i in ids])) if ids else None
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("rada-supervision"))
     parser.add_argument("--sources", default=",".join(SOURCES))
@@ -176,18 +176,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "--threads",
         type=int,
         default=1,
-        help="torch CPU threads (1 was as fast as 2 on the 2-core VM)",
+        help="torch CPU threads (timings by thread count: Testing/Benchmarks/RESULTS.md)",
     )
     parser.add_argument(
         "--workers", type=int, default=0, help="ANTs registration processes (0: one per core)"
     )
     parser.add_argument("--json", type=Path)
-    args = parser.parse_args(argv)
-    sources = [s.strip() for s in args.sources.split(",") if s.strip()]
-    unknown = sorted(set(sources) - set(SOURCES))
-    if unknown:
-        parser.error(f"unknown source(s) {', '.join(unknown)}; choose among {', '.join(SOURCES)}")
+    return parser
 
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The ``small`` preset on the CPU with the command line's changes."""
     changes: dict[str, Any] = {"device": "cpu", "threads": args.threads}
     if args.iterations:
         changes["iterations"] = args.iterations
@@ -196,60 +195,47 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.base_filters:
         changes["network.base_filters"] = args.base_filters
     changes.update(dict(args.settings))
-    config: TrainConfig = preset("small", **changes)
-    torch.set_num_threads(args.threads)
+    return preset("small", **changes)
 
-    out = args.out.resolve()
-    if args.cohort:
-        cohort = load_cohort(args.cohort)
-        without = [c.id for c in cohort.labeled if c.dense_label is None]
-        if without:
-            raise InputError(
-                args.cohort,
-                f"labeled case(s) without a dense label: {', '.join(without)} "
-                "(the truth source and the scores need one)",
-            )
-    else:
-        cohort = write_synthetic_cohort(
+
+def benchmark_cohort(args: argparse.Namespace, out: Path) -> Cohort:
+    """``--cohort`` (its labeled cases must have dense labels), else a synthetic cohort."""
+    if not args.cohort:
+        return write_synthetic_cohort(
             out / "data", args.cases, args.labeled, args.seed, SyntheticConfig()
         )
-    propagation_config = PropagationConfig()
-    ensure_propagation(cohort, out / "propagation", propagation_config, out / "cache", args.workers)
-    embeddings = cohort_embeddings(
-        cohort,
-        out / "propagation",
-        out,
-        cache_dir=out / "cache",
-        use_mask=config.region_mode != "no_mask",
-    )
-    labeled, unlabeled = load_training_cases(
-        cohort, out / "propagation", label_source=config.label_source
-    )
-    scored = scored_cases(cohort, args.eval_cases)
+    cohort = load_cohort(args.cohort)
+    without = [c.id for c in cohort.labeled if c.dense_label is None]
+    if without:
+        raise InputError(
+            args.cohort,
+            f"labeled case(s) without a dense label: {', '.join(without)} "
+            "(the truth source and the scores need one)",
+        )
+    return cohort
+
+
+def label_tables(
+    cohort: Cohort, scored: Sequence, propagation: Path, config: PropagationConfig
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The truth of each scored volume, the fused pseudo-label of each labeled one, and each
+    scored volume's normalised image."""
     truths = {
         c.id: (read_volume(c.dense_label, "label").array > 0).astype(np.uint8) for c in scored
     }
     fused = {
-        c.id: load_case_result(out / "propagation" / "cases" / c.id).fused(
-            propagation_config.fusion, propagation_config.fusion_alpha
+        c.id: load_case_result(propagation / "cases" / c.id).fused(
+            config.fusion, config.fusion_alpha
         )
         for c in cohort.labeled
     }
     images = {c.id: normalize_intensity(read_volume(c.image, "image").array) for c in scored}
-    labeled_ids = [c.id for c in cohort.labeled]
-    other_ids = [c.id for c in scored if not c.labeled]
-    other = "validation" if cohort.validation else "unlabeled"  # what the second score is of
-    pseudo_dice = float(np.mean([dice(fused[i], truths[i]) for i in labeled_ids]))
+    return truths, fused, images
 
-    print(
-        f"{len(labeled)} labeled + {len(unlabeled)} unlabeled training volumes; scored: the labeled ones and "
-        f"{len(other_ids)} {other} volume(s); fused pseudo-label "
-        f"Dice on the labeled ones {pseudo_dice:.3f}; training: patch {config.patch}, base "
-        f"{config.network.base_filters}, {config.iterations} iterations, {config.labeled_batch}+"
-        f"{config.unlabeled_batch} per batch; encoders pretrained: {embeddings.pretrained}",
-        flush=True,
-    )
-    # the prompt at evaluation as training saw it: an ablated embedding is None (zeros in the Adapter)
+
+def evaluation_prompt(embeddings, config: TrainConfig) -> tuple[Any, Any]:
+    """The text and region prompt at evaluation as training saw them (None where ablated)."""
+    # an ablated embedding is None (zeros in the Adapter)
     text = torch.as_tensor(embeddings.text, dtype=torch.float32)[None] if config.use_text else None
     region_mean = (
         embeddings.region_mean(list(config.visual_planes)) if config.region_mode != "none" else None
@@ -257,45 +243,54 @@ def main(argv: Sequence[str] | None = None) -> dict:
     region = (
         None if region_mean is None else torch.as_tensor(region_mean, dtype=torch.float32)[None]
     )
-    tag = "".join(
-        f"+{key}={v if isinstance(v, str) else json.dumps(v)}" for key, v in args.settings
-    )  # a folder per setting
-    results: dict[str, Any] = {}
-    for source in sources:
-        started = time.perf_counter()
-        run = train_on_cases(
-            config,
-            supervision(source, labeled, truths, fused),
-            unlabeled,
-            embeddings.text,
-            embeddings.regions,
-            out / "runs" / f"{source}{tag}",
-            resume=False,
-        )
-        seconds = time.perf_counter() - started
-        labels = {
-            c.id: segment(run.model, images[c.id], text, region, config.patch) for c in scored
-        }
-        scores = {i: dice(label, truths[i]) for i, label in labels.items()}
-        kept = {i: dice(keep_largest_component(label), truths[i]) for i, label in labels.items()}
-        results[source] = {
-            "dice_labeled": mean_over(scores, labeled_ids),
-            f"dice_{other}": mean_over(scores, other_ids),
-            "dice_largest_component_labeled": mean_over(kept, labeled_ids),
-            f"dice_largest_component_{other}": mean_over(kept, other_ids),
-            "per_case": scores,
-            "per_case_largest_component": kept,
-            "train_seconds": round(seconds, 1),
-            "final_loss_sup": run.history[-1]["loss_sup"] if run.history else None,
-        }
-        r = results[source]
-        held = r[f"dice_{other}"]
-        print(
-            f"{source:>6}: Dice labeled {r['dice_labeled']:.3f}, {other} "
-            f"{'-' if held is None else round(held, 3)} ({seconds:.0f} s of training)",
-            flush=True,
-        )
+    return text, region
 
+
+def source_scores(
+    run,
+    scored: Sequence,
+    images: dict[str, np.ndarray],
+    truths: dict[str, np.ndarray],
+    prompt: tuple[Any, Any],
+    patch: Sequence[int],
+    groups: dict[str, Sequence[str]],
+) -> dict[str, Any]:
+    """Dice of a trained run on the scored volumes, per case and averaged over each group.
+
+    ``groups`` maps a group name (``labeled``, then the other scored volumes') to its case ids;
+    the keys: ``dice_<group>`` each, then ``dice_largest_component_<group>`` each, then per case.
+    """
+    text, region = prompt
+    labels = {c.id: segment(run.model, images[c.id], text, region, patch) for c in scored}
+    scores = {i: dice(label, truths[i]) for i, label in labels.items()}
+    kept = {i: dice(keep_largest_component(label), truths[i]) for i, label in labels.items()}
+    result: dict[str, Any] = {
+        f"dice_{name}": mean_over(scores, ids) for name, ids in groups.items()
+    }
+    for name, ids in groups.items():
+        result[f"dice_largest_component_{name}"] = mean_over(kept, ids)
+    result["per_case"], result["per_case_largest_component"] = scores, kept
+    return result
+
+
+def machine(threads: int) -> str:
+    """This computer and torch, for the report."""
+    return (
+        f"{platform.node()} ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
+        f"{threads} thread(s)"
+    )
+
+
+def training_text(config: TrainConfig) -> str:
+    """``training: patch ..., base ..., N iterations, L+U per batch``."""
+    return (
+        f"training: patch {config.patch}, base {config.network.base_filters}, "
+        f"{config.iterations} iterations, {config.labeled_batch}+{config.unlabeled_batch} per batch"
+    )
+
+
+def print_table(results: dict[str, Any], other: str, pseudo_dice: float) -> None:
+    """Each source's Dice, its ratio to the truth source's, and with the largest component kept."""
     print(
         f"\nsource   labeled  {other:>10}  ratio to truth (labeled / {other})  largest component (labeled / {other})"
     )
@@ -314,9 +309,79 @@ def main(argv: Sequence[str] | None = None) -> dict:
             f"{r['dice_largest_component_labeled']:.3f} / {kept_unl}"
         )
     print(f"fused pseudo-labels (labeled volumes): {pseudo_dice:.3f}")
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    sources = [s.strip() for s in args.sources.split(",") if s.strip()]
+    unknown = sorted(set(sources) - set(SOURCES))
+    if unknown:
+        parser.error(f"unknown source(s) {', '.join(unknown)}; choose among {', '.join(SOURCES)}")
+
+    config = train_config(args)
+    torch.set_num_threads(args.threads)
+
+    out = args.out.resolve()
+    cohort = benchmark_cohort(args, out)
+    propagation_config = PropagationConfig()
+    ensure_propagation(cohort, out / "propagation", propagation_config, out / "cache", args.workers)
+    embeddings = cohort_embeddings(
+        cohort,
+        out / "propagation",
+        out,
+        cache_dir=out / "cache",
+        use_mask=config.region_mode != "no_mask",
+    )
+    labeled, unlabeled = load_training_cases(
+        cohort, out / "propagation", label_source=config.label_source
+    )
+    scored = scored_cases(cohort, args.eval_cases)
+    truths, fused, images = label_tables(cohort, scored, out / "propagation", propagation_config)
+    labeled_ids = [c.id for c in cohort.labeled]
+    other_ids = [c.id for c in scored if not c.labeled]
+    other = "validation" if cohort.validation else "unlabeled"  # what the second score is of
+    pseudo_dice = float(np.mean([dice(fused[i], truths[i]) for i in labeled_ids]))
+
+    print(
+        f"{len(labeled)} labeled + {len(unlabeled)} unlabeled training volumes; scored: the labeled ones and "
+        f"{len(other_ids)} {other} volume(s); fused pseudo-label "
+        f"Dice on the labeled ones {pseudo_dice:.3f}; {training_text(config)}; "
+        f"encoders pretrained: {embeddings.pretrained}",
+        flush=True,
+    )
+    prompt = evaluation_prompt(embeddings, config)
+    tag = "".join(
+        f"+{key}={v if isinstance(v, str) else json.dumps(v)}" for key, v in args.settings
+    )  # a folder per setting
+    groups = {"labeled": labeled_ids, other: other_ids}
+    results: dict[str, Any] = {}
+    for source in sources:
+        started = time.perf_counter()
+        run = train_on_cases(
+            config,
+            supervision(source, labeled, truths, fused),
+            unlabeled,
+            embeddings.text,
+            embeddings.regions,
+            out / "runs" / f"{source}{tag}",
+            resume=False,
+        )
+        seconds = time.perf_counter() - started
+        r = source_scores(run, scored, images, truths, prompt, config.patch, groups)
+        r["train_seconds"] = round(seconds, 1)
+        r["final_loss_sup"] = run.history[-1]["loss_sup"] if run.history else None
+        results[source] = r
+        held = r[f"dice_{other}"]
+        print(
+            f"{source:>6}: Dice labeled {r['dice_labeled']:.3f}, {other} "
+            f"{'-' if held is None else round(held, 3)} ({seconds:.0f} s of training)",
+            flush=True,
+        )
+
+    print_table(results, other, pseudo_dice)
     report = {
-        "machine": f"{platform.node()} ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
-        f"{args.threads} thread(s)",
+        "machine": machine(args.threads),
         "config": config.to_dict(),
         "cohort": str(args.cohort) if args.cohort else "synthetic",
         "cases": len(cohort.cases),

@@ -474,7 +474,7 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -518,37 +518,32 @@ def main() -> int:
         "--in-process", action="store_true", help="run both variants in this process (plain first)"
     )
     parser.add_argument("--json", help="write all figures here")
-    args = parser.parse_args()
+    return parser
 
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        print("--device cuda asked for, but no CUDA GPU is available", file=sys.stderr)
-        return 1
+
+def run_settings(args: argparse.Namespace, device: str) -> dict[str, Any]:
+    """What each variant's run needs (a plain dict: it travels to a fresh process)."""
     cuda = device == "cuda"
-    iterations = args.iterations if args.iterations is not None else (5 if cuda else 2)
-    warmup = args.warmup if args.warmup is not None else (3 if cuda else 1)
-    if iterations < 1 or warmup < 0:
-        parser.error("--iterations must be >= 1 and --warmup >= 0")
-    settings = {
+    return {
         "preset": args.preset,
         "device": device,
-        "iterations": iterations,
-        "warmup": warmup,
+        "iterations": args.iterations if args.iterations is not None else (5 if cuda else 2),
+        "warmup": args.warmup if args.warmup is not None else (3 if cuda else 1),
         "patch": list(args.patch) if args.patch else None,
         "threads": args.threads,
         "data": args.data,
         "compile": args.compile,
         "strict_fp32": args.strict_fp32,
     }
-    config = build_config(settings)
 
-    info = machine_info(device)
+
+def print_setup(
+    info: dict[str, Any], config: TrainConfig, settings: dict[str, Any], args: argparse.Namespace
+) -> None:
     print(f"machine: {info['host']} {info['machine']}, {info['cores']} cores, {info['cpu']}")
     print(
         f"device: {info.get('gpu', 'cpu')}"
-        + (f" (CUDA {info['cuda']}, cuDNN {info['cudnn']})" if cuda else "")
+        + (f" (CUDA {info['cuda']}, cuDNN {info['cudnn']})" if settings["device"] == "cuda" else "")
         + f"; torch {info['torch']}, python {info['python']}"
     )
     print(
@@ -558,22 +553,14 @@ def main() -> int:
     )
     print(
         f"data: {'LA2018 ' + args.data if args.data else 'synthetic LA-sized volumes'}; "
-        f"{warmup} warm-up + {iterations} measured iteration(s) per variant, "
+        f"{settings['warmup']} warm-up + {settings['iterations']} measured iteration(s) per variant, "
         f"{'in this process' if args.in_process else 'each variant in a fresh process'}",
         flush=True,
     )
 
-    results: dict[str, dict[str, Any]] = {}
-    for variant in VARIANTS:  # plain first: the engine sets global backend flags
-        results[variant] = (
-            run_variant(variant, settings) if args.in_process else run_isolated(variant, settings)
-        )
-        r = results[variant]
-        print(
-            f"  {variant}: {r['s_per_it']:.3f} s/it, peak {_mib(r['peak_bytes'])}, {r['threads']} torch thread(s)",
-            flush=True,
-        )
 
+def print_comparison(results: dict[str, dict[str, Any]], cuda: bool) -> tuple[float, float]:
+    """The variants side by side; returns the engine's speed-up and the plain/engine memory ratio."""
     plain, engine = results["plain"], results["engine"]
     speedup = engine["it_per_s"] / plain["it_per_s"]
     memory_ratio = (
@@ -599,6 +586,39 @@ def main() -> int:
         f"\nspeed-up engine/plain: x{speedup:.2f}; peak memory plain/engine: x{memory_ratio:.2f} "
         f"({engine['memory_kind']})"
     )
+    return speedup, memory_ratio
+
+
+def main() -> int:
+    parser = build_parser()
+    args = parser.parse_args()
+
+    device = args.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        print("--device cuda asked for, but no CUDA GPU is available", file=sys.stderr)
+        return 1
+    settings = run_settings(args, device)
+    if settings["iterations"] < 1 or settings["warmup"] < 0:
+        parser.error("--iterations must be >= 1 and --warmup >= 0")
+    config = build_config(settings)
+
+    info = machine_info(device)
+    print_setup(info, config, settings, args)
+
+    results: dict[str, dict[str, Any]] = {}
+    for variant in VARIANTS:  # plain first: the engine sets global backend flags
+        results[variant] = (
+            run_variant(variant, settings) if args.in_process else run_isolated(variant, settings)
+        )
+        r = results[variant]
+        print(
+            f"  {variant}: {r['s_per_it']:.3f} s/it, peak {_mib(r['peak_bytes'])}, {r['threads']} torch thread(s)",
+            flush=True,
+        )
+
+    speedup, memory_ratio = print_comparison(results, device == "cuda")
     if args.json:
         Path(args.json).write_text(
             json.dumps(

@@ -57,35 +57,54 @@ def _set_string_property(widget: ET.Element, name: str, value: str) -> None:
     ET.SubElement(prop, "string").text = value
 
 
+def _as_group_box(widget: ET.Element) -> None:
+    """ctkCollapsibleButton: its text becomes a group box title, with a ▸/▾ marker."""
+    collapsed = widget.find("property[@name='collapsed']")
+    is_collapsed = collapsed is not None and collapsed.findtext("bool") == "true"
+    title = _string_property(widget, "text") or ""
+    for prop in widget.findall("property"):
+        if prop.get("name") in ("text", "collapsed"):
+            widget.remove(prop)
+    _set_string_property(widget, "title", ("▸ " if is_collapsed else "▾ ") + title)
+    if is_collapsed:
+        for layout in widget.findall("layout"):
+            widget.remove(layout)
+        _set_string_property(widget, "styleSheet", "QGroupBox { min-height: 18px; }")
+
+
+def _as_combo_box(widget: ET.Element) -> None:
+    """qMRMLNodeComboBox: a plain combo box showing an example node name."""
+    for prop in widget.findall("property"):
+        if prop.get("name") not in ("toolTip", "enabled"):
+            widget.remove(prop)
+    item = ET.SubElement(widget, "item")
+    text = "case03" if widget.get("name") == "volumeSelector" else "(whole volume)"
+    ET.SubElement(ET.SubElement(item, "property", name="text"), "string").text = text
+
+
+def _as_line_edit(widget: ET.Element) -> None:
+    """ctkPathLineEdit: a line edit with a placeholder."""
+    for prop in widget.findall("property[@name='nameFilters']"):
+        widget.remove(prop)
+    _set_string_property(widget, "placeholderText", "(none: download if allowed)")
+
+
+REWRITES = {
+    "ctkCollapsibleButton": _as_group_box,
+    "qMRMLNodeComboBox": _as_combo_box,
+    "ctkPathLineEdit": _as_line_edit,
+}
+"""Slicer classes whose properties are rewritten for the plain Qt class drawn in their place."""
+
+
 def rewrite_ui(source: Path) -> str:
     """The .ui's XML with Slicer's classes replaced by plain Qt ones (see module docstring)."""
     tree = ET.parse(source)
     root = tree.getroot()
     for widget in root.iter("widget"):
         cls = widget.get("class")
-        if cls == "ctkCollapsibleButton":
-            collapsed = widget.find("property[@name='collapsed']")
-            is_collapsed = collapsed is not None and collapsed.findtext("bool") == "true"
-            title = _string_property(widget, "text") or ""
-            for prop in widget.findall("property"):
-                if prop.get("name") in ("text", "collapsed"):
-                    widget.remove(prop)
-            _set_string_property(widget, "title", ("▸ " if is_collapsed else "▾ ") + title)
-            if is_collapsed:
-                for layout in widget.findall("layout"):
-                    widget.remove(layout)
-                _set_string_property(widget, "styleSheet", "QGroupBox { min-height: 18px; }")
-        elif cls == "qMRMLNodeComboBox":
-            for prop in widget.findall("property"):
-                if prop.get("name") not in ("toolTip", "enabled"):
-                    widget.remove(prop)
-            item = ET.SubElement(widget, "item")
-            text = "case03" if widget.get("name") == "volumeSelector" else "(whole volume)"
-            ET.SubElement(ET.SubElement(item, "property", name="text"), "string").text = text
-        elif cls == "ctkPathLineEdit":
-            for prop in widget.findall("property[@name='nameFilters']"):
-                widget.remove(prop)
-            _set_string_property(widget, "placeholderText", "(none: download if allowed)")
+        if cls in REWRITES:
+            REWRITES[cls](widget)
         if cls in REPLACEMENTS:
             widget.set("class", REPLACEMENTS[cls])
     for custom in root.findall("customwidgets"):
@@ -97,17 +116,11 @@ def rewrite_ui(source: Path) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ui", type=Path, default=UI_FILE)
-    parser.add_argument("--out", type=Path, default=OUTPUT)
-    parser.add_argument("--width", type=int, default=420)
-    args = parser.parse_args(argv)
-
-    from PySide6.QtCore import QFile, QIODevice, QPointF, Qt
+def _plot_widget_class() -> type:
+    """Stand-in for Slicer's qMRMLPlotWidget (a PySide6 class, made once PySide6 is imported)."""
+    from PySide6.QtCore import QPointF, Qt
     from PySide6.QtGui import QColor, QPainter, QPen, QPolygonF
-    from PySide6.QtUiTools import QUiLoader
-    from PySide6.QtWidgets import QAbstractItemView, QApplication, QFrame, QHeaderView, QWidget
+    from PySide6.QtWidgets import QFrame
 
     class qMRMLPlotWidget(QFrame):  # noqa: N801 - the .ui's class name
         """Stand-in for Slicer's plot view: an example loss (red) and Dice (blue) curve."""
@@ -150,30 +163,32 @@ def main(argv: list[str] | None = None) -> int:
             painter.drawText(area.right() - 70, area.top() + 26, "Dice")
             painter.end()
 
-    app = QApplication.instance() or QApplication(sys.argv[:1])
+    return qMRMLPlotWidget
+
+
+def _load_panel(ui: Path) -> tuple[object, object]:
+    """The panel built from the rewritten .ui (None when it cannot load), and the loader."""
+    from PySide6.QtCore import QFile, QIODevice
+    from PySide6.QtUiTools import QUiLoader
+
     with tempfile.TemporaryDirectory() as folder:
         plain_ui = Path(folder) / "panel.ui"
-        plain_ui.write_text(rewrite_ui(args.ui), encoding="utf-8")
+        plain_ui.write_text(rewrite_ui(ui), encoding="utf-8")
         loader = QUiLoader()
-        loader.registerCustomWidget(qMRMLPlotWidget)
+        loader.registerCustomWidget(_plot_widget_class())
         qfile = QFile(str(plain_ui))
         qfile.open(QIODevice.ReadOnly)
         panel = loader.load(qfile)
         qfile.close()
-    if panel is None:
-        print(f"could not load {args.ui}: {loader.errorString()}", file=sys.stderr)
-        return 1
+    return panel, loader
 
-    def child(name):
-        found = panel.findChild(QWidget, name)
-        if found is None:
-            raise SystemExit(f"{args.ui} has no widget {name!r}")
-        return found
 
-    table = child("cohortTable")
+def _fill_cohort_table(table) -> None:
+    """The example rows, the third selected, sized to show every row without scrolling."""
+    from PySide6.QtCore import Qt
+    from PySide6.QtWidgets import QAbstractItemView, QHeaderView, QTableWidgetItem
+
     table.setRowCount(len(EXAMPLE_ROWS))
-    from PySide6.QtWidgets import QTableWidgetItem
-
     for row, values in enumerate(EXAMPLE_ROWS):
         for column, text in enumerate(values):
             item = QTableWidgetItem(text)
@@ -197,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
         + 2 * table.frameWidth()
     )
 
+
+def _show_training_in_progress(child) -> None:
+    """Example settings, and the panel as it looks while a training run is in progress."""
     child("structureNameLineEdit").setText("left atrium")
     child("planeStatusLabel").setText(
         "case03: still to mark: coronal, axial (marked: sagittal 44)."
@@ -223,6 +241,31 @@ def main(argv: list[str] | None = None) -> int:
     progress.setRange(0, 6000)
     progress.setValue(1200)
     child("statusLabel").setText("train: 1200/6000, loss 0.41, dice 0.78, ETA 1h12m")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ui", type=Path, default=UI_FILE)
+    parser.add_argument("--out", type=Path, default=OUTPUT)
+    parser.add_argument("--width", type=int, default=420)
+    args = parser.parse_args(argv)
+
+    from PySide6.QtWidgets import QApplication, QWidget
+
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    panel, loader = _load_panel(args.ui)
+    if panel is None:
+        print(f"could not load {args.ui}: {loader.errorString()}", file=sys.stderr)
+        return 1
+
+    def child(name):
+        found = panel.findChild(QWidget, name)
+        if found is None:
+            raise SystemExit(f"{args.ui} has no widget {name!r}")
+        return found
+
+    _fill_cohort_table(child("cohortTable"))
+    _show_training_in_progress(child)
 
     panel.setFixedWidth(args.width)
     panel.adjustSize()

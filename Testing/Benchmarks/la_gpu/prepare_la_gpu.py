@@ -157,7 +157,7 @@ def build_cohort(data: Path, labeled: int, validation: int, prep: Path) -> Cohor
     return Cohort(source.name, cases, dict(source.classes))
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
         "--data", default=str(ROOT.parent / "shared" / "data" / "LA2018"), help="LA2018 folder"
@@ -187,7 +187,112 @@ def main() -> None:
         default=2,
         help="copy .devcarry/la*/ into this many balanced carry folders (0: leave them as they are)",
     )
-    args = parser.parse_args()
+    return parser
+
+
+def embed_cohort(real: Cohort, work: Path, cache_dir: Path, arch: str):
+    """The cohort's embeddings from the frozen encoders (cached), with a line saying how."""
+    from RADALib.embeddings import compute_embeddings
+    from RADALib.encoders import EmbeddingCache, EncoderConfig, RegionAwareDualEncoder
+
+    step = time.perf_counter()
+    encoder = RegionAwareDualEncoder.from_config(EncoderConfig(arch=arch))
+    embeddings = compute_embeddings(
+        real, work / "propagation", encoder, EmbeddingCache(cache_dir / "embeddings"), use_mask=True
+    )
+    embedding_seconds = time.perf_counter() - step
+    random = [tower for tower, ok in embeddings.pretrained.items() if not ok]
+    print(
+        f"embeddings: {embedding_seconds:.1f} s, arch {arch}, text {embeddings.text.shape}, "
+        f"regions {len(embeddings.regions)} cases x {sorted(next(iter(embeddings.regions.values())))}; "
+        + (f"RANDOM weights: {', '.join(random)}" if random else "pretrained weights")
+    )
+    return embeddings
+
+
+def copy_propagation(source: Path, target: Path) -> None:
+    """A case's propagation result, its label maps stored as uint8 (lossless: class values 0..255)."""
+    from RADALib.atomic import write_npz_atomic
+
+    target.mkdir(parents=True)
+    with np.load(source / "propagation.npz", allow_pickle=False) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    for name, array in arrays.items():
+        if name.startswith("label_") or name == "sparse":
+            if array.min() < 0 or array.max() > 255:
+                raise SystemExit(f"{source}: {name} holds values outside 0..255")
+            arrays[name] = array.astype(np.uint8)
+    write_npz_atomic(target / "propagation.npz", arrays, compress=True)
+    shutil.copy2(source / "case.json", target / "case.json")
+
+
+def split_manifest(
+    real: Cohort,
+    data: Path,
+    config: PropagationConfig,
+    propagation_seconds: float,
+    arch: str,
+    embeddings,
+) -> dict:
+    """``split.json``: the split, each label's shape and digest, and how the prep was made."""
+    digests, shapes = {}, {}
+    for case in real.cases:
+        label = read_volume(case.dense_label, "label").array
+        digests[case.id] = label_digest(label)
+        shapes[case.id] = list(label.shape)
+    return {
+        "format": PREP_FORMAT,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "source": str(data.resolve()),
+        "classes": {str(k): v for k, v in real.classes.items()},
+        "spacing_mm": [LA_SPACING_MM] * 3,
+        "labeled": [c.id for c in real.labeled],
+        "unlabeled": [c.id for c in real.unlabeled],
+        "validation": [c.id for c in real.validation],
+        "shapes": shapes,
+        "label_sha256": digests,
+        "propagation_config": config.to_dict(),
+        "propagation_seconds": round(propagation_seconds, 1),
+        "encoder": {
+            "arch": arch,
+            "pretrained": embeddings.pretrained,
+            "region_mode": "alpha",
+            "prompts": embeddings.prompts,
+        },
+    }
+
+
+def report_sizes(prep: Path, devcarry: Path, carry_groups: int) -> None:
+    """The prep bundle's files, the working tree's size, and each device call's carried bytes."""
+    print("\nprep bundle:")
+    for file in sorted(p for p in prep.rglob("*") if p.is_file()):
+        print(f"  {file.relative_to(prep)}: {file.stat().st_size / 1024:.1f} KiB")
+    prep_bytes = folder_bytes(prep)
+    print(f"  total {prep_bytes / MIB:.2f} MiB")
+
+    tree = tree_bytes(ROOT)
+    print(
+        f"\nworking tree that travels with every device call (tracked + untracked, not ignored): {tree / MIB:.2f} MiB"
+    )
+    if carry_groups > 0:
+        folders = regroup_chunks(devcarry, carry_groups)
+        print("carry groups (copies of .devcarry/la*/, balanced):")
+        for number, folder in enumerate(folders):
+            size = folder_bytes(folder)
+            extra = prep_bytes if number == 0 else 0
+            total = tree + size + extra
+            what = f".devcarry/{folder.name}" + (" + .devcarry/prep" if number == 0 else "")
+            flag = "OK" if total < 64 * MIB else "OVER the 64 MiB limit"
+            print(
+                f"  call {number + 1}: {what}: {(size + extra) / MIB:.2f} MiB carried, "
+                f"{total / MIB:.2f} MiB with the tree ({flag}); {len(list(folder.glob('*.json')))} cases"
+            )
+    for chunk in sorted(devcarry.glob("la[0-9]*")):
+        print(f"  (3-call plan) .devcarry/{chunk.name}: {folder_bytes(chunk) / MIB:.2f} MiB")
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     started = time.perf_counter()
     data, prep, work = Path(args.data), Path(args.out), Path(args.work)
@@ -215,97 +320,23 @@ def main() -> None:
     print(f"propagation: {propagation_seconds:.1f} s (cache {cache_dir / 'propagation'})")
 
     # 3. embeddings (frozen encoders, cached)
-    from RADALib.embeddings import compute_embeddings
-    from RADALib.encoders import EmbeddingCache, EncoderConfig, RegionAwareDualEncoder
-
-    step = time.perf_counter()
-    encoder = RegionAwareDualEncoder.from_config(EncoderConfig(arch=args.arch))
-    embeddings = compute_embeddings(
-        real, work / "propagation", encoder, EmbeddingCache(cache_dir / "embeddings"), use_mask=True
-    )
-    embedding_seconds = time.perf_counter() - step
-    random = [tower for tower, ok in embeddings.pretrained.items() if not ok]
-    print(
-        f"embeddings: {embedding_seconds:.1f} s, arch {args.arch}, text {embeddings.text.shape}, "
-        f"regions {len(embeddings.regions)} cases x {sorted(next(iter(embeddings.regions.values())))}; "
-        + (f"RANDOM weights: {', '.join(random)}" if random else "pretrained weights")
-    )
+    embeddings = embed_cohort(real, work, cache_dir, args.arch)
 
     # 4. the prep bundle
     if prep.exists():
         shutil.rmtree(prep)
     (prep / "propagation" / "cases").mkdir(parents=True)
-    from RADALib.atomic import write_npz_atomic
-
     for case in real.labeled:
-        source = work / "propagation" / "cases" / case.id
-        target = prep / "propagation" / "cases" / case.id
-        target.mkdir(parents=True)
-        with np.load(source / "propagation.npz", allow_pickle=False) as npz:
-            arrays = {name: npz[name] for name in npz.files}
-        for name, array in arrays.items():  # labels as uint8 (lossless: class values 0..255)
-            if name.startswith("label_") or name == "sparse":
-                if array.min() < 0 or array.max() > 255:
-                    raise SystemExit(f"{source}: {name} holds values outside 0..255")
-                arrays[name] = array.astype(np.uint8)
-        write_npz_atomic(target / "propagation.npz", arrays, compress=True)
-        shutil.copy2(source / "case.json", target / "case.json")
+        copy_propagation(
+            work / "propagation" / "cases" / case.id, prep / "propagation" / "cases" / case.id
+        )
     embeddings.save(prep / "embeddings.npz")
     save_cohort(build_cohort(data, args.labeled, args.validation, prep), prep / "cohort.json")
-
-    digests, shapes = {}, {}
-    for case in real.cases:
-        label = read_volume(case.dense_label, "label").array
-        digests[case.id] = label_digest(label)
-        shapes[case.id] = list(label.shape)
-    split = {
-        "format": PREP_FORMAT,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "source": str(data.resolve()),
-        "classes": {str(k): v for k, v in real.classes.items()},
-        "spacing_mm": [LA_SPACING_MM] * 3,
-        "labeled": [c.id for c in real.labeled],
-        "unlabeled": [c.id for c in real.unlabeled],
-        "validation": [c.id for c in real.validation],
-        "shapes": shapes,
-        "label_sha256": digests,
-        "propagation_config": config.to_dict(),
-        "propagation_seconds": round(propagation_seconds, 1),
-        "encoder": {
-            "arch": args.arch,
-            "pretrained": embeddings.pretrained,
-            "region_mode": "alpha",
-            "prompts": embeddings.prompts,
-        },
-    }
+    split = split_manifest(real, data, config, propagation_seconds, args.arch, embeddings)
     (prep / "split.json").write_text(json.dumps(split, indent=1) + "\n")
 
     # 5. sizes
-    print("\nprep bundle:")
-    for file in sorted(p for p in prep.rglob("*") if p.is_file()):
-        print(f"  {file.relative_to(prep)}: {file.stat().st_size / 1024:.1f} KiB")
-    prep_bytes = folder_bytes(prep)
-    print(f"  total {prep_bytes / MIB:.2f} MiB")
-
-    tree = tree_bytes(ROOT)
-    print(
-        f"\nworking tree that travels with every device call (tracked + untracked, not ignored): {tree / MIB:.2f} MiB"
-    )
-    if args.carry_groups > 0:
-        folders = regroup_chunks(devcarry, args.carry_groups)
-        print("carry groups (copies of .devcarry/la*/, balanced):")
-        for number, folder in enumerate(folders):
-            size = folder_bytes(folder)
-            extra = prep_bytes if number == 0 else 0
-            total = tree + size + extra
-            what = f".devcarry/{folder.name}" + (" + .devcarry/prep" if number == 0 else "")
-            flag = "OK" if total < 64 * MIB else "OVER the 64 MiB limit"
-            print(
-                f"  call {number + 1}: {what}: {(size + extra) / MIB:.2f} MiB carried, "
-                f"{total / MIB:.2f} MiB with the tree ({flag}); {len(list(folder.glob('*.json')))} cases"
-            )
-    for chunk in sorted(devcarry.glob("la[0-9]*")):
-        print(f"  (3-call plan) .devcarry/{chunk.name}: {folder_bytes(chunk) / MIB:.2f} MiB")
+    report_sizes(prep, devcarry, args.carry_groups)
     print(f"\ndone in {time.perf_counter() - started:.1f} s")
 
 

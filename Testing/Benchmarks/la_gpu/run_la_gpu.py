@@ -474,6 +474,61 @@ def segment_rate(history: list[dict], start: int, end: int) -> float | None:
     )
 
 
+def next_segment_end(
+    done: int,
+    iterations: int,
+    started: bool,
+    first_segment: int,
+    rate: float | None,
+    overhead: float,
+    left: float,
+    min_segment: int,
+) -> int | None:
+    """Where the next training segment ends, or None when no segment fits the time ``left``.
+
+    The first segment runs ``first_segment`` iterations; each later one as many as the steady
+    ``rate`` fits in the time left after the ``overhead`` of a segment (setup, checkpoint). A
+    later segment shorter than ``min_segment`` (unless it finishes the run) is not started.
+    """
+    if not started:
+        target = done + first_segment
+    elif rate is None:
+        return None
+    else:
+        target = done + int((left - overhead) * rate)
+    target = min(target, iterations)
+    if (
+        left <= 0
+        or target <= done
+        or (started and target - done < min(min_segment, iterations - done))
+    ):
+        return None
+    return target
+
+
+def measure_segment(
+    history: list[dict], done: int, target: int, wall: float, rate: float | None
+) -> tuple[float, float]:
+    """The steady rate after a segment and the segment's overhead (wall time beyond that rate).
+
+    The rate comes from the segment's logged steps; without two of them, the last rate stands,
+    or the segment's own wall-clock rate when there is none yet.
+    """
+    measured = segment_rate(history, done, target)
+    if measured is not None:
+        rate = measured
+    elif rate is None:
+        rate = (target - done) / wall
+    return rate, max(0.0, wall - (target - done) / rate)
+
+
+def release_memory() -> None:
+    """Free what a dropped model held (host, and the CUDA cache) before the next is built."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def train_within_budget(
     config: TrainConfig,
     labeled,
@@ -499,36 +554,27 @@ def train_within_budget(
     result: TrainResult | None = None
     while done < config.iterations:
         left = budget_s - elapsed() - margin_s
-        if not segments:
-            target = done + first_segment
-        else:
-            if rate is None:
-                break
-            target = done + int((left - overhead) * rate)
-        target = min(target, config.iterations)
-        if (
-            left <= 0
-            or target <= done
-            or (segments and target - done < min(min_segment, config.iterations - done))
-        ):
+        target = next_segment_end(
+            done,
+            config.iterations,
+            bool(segments),
+            first_segment,
+            rate,
+            overhead,
+            left,
+            min_segment,
+        )
+        if target is None:
             break
         if result is not None:  # free the last segment's model before building the next
-            del result
             result = None
-            gc.collect()
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+            release_memory()
         began = elapsed()
         result = train_on_cases(
             config, labeled, unlabeled, text, regions, run_dir, progress, stop_after=target
         )
         wall = elapsed() - began
-        measured = segment_rate(result.history, done, target)
-        if measured is not None:
-            rate = measured
-        elif rate is None:
-            rate = (target - done) / wall
-        overhead = max(0.0, wall - (target - done) / rate)
+        rate, overhead = measure_segment(result.history, done, target, wall, rate)
         segments.append(
             {
                 "from": done,
@@ -542,9 +588,7 @@ def train_within_budget(
             f"segment {done} -> {target}: {wall:.1f} s, {rate:.2f} it/s steady, {overhead:.1f} s setup+checkpoint"
         )
         done = target
-    if (
-        result is None
-    ):  # nothing left to run (finished, or out of budget): load the checkpoint's model
+    if result is None:  # nothing left to run (finished, or out of budget): the checkpoint's model
         if not checkpoint.exists():
             raise SystemExit(
                 f"no training iteration fits --budget-s {budget_s} and {run_dir} has no checkpoint"
@@ -821,13 +865,10 @@ def check_mode(
     say(f"check done: {out / 'la_gpu_check.json'}")
 
 
-def run_mode(
-    args: argparse.Namespace, split: dict, embeddings: CohortEmbeddings, out: Path
-) -> None:
-    run_dir = Path(args.run_dir)
-    if args.fresh and run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+def load_run_cases(
+    args: argparse.Namespace, split: dict
+) -> tuple[list, list, list[str], list[LoadedCase]]:
+    """The training cases (labeled with their pseudo-labels, unlabeled) and the validation cases."""
     validation_ids = (
         split["validation"][: args.validation_cases]
         if args.validation_cases
@@ -836,15 +877,65 @@ def run_mode(
     ids = split["labeled"] + split["unlabeled"] + validation_ids
     loaded = load_cases(ids, Path(args.chunks_root), Path(args.data) if args.data else None, split)
     labeled, unlabeled = training_cases(split, loaded, Path(args.prep))
-    loaded = {
-        i: loaded[i] for i in validation_ids
-    }  # the training images live on z-scored in the cases
+    # only the validation cases are kept: the training images live on z-scored in the cases
+    validation = [loaded[i] for i in validation_ids]
     say(
         f"data: {len(labeled)} labeled, {len(unlabeled)} unlabeled, {len(validation_ids)} validation cases in memory"
     )
+    return labeled, unlabeled, validation_ids, validation
 
-    run_file = run_dir / RUN_FILE
-    fit: dict[str, Any] | None = None
+
+def fit_to_budget(
+    args: argparse.Namespace,
+    config: TrainConfig,
+    labeled,
+    unlabeled,
+    embeddings: CohortEmbeddings,
+) -> tuple[TrainConfig, dict[str, Any]]:
+    """Time a few iterations; when fewer than requested fit the budget, scale the schedule to them."""
+    say(
+        f"fit-budget: timing {args.probe_iterations} iterations of {config.patch} after 2 warm-up ones ..."
+    )
+    probe = probe_rate(
+        config,
+        labeled,
+        unlabeled,
+        embeddings.text,
+        embeddings.regions,
+        2,
+        args.probe_iterations,
+    )
+    available = args.budget_s - elapsed() - args.margin_s - 2 * args.segment_overhead_s
+    fits = int(available * probe["it_per_s"] * 0.97)
+    fit = {
+        "probe": probe,
+        "available_s": available,
+        "fits": fits,
+        "requested": config.iterations,
+    }
+    say(f"fit-budget: {probe['it_per_s']:.2f} it/s; {fits} iterations fit in {available:.0f} s")
+    if fits < config.iterations:
+        if fits < 1:
+            raise SystemExit("fit-budget: no iteration fits the budget")
+        config = scale_schedule(config, fits)
+        fit["scaled"] = True
+        say(
+            f"fit-budget: training {fits} iterations with the schedule scaled by {fits / fit['requested']:.3f} "
+            f"(lr step {config.schedule.lr_step}, alpha step {config.schedule.alpha_step}, "
+            f"beta step {config.schedule.beta_step})"
+        )
+    return config, fit
+
+
+def run_config(
+    args: argparse.Namespace,
+    run_file: Path,
+    labeled,
+    unlabeled,
+    embeddings: CohortEmbeddings,
+) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """The run's settings and budget fit: those stored in ``run_file`` when resuming (made with
+    the same prep bundle only), else the requested ones (fitted with --fit-budget), then stored."""
     if run_file.exists():
         saved = json.loads(run_file.read_text())
         if saved.get("split_sha256") != split_digest(Path(args.prep)):
@@ -852,72 +943,126 @@ def run_mode(
                 f"{run_file}: made with another prep bundle; use --fresh or another --run-dir"
             )
         config = with_runtime(TrainConfig.from_dict(saved["config"]), args)
-        fit = saved.get("fit")
         say(
-            f"resuming the run in {run_dir} with its stored settings ({config.iterations} iterations, patch "
+            f"resuming the run in {run_file.parent} with its stored settings ({config.iterations} iterations, patch "
             f"{config.patch}); --preset/--iterations/--patch/--set/--fit-budget of this call are not used"
         )
-    else:
-        config = requested_config(args)
-        if args.fit_budget:
-            say(
-                f"fit-budget: timing {args.probe_iterations} iterations of {config.patch} after 2 warm-up ones ..."
-            )
-            probe = probe_rate(
-                config,
-                labeled,
-                unlabeled,
-                embeddings.text,
-                embeddings.regions,
-                2,
-                args.probe_iterations,
-            )
-            available = args.budget_s - elapsed() - args.margin_s - 2 * args.segment_overhead_s
-            fits = int(available * probe["it_per_s"] * 0.97)
-            fit = {
-                "probe": probe,
-                "available_s": available,
-                "fits": fits,
-                "requested": config.iterations,
-            }
-            say(
-                f"fit-budget: {probe['it_per_s']:.2f} it/s; {fits} iterations fit in {available:.0f} s"
-            )
-            if fits < config.iterations:
-                if fits < 1:
-                    raise SystemExit("fit-budget: no iteration fits the budget")
-                config = scale_schedule(config, fits)
-                fit["scaled"] = True
-                say(
-                    f"fit-budget: training {fits} iterations with the schedule scaled by {fits / fit['requested']:.3f} "
-                    f"(lr step {config.schedule.lr_step}, alpha step {config.schedule.alpha_step}, "
-                    f"beta step {config.schedule.beta_step})"
-                )
-        write_json(
-            run_file,
-            {
-                "config": config.to_dict(),
-                "fit": fit,
-                "preset": args.preset,
-                "split_sha256": split_digest(Path(args.prep)),
-            },
-        )
+        return config, saved.get("fit")
+    config = requested_config(args)
+    fit = None
+    if args.fit_budget:
+        config, fit = fit_to_budget(args, config, labeled, unlabeled, embeddings)
+    write_json(
+        run_file,
+        {
+            "config": config.to_dict(),
+            "fit": fit,
+            "preset": args.preset,
+            "split_sha256": split_digest(Path(args.prep)),
+        },
+    )
+    return config, fit
 
-    device = setup_runtime(config).device
-    env = environment(device)
-    say("environment: " + json.dumps(env))
-    random = [k for k, v in embeddings.pretrained.items() if not v]
-    if random:
-        say(
-            f"encoder weights are RANDOM ({', '.join(random)}): the guidance carries no pretrained semantics"
+
+def training_record(
+    config: TrainConfig,
+    result: TrainResult,
+    info: dict[str, Any],
+    train_wall: float,
+    fit: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """The report's ``training`` entry: iterations done, rates, segments, the fit, the last log."""
+    this_call = result.iteration - info["resumed_from"]
+    rate = info["steady_it_per_s"]
+    return {
+        "iterations_target": config.iterations,
+        "iterations_done": result.iteration,
+        "iterations_this_call": this_call,
+        "resumed_from": info["resumed_from"],
+        "segments": info["segments"],
+        "steady_it_per_s": rate,
+        "it_per_s_this_call": this_call / train_wall if this_call and train_wall > 0 else None,
+        "seconds_this_call": train_wall,
+        "seconds_total": result.seconds,
+        "projected_s_6000": PAPER_ITERATIONS / rate if rate else None,
+        "schedule_scaled": bool(fit and fit.get("scaled")),
+        "fit": fit,
+        "complete": result.iteration >= config.iterations,
+        "last_log": result.history[-1] if result.history else None,
+    }
+
+
+def evaluate_strides(
+    args: argparse.Namespace,
+    report: dict[str, Any],
+    bundle,
+    validation: Sequence[LoadedCase],
+    patch: Sequence[int],
+    device: torch.device,
+    spacing: Sequence[float],
+    out: Path,
+) -> None:
+    """Evaluate each of --strides into ``report["evaluation"]`` (written after each), skipping a
+    stride whose windows would not fit before --limit-s at the last stride's time per window."""
+    strides = [s.strip() for s in args.strides.split(",") if s.strip()]
+    per_window: float | None = None
+    for stride in strides:
+        windows = sum(n_windows(c.image.shape, patch, stride) for c in validation)
+        left = args.limit_s - elapsed()
+        if per_window is not None and windows * per_window * 1.3 + 5 > left:
+            report["evaluation"][stride] = {
+                "skipped": f"{windows:.0f} windows at {per_window:.3f} s each would not fit "
+                f"the {left:.0f} s left before --limit-s"
+            }
+            say(f"evaluation {stride}: skipped ({report['evaluation'][stride]['skipped']})")
+            continue
+        say(f"evaluation, stride {stride}: {len(validation)} cases, {windows:.0f} windows")
+        result_eval = evaluate(bundle, validation, stride, device, args.window_batch, spacing)
+        result_eval["windows"] = windows
+        report["evaluation"][stride] = result_eval
+        per_window = result_eval["seconds"] / windows
+        report["wall_seconds"] = elapsed()
+        write_json(out / "la_gpu_metrics.json", report)
+
+
+def run_targets(report: dict[str, Any], rate: float | None) -> dict[str, bool | None]:
+    """Whether the run met the paper's Dice (dense stride, else fast) and the speed target."""
+    best = next(
+        (
+            report["evaluation"][s]
+            for s in ("dense", "fast")
+            if "summary" in report["evaluation"].get(s, {})
+        ),
+        None,
+    )
+    return {
+        f"mean Dice >= {DICE_TARGET} ({'dense' if 'summary' in report['evaluation'].get('dense', {}) else 'fast'})": (
+            best["summary"]["dice"]["mean"] >= DICE_TARGET
         )
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+        if best
+        else None,
+        "6000 iterations in <= 600 s (projected from the steady rate)": (
+            PAPER_ITERATIONS / rate <= 600
+        )
+        if rate
+        else None,
+    }
+
+
+def train_run(
+    args: argparse.Namespace,
+    config: TrainConfig,
+    fit: dict[str, Any] | None,
+    labeled,
+    unlabeled,
+    embeddings: CohortEmbeddings,
+    run_dir: Path,
+) -> tuple[TrainResult, dict[str, Any]]:
+    """Train within the call's budget, logging every --print-every iterations."""
     progress = Progress(training_sink(args.print_every))
-    began = elapsed()
     # a schedule fitted to the budget may overrun it a little rather than stop a few iterations short
     budget = args.budget_s + (args.fit_slack_s if fit else 0.0)
-    result, info = train_within_budget(
+    return train_within_budget(
         config,
         labeled,
         unlabeled,
@@ -930,11 +1075,34 @@ def run_mode(
         progress,
         args.min_segment,
     )
+
+
+def run_mode(
+    args: argparse.Namespace, split: dict, embeddings: CohortEmbeddings, out: Path
+) -> None:
+    run_dir = Path(args.run_dir)
+    if args.fresh and run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    labeled, unlabeled, validation_ids, validation = load_run_cases(args, split)
+    run_file = run_dir / RUN_FILE
+    config, fit = run_config(args, run_file, labeled, unlabeled, embeddings)
+
+    device = setup_runtime(config).device
+    env = environment(device)
+    say("environment: " + json.dumps(env))
+    random = [k for k, v in embeddings.pretrained.items() if not v]
+    if random:
+        say(
+            f"encoder weights are RANDOM ({', '.join(random)}): the guidance carries no pretrained semantics"
+        )
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    began = elapsed()
+    result, info = train_run(args, config, fit, labeled, unlabeled, embeddings, run_dir)
     train_wall = elapsed() - began
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    peak_reserved = torch.cuda.max_memory_reserved(device) if device.type == "cuda" else None
-    this_call = result.iteration - info["resumed_from"]
-    rate = info["steady_it_per_s"]
+    training = training_record(config, result, info, train_wall, fit)
     report: dict[str, Any] = {
         "mode": "run",
         "preset": json.loads(run_file.read_text()).get("preset", args.preset),
@@ -950,24 +1118,9 @@ def run_mode(
             "unlabeled": len(unlabeled),
             "validation": validation_ids,
         },
-        "training": {
-            "iterations_target": config.iterations,
-            "iterations_done": result.iteration,
-            "iterations_this_call": this_call,
-            "resumed_from": info["resumed_from"],
-            "segments": info["segments"],
-            "steady_it_per_s": rate,
-            "it_per_s_this_call": this_call / train_wall if this_call and train_wall > 0 else None,
-            "seconds_this_call": train_wall,
-            "seconds_total": result.seconds,
-            "projected_s_6000": PAPER_ITERATIONS / rate if rate else None,
-            "schedule_scaled": bool(fit and fit.get("scaled")),
-            "fit": fit,
-            "complete": result.iteration >= config.iterations,
-            "last_log": result.history[-1] if result.history else None,
-        },
-        "peak_memory_allocated_bytes": peak,
-        "peak_memory_reserved_bytes": peak_reserved,
+        "training": training,
+        "peak_memory_allocated_bytes": torch.cuda.max_memory_allocated(device) if cuda else None,
+        "peak_memory_reserved_bytes": torch.cuda.max_memory_reserved(device) if cuda else None,
         "evaluation": {},
     }
     report["wall_seconds"] = elapsed()
@@ -975,7 +1128,8 @@ def run_mode(
     if (run_dir / METRICS_FILE).exists():
         shutil.copy2(run_dir / METRICS_FILE, out / "metrics.jsonl")
     say(
-        f"training: {result.iteration}/{config.iterations} iterations ({this_call} in this call, {train_wall:.1f} s)"
+        f"training: {result.iteration}/{config.iterations} iterations "
+        f"({training['iterations_this_call']} in this call, {train_wall:.1f} s)"
     )
 
     # evaluation through the product path: bundle on disk, reloaded, predict_volume
@@ -993,47 +1147,9 @@ def run_mode(
         f"(pseudo-label fractions {report['largest_component_recommended']['fractions']})"
     )
     spacing = tuple(split["spacing_mm"])
-    validation = [loaded[i] for i in validation_ids]
-    strides = [s.strip() for s in args.strides.split(",") if s.strip()]
-    per_window: float | None = None
-    for stride in strides:
-        windows = sum(n_windows(c.image.shape, config.patch, stride) for c in validation)
-        left = args.limit_s - elapsed()
-        if per_window is not None and windows * per_window * 1.3 + 5 > left:
-            report["evaluation"][stride] = {
-                "skipped": f"{windows:.0f} windows at {per_window:.3f} s each would not fit "
-                f"the {left:.0f} s left before --limit-s"
-            }
-            say(f"evaluation {stride}: skipped ({report['evaluation'][stride]['skipped']})")
-            continue
-        say(f"evaluation, stride {stride}: {len(validation)} cases, {windows:.0f} windows")
-        result_eval = evaluate(bundle, validation, stride, device, args.window_batch, spacing)
-        result_eval["windows"] = windows
-        report["evaluation"][stride] = result_eval
-        per_window = result_eval["seconds"] / windows
-        report["wall_seconds"] = elapsed()
-        write_json(out / "la_gpu_metrics.json", report)
-    best = next(
-        (
-            report["evaluation"][s]
-            for s in ("dense", "fast")
-            if "summary" in report["evaluation"].get(s, {})
-        ),
-        None,
-    )
-    report["targets"] = {
-        f"mean Dice >= {DICE_TARGET} ({'dense' if 'summary' in report['evaluation'].get('dense', {}) else 'fast'})": (
-            best["summary"]["dice"]["mean"] >= DICE_TARGET
-        )
-        if best
-        else None,
-        "6000 iterations in <= 600 s (projected from the steady rate)": (
-            PAPER_ITERATIONS / rate <= 600
-        )
-        if rate
-        else None,
-    }
-    if device.type == "cuda":
+    evaluate_strides(args, report, bundle, validation, config.patch, device, spacing, out)
+    report["targets"] = run_targets(report, training["steady_it_per_s"])
+    if cuda:
         report["peak_memory_allocated_bytes_with_eval"] = torch.cuda.max_memory_allocated(device)
     report["wall_seconds"] = elapsed()
     write_json(out / "la_gpu_metrics.json", report)

@@ -1,4 +1,7 @@
-"""A small fake of what the real Slicer application adds to ``slicer-core`` (SLICER.md).
+"""A small fake of what the real Slicer application adds to ``slicer-core``.
+
+The real application does not run in these tests; what that leaves unchecked is listed in
+docs/slicer.md ("What was never run for real"), the tests' layout in docs/development.md.
 
 ``slicer-core`` gives the real MRML scene, nodes, logics and ``slicer.util``; it lacks the Qt
 parts. :func:`install` adds fakes of ``slicer.ScriptedLoadableModule`` (module, widget, logic
@@ -21,6 +24,14 @@ import types
 import unittest
 import weakref
 import xml.etree.ElementTree as ET
+
+
+def qt_property(name: str) -> property:
+    """A Qt property read as an attribute: ``self._<name>``, written through ``set<Name>``."""
+    setter = "set" + name[0].upper() + name[1:]
+    return property(
+        lambda self: getattr(self, f"_{name}"), lambda self, v: getattr(self, setter)(v)
+    )
 
 
 class ScriptedLoadableModule:
@@ -195,7 +206,7 @@ class FakeQObject:
     def className(self) -> str:
         return getattr(type(self), "QT_CLASS", type(self).__name__)
 
-    objectName = property(lambda self: self._objectName, lambda self, v: self.setObjectName(v))
+    objectName = qt_property("objectName")
     name = objectName
 
     def setObjectName(self, name):
@@ -299,9 +310,9 @@ class FakeQWidget(FakeQObject):
         self._toolTip = ""
         self._layout = None
 
-    enabled = property(lambda self: self._enabled, lambda self, v: self.setEnabled(v))
-    visible = property(lambda self: self._visible, lambda self, v: self.setVisible(v))
-    toolTip = property(lambda self: self._toolTip, lambda self, v: self.setToolTip(v))
+    enabled = qt_property("enabled")
+    visible = qt_property("visible")
+    toolTip = qt_property("toolTip")
 
     def setEnabled(self, enabled):
         self._enabled = bool(enabled)
@@ -345,7 +356,7 @@ class FakeQGroupBox(FakeQWidget):
         super().__init__(parent)
         self._title = ""
 
-    title = property(lambda self: self._title, lambda self, v: self.setTitle(v))
+    title = qt_property("title")
 
     def setTitle(self, title):
         self._title = str(title)
@@ -359,8 +370,8 @@ class FakeQLabel(FakeQWidget):
         self._text = str(text)
         self._wordWrap = False
 
-    text = property(lambda self: self._text, lambda self, v: self.setText(v))
-    wordWrap = property(lambda self: self._wordWrap, lambda self, v: self.setWordWrap(v))
+    text = qt_property("text")
+    wordWrap = qt_property("wordWrap")
 
     def setText(self, text):
         self._text = str(text)
@@ -381,9 +392,9 @@ class FakeQAbstractButton(FakeQWidget):
         self._checkable = False
         self._checked = False
 
-    text = property(lambda self: self._text, lambda self, v: self.setText(v))
-    checkable = property(lambda self: self._checkable, lambda self, v: self.setCheckable(v))
-    checked = property(lambda self: self._checked, lambda self, v: self.setChecked(v))
+    text = qt_property("text")
+    checkable = qt_property("checkable")
+    checked = qt_property("checked")
 
     def setText(self, text):
         self._text = str(text)
@@ -460,11 +471,9 @@ class FakeQLineEdit(FakeQWidget):
         self._placeholderText = ""
         self._readOnly = False
 
-    text = property(lambda self: self._text, lambda self, v: self.setText(v))
-    placeholderText = property(
-        lambda self: self._placeholderText, lambda self, v: self.setPlaceholderText(v)
-    )
-    readOnly = property(lambda self: self._readOnly, lambda self, v: self.setReadOnly(v))
+    text = qt_property("text")
+    placeholderText = qt_property("placeholderText")
+    readOnly = qt_property("readOnly")
 
     def setText(self, text):
         text = str(text)
@@ -510,9 +519,7 @@ class FakeQComboBox(FakeQWidget):
         self._items: list[list] = []
         self._currentIndex = -1
 
-    currentIndex = property(
-        lambda self: self._currentIndex, lambda self, v: self.setCurrentIndex(v)
-    )
+    currentIndex = qt_property("currentIndex")
     currentText = property(
         lambda self: self.itemText(self._currentIndex), lambda self, v: self.setCurrentText(v)
     )
@@ -597,13 +604,11 @@ class FakeQSpinBox(FakeQWidget):
         self._singleStep = 1
         self._specialValueText = ""
 
-    value = property(lambda self: self._value, lambda self, v: self.setValue(v))
-    minimum = property(lambda self: self._minimum, lambda self, v: self.setMinimum(v))
-    maximum = property(lambda self: self._maximum, lambda self, v: self.setMaximum(v))
-    singleStep = property(lambda self: self._singleStep, lambda self, v: self.setSingleStep(v))
-    specialValueText = property(
-        lambda self: self._specialValueText, lambda self, v: self.setSpecialValueText(v)
-    )
+    value = qt_property("value")
+    minimum = qt_property("minimum")
+    maximum = qt_property("maximum")
+    singleStep = qt_property("singleStep")
+    specialValueText = qt_property("specialValueText")
 
     def setValue(self, value):
         value = max(self._minimum, min(self._maximum, int(value)))
@@ -646,11 +651,11 @@ class FakeQProgressBar(FakeQWidget):
         self._format = "%p%"
         self._textVisible = True
 
-    value = property(lambda self: self._value, lambda self, v: self.setValue(v))
-    minimum = property(lambda self: self._minimum, lambda self, v: self.setMinimum(v))
-    maximum = property(lambda self: self._maximum, lambda self, v: self.setMaximum(v))
-    format = property(lambda self: self._format, lambda self, v: self.setFormat(v))
-    textVisible = property(lambda self: self._textVisible, lambda self, v: self.setTextVisible(v))
+    value = qt_property("value")
+    minimum = qt_property("minimum")
+    maximum = qt_property("maximum")
+    format = qt_property("format")
+    textVisible = qt_property("textVisible")
 
     def setValue(self, value):
         value = int(value)
@@ -695,10 +700,8 @@ class FakeQPlainTextEdit(FakeQWidget):
         self._maximumBlockCount = 0
 
     plainText = property(lambda self: "\n".join(self._lines), lambda self, v: self.setPlainText(v))
-    readOnly = property(lambda self: self._readOnly, lambda self, v: self.setReadOnly(v))
-    maximumBlockCount = property(
-        lambda self: self._maximumBlockCount, lambda self, v: self.setMaximumBlockCount(v)
-    )
+    readOnly = qt_property("readOnly")
+    maximumBlockCount = qt_property("maximumBlockCount")
 
     def toPlainText(self) -> str:
         return self.plainText
@@ -902,7 +905,7 @@ class FakeQTimer(FakeQObject):
         self._active = False
         FakeQTimer._instances.add(self)
 
-    interval = property(lambda self: self._interval, lambda self, v: self.setInterval(v))
+    interval = qt_property("interval")
     active = property(lambda self: self._active)
 
     def setInterval(self, msec):
@@ -1091,11 +1094,11 @@ class FakectkPathLineEdit(FakeQWidget):
         self._nameFilters: list = []
         self._filters = None
 
-    currentPath = property(lambda self: self._currentPath, lambda self, v: self.setCurrentPath(v))
+    currentPath = qt_property("currentPath")
     nameFilters = property(
         lambda self: list(self._nameFilters), lambda self, v: self.setNameFilters(v)
     )
-    filters = property(lambda self: self._filters, lambda self, v: self.setFilters(v))
+    filters = qt_property("filters")
 
     def setCurrentPath(self, path):
         path = str(path)
@@ -1166,10 +1169,8 @@ class FakeqMRMLNodeComboBox(FakeqMRMLWidget):
         self.showHidden = False
 
     nodeTypes = property(lambda self: list(self._nodeTypes), lambda self, v: self.setNodeTypes(v))
-    noneEnabled = property(lambda self: self._noneEnabled, lambda self, v: self.setNoneEnabled(v))
-    showChildNodeTypes = property(
-        lambda self: self._showChildNodeTypes, lambda self, v: self.setShowChildNodeTypes(v)
-    )
+    noneEnabled = qt_property("noneEnabled")
+    showChildNodeTypes = qt_property("showChildNodeTypes")
     currentNodeID = property(
         lambda self: self.currentNode().GetID() if self.currentNode() else "",
         lambda self, v: self.setCurrentNodeID(v),

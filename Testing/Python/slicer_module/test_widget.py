@@ -267,10 +267,6 @@ class FakeLogic(fakeslicer.ScriptedLoadableModuleLogic):
     def cudaAvailable(self):
         return self.cuda
 
-    def cpuTrainingEstimate(self, preset, iterations):
-        self.calls.append(("cpuTrainingEstimate", preset, iterations))
-        return f"about {'5 h' if preset == 'paper' else '10 min'} on this CPU"
-
     def trainingChartNode(self):
         import slicer
 
@@ -481,14 +477,32 @@ def test_settings_changed_from_the_console_show_in_the_panel(panel, logic):
     assert panel.ui.modelNameLineEdit.text == "from-console"
 
 
-def test_without_cuda_the_device_warning_gives_the_cpu_estimate(panel, logic):
+def test_without_cuda_the_device_line_says_cpu_and_that_the_time_left_comes_with_training(
+    panel, logic
+):
     label = panel.ui.deviceWarningLabel
-    assert "CPU" in label.text and "about 5 h on this CPU" in label.text
+    assert "training runs on the CPU" in label.text and "time left" in label.text
+    assert "paper preset is a GPU job" in label.text
     panel.ui.presetComboBox.chooseText("small")
-    assert "about 10 min on this CPU" in label.text
-    assert logic.called("cpuTrainingEstimate")[-1] == ("cpuTrainingEstimate", "small", 0)
+    assert "training runs on the CPU" in label.text and "paper preset" not in label.text
     panel.ui.deviceComboBox.chooseText("cuda")
     assert "No CUDA GPU" in label.text
+
+
+@pytest.mark.parametrize("preset", ["paper", "small"])
+@pytest.mark.parametrize("iterations", [0, 50, 6000])
+def test_the_cpu_device_line_holds_no_fixed_duration(logic, preset, iterations):
+    logic.cuda = None if iterations == 50 else False
+    panel = make_panel(logic)
+    try:
+        panel.ui.deviceComboBox.chooseText("cpu")
+        panel.ui.presetComboBox.chooseText(preset)
+        panel.ui.iterationsSpinBox.setValue(iterations)
+        text = panel.ui.deviceWarningLabel.text
+        assert "training runs on the CPU" in text
+        assert not re.search(r"\d", text), text
+    finally:
+        panel.cleanup()
 
 
 def test_with_cuda_the_device_label_says_training_runs_on_the_gpu(logic):
@@ -497,7 +511,7 @@ def test_with_cuda_the_device_label_says_training_runs_on_the_gpu(logic):
     try:
         assert "CUDA GPU found" in panel.ui.deviceWarningLabel.text
         panel.ui.deviceComboBox.chooseText("cpu")
-        assert "about 5 h on this CPU" in panel.ui.deviceWarningLabel.text
+        assert "CPU chosen: training runs on the CPU" in panel.ui.deviceWarningLabel.text
     finally:
         panel.cleanup()
 
@@ -856,6 +870,26 @@ def test_durations_and_events_read_as_one_short_line(fakes):
     assert widget.formatEvent({"stage": "propagate", "step": 2, "total": 5}) == "propagate: 2/5"
     assert widget.formatEvent({"message": "loading model"}, "segment") == "segment: loading model"
     assert widget.planeText([]) == "—" and widget.planeText([7]) == "✓ 7"
+
+
+def test_the_status_line_shows_the_time_left_from_the_first_logged_iteration(panel, logic):
+    from RADALib.events import Progress
+
+    clock = SimpleNamespace(now=0.0)
+    panel.ui.trainButton.click()
+    job = logic.jobs[0]
+    progress = Progress(sink=job.events.append, clock=lambda: clock.now)
+    progress.start("train", 200, "3 labeled + 3 unlabeled volume(s)")
+    fakeslicer.process_timers()
+    assert panel.ui.statusLabel.text == "train: 0/200"
+    clock.now = 2.0
+    progress.update(1, "sup 0.5", loss=0.9)
+    fakeslicer.process_timers()
+    assert panel.ui.statusLabel.text == "train: 1/200, loss 0.9, ETA 6m38s"
+    clock.now = 10.0
+    progress.update(5, "sup 0.4", loss=0.8)
+    fakeslicer.process_timers()
+    assert panel.ui.statusLabel.text.endswith("ETA 6m30s")
 
 
 def test_the_fake_rejects_a_signal_the_widget_class_does_not_have(fakes):
