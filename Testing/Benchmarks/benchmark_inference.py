@@ -26,8 +26,9 @@ random model is then built for it).
         [--cases 1] [--image FILE [--label FILE]] [--strides dense,fast] [--threads N]
         [--patch X,Y,Z] [--crop X,Y,Z] [--batch-size 1] [--device cpu] [--json results.json]
 
-Not a test: a dense pass over a whole LA volume takes about 5 minutes on two CPU cores
-(45 windows of three VNets); ``--patch 32,32,32 --crop 48,48,40`` gives a check in seconds.
+Not a test: a dense pass over a whole LA volume takes minutes on a CPU (45 windows of three
+VNets); ``--patch 32,32,32 --crop 48,48,40`` gives a check in seconds. Measured figures, with
+their commands: ``Testing/Benchmarks/RESULTS.md`` (Inference).
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ speed-up is a ratio measured side by side on the same machine.
         [--plain-cases 2] [--workers 2] [--json results.json]
 
 Not a test: it takes minutes (the plain approach alone takes several minutes per case).
+Measured figures, with their commands: ``Testing/Benchmarks/RESULTS.md`` (Propagation).
 """
 
 from __future__ import annotations

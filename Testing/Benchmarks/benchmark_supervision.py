@@ -1,7 +1,7 @@
 """Supervision benchmark: how much of RADA's Dice is lost to its pseudo-labels, how much to training.
 
-A trained RADA model scores well below the pseudo-labels it learns from (the demo: about 0.65
-on unlabeled volumes against a fused pseudo-label Dice near 0.95). That gap has two possible
+A trained RADA model can score well below the pseudo-labels it learns from (the demo's model
+does: ``Testing/Benchmarks/RESULTS.md``, Demo). That gap has two possible
 causes, and they call for different fixes: the supervision (the α^d weights of eq. 6 decay, so
 late training trusts little more than the three annotated slices), or the training budget
 (network size, patch, iterations). This benchmark trains the same model, with the same
@@ -38,36 +38,14 @@ only), ``use_text=false`` (Et as zeros), ``region_mode=no_mask`` (Ev computed wi
 trains into its own ``runs/<source>+<key>=<value>`` folder. With random encoders (no weights on
 these machines) the text and mask ablations test the plumbing, not the method.
 
-Not a test: each source trains for as long as the demo's training (about 3 minutes with one
-thread on the 2-core VM, small preset, 200 iterations); sources can run in separate processes
+Not a test: each source trains for as long as the demo's training (minutes on a CPU, small
+preset, 200 iterations); sources can run in separate processes
 (``--sources rada`` and ``--sources truth`` with the same ``--out``, once one run has prepared
 it) to use both cores.
 
-Measured (2-core VM, 1 thread each, random encoders): 200 iterations, rada 0.658 labeled / 0.652
-unlabeled, fused 0.667 / 0.676, truth 0.669 / 0.684, fused pseudo-labels 0.956; 1000 iterations
-(schedule scaled), rada 0.680 / 0.678, truth 0.721 / 0.691. The budget is the limit here, not
-the supervision. With the largest component kept (200 iterations): rada 0.708 / 0.855, fused
-0.710 / 0.862, truth 0.711 / 0.870. Ablations: the annotated slices only
-(``use_registration=false``) 0.663 / 0.660 at 200 iterations and 0.698 / 0.678 at 1000 (rada in
-the same session 0.680 / 0.678), ``use_text=false`` 0.660 / 0.659: on this cohort and budget
-the propagated pseudo-labels buy nothing over the slices themselves (README).
-On LA2018 (``--cohort``, patch 64,64,48, base 4, ``--set unlabeled_batch=0``, 4 validation
-volumes; labeled / validation): 600 iterations rada 0.406 / 0.408, truth 0.449 / 0.384,
-``use_registration=false`` 0.390 / 0.392; 1500 iterations rada 0.424 / 0.416, truth 0.572 /
-0.482, fused 0.545 / 0.483: without the unlabeled stream the α ramp-down leaves the pseudo-labels
-unused, trusted fully they come near the oracle (README). The options of ``rada train`` for that
-case, through ``--sources rada --set ...``: ``schedule.alpha_floor=0.9`` 0.452 / 0.440,
-``schedule.alpha_floor=0.97`` 0.495 / 0.445, ``label_source=fused`` (the ``fused`` source, read by
-``load_training_cases``) 0.545 / 0.483, the same per-case Dice as the ``fused`` source. With the
-unlabeled stream (the same command without ``--set unlabeled_batch=0``: batch 2 + 2, cross
-supervision), 1500 iterations, rada 0.440 / 0.465 (largest component 0.442 / 0.511), with
-``--set seed=7`` 0.504 / 0.495 (0.537 / 0.535), with ``--set seed=42`` 0.509 / 0.465 (0.564 / 0.458);
-``--set label_source=fused`` with the stream 0.488 / 0.414 (0.490 / 0.437), and with
-``--set seed=7`` 0.537 / 0.419 (0.549 / 0.445): both seeds lost the structure on the same 2 of the
-12 scored volumes; ``--set schedule.alpha_floor=0.97`` with the stream 0.519 / 0.483 (0.526 /
-0.497), with ``--set seed=7`` 0.531 / 0.424 (0.564 / 0.419), with ``--set seed=42`` 0.555 / 0.447
-(0.589 / 0.465): against the paper's setting seed for seed above on the labeled volumes each time
-(+0.05 on average), −0.02 held out on average (README).
+Measured figures on the demo cohort and on LA2018 (CPU-sized, with and without the unlabeled
+stream, several seeds), with their commands: ``Testing/Benchmarks/RESULTS.md`` (Supervision on
+the demo cohort, Supervision on LA2018).
 """
 
 from __future__ import annotations

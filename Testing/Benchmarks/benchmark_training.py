@@ -37,8 +37,9 @@ backend flags, which let cuDNN convolutions use TF32; ``--strict-fp32`` turns th
         [--iterations N] [--warmup N] [--patch X,Y,Z] [--threads N] [--data ../shared/data/LA2018]
         [--compile] [--strict-fp32] [--in-process] [--json results.json]
 
-Not a test. On a GPU the paper preset takes seconds; on a 2-core CPU one paper iteration takes
-about 5 minutes per variant, so use ``--preset small`` there (seconds).
+Not a test. On a GPU the paper preset takes seconds; on a CPU one paper iteration takes minutes
+per variant, so use ``--preset small`` there (seconds). Measured figures, with their commands:
+``Testing/Benchmarks/RESULTS.md`` (Training step).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Pack LA2018 small enough to travel to a GPU machine (which has no copy of ../shared).
 
 Each image is quantized to 8 bits over its own min..max (a step of about 0.03 of the z-scored
-intensity's standard deviation, far below the MRI noise) and lzma-compressed: about 1.5 MB a
-case instead of 2.7. ``unpack_la.py`` on the other side rebuilds the LA layout
+intensity's standard deviation, far below the MRI noise) and lzma-compressed, which takes a case
+to a fraction of its h5 size. ``unpack_la.py`` on the other side rebuilds the LA layout
 (``<id>/mri_norm2.h5`` + ``train.list``) with float32 images. Cases are spread over
 ``--chunks`` folders so each transfer stays under the tool's size limit.
 

@@ -31,7 +31,7 @@ the tool's 64 MiB, the working tree included).
     python Testing/Benchmarks/la_gpu/prepare_la_gpu.py [--data ../shared/data/LA2018] [--out .devcarry/prep]
         [--labeled 8] [--validation 10] [--carry-groups 2] [--workers 0]
 
-About 4 minutes on the 2-core development VM without cached propagation, seconds with it.
+Minutes on a CPU without cached propagation, seconds with it.
 """
 
 from __future__ import annotations
