@@ -328,7 +328,7 @@ def resolve_weights(
         raise InputError(
             entry.name,
             f"weights file not found in {folder}; {_where_to_put(entry, target)} "
-            f"(or allow downloads, or set {CACHE_ENV} to the folder that holds it)",
+            f"(or allow downloads, or set {CACHE_ENV} to a folder whose weights/ holds it)",
         )
     digest = _download(entry, target, downloader or urllib_download)
     return target, entry, digest

@@ -24,7 +24,8 @@ class RADASegment(ScriptedLoadableModule):
             "Mark one sagittal, one coronal and one axial slice of a structure in a few volumes of a cohort; "
             "RADA propagates them by registration into pseudo-labels, trains three view-specific 3D networks "
             "guided by Alpha-CLIP and a text prompt, and segments every volume. See the "
-            "<a href='https://github.com/rada-slicer/SlicerRADA'>README</a> for a tutorial."
+            "<a href='https://github.com/rada-slicer/SlicerRADA/blob/main/docs/slicer.md'>module "
+            "guide</a> for a tutorial."
         )
         self.parent.acknowledgementText = (
             "Implements RADA (Region-Aware Dual-encoder Auxiliary learning) "

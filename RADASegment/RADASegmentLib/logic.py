@@ -33,6 +33,7 @@ from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
 from RADALib.errors import RADAError
 from RADALib.model_store import default_models_dir, list_bundles, read_manifest
+from RADALib.paths import cache_root
 from RADALib.terminology import class_entry
 
 from . import nodes
@@ -459,7 +460,7 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
     # ------------------------------------------------------------------ files for the engine
 
     def _newWorkFolder(self, kind: str) -> Path:
-        root = self.workFolder or (default_models_dir().parent / "slicer")
+        root = self.workFolder or (cache_root() / "slicer")
         root.mkdir(parents=True, exist_ok=True)
         return Path(tempfile.mkdtemp(prefix=f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}-", dir=root))
 

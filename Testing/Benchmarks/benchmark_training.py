@@ -30,7 +30,7 @@ backend flags (cuDNN benchmark, TF32) leak into the other; ``--in-process`` runs
 process instead (plain first; the CPU peak then relies on ``malloc_trim`` and on resetting
 VmHWM via ``/proc/self/clear_refs``). Before its baseline each variant runs one iteration of a
 miniature of itself, so libraries loaded once (``torch.distributed``, ``torch._dynamo``, oneDNN
-kernels: over 100 MiB) are not charged to either. On CUDA the plain loop keeps PyTorch's default
+kernels, thread pools) are not charged to either. On CUDA the plain loop keeps PyTorch's default
 backend flags, which let cuDNN convolutions use TF32; ``--strict-fp32`` turns that off.
 
     python Testing/Benchmarks/benchmark_training.py [--preset paper] [--device auto|cpu|cuda]
@@ -340,7 +340,7 @@ def _prime(variant: str, config: TrainConfig, strict_fp32: bool = False) -> None
     """One iteration of a miniature of the same step (patch 16³, base 2 filters), so that the RSS
     baseline taken after it counts what the first step loads once (``torch.distributed`` imported
     by ``setup_runtime``, ``torch._dynamo`` by the first optimizer, oneDNN kernels, thread
-    pools: over 100 MiB here), not what a step of the benchmarked size holds."""
+    pools), not what a step of the benchmarked size holds."""
     mini = config.replace(patch=(16, 16, 16), compile=False, network={"base_filters": 2})
     batches, ids = host_batches(mini, None, 1, shape=(20, 20, 20))
     step = (EngineStep if variant == "engine" else PlainStep)(mini, ids, strict_fp32)

@@ -49,6 +49,7 @@ import numpy as np
 
 from RADALib.cohort import Case, Cohort, cohort_from_la_folder, save_cohort
 from RADALib.events import Progress, terminal_sink
+from RADALib.paths import cache_root
 from RADALib.propagation import PropagationConfig
 from RADALib.volume import LA_SPACING_MM, read_volume
 
@@ -173,7 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labeled", type=int, default=8)
     parser.add_argument("--validation", type=int, default=10)
     parser.add_argument(
-        "--cache-dir", default="~/.cache/rada", help="RADA cache (propagation/, embeddings/)"
+        "--cache-dir",
+        default=str(cache_root()),
+        help="RADA cache (propagation/, embeddings/); default $RADA_CACHE_DIR or ~/.cache/rada",
     )
     parser.add_argument(
         "--workers", type=int, default=0, help="ANTs worker processes (0: one per core)"

@@ -836,9 +836,8 @@ def check_mode(
     # bundle save / load / predict one case with a fresh model of the same config
     runtime = setup_runtime(config)
     model = build_model(config, runtime).eval()
-    temporary = (
-        Path(tempfile.mkdtemp(prefix="la_gpu_check_")) / "model"
-    )  # never in OUT (112 MiB of weights)
+    # a temporary folder, never in OUT: the weights of three networks would crowd what comes back
+    temporary = Path(tempfile.mkdtemp(prefix="la_gpu_check_")) / "model"
     fake = TrainResult(model, [], temporary, 0, 0.0, config)
     save_bundle(
         temporary, model.cpu(), bundle_fields(config, embeddings, split, fake, Path(args.prep))
@@ -1258,7 +1257,7 @@ def main() -> None:
         "--checkpoint-every",
         type=int,
         default=1000,
-        help="checkpoints inside a segment (each segment also ends with one); 235 MB each",
+        help="checkpoints inside a segment (each segment also ends with one)",
     )
     parser.add_argument("--log-every", type=int, default=20)
     parser.add_argument(
