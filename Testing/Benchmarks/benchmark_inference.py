@@ -37,7 +37,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from collections.abc import Sequence
@@ -46,6 +45,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from machine_info import host_info
 
 from RADALib.bundle import Bundle, load_bundle
 from RADALib.cli import parse_triple
@@ -208,24 +208,8 @@ def windows_per_volume(shape: Sequence[int], patch: Sequence[int], stride: Seque
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(
-                (line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")),
-                cpu,
-            )
-    except OSError:
-        pass
-    info = {
-        "host": platform.node(),
-        "machine": platform.machine(),
-        "cores": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-    }
+    """The machine, torch's thread count and the GPU's name where one ran."""
+    info = host_info() | {"threads": torch.get_num_threads()}
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

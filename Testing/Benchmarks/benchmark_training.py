@@ -48,7 +48,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import resource
 import sys
 import time
@@ -59,6 +58,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from machine_info import host_info
 
 from RADALib.cli import parse_triple
 from RADALib.data import Batch, TrainingCase, normalize_intensity
@@ -445,23 +445,8 @@ def run_isolated(variant: str, settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def machine_info(device: str) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "host": platform.node(),
-        "machine": platform.machine(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-    }
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            cpu = next(
-                (line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")),
-                cpu,
-            )
-    except OSError:
-        pass
-    info["cpu"] = cpu
+    """The machine and, on CUDA, the GPU."""
+    info = host_info()
     if device == "cuda":
         info.update(
             gpu=torch.cuda.get_device_name(0),
