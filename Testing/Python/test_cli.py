@@ -160,22 +160,7 @@ def test_propagate_command_emits_json_events_for_each_case(tmp_path, capsys, mon
     volume = volume_from_array(image)
     write_like(volume, image, tmp_path / "img" / "c0.nrrd")
     write_like(volume, label, tmp_path / "lab" / "c0.nrrd")
-    assert (
-        main(
-            [
-                "cohort",
-                "--images",
-                str(tmp_path / "img"),
-                "--labels",
-                str(tmp_path / "lab"),
-                "--labeled",
-                "1",
-                "--out",
-                str(tmp_path / "cohort.json"),
-            ]
-        )
-        == 0
-    )
+    _write_cohort(tmp_path)
     capsys.readouterr()
     code = main(
         [
@@ -219,25 +204,17 @@ def test_propagate_command_emits_json_events_for_each_case(tmp_path, capsys, mon
     )
 
 
+def _write_cohort(tmp_path) -> str:
+    """``rada cohort`` over tmp_path/img and tmp_path/lab, the first case labeled."""
+    args = ["--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab")]
+    out = str(tmp_path / "cohort.json")
+    assert main(["cohort", *args, "--labeled", "1", "--out", out]) == 0
+    return out
+
+
 def _tiny_cohort(tmp_path) -> str:
     _write_cube_cases(tmp_path, 2)
-    assert (
-        main(
-            [
-                "cohort",
-                "--images",
-                str(tmp_path / "img"),
-                "--labels",
-                str(tmp_path / "lab"),
-                "--labeled",
-                "1",
-                "--out",
-                str(tmp_path / "cohort.json"),
-            ]
-        )
-        == 0
-    )
-    return str(tmp_path / "cohort.json")
+    return _write_cohort(tmp_path)
 
 
 def test_train_set_overrides_settings_and_iterations_scale_the_schedule(
