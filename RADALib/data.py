@@ -11,6 +11,9 @@ Decisions:
 - **Intensity normalisation**: every volume is z-scored over all its voxels (mean 0, standard
   deviation 1; a constant volume becomes all zeros). LA2018's h5 images are already z-scored,
   so this changes nothing there.
+- **Training spacing**: with a ``spacing``, every case of another voxel size is resampled into it
+  after normalisation (image, mixed labels per class, distances in original slice units,
+  annotated slices kept whole: :mod:`RADALib.resampling`), through the array cache when given.
 - **Crop**: a uniform random ``patch`` window (UA-MT). Along an axis where the volume is
   smaller than the patch, the volume is centred in the patch and padded: the image with its own
   minimum (after normalisation: the darkest value, background-like, where 0 would look like

@@ -475,6 +475,7 @@ def with_training_spacing(
     spacings = training_spacings(cohort)
     spacing = config.spacing if config.spacing is not None else plan_spacing(spacings)
     if progress is not None:
+        progress.enter("train")
         origin = "set" if config.spacing is not None else "the cohort's median spacing per axis"
         resampled = sum(not same_spacing(s, spacing) for s in spacings)
         progress.message(
