@@ -15,7 +15,8 @@ A bundle is a folder holding two files:
      "encoder": {"identity": identity of the frozen encoders, "pretrained": {"vision": bool, "text": bool},
                  "files": {"vision": path, "text": path}, "region_mode": "alpha"},
      "normalization": "zscore", "inference": {"patch": [..], "stride": [..] or a preset name,
-                                              "largest_component": {"classes": [1], "fractions": ...}},
+                                              "largest_component": {"classes": [1], "fractions": ...},
+                                              "spacing": [x, y, z] mm},
      "training": {metrics, iterations, config...},
      "checksums": {"weights.safetensors": sha256 hex}}
 
@@ -28,7 +29,9 @@ rebuild the same Alpha-CLIP tower for a new volume's own region prompt
 ``inference.largest_component`` names the classes that were one connected region in the
 training cohort's pseudo-labels (:func:`~RADALib.postprocessing.recommend_largest_component`):
 inference keeps only their largest component unless told otherwise (absent from older bundles:
-nothing is post-processed).
+nothing is post-processed). ``inference.spacing`` is the training spacing: inference resamples
+each input into it and the probabilities back onto the input's grid (:mod:`RADALib.inference`;
+absent from older bundles: every volume runs on its own grid).
 
 A bundle is written into a temporary sibling folder and renamed into place only when complete,
 so an interrupted save never leaves a half bundle; an existing bundle of the same name is
@@ -138,6 +141,13 @@ class Bundle:
     def inference_settings(self) -> dict[str, Any]:
         """The manifest's ``inference`` entry (``patch``, ``stride``), possibly empty."""
         return dict(self.manifest.get("inference") or {})
+
+    @property
+    def spacing(self) -> tuple[float, float, float] | None:
+        """The training spacing (x, y, z) in mm every input is resampled into for the networks;
+        ``None`` (a bundle from before training spacings): each volume's own grid."""
+        value = self.inference_settings.get("spacing")
+        return None if value is None else tuple(float(v) for v in value)  # type: ignore[return-value]
 
     @property
     def largest_component_classes(self) -> list[int]:
@@ -342,6 +352,32 @@ def _embedding(manifest: Mapping[str, Any], key: str, width: int, path: Path) ->
     return array
 
 
+def _check_inference(manifest_path: Path, inference: Any, n_classes: int) -> None:
+    """``InputError`` unless the manifest's ``inference`` entry holds a valid largest-component
+    record and training spacing (each may be absent)."""
+    record = inference.get("largest_component") if isinstance(inference, Mapping) else None
+    if record is not None:
+        kept = record.get("classes") if isinstance(record, Mapping) else None
+        if not isinstance(kept, list) or not all(
+            type(c) is int and 0 < c < n_classes for c in kept
+        ):
+            raise InputError(
+                manifest_path,
+                "field 'inference.largest_component' must hold a list 'classes' of "
+                f"class numbers 1..{n_classes - 1}, got {str(record)[:80]}",
+            )
+    spacing = inference.get("spacing") if isinstance(inference, Mapping) else None
+    if spacing is not None and not (
+        isinstance(spacing, list)
+        and len(spacing) == 3
+        and all(type(s) in (int, float) and math.isfinite(s) and s > 0 for s in spacing)
+    ):
+        raise InputError(
+            manifest_path,
+            f"field 'inference.spacing' must be three positive sizes in mm, got {str(spacing)[:80]}",
+        )
+
+
 def load_bundle(folder: str | os.PathLike[str], device: str | torch.device = "cpu") -> Bundle:
     """Load a bundle: checks the manifest, the weights' checksum and the state dict's keys/shapes.
 
@@ -390,18 +426,7 @@ def load_bundle(folder: str | os.PathLike[str], device: str | torch.device = "cp
             f"field 'classes' names classes {sorted(classes)}, but the network has {config.n_classes} outputs "
             f"(expected classes 1..{config.n_classes - 1})",
         )
-    inference = manifest.get("inference") or {}
-    record = inference.get("largest_component") if isinstance(inference, Mapping) else None
-    if record is not None:
-        kept = record.get("classes") if isinstance(record, Mapping) else None
-        if not isinstance(kept, list) or not all(
-            type(c) is int and 0 < c < config.n_classes for c in kept
-        ):
-            raise InputError(
-                manifest_path,
-                "field 'inference.largest_component' must hold a list 'classes' of "
-                f"class numbers 1..{config.n_classes - 1}, got {str(record)[:80]}",
-            )
+    _check_inference(manifest_path, manifest.get("inference") or {}, config.n_classes)
     return Bundle(
         folder=folder,
         model=model,

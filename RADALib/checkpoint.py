@@ -38,6 +38,10 @@ RUNTIME_ONLY_SETTINGS = frozenset(
     }
 )
 
+# settings added after checkpoints were first written: one a checkpoint does not record is not
+# compared (it was made by an earlier RADA, before the setting existed)
+ADDED_SETTINGS = frozenset({"spacing"})
+
 
 def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> Path:
     """``torch.save`` into a temporary file, then rename: the old file stays whole until then."""
@@ -74,7 +78,9 @@ def check_compatible(saved: Mapping[str, Any], config: TrainConfig, path: Path) 
     differ = sorted(
         k
         for k in set(saved) | set(current)
-        if k not in RUNTIME_ONLY_SETTINGS and saved.get(k) != current.get(k)
+        if k not in RUNTIME_ONLY_SETTINGS
+        and not (k in ADDED_SETTINGS and k not in saved)
+        and saved.get(k) != current.get(k)
     )
     if differ:
         raise RADAError(

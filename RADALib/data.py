@@ -11,6 +11,9 @@ Decisions:
 - **Intensity normalisation**: every volume is z-scored over all its voxels (mean 0, standard
   deviation 1; a constant volume becomes all zeros). LA2018's h5 images are already z-scored,
   so this changes nothing there.
+- **Training spacing**: with a ``spacing``, every case of another voxel size is resampled into it
+  after normalisation (image, mixed labels per class, distances in original slice units,
+  annotated slices kept whole: :mod:`RADALib.resampling`), through the array cache when given.
 - **Crop**: a uniform random ``patch`` window (UA-MT). Along an axis where the volume is
   smaller than the patch, the volume is centred in the patch and padded: the image with its own
   minimum (after normalisation: the darkest value, background-like, where 0 would look like
@@ -52,6 +55,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cache import ArrayCache
 from .cohort import Cohort
 from .errors import InputError
 from .events import Progress
@@ -205,6 +209,8 @@ def load_training_cases(
     progress: Progress | None = None,
     label_source: str = "views",
     fusion: tuple[str, float] | None = None,
+    spacing: Sequence[float] | None = None,
+    cache: ArrayCache | None = None,
 ) -> tuple[list[TrainingCase], list[TrainingCase]]:
     """Read the cohort's training cases into memory: ``(labeled, unlabeled)``.
 
@@ -217,18 +223,19 @@ def load_training_cases(
     and ``fusion_alpha`` (None: :meth:`PropagationResult.fused`'s defaults), so that training
     learns the ``fused.nrrd`` the user reviewed; a case annotated in fewer than three planes
     has no fused label and keeps its views' supervision).
+    ``spacing``: the training spacing (x, y, z) in mm; every case of another voxel size is
+    resampled into it (:func:`to_training_spacing`, through ``cache`` when given); ``None``
+    keeps every case on its own grid.
     Validation cases are left out. Raises :class:`InputError` when there is no labeled case or
     a labeled case has no (or a stale) propagation result. An empty unlabeled list is returned
     as is: training then runs supervised only (and says so).
     """
-    from .propagation import PropagationResult
-    from .pseudo_labels import case_annotation, load_case_result
     from .volume import read_volume
 
-    source = cohort.path or cohort.name
     if not cohort.labeled:
         raise InputError(
-            source, "no labeled training case: give sparse labels, or --labeled N with dense labels"
+            cohort.path or cohort.name,
+            "no labeled training case: give sparse labels, or --labeled N with dense labels",
         )
     folder = Path(propagation_dir) if propagation_dir is not None else None
     progress = progress or Progress()
@@ -240,31 +247,114 @@ def load_training_cases(
         volume = read_volume(case.image, "image")
         image = normalize_intensity(volume.array)
         if case.labeled:
-            case_folder = folder / "cases" / case.id if folder is not None else None
-            if case_folder is not None and (case_folder / "propagation.npz").exists():
-                result = load_case_result(case_folder)
-            elif require_propagation:
-                where = case_folder if case_folder is not None else source
-                raise InputError(
-                    where,
-                    f"case {case.id} has no propagation result: run `rada propagate` for this cohort first",
-                )
-            else:  # the ablation without registration needs the sparse annotation only
-                result = PropagationResult(case_annotation(case, volume), {}, {})
-            if tuple(result.annotation.label.shape) != image.shape:
-                raise InputError(
-                    folder / "cases" / case.id if folder is not None else source,
-                    f"case {case.id}: the propagation result has shape {result.annotation.label.shape} but the image "
-                    f"{image.shape}; run `rada propagate` again",
-                )
+            result = _propagation_result(cohort, case, volume, folder, require_propagation)
             training_case = labeled_case_from_result(case.id, image, result)
             if label_source == "fused" and len(result.labels) == N_VIEWS:
                 training_case = fused_supervision(training_case, result.fused(*(fusion or ())))
-            labeled.append(training_case)
         else:
-            unlabeled.append(TrainingCase(case.id, image))
+            training_case = TrainingCase(case.id, image)
+        if spacing is not None:
+            training_case = to_training_spacing(training_case, volume.spacing, spacing, cache)
+        (labeled if case.labeled else unlabeled).append(training_case)
         progress.update(number, case.id)
     return labeled, unlabeled
+
+
+def _propagation_result(
+    cohort: Cohort, case, volume, folder: Path | None, require_propagation: bool
+):
+    """The labeled ``case``'s ``PropagationResult`` from ``folder`` (or, without one and
+    without ``require_propagation``, its sparse annotation alone); ``InputError`` when it is
+    missing or its shape is not the image's."""
+    from .propagation import PropagationResult
+    from .pseudo_labels import case_annotation, load_case_result
+
+    source = cohort.path or cohort.name
+    case_folder = folder / "cases" / case.id if folder is not None else None
+    if case_folder is not None and (case_folder / "propagation.npz").exists():
+        result = load_case_result(case_folder)
+    elif require_propagation:
+        raise InputError(
+            case_folder if case_folder is not None else source,
+            f"case {case.id} has no propagation result: run `rada propagate` for this cohort first",
+        )
+    else:  # the ablation without registration needs the sparse annotation only
+        result = PropagationResult(case_annotation(case, volume), {}, {})
+    if tuple(result.annotation.label.shape) != volume.shape:
+        raise InputError(
+            case_folder if case_folder is not None else source,
+            f"case {case.id}: the propagation result has shape {result.annotation.label.shape} but the image "
+            f"{volume.shape}; run `rada propagate` again",
+        )
+    return result
+
+
+# ----------------------------------------------------------------------------- training spacing
+
+
+def training_spacings(cohort: Cohort) -> list[tuple[float, float, float]]:
+    """The voxel size (x, y, z) of each training volume, labeled then unlabeled (validation
+    cases left out), read from the files' headers."""
+    from .volume import read_spacing
+
+    return [read_spacing(case.image) for case in cohort.labeled + cohort.unlabeled]
+
+
+def _case_arrays(case: TrainingCase) -> dict[str, np.ndarray]:
+    """The arrays that make up ``case`` (what the cache stores)."""
+    arrays = {"image": case.image}
+    if case.labeled:
+        for v in range(N_VIEWS):
+            arrays[f"label_{v}"] = case.labels[v]  # type: ignore[index]
+            arrays[f"distance_{v}"] = case.distances[v]  # type: ignore[index]
+        arrays["annotated"], arrays["sparse"] = case.annotated, case.sparse  # type: ignore[assignment]
+    return arrays
+
+
+def _case_from_arrays(case_id: str, arrays: dict[str, np.ndarray]) -> TrainingCase:
+    if "label_0" not in arrays:
+        return TrainingCase(case_id, arrays["image"])
+    return TrainingCase(
+        case_id,
+        arrays["image"],
+        tuple(arrays[f"label_{v}"] for v in range(N_VIEWS)),  # type: ignore[arg-type]
+        tuple(arrays[f"distance_{v}"] for v in range(N_VIEWS)),  # type: ignore[arg-type]
+        arrays["annotated"],
+        arrays["sparse"],
+    )
+
+
+def to_training_spacing(
+    case: TrainingCase,
+    spacing: Sequence[float],
+    target: Sequence[float],
+    cache: ArrayCache | None = None,
+) -> TrainingCase:
+    """``case`` (on a grid of ``spacing``) resampled to the training spacing ``target``
+    (:func:`~RADALib.resampling.resample_case`); the case itself when the spacings agree.
+    ``cache`` keeps the result under a key of the case's content, both spacings and
+    :data:`~RADALib.resampling.RESAMPLING_VERSION`."""
+    from .cache import content_key
+    from .resampling import RESAMPLING_VERSION, resample_case, same_spacing
+
+    if same_spacing(spacing, target):
+        return case
+    if cache is None:
+        return resample_case(case, spacing, target)
+    arrays = _case_arrays(case)
+    key = content_key(
+        "training-case",
+        RESAMPLING_VERSION,
+        [float(s) for s in spacing],
+        [float(s) for s in target],
+        *(arrays[name] for name in sorted(arrays)),
+    )
+    hit = cache.get(key)
+    if hit is not None:
+        return _case_from_arrays(case.id, hit[0])
+    resampled = resample_case(case, spacing, target)
+    cache.put(key, _case_arrays(resampled), {"case": case.id, "spacing": list(target)})
+    return resampled
 
 
 # ----------------------------------------------------------------------------- crop and augment

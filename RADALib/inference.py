@@ -2,7 +2,8 @@
 
 How a new volume is segmented (paper section 3; docs/method.md, Inference):
 
-1. the image is z-scored over the whole volume (as in training);
+1. the image is z-scored over the whole volume (as in training) and, when the bundle's training
+   spacing differs from the volume's, resampled into it (:mod:`RADALib.resampling`);
 2. Era = Adapter(Et ⊕ Ev) is computed once: Et is the text embedding stored in the bundle, and
    Ev is the bundle's *mean* region embedding over the training cohort's annotated slices (one
    mean per visual-prompt plane, concatenated), unless the caller passes the new volume's own
@@ -15,7 +16,9 @@ How a new volume is segmented (paper section 3; docs/method.md, Inference):
    background-like value; UA-MT pads with 0, which looks like average tissue);
 4. each window goes through the three networks; their softmax are averaged (the ensemble);
 5. overlapping windows are averaged with **uniform** weights (sum of probabilities divided by
-   the number of windows covering the voxel), the paper's choice; then argmax;
+   the number of windows covering the voxel), the paper's choice; probabilities computed at the
+   training spacing are resampled back onto the volume's own grid, class by class; then argmax
+   (the label map and probabilities lie on the input's grid and are written with its header);
 6. (not in the paper) each class the bundle marks as one region (it was one connected region
    in the training cohort's pseudo-labels) keeps only its largest connected component
    (:mod:`RADALib.postprocessing`); ``largest_component=True``/``False`` overrides that for
@@ -61,6 +64,7 @@ from .networks import DOWNSAMPLING, TripleViewModel
 from .paths import LABEL_SUFFIX, PROBABILITY_SUFFIX
 from .postprocessing import keep_largest_component
 from .region_prompt import prompt_source
+from .resampling import resample_array, resample_probabilities, resampled_shape, same_spacing
 from .volume import Oblique, Volume, file_suffix, read_volume, write_like
 
 PAPER_PATCH: tuple[int, int, int] = (112, 112, 80)
@@ -457,27 +461,31 @@ def predict_volume(
     device = torch.device(device)
     _check_normalization(bundle)
     patch = bundle_patch(bundle, patch)
-    stride = _inference_stride(bundle, volume.shape, patch, stride, progress)
+    training_spacing = bundle.spacing
+    network_shape = (
+        resampled_shape(volume.shape, volume.spacing, training_spacing)
+        if training_spacing is not None
+        else volume.shape
+    )
+    stride = _inference_stride(bundle, network_shape, patch, stride, progress)
     _check_model_inputs(bundle)
     region = _region_embedding(bundle, region_embedding)
     model = prepare_model(bundle.model, device)
     era = _era(model, bundle.text_embedding, region, device)
-    autocast = _autocast(device, amp)
-    memory_format = memory_format_for(device)
-
+    network = functools.partial(
+        _volume_probabilities,
+        model,
+        era,
+        patch,
+        stride,
+        batch_size,
+        progress,
+        _autocast(device, amp),
+        memory_format_for(device),
+    )
     normalized = normalize_intensity(volume.array)  # as in training
-    image = torch.from_numpy(normalized)[None, None].to(device)
-    pad_value = float(normalized.min())
     with torch.inference_mode():
-        if stride == WHOLE:
-            probabilities = whole_volume_inference(
-                model, image, era, patch, pad_value, progress, autocast, memory_format
-            )
-        else:
-            predictor = _ensemble_predictor(model, era, autocast, memory_format)
-            probabilities = sliding_window_inference(
-                image, predictor, patch, stride, batch_size, progress, pad_value=pad_value
-            )
+        probabilities = probabilities_on_grid(network, normalized, volume.spacing, training_spacing)
         label = probabilities.argmax(dim=0).to(torch.uint8).cpu().numpy()
         kept = (
             probabilities.cpu().numpy().astype(np.float32, copy=False)
@@ -488,6 +496,54 @@ def predict_volume(
     if post:
         label = keep_largest_component(label, post)
     return Prediction(label=label, probabilities=kept, largest_component=tuple(post))
+
+
+def probabilities_on_grid(
+    network: Callable[[np.ndarray], Tensor],
+    image: np.ndarray,
+    spacing: Sequence[float],
+    training_spacing: Sequence[float] | None,
+) -> Tensor:
+    """``network``'s probabilities (K, X, Y, Z) for ``image`` on ``image``'s own grid.
+
+    With a ``training_spacing`` other than the image's ``spacing``, the image is resampled into
+    it (:func:`~RADALib.resampling.resample_array`), ``network`` runs there, and its
+    probabilities are resampled back onto the image's grid, class by class (take the argmax
+    afterwards); otherwise ``network`` runs on ``image`` as it is.
+    """
+    if training_spacing is None or same_spacing(spacing, training_spacing):
+        return network(image)
+    probabilities = network(resample_array(image, spacing, training_spacing))
+    back = resample_probabilities(
+        probabilities.float().cpu().numpy(), training_spacing, spacing, image.shape
+    )
+    return torch.from_numpy(back).to(probabilities.device)
+
+
+def _volume_probabilities(
+    model: TripleViewModel,
+    era: Tensor | None,
+    patch: tuple[int, int, int],
+    stride: str | tuple[int, int, int],
+    batch_size: int,
+    progress: Progress | None,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+    memory_format: torch.memory_format,
+    normalized: np.ndarray,
+) -> Tensor:
+    """The ensemble's probabilities (K, X, Y, Z) of a z-scored volume: one pass per network
+    (``stride`` :data:`WHOLE`) or sliding windows, padded with the volume's minimum."""
+    device = next(model.parameters()).device
+    image = torch.from_numpy(normalized)[None, None].to(device)
+    pad_value = float(normalized.min())
+    if stride == WHOLE:
+        return whole_volume_inference(
+            model, image, era, patch, pad_value, progress, autocast, memory_format
+        )
+    predictor = _ensemble_predictor(model, era, autocast, memory_format)
+    return sliding_window_inference(
+        image, predictor, patch, stride, batch_size, progress, pad_value=pad_value
+    )
 
 
 def _check_normalization(bundle: Bundle) -> None:

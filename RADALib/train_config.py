@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ REGION_MODES = ("alpha", "no_mask", "none")
 LABEL_SOURCES = ("views", "fused")
 _SWITCHES = ("auto", "on", "off")
 SETTING_GROUPS = ("schedule", "network")  # nested settings: schedule.<name>, network.<name>
+OPTIONAL_SETTINGS = frozenset({"spacing"})  # None or a value, checked by TrainConfig itself
 
 
 @dataclass
@@ -50,6 +52,10 @@ class TrainConfig:
     (see Testing/Benchmarks/RESULTS.md). ``uncertainty_passes`` (T): 4 for the paper preset
     (UA-MT used 8 for one teacher; here all three nets make pseudo-labels every iteration,
     3·T·U extra forward samples), 2 for the small one.
+    ``spacing``: the training spacing (x, y, z) in mm that every volume is resampled into
+    (:mod:`RADALib.resampling`); ``None`` = the cohort's median voxel size per axis, planned
+    when training starts (:func:`RADALib.training.with_training_spacing`); one number means
+    the same size on every axis.
     """
 
     patch: tuple[int, int, int] = (112, 112, 80)
@@ -80,6 +86,7 @@ class TrainConfig:
     prefetch: int = 2
     deterministic: bool = False
     threads: int = 0
+    spacing: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.schedule, Mapping):
@@ -88,6 +95,7 @@ class TrainConfig:
             self.network = NetworkConfig.from_dict(self.network)
         self.patch = tuple(int(p) for p in self.patch)  # type: ignore[assignment]
         self.visual_planes = tuple(str(p) for p in self.visual_planes)
+        self.spacing = _spacing_setting(self.spacing)
         self._check_sizes()
         self._check_choices()
         if self.noise_std < 0 or self.noise_clip < 0:
@@ -147,6 +155,7 @@ class TrainConfig:
         data["network"] = self.network.to_dict()
         data["patch"] = list(self.patch)
         data["visual_planes"] = list(self.visual_planes)
+        data["spacing"] = None if self.spacing is None else list(self.spacing)
         return data
 
     @classmethod
@@ -194,6 +203,28 @@ class TrainConfig:
         return TrainConfig.from_dict(data)
 
 
+def _spacing_setting(value: Any) -> tuple[float, float, float] | None:
+    """``spacing`` as three positive, finite mm (or ``None``), from a triple, one number (the same
+    on every axis) or text such as ``1.25,1.25,2.5``; ``ValueError`` otherwise."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [v for v in value.replace("x", ",").split(",") if v.strip()]
+    values = (
+        [value] * 3 if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    )
+    try:
+        triple = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        triple = ()
+    if len(triple) != 3 or any(not (math.isfinite(v) and v > 0) for v in triple):
+        raise ValueError(
+            f"TrainConfig.spacing must be three positive sizes in mm (x,y,z, e.g. 1.25,1.25,1.25) "
+            f"or null for the cohort's median spacing, got {value!r}"
+        )
+    return triple  # type: ignore[return-value]
+
+
 def _closest_setting(key: str, data: Mapping[str, Any]) -> str:
     """`` (did you mean schedule.alpha_floor?)`` for a misspelt or unqualified setting name, else ``""``."""
     names: list[str] = []
@@ -218,8 +249,9 @@ def _typed_setting(key: str, current: Any, value: Any) -> Any:
     A whole number passes for a decimal one, a list (or comma-separated text, ``64,64,48``) for a
     tuple; a setting that is ``None`` by default takes anything. (``rada train --set
     schedule.alpha_floor=x`` says what it wants, instead of failing later at a comparison.)
+    :data:`OPTIONAL_SETTINGS` take ``None`` or a value, which :class:`TrainConfig` checks.
     """
-    if current is None:
+    if current is None or key in OPTIONAL_SETTINGS:
         return value
     if (
         isinstance(current, (list, tuple)) and isinstance(value, str) and current

@@ -54,6 +54,7 @@ import torch
 from torch import Tensor, nn
 
 from .atomic import write_text_atomic
+from .cache import ArrayCache
 from .checkpoint import (
     CHECKPOINT,
     CHECKPOINT_FORMAT,
@@ -63,7 +64,14 @@ from .checkpoint import (
     rng_state,
     save_checkpoint,
 )
-from .data import Batch, BatchPrefetcher, TrainingCase, TwoStreamSampler, load_training_cases
+from .data import (
+    Batch,
+    BatchPrefetcher,
+    TrainingCase,
+    TwoStreamSampler,
+    load_training_cases,
+    training_spacings,
+)
 from .errors import RADAError
 from .events import Progress
 from .losses import masked_cross_entropy, supervised_loss, uncertainty_mask
@@ -454,6 +462,29 @@ class TrainOptions(TypedDict, total=False):
     stop_after: int | None
 
 
+def with_training_spacing(
+    config: TrainConfig, cohort, progress: Progress | None = None
+) -> TrainConfig:
+    """``config`` with its training spacing decided: ``config.spacing`` when set, else the
+    median voxel size per axis over the cohort's training volumes, labeled and unlabeled (as
+    nnU-Net plans it); says which, and how many volumes will be resampled into it."""
+    from .resampling import plan_spacing, same_spacing
+
+    if config.spacing is not None and progress is None:
+        return config
+    spacings = training_spacings(cohort)
+    spacing = config.spacing if config.spacing is not None else plan_spacing(spacings)
+    if progress is not None:
+        progress.enter("train")
+        origin = "set" if config.spacing is not None else "the cohort's median spacing per axis"
+        resampled = sum(not same_spacing(s, spacing) for s in spacings)
+        progress.message(
+            f"training spacing {' x '.join(f'{s:.4g}' for s in spacing)} mm ({origin}); "
+            f"{resampled} of {len(spacings)} training volume(s) resampled into it"
+        )
+    return config if config.spacing is not None else config.replace(spacing=list(spacing))
+
+
 def train(
     config: TrainConfig,
     cohort,
@@ -463,21 +494,28 @@ def train(
     out_dir: str | Path,
     *,
     fusion: tuple[str, float] | None = None,
+    cache: ArrayCache | None = None,
     **options: Unpack[TrainOptions],
 ) -> TrainResult:
     """Train on a cohort whose labeled cases were propagated into ``propagation_dir``.
 
     ``text_embedding``: Et (text_dim,); ``region_embeddings[case_id][plane]``: Ev (D,) of the
     labeled cases (``None``: no region prompt). ``fusion``: the propagation's vote and α, for
-    ``label_source="fused"`` (None: the default vote). ``options`` (progress, validate, resume,
-    stop_after) and the rest: see :func:`train_on_cases`.
+    ``label_source="fused"`` (None: the default vote). Every volume is resampled into the
+    training spacing (:func:`with_training_spacing` when ``config.spacing`` is ``None``; the
+    result's ``config`` holds it), through ``cache`` when given. ``options`` (progress,
+    validate, resume, stop_after) and the rest: see :func:`train_on_cases`.
     """
+    if config.spacing is None:
+        config = with_training_spacing(config, cohort, options.get("progress"))
     labeled, unlabeled = load_training_cases(
         cohort,
         propagation_dir,
         require_propagation=config.use_registration,
         label_source=config.label_source,
         fusion=fusion,
+        spacing=config.spacing,
+        cache=cache,
     )
     return train_on_cases(
         config, labeled, unlabeled, text_embedding, region_embeddings, out_dir, **options

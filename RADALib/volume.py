@@ -281,6 +281,27 @@ def read_volume(
     return Volume(canonical, spacing, origin, direction, source=str(path), file=geometry)
 
 
+def read_spacing(
+    path: str | os.PathLike[str], h5_spacing: float = LA_SPACING_MM
+) -> tuple[float, float, float]:
+    """The voxel size (x, y, z) in mm of an image file in canonical order, read from its header
+    only (an oblique volume: that of its axis-aligned resampling, as :func:`read_volume`)."""
+    path = Path(path)
+    if file_suffix(path) in _H5_SUFFIXES:
+        return (float(h5_spacing),) * 3  # type: ignore[return-value]
+    reader = _sitk().ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:  # read_volume says what is wrong with the file
+        return read_volume(path, "image", oblique="resample", h5_spacing=h5_spacing).spacing
+    if reader.GetDimension() != 3:
+        return read_volume(path, "image", h5_spacing=h5_spacing).spacing
+    permutation, _, _ = canonical_order(np.reshape(reader.GetDirection(), (3, 3)))
+    spacing = reader.GetSpacing()
+    return tuple(float(spacing[axis]) for axis in permutation)  # type: ignore[return-value]
+
+
 def _check_values(path: Path, array: np.ndarray, kind: str) -> np.ndarray:
     """``array`` checked and converted: an image to float32, a label map to uint8/uint16."""
     if array.size == 0 or min(array.shape) < 1:

@@ -105,7 +105,7 @@ def train_model(
     Training resumes from the experiment's checkpoint when there is one.
     """
     from .bundle import save_bundle
-    from .training import train
+    from .training import train, with_training_spacing
 
     experiment = Path(experiment)
     experiment.mkdir(parents=True, exist_ok=True)
@@ -115,6 +115,7 @@ def train_model(
             cohort.path or cohort.name,
             "no labeled case: training needs at least one annotated volume",
         )
+    train_config = with_training_spacing(train_config, cohort, progress)
     propagation = Path(propagation_dir) if propagation_dir else experiment / "propagation"
     propagation_config = propagation_config or PropagationConfig()
     if train_config.use_registration:
@@ -135,6 +136,7 @@ def train_model(
         progress=progress,
         validate=validate,
         fusion=(propagation_config.fusion, propagation_config.fusion_alpha),
+        cache=ArrayCache(cache_dir / "resampled") if cache_dir else None,
     )
     components = largest_component_record(cohort, propagation, propagation_config)
     _say_largest_component(cohort, components, progress)
@@ -227,7 +229,11 @@ def bundle_fields(
         else None,
         # what rebuilds the same frozen encoder for a volume's own region prompt (region_prompt.py)
         "encoder": encoder_record(embeddings, train_config.region_mode),
-        "inference": {"patch": list(train_config.patch), "largest_component": components},
+        "inference": {
+            "patch": list(train_config.patch),
+            "largest_component": components,
+            "spacing": list(train_config.spacing) if train_config.spacing else None,
+        },
         "training": {
             "iterations": result.iteration,
             "seconds": round(result.seconds, 1),
@@ -263,11 +269,12 @@ def largest_component_record(
 
 
 def _validator(cases: Sequence[Case], train_config):
-    """Dice on the validation cases (sliding window, fast stride) for the training events."""
+    """Dice on the validation cases (sliding window, fast stride, at the training spacing and
+    back on each case's grid) for the training events."""
     import torch
 
     from .data import normalize_intensity
-    from .inference import ensemble_probabilities, sliding_window_inference
+    from .inference import ensemble_probabilities, probabilities_on_grid, sliding_window_inference
     from .metrics import dice
     from .volume import read_volume
 
@@ -275,8 +282,9 @@ def _validator(cases: Sequence[Case], train_config):
     for case in cases:
         if case.dense_label is None:
             continue
-        image = read_volume(case.image, "image").array
-        loaded.append((normalize_intensity(image), read_volume(case.dense_label, "label").array))
+        image = read_volume(case.image, "image")
+        truth = read_volume(case.dense_label, "label").array
+        loaded.append((normalize_intensity(image.array), image.spacing, truth))
     if not loaded:
         return None
     patch = tuple(train_config.patch)
@@ -285,12 +293,16 @@ def _validator(cases: Sequence[Case], train_config):
     def validate(model, text, region) -> dict:
         device = next(model.parameters()).device
         era = model.embed(text, region) if (text is not None or region is not None) else None
-        scores = []
-        for image, truth in loaded:
+
+        def network(image: np.ndarray):
             x = torch.as_tensor(image, device=device)[None, None]
-            probabilities = sliding_window_inference(
+            return sliding_window_inference(
                 x, lambda p: ensemble_probabilities(model, p, era), patch, stride
             )
+
+        scores = []
+        for image, spacing, truth in loaded:
+            probabilities = probabilities_on_grid(network, image, spacing, train_config.spacing)
             scores.append(dice(probabilities.argmax(0).cpu().numpy(), truth))
         return {"val_dice": float(np.mean(scores))}
 
