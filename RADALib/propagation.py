@@ -55,7 +55,8 @@ class PropagationConfig:
     """How annotations are propagated. The defaults are a speed/quality trade-off chosen by
     measurement: ``crop_margin`` 10 registers fewer pixels than 15 in less time for the same
     fused Dice on LA; ``bound_margin`` is the margin, in slices, of each view's bound (None:
-    no bound, chains go on while their label lasts), chosen on the LA labeled cases (figures:
+    no bound, chains go on while their label lasts), chosen for per-view Dice on the LA labeled
+    cases and for cutting little true structure on LA and Hippocampus (figures:
     ``Testing/Benchmarks/RESULTS.md``)."""
 
     registration: RegistrationConfig = field(default_factory=RegistrationConfig)
@@ -366,8 +367,8 @@ def propagate(
     next pair is sent, cropped to that label's box plus ``crop_margin``. The pool is kept full,
     the chains with the longest way to go first. What a chain computes depends on its own
     labels only, so the result does not depend on the order in which registrations finish.
-    Each view's chains stop at its bound (``bound_margin``, :mod:`.bounds`), and each class is
-    background outside its own bound.
+    Each view's chains stop at its bound (``bound_margin``, :mod:`.bounds`), and its
+    pseudo-label is background outside it.
     """
     started = time.perf_counter()
     if image.shape != annotation.label.shape:
@@ -506,7 +507,7 @@ def _view_outputs(
     box: list[tuple[int, int]],
     bound: ViewBound | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The view's dense pseudo-label (x, y, z), background outside each class's ``bound``, and
+    """The view's dense pseudo-label (x, y, z), background outside its ``bound``, and
     its per-slice distance to the nearest source (kept beyond the bound: there the pseudo-label
     is background with the usual weight α^d)."""
     axis = view.axis
