@@ -105,6 +105,19 @@ def _add_propagation(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="propagate to the volume edge even after the label vanished",
     )
+    bound = group.add_mutually_exclusive_group()
+    bound.add_argument(
+        "--bound-margin",
+        type=int,
+        default=None,
+        help="slices kept beyond the extent the other planes' annotated slices show along each "
+        "view's axis; the pseudo-label is background past it (default 2)",
+    )
+    bound.add_argument(
+        "--no-bound",
+        action="store_true",
+        help="no bound: each view's chains go on while their label lasts",
+    )
     group.add_argument(
         "--workers", type=int, default=0, help="registration processes (default: one per CPU core)"
     )
@@ -132,6 +145,10 @@ def _propagation_config(args: argparse.Namespace):
         changes["crop_margin"] = args.crop_margin
     if args.no_stop:
         changes["stop_when_empty"] = False
+    if args.bound_margin is not None:
+        changes["bound_margin"] = args.bound_margin
+    if args.no_bound:
+        changes["bound_margin"] = None
     if args.fusion:
         changes["fusion"] = args.fusion
     return replace(config, **changes)

@@ -8,7 +8,8 @@ slices simulated from a dense label), propagate (``propagation.py``), and write 
   annotation, in canonical (x, y, z) order: what training reads;
 - ``pseudo_sagittal.nrrd``, ``pseudo_coronal.nrrd``, ``pseudo_axial.nrrd`` (mixed labels Ỹv),
   ``fused.nrrd`` and ``sparse.nrrd``: for review, written with the image's own header;
-- ``case.json``, written last: the done-marker (cache key, slices, timings, fallbacks).
+- ``case.json``, written last: the done-marker (cache key, slices, timings, fallbacks, and per
+  view the bound its chains stopped at and how many slices lay beyond it).
 
 A case whose ``case.json`` carries the current key is skipped, so an interrupted run resumes
 where it stopped. Results are also kept in a content-addressed cache (keyed by the image, the
@@ -33,6 +34,7 @@ from .annotation import (
     simulate_sparse_annotation,
 )
 from .atomic import ensure_writable_folder, write_npz_atomic, write_text_atomic
+from .bounds import view_bounds
 from .cache import ArrayCache, content_key
 from .cohort import Case, Cohort
 from .errors import InputError
@@ -196,10 +198,24 @@ def propagate_case(
         ),
         "methods": result.methods,
         "registrations": result.registrations,
+        "bounds": bounds_record(annotation, config),
         "config": config.to_dict(),
     }
     _write_json(marker, record)
     return _report(case, status, record, folder)
+
+
+def bounds_record(annotation: SparseAnnotation, config: PropagationConfig) -> dict[str, dict]:
+    """Per annotated view: ``bound``, the [low, high] slices its chains were bounded to (null
+    when the bound is off or nothing bounds it), and ``cut_slices``, how many slices of the
+    view lie outside it (no registration there; background in the pseudo-label)."""
+    bounds = view_bounds(annotation, config.bound_margin)
+    return {
+        PLANES[axis]: (
+            bounds[axis].record() if axis in bounds else {"bound": None, "cut_slices": 0}
+        )
+        for axis in sorted(annotation.slices)
+    }
 
 
 def _finished_record(folder: Path, key: str) -> dict | None:

@@ -30,7 +30,8 @@ sources alike. Segmentation: the three nets' mean softmax over windows of stride
     python Testing/Benchmarks/benchmark_supervision.py [--out DIR] [--sources rada,fused,truth]
         [--cases 6] [--labeled 3] [--seed 0] [--cohort MANIFEST] [--eval-cases N]
         [--iterations 200] [--patch 32,32,32]
-        [--base-filters 4] [--set KEY=VALUE ...] [--threads 1] [--workers 0] [--json results.json]
+        [--base-filters 4] [--set KEY=VALUE ...] [--threads 1] [--workers 0] [--bound-margin N|off]
+        [--json results.json]
 
 The paper's ablations run through ``--set``: ``use_registration=false`` (the annotated slices
 only), ``use_text=false`` (Et as zeros), ``region_mode=no_mask`` (Ev computed without the mask),
@@ -55,6 +56,7 @@ import json
 import platform
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +160,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workers", type=int, default=0, help="ANTs registration processes (0: one per core)"
+    )
+    parser.add_argument(
+        "--bound-margin",
+        default=None,
+        help="propagation: margin of each view's bound in slices, or 'off' (default: the engine's)",
     )
     parser.add_argument("--json", type=Path)
     return parser
@@ -303,6 +310,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     out = args.out.resolve()
     cohort = benchmark_cohort(args, out)
     propagation_config = PropagationConfig()
+    if args.bound_margin is not None:
+        margin = None if args.bound_margin == "off" else int(args.bound_margin)
+        propagation_config = replace(propagation_config, bound_margin=margin)
     ensure_propagation(cohort, out / "propagation", propagation_config, out / "cache", args.workers)
     embeddings = cohort_embeddings(
         cohort,

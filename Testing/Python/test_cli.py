@@ -418,3 +418,15 @@ def test_predict_with_a_bad_stride_gives_a_one_line_error(tmp_path, capsys, stri
         == f"rada: --stride takes dense, fast, whole or three positive integers X,Y,Z (e.g. 18,18,4), got {stride!r}"
     )
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "options, margin", [([], 2), (["--bound-margin", "5"], 5), (["--no-bound"], None)]
+)
+def test_propagation_options_set_the_bound_margin(options, margin):
+    from RADALib.cli import _propagation_config, build_parser
+    from RADALib.propagation import PropagationConfig
+
+    args = build_parser().parse_args(["propagate", "--cohort", "c.json", "--out", "o", *options])
+    assert _propagation_config(args).bound_margin == margin
+    assert PropagationConfig().bound_margin == 2

@@ -197,3 +197,26 @@ def test_an_empty_dense_label_names_the_file(cohort_folder, translation_registra
     cohort = cohort_from_folders(cohort_folder / "images", cohort_folder / "labels", labeled=1)
     with pytest.raises(InputError, match=r"case0_seg\.nrrd: the label map is empty"):
         propagate_cohort(cohort, cohort_folder / "out", translation_registrar)
+
+
+def test_the_case_record_says_each_views_bound_and_the_slices_it_cut(
+    cohort_folder, translation_registrar
+):
+    cohort = cohort_from_folders(cohort_folder / "images", cohort_folder / "labels", labeled=1)
+    out = cohort_folder / "out"
+    propagate_cohort(cohort, out, translation_registrar, PropagationConfig(crop_margin=30))
+    record = json.loads((out / "cases" / "case0" / "case.json").read_text())
+    result = load_case_result(out / "cases" / "case0")
+    shape = result.annotation.label.shape
+    assert set(record["bounds"]) == {"sagittal", "coronal", "axial"}
+    for axis, plane in enumerate(("sagittal", "coronal", "axial")):
+        low, high = record["bounds"][plane]["bound"]
+        assert record["bounds"][plane]["cut_slices"] == shape[axis] - (high - low + 1)
+        labels = np.moveaxis(result.labels[axis], axis, 0)
+        assert not labels[:low].any() and not labels[high + 1 :].any()
+    assert record["bounds"]["sagittal"]["cut_slices"] > 0  # the disk drifts over part of x only
+
+    unbounded = PropagationConfig(crop_margin=30, bound_margin=None)
+    propagate_cohort(cohort, cohort_folder / "off", translation_registrar, unbounded)
+    record = json.loads((cohort_folder / "off" / "cases" / "case0" / "case.json").read_text())
+    assert all(v == {"bound": None, "cut_slices": 0} for v in record["bounds"].values())
