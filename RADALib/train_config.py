@@ -53,9 +53,11 @@ class TrainConfig:
     (UA-MT used 8 for one teacher; here all three nets make pseudo-labels every iteration,
     3·T·U extra forward samples), 2 for the small one.
     ``spacing``: the training spacing (x, y, z) in mm that every volume is resampled into
-    (:mod:`RADALib.resampling`); ``None`` = the cohort's median voxel size per axis, planned
-    when training starts (:func:`RADALib.training.with_training_spacing`); one number means
-    the same size on every axis.
+    (:mod:`RADALib.resampling`); ``None`` = the cohort's median voxel size per axis times
+    ``spacing_factor``, planned when training starts
+    (:func:`RADALib.training.with_training_spacing`); one number means the same size on every
+    axis. ``spacing_factor`` (>= 1 coarsens; only used when ``spacing`` is ``None``): the cpu
+    preset trains on voxels twice the cohort's median size, eight times fewer voxels per patch.
     """
 
     patch: tuple[int, int, int] = (112, 112, 80)
@@ -87,6 +89,7 @@ class TrainConfig:
     deterministic: bool = False
     threads: int = 0
     spacing: tuple[float, float, float] | None = None
+    spacing_factor: float = 1.0
 
     def __post_init__(self) -> None:
         if isinstance(self.schedule, Mapping):
@@ -98,6 +101,10 @@ class TrainConfig:
         self.spacing = _spacing_setting(self.spacing)
         self._check_sizes()
         self._check_choices()
+        if not (math.isfinite(self.spacing_factor) and self.spacing_factor > 0):
+            raise ValueError(
+                f"TrainConfig.spacing_factor must be a positive number, got {self.spacing_factor!r}"
+            )
         if self.noise_std < 0 or self.noise_clip < 0:
             raise ValueError("TrainConfig.noise_std and noise_clip must be >= 0")
         if self.schedule.max_iterations != self.iterations:
@@ -300,8 +307,24 @@ def _small_preset() -> TrainConfig:
     )
 
 
-presets: dict[str, TrainConfig] = {"paper": TrainConfig(), "small": _small_preset()}
-"""Named settings: "paper" (LA recipe, a GPU job) and "small" (demo and tests on a CPU)."""
+def _cpu_preset() -> TrainConfig:
+    """The whole method (three views, guidance, unlabeled stream, cross supervision) sized for a
+    CPU: voxels three times the cohort's median size per axis (27 times fewer voxels), a patch
+    that covers at that spacing what the paper's 112x112x80 covers at LA's, 8 base filters,
+    T = 2, and a shorter run with the paper's schedule scaled to it. Figures and how they were
+    chosen: Testing/Benchmarks/RESULTS.md ("Demo")."""
+    return scale_schedule(
+        TrainConfig(
+            patch=(48, 48, 32),
+            spacing_factor=3.0,
+            network=NetworkConfig(base_filters=8),
+            uncertainty_passes=2,
+            checkpoint_every=100,
+            validate_every=100,
+            log_every=10,
+        ),
+        1500,
+    )
 
 
 def scale_schedule(config: TrainConfig, iterations: int) -> TrainConfig:
@@ -327,14 +350,40 @@ def scale_schedule(config: TrainConfig, iterations: int) -> TrainConfig:
     )
 
 
+presets: dict[str, TrainConfig] = {
+    "paper": TrainConfig(),
+    "cpu": _cpu_preset(),
+    "small": _small_preset(),
+}
+"""Named settings: "paper" (LA recipe, a GPU job), "cpu" (the whole method on a CPU, minutes)
+and "small" (tests). ``auto`` (:func:`resolve_preset`) picks "paper" with CUDA, else "cpu"."""
+AUTO_PRESET = "auto"
+
+
+def resolve_preset(name: str, device: str = "auto") -> str:
+    """``name``, or for ``auto`` the preset ``device`` can run: "paper" on CUDA, else "cpu"
+    (``device`` "auto": CUDA when torch finds it)."""
+    if name != AUTO_PRESET:
+        return name
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return "paper" if device.startswith("cuda") else "cpu"
+
+
 def preset(name: str, **changes: Any) -> TrainConfig:
     """A copy of a named preset, with ``changes`` applied (see :meth:`TrainConfig.replace`).
 
-    A new ``iterations`` first scales the preset's schedule steps in proportion
+    ``auto`` is the preset :func:`resolve_preset` picks for this machine. A new ``iterations``
+    first scales the preset's schedule steps in proportion
     (:func:`scale_schedule`); schedule settings in ``changes`` then override the scaled ones.
     """
+    name = resolve_preset(name, str(changes.get("device", "auto")))
     if name not in presets:
-        raise RADAError(f"unknown training preset {name!r}; choose one of {', '.join(presets)}")
+        raise RADAError(
+            f"unknown training preset {name!r}; choose one of {AUTO_PRESET}, {', '.join(presets)}"
+        )
     config = presets[name]
     changes = dict(changes)
     if "iterations" in changes:

@@ -467,16 +467,22 @@ def with_training_spacing(
 ) -> TrainConfig:
     """``config`` with its training spacing decided: ``config.spacing`` when set, else the
     median voxel size per axis over the cohort's training volumes, labeled and unlabeled (as
-    nnU-Net plans it); says which, and how many volumes will be resampled into it."""
+    nnU-Net plans it), times ``config.spacing_factor``; says which, and how many volumes will
+    be resampled into it."""
     from .resampling import plan_spacing, same_spacing
 
     if config.spacing is not None and progress is None:
         return config
     spacings = training_spacings(cohort)
-    spacing = config.spacing if config.spacing is not None else plan_spacing(spacings)
+    spacing = config.spacing
+    origin = "set"
+    if spacing is None:
+        spacing = tuple(s * config.spacing_factor for s in plan_spacing(spacings))
+        origin = "the cohort's median spacing per axis"
+        if config.spacing_factor != 1:
+            origin += f" x {config.spacing_factor:g}"
     if progress is not None:
         progress.enter("train")
-        origin = "set" if config.spacing is not None else "the cohort's median spacing per axis"
         resampled = sum(not same_spacing(s, spacing) for s in spacings)
         progress.message(
             f"training spacing {' x '.join(f'{s:.4g}' for s in spacing)} mm ({origin}); "

@@ -69,6 +69,8 @@ def cpuTrainingNote(preset: str) -> str:
     """The device line's words for training on the CPU: no duration, the status line has it."""
     if preset == "paper":
         speed = "The paper preset is a GPU job: on a CPU it is far slower."
+    elif preset == "auto":
+        speed = "The auto preset trains with the cpu preset here; a CUDA GPU is far faster."
     else:
         speed = "A CUDA GPU is far faster."
     return (

@@ -198,6 +198,35 @@ def test_a_setting_of_the_wrong_kind_is_refused_naming_it_and_lists_may_be_comma
     assert changed.schedule.alpha_floor == 0 and changed.noise_std == 0
 
 
+def test_the_cpu_preset_runs_the_whole_method_on_coarser_voxels():
+    cpu = preset("cpu")
+    paper = presets["paper"]
+    assert cpu.spacing is None and cpu.spacing_factor > 1  # the cohort's median, coarsened
+    assert cpu.uncertainty_passes == 2 and cpu.unlabeled_batch == paper.unlabeled_batch
+    assert (cpu.use_text, cpu.region_mode, cpu.use_registration, cpu.label_source) == (
+        paper.use_text,
+        paper.region_mode,
+        paper.use_registration,
+        paper.label_source,
+    )
+    assert cpu.iterations < paper.iterations and cpu.schedule.max_iterations == cpu.iterations
+    assert cpu.schedule.lr_step / cpu.iterations == pytest.approx(
+        paper.schedule.lr_step / paper.iterations, abs=0.01
+    )
+    assert TrainConfig.from_dict(cpu.to_dict()) == cpu
+
+
+@pytest.mark.parametrize(("cuda", "expected"), [(True, "paper"), (False, "cpu")])
+def test_the_auto_preset_is_paper_with_cuda_and_cpu_without(monkeypatch, cuda, expected):
+    from RADALib.train_config import resolve_preset
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert resolve_preset("auto") == expected
+    assert preset("auto") == presets[expected]
+    assert resolve_preset("auto", "cpu") == "cpu" and resolve_preset("auto", "cuda:1") == "paper"
+    assert resolve_preset("small") == "small"
+
+
 def test_preset_with_other_iterations_scales_its_schedule_steps():
     from RADALib.schedules import learning_rate
 
