@@ -241,7 +241,9 @@ def test_demo_scores_rada_with_and_without_the_largest_component(tmp_path, monke
         assert row["dice"] == dice(prediction, truth)
         assert row["dice_largest_component"] == dice(keep_largest_component(prediction), truth)
     assert rada["dice_largest_component_unlabeled"] == rada["cases"][1]["dice_largest_component"]
-    assert "with the largest component kept: labeled" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "with the largest component kept: labeled" in out
+    assert "the model segments the 1 volume(s) nobody painted at Dice" in out
     assert rada["largest_component_recommended"] == [1], (
         "the synthetic organ is one region in its pseudo-labels"
     )
@@ -249,3 +251,16 @@ def test_demo_scores_rada_with_and_without_the_largest_component(tmp_path, monke
         "case_000.png",
         "case_001.png",
     ]
+
+
+def test_the_demo_trains_the_cpu_preset_with_a_patch_that_covers_its_volumes():
+    from RADALib.demo import DEMO_ITERATIONS, demo_training
+    from RADALib.train_config import preset
+
+    cpu = preset("cpu")
+    config = demo_training((96, 80, 64))
+    assert config.spacing_factor == cpu.spacing_factor and config.network == cpu.network
+    assert config.uncertainty_passes == cpu.uncertainty_passes and config.device == "cpu"
+    assert config.iterations == DEMO_ITERATIONS == config.schedule.max_iterations
+    for size, patch, most in zip((96, 80, 64), config.patch, cpu.patch):
+        assert size / cpu.spacing_factor <= patch <= most and patch % 16 == 0
