@@ -316,10 +316,11 @@ def _unpainted_line(rada: dict, fused: float, largest_component: bool) -> str:
     """What the model adds to propagation: the volumes nobody painted, segmented (as
     `rada predict` would), against the pseudo-labels of the painted ones."""
     key = "dice_largest_component_unlabeled" if largest_component else "dice_unlabeled"
+    kept = " (largest component kept)" if largest_component else ""
     unpainted = sum(not r["labeled"] for r in rada["cases"])
     painted = len(rada["cases"]) - unpainted
     return (
-        f"the model segments the {unpainted} volume(s) nobody painted at Dice {rada[key]:.3f}, "
-        f"against {fused:.3f} for the fused pseudo-labels of the {painted} painted one(s), "
-        "(propagation needs painted slices)"
+        f"the model segments the {unpainted} volume(s) nobody painted, which propagation cannot, "
+        f"at Dice {rada[key]:.3f}{kept}, against {fused:.3f} for the fused pseudo-labels of the "
+        f"{painted} painted one(s)"
     )

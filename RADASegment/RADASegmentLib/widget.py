@@ -512,7 +512,7 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
             self.updateGUIFromParameterNode()  # the structure's name may have changed
             self._setStatus(
                 f"Added {len(volumes)} sample volumes, {painted} painted in three planes: "
-                "press Propagate, then Train (small preset on a CPU) and Segment."
+                "press Propagate, then Train (auto: the cpu preset without a GPU) and Segment."
             )
         self.refreshCohortTable()
 

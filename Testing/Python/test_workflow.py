@@ -243,7 +243,10 @@ def test_demo_scores_rada_with_and_without_the_largest_component(tmp_path, monke
     assert rada["dice_largest_component_unlabeled"] == rada["cases"][1]["dice_largest_component"]
     out = capsys.readouterr().out
     assert "with the largest component kept: labeled" in out
-    assert "the model segments the 1 volume(s) nobody painted at Dice" in out
+    assert (
+        "the model segments the 1 volume(s) nobody painted, which propagation cannot, at Dice"
+        in out
+    )
     assert rada["largest_component_recommended"] == [1], (
         "the synthetic organ is one region in its pseudo-labels"
     )
