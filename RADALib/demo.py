@@ -12,7 +12,6 @@ and PNG overlays of a few slices (image, truth, prediction) in ``overlays/``.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -26,7 +25,6 @@ from .cohort import Case, Cohort, save_cohort
 from .errors import InputError
 from .events import Progress
 from .metrics import dice
-from .networks import DOWNSAMPLING
 from .postprocessing import keep_largest_component
 from .propagation import PropagationConfig
 from .pseudo_labels import load_case_result, propagate_cohort
@@ -36,23 +34,21 @@ from .train_config import TrainConfig, preset, scale_schedule
 from .volume import read_volume, volume_from_array, write_like
 
 DEMO_PRESET = "cpu"
-"""The demo trains with what a CPU user would use: the cpu preset, with a patch that covers its
-small volumes at the preset's spacing and :data:`DEMO_ITERATIONS` (minutes on two cores; see
-Testing/Benchmarks/RESULTS.md, "Demo")."""
+"""The demo trains with what a CPU user would use: the cpu preset, with :data:`DEMO_CHANGES`
+for its small volumes, for :data:`DEMO_ITERATIONS` iterations (minutes on two cores)."""
 DEMO_ITERATIONS = 300
+DEMO_CHANGES = {"spacing_factor": 2.0, "patch": (32, 32, 32)}
+"""Voxels twice (not three times) the demo's own size, in 32-voxel windows: at three times the
+whole of a demo volume fits in one window, so every sample of a painted volume is that volume
+again; at twice the windows are crops of it, and the model did better on the unpainted volumes
+in the same time (Testing/Benchmarks/RESULTS.md, "Demo")."""
 
 
-def demo_training(shape: tuple[int, int, int]) -> TrainConfig:
-    """The demo's settings for synthetic volumes of ``shape`` voxels (one spacing for all, so
-    the planned spacing is theirs times ``spacing_factor``): the :data:`DEMO_PRESET` preset on
-    the CPU, its patch shrunk to the volume at that spacing (each axis rounded up to a multiple
-    of 16, never above the preset's), :data:`DEMO_ITERATIONS` iterations."""
-    config = preset(DEMO_PRESET, device="cpu")
-    covering = [
-        min(p, DOWNSAMPLING * math.ceil(n / config.spacing_factor / DOWNSAMPLING))
-        for p, n in zip(config.patch, shape)
-    ]
-    return scale_schedule(config, DEMO_ITERATIONS).replace(patch=covering)
+def demo_training() -> TrainConfig:
+    """The demo's settings: the :data:`DEMO_PRESET` preset on the CPU with
+    :data:`DEMO_CHANGES`, its schedule scaled to :data:`DEMO_ITERATIONS` iterations."""
+    config = preset(DEMO_PRESET, device="cpu").replace(**DEMO_CHANGES)
+    return scale_schedule(config, DEMO_ITERATIONS)
 
 
 def write_synthetic_cohort(
@@ -131,7 +127,7 @@ def run_demo(
         "against the dense synthetic truth (never used by the propagation or the training).",
     }
     if train:
-        training = training or demo_training(SyntheticConfig().shape)
+        training = training or demo_training()
         if iterations:
             training = scale_schedule(training, iterations)
         report["rada"] = _train_and_segment(cohort, out, training, workers, progress)
@@ -178,7 +174,7 @@ def _train_and_segment(
         "dice_largest_component_unlabeled": mean("dice_largest_component", False),
         "largest_component_recommended": bundle.largest_component_classes,
         "iterations": run.iterations,
-        "patch": list(training.patch),
+        "patch": list(bundle.inference_settings.get("patch", training.patch)),
         "base_filters": training.network.base_filters,
         "spacing": list(bundle.spacing) if bundle.spacing else None,
         "train_seconds": round(run.seconds, 1),

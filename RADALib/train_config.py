@@ -21,9 +21,11 @@ from .schedules import ScheduleConfig
 
 REGION_MODES = ("alpha", "no_mask", "none")
 LABEL_SOURCES = ("views", "fused")
+TRAINING_REGIONS = ("batch", "mean")
 _SWITCHES = ("auto", "on", "off")
 SETTING_GROUPS = ("schedule", "network")  # nested settings: schedule.<name>, network.<name>
-OPTIONAL_SETTINGS = frozenset({"spacing"})  # None or a value, checked by TrainConfig itself
+# None or a value, checked by TrainConfig itself
+OPTIONAL_SETTINGS = frozenset({"spacing", "inference_stride"})
 
 
 @dataclass
@@ -37,13 +39,16 @@ class TrainConfig:
     ``channels_last``: "auto" = channels-last 3D memory format on CUDA only.
     ``region_mode``: "alpha" (Alpha-CLIP with the mask), "no_mask" (the caller passes
     embeddings computed without the mask: used as given), "none" (no region prompt: zeros).
-    ``use_text=False``: Et is fed as zeros. ``use_registration=False``: only the truly annotated
-    voxels supervise (see ``data``). ``label_source``: "views" (the paper, eq. 6: each view's
-    network learns its own view's mixed label Ỹv with the weights α^d) or "fused" (not in the
-    paper: every network learns the fused three-view pseudo-label with weight 1, so the
-    propagated labels keep supervising after α has decayed; meant for runs without unlabeled
-    cases: with them the three networks learn the same labels and their cross supervision loses
-    its view diversity; see docs/method.md, and Testing/Benchmarks/RESULTS.md for figures).
+    ``training_region``: the Ev a training batch is guided by: "batch" (the axial embeddings of
+    the batch's labeled cases, a different prompt each iteration) or "mean" (the mean over the
+    labeled cases: the one prompt inference feeds). ``use_text=False``: Et is fed as zeros.
+    ``use_registration=False``: only the truly annotated voxels supervise (see ``data``).
+    ``label_source``: "views" (the paper, eq. 6: each view's network learns its own view's mixed
+    label Ỹv with the weights α^d) or "fused" (not in the paper: every network learns the fused
+    three-view pseudo-label with weight 1, so the propagated labels keep supervising after α has
+    decayed; meant for runs without unlabeled cases: with them the three networks learn the same
+    labels and their cross supervision loses its view diversity; see docs/method.md, and
+    Testing/Benchmarks/RESULTS.md for figures).
     ``prefetch``: batches prepared ahead by a background thread (0: in the training thread).
     ``compile``: ``torch.compile`` each sub-network (off by default). ``deterministic``:
     deterministic cuDNN kernels instead of the fastest ones (CPU runs are deterministic anyway).
@@ -57,7 +62,11 @@ class TrainConfig:
     ``spacing_factor``, planned when training starts
     (:func:`RADALib.training.with_training_spacing`); one number means the same size on every
     axis. ``spacing_factor`` (>= 1 coarsens; only used when ``spacing`` is ``None``): the cpu
-    preset trains on voxels twice the cohort's median size, eight times fewer voxels per patch.
+    preset trains on voxels three times the cohort's median size. ``fit_patch``: ``patch`` is the
+    largest window, shrunk to the labeled structures' extent and the volumes' size at the
+    training spacing when training starts (:mod:`RADALib.patch_size`). ``inference_stride``: the
+    stride the model bundle names for ``rada predict`` and the panel ("fast", "dense" or
+    "whole"; ``None``: inference's default).
     """
 
     patch: tuple[int, int, int] = (112, 112, 80)
@@ -79,6 +88,7 @@ class TrainConfig:
     visual_planes: tuple[str, ...] = ("axial", "axial")
     use_text: bool = True
     region_mode: str = "alpha"
+    training_region: str = "batch"
     use_registration: bool = True
     label_source: str = "views"
     augment: bool = True
@@ -90,6 +100,8 @@ class TrainConfig:
     threads: int = 0
     spacing: tuple[float, float, float] | None = None
     spacing_factor: float = 1.0
+    fit_patch: bool = False
+    inference_stride: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.schedule, Mapping):
@@ -136,6 +148,15 @@ class TrainConfig:
         if self.channels_last not in _SWITCHES:
             raise ValueError(
                 f"TrainConfig.channels_last must be one of {_SWITCHES}, got {self.channels_last!r}"
+            )
+        if self.inference_stride not in (None, "fast", "dense", "whole"):
+            raise ValueError(
+                "TrainConfig.inference_stride must be fast, dense, whole or null, "
+                f"got {self.inference_stride!r}"
+            )
+        if self.training_region not in TRAINING_REGIONS:
+            raise ValueError(
+                f"TrainConfig.training_region must be one of {TRAINING_REGIONS}, got {self.training_region!r}"
             )
         if self.label_source not in LABEL_SOURCES:
             raise ValueError(
@@ -309,13 +330,17 @@ def _small_preset() -> TrainConfig:
 
 def _cpu_preset() -> TrainConfig:
     """The whole method (three views, guidance, unlabeled stream, cross supervision) sized for a
-    CPU: voxels three times the cohort's median size per axis (27 times fewer voxels), a patch
-    that covers at that spacing what the paper's 112x112x80 covers at LA's, 8 base filters,
-    T = 2, and a shorter run with the paper's schedule scaled to it. Figures and how they were
-    chosen: Testing/Benchmarks/RESULTS.md ("Demo")."""
+    CPU: voxels three times the cohort's median size per axis (27 times fewer voxels), a window
+    of at most 48x48x32 fitted to the labeled structures (at that spacing nearly what the
+    paper's 112x112x80 covers at LA's), 8 base filters, T = 2, a shorter run with the paper's
+    schedule scaled to it, and one pass over the whole volume at inference (at that spacing a
+    LA volume fits in one). Figures and how they were chosen: Testing/Benchmarks/RESULTS.md
+    ("CPU training on LA2018", "Demo")."""
     return scale_schedule(
         TrainConfig(
             patch=(48, 48, 32),
+            fit_patch=True,
+            inference_stride="whole",
             spacing_factor=3.0,
             network=NetworkConfig(base_filters=8),
             uncertainty_passes=2,

@@ -376,7 +376,11 @@ class TrainingStep:
         batch = host_batch.to(
             self.runtime.device, non_blocking=True, channels_last=self.runtime.channels_last
         )
-        region = self.prompt.region(batch.labeled_index)
+        region = (
+            self.prompt.inference_region()
+            if config.training_region == "mean"
+            else self.prompt.region(batch.labeled_index)
+        )
         with self._autocast():
             pseudo = None
             if self.semi_supervised:
@@ -491,6 +495,30 @@ def with_training_spacing(
     return config if config.spacing is not None else config.replace(spacing=list(spacing))
 
 
+def with_fitted_patch(
+    config: TrainConfig,
+    labeled: Sequence[TrainingCase],
+    unlabeled: Sequence[TrainingCase],
+    progress: Progress | None = None,
+) -> TrainConfig:
+    """``config`` with its window fitted to the labeled structures and the volumes
+    (:mod:`RADALib.patch_size`) when ``config.fit_patch``; says which window and why."""
+    from .patch_size import fitted_patch, structure_extent
+
+    if not config.fit_patch:
+        return config
+    extent = structure_extent([c.sparse for c in labeled if c.sparse is not None])
+    largest = tuple(int(v) for v in np.max([c.shape for c in (*labeled, *unlabeled)], axis=0))
+    patch = fitted_patch(config.patch, extent, largest)
+    if progress is not None:
+        covers = f"labeled structures up to {extent} voxels" if extent else "no labeled voxel"
+        progress.message(
+            f"training window {patch} (fitted within {tuple(config.patch)}: {covers}, "
+            f"volumes up to {largest} voxels at the training spacing)"
+        )
+    return config if patch == tuple(config.patch) else config.replace(patch=list(patch))
+
+
 def train(
     config: TrainConfig,
     cohort,
@@ -559,6 +587,7 @@ def train_on_cases(
     if not labeled:
         raise RADAError("training needs at least one labeled case")
     progress = progress or Progress()
+    config = with_fitted_patch(config, labeled, unlabeled, progress)
     runtime = setup_runtime(config)
     try:
         return _train(

@@ -911,16 +911,9 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         device = settings.device
         if device == "auto":
             device = "cuda" if self.cudaAvailable() else "cpu"
-        arguments = [
-            "--model",
-            str(model),
-            "--out",
-            str(out),
-            "--stride",
-            settings.stride,
-            "--device",
-            device,
-        ]
+        arguments = ["--model", str(model), "--out", str(out), "--device", device]
+        if settings.stride != "model":  # model: the stride the model's manifest names
+            arguments += ["--stride", settings.stride]
         if settings.largestComponent != "auto":  # auto: as the model's manifest recommends
             arguments.append(
                 "--largest-component"

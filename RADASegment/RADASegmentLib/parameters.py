@@ -9,7 +9,7 @@ from typing import Any
 
 PRESETS = ("auto", "cpu", "paper", "small")
 DEVICES = ("auto", "cuda", "cpu")
-STRIDES = ("fast", "dense", "whole")
+STRIDES = ("model", "fast", "dense", "whole")
 FUSIONS = ("weighted", "majority")
 LARGEST_COMPONENT = ("auto", "on", "off")
 TRAINING_LABELS = ("views", "fused")
@@ -48,7 +48,7 @@ class RADASegmentSettings:
     textWeights: str = ""
     allowDownload: bool = False
     modelName: str = "rada-model"
-    stride: str = "fast"
+    stride: str = "model"
     largestComponent: str = "auto"
     fusion: str = "weighted"
     trainingLabels: str = "views"

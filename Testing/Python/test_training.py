@@ -639,3 +639,37 @@ def test_two_gloo_processes_stay_in_step(tmp_path):
         "config.json",
         "metrics.jsonl",
     ]  # rank 0 alone writes
+
+
+@pytest.mark.parametrize("training_region", ["batch", "mean"])
+def test_training_region_mean_guides_every_batch_by_the_inference_prompt(
+    tmp_path, monkeypatch, training_region
+):
+    labeled, unlabeled = memory_cases()
+    text, regions = embeddings([c.id for c in labeled])
+    seen: list[torch.Tensor] = []
+    forward = _TrainForward.forward
+
+    def spy(self, x, text_input, region):
+        seen.append(region.detach().clone())
+        return forward(self, x, text_input, region)
+
+    monkeypatch.setattr(_TrainForward, "forward", spy)
+    config = tiny(iterations=3, training_region=training_region)
+    train_on_cases(config, labeled, unlabeled, text, regions, tmp_path)
+    prompt = GuidancePrompt.build(config, text, regions, [c.id for c in labeled])
+    mean = prompt.inference_region()
+    same = [torch.allclose(r, mean) for r in seen]
+    assert len(seen) == 3
+    assert all(same) if training_region == "mean" else not any(same)
+
+
+def test_a_checkpoint_from_before_the_new_settings_resumes_only_with_their_defaults(tmp_path):
+    saved = tiny().to_dict()
+    for key in ("spacing_factor", "fit_patch", "training_region", "inference_stride"):
+        saved.pop(key)
+    check_compatible(saved, tiny(inference_stride="whole"), tmp_path)  # bundle-only setting
+    with pytest.raises(RADAError, match="training_region"):
+        check_compatible(saved, tiny(training_region="mean"), tmp_path)
+    with pytest.raises(RADAError, match="fit_patch"):
+        check_compatible(saved, tiny(fit_patch=True), tmp_path)
