@@ -333,14 +333,16 @@ def _cpu_preset() -> TrainConfig:
     CPU: voxels three times the cohort's median size per axis (27 times fewer voxels), a window
     of at most 48x48x32 fitted to the labeled structures (at that spacing nearly what the
     paper's 112x112x80 covers at LA's), 8 base filters, T = 2, a shorter run with the paper's
-    schedule scaled to it, and one pass over the whole volume at inference (at that spacing a
-    LA volume fits in one). Figures and how they were chosen: Testing/Benchmarks/RESULTS.md
+    schedule scaled to it, SGTC's share of cross supervision (β from about 0 to 0.2 here, i.e.
+    (1 − 2β)·sup + β·c₁ + β·c₂ with β → 0.1), and one pass over the whole volume at inference
+    (at that spacing a LA volume fits in one). Figures and how they were chosen: Testing/Benchmarks/RESULTS.md
     ("CPU training on LA2018", "Demo")."""
     return scale_schedule(
         TrainConfig(
             patch=(48, 48, 32),
             fit_patch=True,
             inference_stride="whole",
+            schedule=ScheduleConfig(beta0=0.0, beta_max=0.2),
             spacing_factor=3.0,
             network=NetworkConfig(base_filters=8),
             uncertainty_passes=2,

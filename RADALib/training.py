@@ -606,7 +606,7 @@ def train_on_cases(
             raise RADAError(
                 f"the GPU ran out of memory training on {config.patch[0]}x{config.patch[1]}x{config.patch[2]} patches "
                 f"(batch {config.labeled_batch}+{config.unlabeled_batch}, base filters {config.network.base_filters}); "
-                "try --preset small, a smaller --patch, or --device cpu"
+                "try --preset cpu, a smaller --patch, or --device cpu"
             ) from None
         raise
     finally:
