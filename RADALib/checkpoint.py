@@ -35,12 +35,20 @@ RUNTIME_ONLY_SETTINGS = frozenset(
         "channels_last",
         "deterministic",
         "threads",
+        "inference_stride",  # written to the bundle only
     }
 )
 
-# settings added after checkpoints were first written: one a checkpoint does not record is not
-# compared (it was made by an earlier RADA, before the setting existed)
-ADDED_SETTINGS = frozenset({"spacing"})
+_ANY = object()
+# settings added after checkpoints were first written: a checkpoint that does not record one was
+# made by an earlier RADA, before the setting existed, so it ran with what is now its default;
+# "spacing" is not compared (such a run trained on each volume's own grid)
+ADDED_SETTINGS: dict[str, Any] = {
+    "spacing": _ANY,
+    "spacing_factor": 1.0,
+    "fit_patch": False,
+    "training_region": "batch",
+}
 
 
 def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> Path:
@@ -79,8 +87,8 @@ def check_compatible(saved: Mapping[str, Any], config: TrainConfig, path: Path) 
         k
         for k in set(saved) | set(current)
         if k not in RUNTIME_ONLY_SETTINGS
-        and not (k in ADDED_SETTINGS and k not in saved)
-        and saved.get(k) != current.get(k)
+        and not (k not in saved and ADDED_SETTINGS.get(k) is _ANY)
+        and saved.get(k, ADDED_SETTINGS.get(k)) != current.get(k)
     )
     if differ:
         raise RADAError(

@@ -45,7 +45,10 @@ def _add_events(parser: argparse.ArgumentParser) -> None:
 def _add_train_settings(parser: argparse.ArgumentParser) -> None:
     """The options that choose the training settings (``rada train``, ``rada settings``)."""
     parser.add_argument(
-        "--preset", default="paper", help="paper (LA recipe, a GPU job) or small (CPU demo)"
+        "--preset",
+        default="auto",
+        help="auto (default: paper with CUDA, else cpu), paper (LA recipe, a GPU job), "
+        "cpu (the whole method sized for a CPU) or small (tests)",
     )
     parser.add_argument(
         "--iterations",
@@ -287,8 +290,9 @@ def _encoder_config(args: argparse.Namespace):
 
 
 def _train_config(args: argparse.Namespace):
-    """The :class:`TrainConfig` that ``rada train`` / ``rada settings`` options name."""
-    from .train_config import preset
+    """The :class:`TrainConfig` that ``rada train`` / ``rada settings`` options name;
+    ``--preset auto`` says on stderr which preset it picked."""
+    from .train_config import AUTO_PRESET, preset, resolve_preset
 
     changes: dict = {"device": args.device}
     if args.iterations:
@@ -307,6 +311,10 @@ def _train_config(args: argparse.Namespace):
     if args.no_registration:
         changes["use_registration"] = False
     changes.update(args.set)
+    if args.preset == AUTO_PRESET:
+        chosen = resolve_preset(args.preset, str(changes["device"]))
+        why = "a CUDA device" if chosen == "paper" else "no CUDA device"
+        print(f"preset auto: {chosen} ({why})", file=sys.stderr)
     try:
         return preset(args.preset, **changes)
     except (TypeError, ValueError) as exc:
@@ -466,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--iterations",
         type=int,
         default=None,
-        help="training iterations (default: the small preset's)",
+        help="training iterations (default: the demo's, the cpu preset's shortened)",
     )
     demo.add_argument("--no-train", action="store_true", help="stop after propagation")
     _add_events(demo)

@@ -30,7 +30,25 @@ from .propagation import PropagationConfig
 from .pseudo_labels import load_case_result, propagate_cohort
 from .registration import AntsRegistrar
 from .synthetic import SyntheticConfig, synthetic_cohort
+from .train_config import TrainConfig, preset, scale_schedule
 from .volume import read_volume, volume_from_array, write_like
+
+DEMO_PRESET = "cpu"
+"""The demo trains with what a CPU user would use: the cpu preset, with :data:`DEMO_CHANGES`
+for its small volumes, for :data:`DEMO_ITERATIONS` iterations (minutes on two cores)."""
+DEMO_ITERATIONS = 300
+DEMO_CHANGES = {"spacing_factor": 2.0, "patch": (32, 32, 32)}
+"""Voxels twice (not three times) the demo's own size, in 32-voxel windows: at three times the
+whole of a demo volume fits in one window, so every sample of a painted volume is that volume
+again; at twice the windows are crops of it, and the model did better on the unpainted volumes
+in the same time (Testing/Benchmarks/RESULTS.md, "Demo")."""
+
+
+def demo_training() -> TrainConfig:
+    """The demo's settings: the :data:`DEMO_PRESET` preset on the CPU with
+    :data:`DEMO_CHANGES`, its schedule scaled to :data:`DEMO_ITERATIONS` iterations."""
+    config = preset(DEMO_PRESET, device="cpu").replace(**DEMO_CHANGES)
+    return scale_schedule(config, DEMO_ITERATIONS)
 
 
 def write_synthetic_cohort(
@@ -66,10 +84,12 @@ def run_demo(
     config: PropagationConfig | None = None,
     train: bool = True,
     iterations: int | None = None,
+    training: TrainConfig | None = None,
 ) -> dict:
     """Run the demo into ``out`` and return its report (also written to ``out/report.json``).
 
-    ``train=False`` stops after propagation; ``iterations`` overrides the small preset's.
+    ``train=False`` stops after propagation; ``training``: the settings (default: the
+    :data:`DEMO_PRESET` preset on the CPU); ``iterations`` overrides theirs.
     """
     progress = progress or Progress()
     config = config or PropagationConfig()
@@ -107,7 +127,10 @@ def run_demo(
         "against the dense synthetic truth (never used by the propagation or the training).",
     }
     if train:
-        report["rada"] = _train_and_segment(cohort, out, iterations, workers, progress)
+        training = training or demo_training()
+        if iterations:
+            training = scale_schedule(training, iterations)
+        report["rada"] = _train_and_segment(cohort, out, training, workers, progress)
     report["seconds_total"] = round(time.perf_counter() - started, 1)
     write_text_atomic(out / "report.json", json.dumps(report, indent=2) + "\n")
     print(format_report(report))
@@ -115,21 +138,17 @@ def run_demo(
 
 
 def _train_and_segment(
-    cohort: Cohort, out: Path, iterations: int | None, workers: int, progress: Progress
+    cohort: Cohort, out: Path, training: TrainConfig, workers: int, progress: Progress
 ) -> dict:
-    """Train with the small preset, segment every volume, score it; PNG overlays of a few."""
+    """Train with ``training``, segment every volume, score it; PNG overlays of a few."""
     from .bundle import load_bundle
     from .inference import predict_files
-    from .train_config import preset
     from .workflow import train_model
 
-    changes = {"device": "cpu"}
-    if iterations:
-        changes["iterations"] = iterations
     run = train_model(
         cohort,
         out / "experiment",
-        preset("small", **changes),
+        training,
         out / "propagation",
         cache_dir=out / "cache",
         workers=workers,
@@ -155,6 +174,9 @@ def _train_and_segment(
         "dice_largest_component_unlabeled": mean("dice_largest_component", False),
         "largest_component_recommended": bundle.largest_component_classes,
         "iterations": run.iterations,
+        "patch": list(bundle.inference_settings.get("patch", training.patch)),
+        "base_filters": training.network.base_filters,
+        "spacing": list(bundle.spacing) if bundle.spacing else None,
         "train_seconds": round(run.seconds, 1),
         "encoders_pretrained": run.pretrained,
         "model": str(run.model),
@@ -240,35 +262,61 @@ def format_report(report: dict) -> str:
         )
     rada = report.get("rada")
     if rada:
-        lines += [
-            "",
-            f"RADA ({rada['iterations']} iterations, small preset, {rada['train_seconds']:.0f} s of training): "
-            "Dice of the segmentation against the dense truth",
-        ]
-        lines.append(f"{'case':<10} {'':>9} {'RADA':>6} {'+ largest component':>20}")
-        lines += [
-            f"{r['id']:<10} {'labeled' if r['labeled'] else 'unlabeled':>9} {r['dice']:>6.3f} "
-            f"{r['dice_largest_component']:>20.3f}"
-            for r in rada["cases"]
-        ]
-        unlabeled = rada["dice_unlabeled"] is not None
-        lines.append(
-            f"mean: labeled {rada['dice_labeled']:.3f} (propagation alone, fused: {report['mean']['dice_fused']:.3f})"
-            + (f", unlabeled {rada['dice_unlabeled']:.3f}" if unlabeled else "")
-        )
-        lines.append(
-            f"with the largest component kept: labeled {rada['dice_largest_component_labeled']:.3f}"
-            + (f", unlabeled {rada['dice_largest_component_unlabeled']:.3f}" if unlabeled else "")
-        )
-        lines.append(
-            "`rada predict` keeps the largest component by default for this model (its pseudo-labels were one "
-            "region)"
-            if rada.get("largest_component_recommended")
-            else "`rada predict` keeps every region by default for this model (--largest-component to change)"
-        )
-        if not all(rada["encoders_pretrained"].values()):
-            lines.append(
-                "note: the Alpha-CLIP/CLIP encoders ran with RANDOM weights (none found in the cache)"
-            )
+        lines += _rada_lines(rada, report["mean"]["dice_fused"])
     lines.append(f"total {report['seconds_total']} s")
     return "\n".join(lines)
+
+
+def _rada_lines(rada: dict, fused: float) -> list[str]:
+    """The model's part of :func:`format_report`: per case, the means, and one line comparing
+    the unpainted volumes with the painted ones' pseudo-labels."""
+    spacing = " x ".join(f"{v:.3g}" for v in rada["spacing"]) if rada.get("spacing") else "native"
+    lines = [
+        "",
+        f"RADA ({rada['iterations']} iterations, {spacing} mm voxels, "
+        f"{'x'.join(map(str, rada['patch']))} patches, {rada['base_filters']} base filters, "
+        f"{rada['train_seconds']:.0f} s of training): Dice of the segmentation against the dense truth",
+        f"{'case':<10} {'':>9} {'RADA':>6} {'+ largest component':>20}",
+    ]
+    lines += [
+        f"{r['id']:<10} {'labeled' if r['labeled'] else 'unlabeled':>9} {r['dice']:>6.3f} "
+        f"{r['dice_largest_component']:>20.3f}"
+        for r in rada["cases"]
+    ]
+    unlabeled = rada["dice_unlabeled"] is not None
+    lines.append(
+        f"mean: labeled {rada['dice_labeled']:.3f} (propagation alone, fused: {fused:.3f})"
+        + (f", unlabeled {rada['dice_unlabeled']:.3f}" if unlabeled else "")
+    )
+    lines.append(
+        f"with the largest component kept: labeled {rada['dice_largest_component_labeled']:.3f}"
+        + (f", unlabeled {rada['dice_largest_component_unlabeled']:.3f}" if unlabeled else "")
+    )
+    recommended = bool(rada.get("largest_component_recommended"))
+    lines.append(
+        "`rada predict` keeps the largest component by default for this model (its pseudo-labels were one "
+        "region)"
+        if recommended
+        else "`rada predict` keeps every region by default for this model (--largest-component to change)"
+    )
+    if unlabeled:
+        lines.append(_unpainted_line(rada, fused, recommended))
+    if not all(rada["encoders_pretrained"].values()):
+        lines.append(
+            "note: the Alpha-CLIP/CLIP encoders ran with RANDOM weights (none found in the cache)"
+        )
+    return lines
+
+
+def _unpainted_line(rada: dict, fused: float, largest_component: bool) -> str:
+    """What the model adds to propagation: the volumes nobody painted, segmented (as
+    `rada predict` would), against the pseudo-labels of the painted ones."""
+    key = "dice_largest_component_unlabeled" if largest_component else "dice_unlabeled"
+    kept = " (largest component kept)" if largest_component else ""
+    unpainted = sum(not r["labeled"] for r in rada["cases"])
+    painted = len(rada["cases"]) - unpainted
+    return (
+        f"the model segments the {unpainted} volume(s) nobody painted, which propagation cannot, "
+        f"at Dice {rada[key]:.3f}{kept}, against {fused:.3f} for the fused pseudo-labels of the "
+        f"{painted} painted one(s)"
+    )

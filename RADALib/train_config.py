@@ -21,9 +21,11 @@ from .schedules import ScheduleConfig
 
 REGION_MODES = ("alpha", "no_mask", "none")
 LABEL_SOURCES = ("views", "fused")
+TRAINING_REGIONS = ("batch", "mean")
 _SWITCHES = ("auto", "on", "off")
 SETTING_GROUPS = ("schedule", "network")  # nested settings: schedule.<name>, network.<name>
-OPTIONAL_SETTINGS = frozenset({"spacing"})  # None or a value, checked by TrainConfig itself
+# None or a value, checked by TrainConfig itself
+OPTIONAL_SETTINGS = frozenset({"spacing", "inference_stride"})
 
 
 @dataclass
@@ -37,13 +39,16 @@ class TrainConfig:
     ``channels_last``: "auto" = channels-last 3D memory format on CUDA only.
     ``region_mode``: "alpha" (Alpha-CLIP with the mask), "no_mask" (the caller passes
     embeddings computed without the mask: used as given), "none" (no region prompt: zeros).
-    ``use_text=False``: Et is fed as zeros. ``use_registration=False``: only the truly annotated
-    voxels supervise (see ``data``). ``label_source``: "views" (the paper, eq. 6: each view's
-    network learns its own view's mixed label Ỹv with the weights α^d) or "fused" (not in the
-    paper: every network learns the fused three-view pseudo-label with weight 1, so the
-    propagated labels keep supervising after α has decayed; meant for runs without unlabeled
-    cases: with them the three networks learn the same labels and their cross supervision loses
-    its view diversity; see docs/method.md, and Testing/Benchmarks/RESULTS.md for figures).
+    ``training_region``: the Ev a training batch is guided by: "batch" (the axial embeddings of
+    the batch's labeled cases, a different prompt each iteration) or "mean" (the mean over the
+    labeled cases: the one prompt inference feeds). ``use_text=False``: Et is fed as zeros.
+    ``use_registration=False``: only the truly annotated voxels supervise (see ``data``).
+    ``label_source``: "views" (the paper, eq. 6: each view's network learns its own view's mixed
+    label Ỹv with the weights α^d) or "fused" (not in the paper: every network learns the fused
+    three-view pseudo-label with weight 1, so the propagated labels keep supervising after α has
+    decayed; meant for runs without unlabeled cases: with them the three networks learn the same
+    labels and their cross supervision loses its view diversity; see docs/method.md, and
+    Testing/Benchmarks/RESULTS.md for figures).
     ``prefetch``: batches prepared ahead by a background thread (0: in the training thread).
     ``compile``: ``torch.compile`` each sub-network (off by default). ``deterministic``:
     deterministic cuDNN kernels instead of the fastest ones (CPU runs are deterministic anyway).
@@ -53,9 +58,15 @@ class TrainConfig:
     (UA-MT used 8 for one teacher; here all three nets make pseudo-labels every iteration,
     3·T·U extra forward samples), 2 for the small one.
     ``spacing``: the training spacing (x, y, z) in mm that every volume is resampled into
-    (:mod:`RADALib.resampling`); ``None`` = the cohort's median voxel size per axis, planned
-    when training starts (:func:`RADALib.training.with_training_spacing`); one number means
-    the same size on every axis.
+    (:mod:`RADALib.resampling`); ``None`` = the cohort's median voxel size per axis times
+    ``spacing_factor``, planned when training starts
+    (:func:`RADALib.training.with_training_spacing`); one number means the same size on every
+    axis. ``spacing_factor`` (>= 1 coarsens; only used when ``spacing`` is ``None``): the cpu
+    preset trains on voxels three times the cohort's median size. ``fit_patch``: ``patch`` is the
+    largest window, shrunk to the labeled structures' extent and the volumes' size at the
+    training spacing when training starts (:mod:`RADALib.patch_size`). ``inference_stride``: the
+    stride the model bundle names for ``rada predict`` and the panel ("fast", "dense" or
+    "whole"; ``None``: inference's default).
     """
 
     patch: tuple[int, int, int] = (112, 112, 80)
@@ -77,6 +88,7 @@ class TrainConfig:
     visual_planes: tuple[str, ...] = ("axial", "axial")
     use_text: bool = True
     region_mode: str = "alpha"
+    training_region: str = "batch"
     use_registration: bool = True
     label_source: str = "views"
     augment: bool = True
@@ -87,6 +99,9 @@ class TrainConfig:
     deterministic: bool = False
     threads: int = 0
     spacing: tuple[float, float, float] | None = None
+    spacing_factor: float = 1.0
+    fit_patch: bool = False
+    inference_stride: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.schedule, Mapping):
@@ -98,6 +113,10 @@ class TrainConfig:
         self.spacing = _spacing_setting(self.spacing)
         self._check_sizes()
         self._check_choices()
+        if not (math.isfinite(self.spacing_factor) and self.spacing_factor > 0):
+            raise ValueError(
+                f"TrainConfig.spacing_factor must be a positive number, got {self.spacing_factor!r}"
+            )
         if self.noise_std < 0 or self.noise_clip < 0:
             raise ValueError("TrainConfig.noise_std and noise_clip must be >= 0")
         if self.schedule.max_iterations != self.iterations:
@@ -129,6 +148,15 @@ class TrainConfig:
         if self.channels_last not in _SWITCHES:
             raise ValueError(
                 f"TrainConfig.channels_last must be one of {_SWITCHES}, got {self.channels_last!r}"
+            )
+        if self.inference_stride not in (None, "fast", "dense", "whole"):
+            raise ValueError(
+                "TrainConfig.inference_stride must be fast, dense, whole or null, "
+                f"got {self.inference_stride!r}"
+            )
+        if self.training_region not in TRAINING_REGIONS:
+            raise ValueError(
+                f"TrainConfig.training_region must be one of {TRAINING_REGIONS}, got {self.training_region!r}"
             )
         if self.label_source not in LABEL_SOURCES:
             raise ValueError(
@@ -300,8 +328,30 @@ def _small_preset() -> TrainConfig:
     )
 
 
-presets: dict[str, TrainConfig] = {"paper": TrainConfig(), "small": _small_preset()}
-"""Named settings: "paper" (LA recipe, a GPU job) and "small" (demo and tests on a CPU)."""
+def _cpu_preset() -> TrainConfig:
+    """The whole method (three views, guidance, unlabeled stream, cross supervision) sized for a
+    CPU: voxels three times the cohort's median size per axis (27 times fewer voxels), a window
+    of at most 48x48x32 fitted to the labeled structures (at that spacing nearly what the
+    paper's 112x112x80 covers at LA's), 8 base filters, T = 2, a shorter run with the paper's
+    schedule scaled to it, SGTC's share of cross supervision (β from about 0 to 0.2 here, i.e.
+    (1 − 2β)·sup + β·c₁ + β·c₂ with β → 0.1), and one pass over the whole volume at inference
+    (at that spacing a LA volume fits in one). Figures and how they were chosen: Testing/Benchmarks/RESULTS.md
+    ("CPU training on LA2018", "Demo")."""
+    return scale_schedule(
+        TrainConfig(
+            patch=(48, 48, 32),
+            fit_patch=True,
+            inference_stride="whole",
+            schedule=ScheduleConfig(beta0=0.0, beta_max=0.2),
+            spacing_factor=3.0,
+            network=NetworkConfig(base_filters=8),
+            uncertainty_passes=2,
+            checkpoint_every=100,
+            validate_every=100,
+            log_every=10,
+        ),
+        1500,
+    )
 
 
 def scale_schedule(config: TrainConfig, iterations: int) -> TrainConfig:
@@ -327,14 +377,40 @@ def scale_schedule(config: TrainConfig, iterations: int) -> TrainConfig:
     )
 
 
+presets: dict[str, TrainConfig] = {
+    "paper": TrainConfig(),
+    "cpu": _cpu_preset(),
+    "small": _small_preset(),
+}
+"""Named settings: "paper" (LA recipe, a GPU job), "cpu" (the whole method on a CPU, minutes)
+and "small" (tests). ``auto`` (:func:`resolve_preset`) picks "paper" with CUDA, else "cpu"."""
+AUTO_PRESET = "auto"
+
+
+def resolve_preset(name: str, device: str = "auto") -> str:
+    """``name``, or for ``auto`` the preset ``device`` can run: "paper" on CUDA, else "cpu"
+    (``device`` "auto": CUDA when torch finds it)."""
+    if name != AUTO_PRESET:
+        return name
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return "paper" if device.startswith("cuda") else "cpu"
+
+
 def preset(name: str, **changes: Any) -> TrainConfig:
     """A copy of a named preset, with ``changes`` applied (see :meth:`TrainConfig.replace`).
 
-    A new ``iterations`` first scales the preset's schedule steps in proportion
+    ``auto`` is the preset :func:`resolve_preset` picks for this machine. A new ``iterations``
+    first scales the preset's schedule steps in proportion
     (:func:`scale_schedule`); schedule settings in ``changes`` then override the scaled ones.
     """
+    name = resolve_preset(name, str(changes.get("device", "auto")))
     if name not in presets:
-        raise RADAError(f"unknown training preset {name!r}; choose one of {', '.join(presets)}")
+        raise RADAError(
+            f"unknown training preset {name!r}; choose one of {AUTO_PRESET}, {', '.join(presets)}"
+        )
     config = presets[name]
     changes = dict(changes)
     if "iterations" in changes:

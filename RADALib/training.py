@@ -376,7 +376,11 @@ class TrainingStep:
         batch = host_batch.to(
             self.runtime.device, non_blocking=True, channels_last=self.runtime.channels_last
         )
-        region = self.prompt.region(batch.labeled_index)
+        region = (
+            self.prompt.inference_region()
+            if config.training_region == "mean"
+            else self.prompt.region(batch.labeled_index)
+        )
         with self._autocast():
             pseudo = None
             if self.semi_supervised:
@@ -467,22 +471,52 @@ def with_training_spacing(
 ) -> TrainConfig:
     """``config`` with its training spacing decided: ``config.spacing`` when set, else the
     median voxel size per axis over the cohort's training volumes, labeled and unlabeled (as
-    nnU-Net plans it); says which, and how many volumes will be resampled into it."""
+    nnU-Net plans it), times ``config.spacing_factor``; says which, and how many volumes will
+    be resampled into it."""
     from .resampling import plan_spacing, same_spacing
 
     if config.spacing is not None and progress is None:
         return config
     spacings = training_spacings(cohort)
-    spacing = config.spacing if config.spacing is not None else plan_spacing(spacings)
+    spacing = config.spacing
+    origin = "set"
+    if spacing is None:
+        spacing = tuple(s * config.spacing_factor for s in plan_spacing(spacings))
+        origin = "the cohort's median spacing per axis"
+        if config.spacing_factor != 1:
+            origin += f" x {config.spacing_factor:g}"
     if progress is not None:
         progress.enter("train")
-        origin = "set" if config.spacing is not None else "the cohort's median spacing per axis"
         resampled = sum(not same_spacing(s, spacing) for s in spacings)
         progress.message(
             f"training spacing {' x '.join(f'{s:.4g}' for s in spacing)} mm ({origin}); "
             f"{resampled} of {len(spacings)} training volume(s) resampled into it"
         )
     return config if config.spacing is not None else config.replace(spacing=list(spacing))
+
+
+def with_fitted_patch(
+    config: TrainConfig,
+    labeled: Sequence[TrainingCase],
+    unlabeled: Sequence[TrainingCase],
+    progress: Progress | None = None,
+) -> TrainConfig:
+    """``config`` with its window fitted to the labeled structures and the volumes
+    (:mod:`RADALib.patch_size`) when ``config.fit_patch``; says which window and why."""
+    from .patch_size import fitted_patch, structure_extent
+
+    if not config.fit_patch:
+        return config
+    extent = structure_extent([c.sparse for c in labeled if c.sparse is not None])
+    largest = tuple(int(v) for v in np.max([c.shape for c in (*labeled, *unlabeled)], axis=0))
+    patch = fitted_patch(config.patch, extent, largest)
+    if progress is not None:
+        covers = f"labeled structures up to {extent} voxels" if extent else "no labeled voxel"
+        progress.message(
+            f"training window {patch} (fitted within {tuple(config.patch)}: {covers}, "
+            f"volumes up to {largest} voxels at the training spacing)"
+        )
+    return config if patch == tuple(config.patch) else config.replace(patch=list(patch))
 
 
 def train(
@@ -553,6 +587,7 @@ def train_on_cases(
     if not labeled:
         raise RADAError("training needs at least one labeled case")
     progress = progress or Progress()
+    config = with_fitted_patch(config, labeled, unlabeled, progress)
     runtime = setup_runtime(config)
     try:
         return _train(
@@ -571,7 +606,7 @@ def train_on_cases(
             raise RADAError(
                 f"the GPU ran out of memory training on {config.patch[0]}x{config.patch[1]}x{config.patch[2]} patches "
                 f"(batch {config.labeled_batch}+{config.unlabeled_batch}, base filters {config.network.base_filters}); "
-                "try --preset small, a smaller --patch, or --device cpu"
+                "try --preset cpu, a smaller --patch, or --device cpu"
             ) from None
         raise
     finally:

@@ -140,7 +140,7 @@ def train_model(
     )
     components = largest_component_record(cohort, propagation, propagation_config)
     _say_largest_component(cohort, components, progress)
-    fields = bundle_fields(cohort, train_config, embeddings, components, result)
+    fields = bundle_fields(cohort, result.config or train_config, embeddings, components, result)
     model_folder = save_bundle(experiment / MODEL_FOLDER, result.model.cpu(), fields)
     return TrainedRun(
         experiment,
@@ -233,6 +233,7 @@ def bundle_fields(
             "patch": list(train_config.patch),
             "largest_component": components,
             "spacing": list(train_config.spacing) if train_config.spacing else None,
+            **({"stride": train_config.inference_stride} if train_config.inference_stride else {}),
         },
         "training": {
             "iterations": result.iteration,
@@ -296,8 +297,12 @@ def _validator(cases: Sequence[Case], train_config):
 
         def network(image: np.ndarray):
             x = torch.as_tensor(image, device=device)[None, None]
-            return sliding_window_inference(
-                x, lambda p: ensemble_probabilities(model, p, era), patch, stride
+            return sliding_window_inference(  # padded as in training and predict_volume
+                x,
+                lambda p: ensemble_probabilities(model, p, era),
+                patch,
+                stride,
+                pad_value=float(image.min()),
             )
 
         scores = []

@@ -311,7 +311,7 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         bias field and noise, different in each), all added to the cohort; in the first
         ``painted`` ones one sagittal, one coronal and one axial slice of the structure are
         painted (the largest cross-section of each plane, as a user would choose), so Propagate,
-        Train (``small`` preset on a CPU) and Segment can run at once. Computed here, nothing is
+        Train (``auto``: the ``cpu`` preset without a GPU) and Segment can run at once. Computed here, nothing is
         downloaded. The structure is named "organ" unless a structure name was chosen already.
         """
         from RADALib.annotation import simulate_sparse_annotation
@@ -911,16 +911,9 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         device = settings.device
         if device == "auto":
             device = "cuda" if self.cudaAvailable() else "cpu"
-        arguments = [
-            "--model",
-            str(model),
-            "--out",
-            str(out),
-            "--stride",
-            settings.stride,
-            "--device",
-            device,
-        ]
+        arguments = ["--model", str(model), "--out", str(out), "--device", device]
+        if settings.stride != "model":  # model: the stride the model's manifest names
+            arguments += ["--stride", settings.stride]
         if settings.largestComponent != "auto":  # auto: as the model's manifest recommends
             arguments.append(
                 "--largest-component"

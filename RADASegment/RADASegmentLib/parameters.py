@@ -7,9 +7,9 @@ import re
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-PRESETS = ("paper", "small")
+PRESETS = ("auto", "cpu", "paper", "small")
 DEVICES = ("auto", "cuda", "cpu")
-STRIDES = ("fast", "dense", "whole")
+STRIDES = ("model", "fast", "dense", "whole")
 FUSIONS = ("weighted", "majority")
 LARGEST_COMPONENT = ("auto", "on", "off")
 TRAINING_LABELS = ("views", "fused")
@@ -24,7 +24,9 @@ PARAMETER_KEY = "RADASegmentSettings"
 class RADASegmentSettings:
     """What the user chooses in the panel (also the console API's keyword defaults).
 
-    ``iterations`` 0 means the preset's own count (paper 6000, small 200). ``device`` ``auto``
+    ``preset`` ``auto`` trains with ``paper`` on a CUDA GPU, else with ``cpu`` (the engine
+    decides, ``rada train --preset auto``).
+    ``iterations`` 0 means the preset's own count. ``device`` ``auto``
     trains on CUDA when present, else on CPU (with a warning; the time left shows once training
     runs).
     ``largestComponent``: keep only the largest connected region of the segmented structure
@@ -39,14 +41,14 @@ class RADASegmentSettings:
     """
 
     structureName: str = "structure"
-    preset: str = "paper"
+    preset: str = "auto"
     iterations: int = 0
     device: str = "auto"
     visionWeights: str = ""
     textWeights: str = ""
     allowDownload: bool = False
     modelName: str = "rada-model"
-    stride: str = "fast"
+    stride: str = "model"
     largestComponent: str = "auto"
     fusion: str = "weighted"
     trainingLabels: str = "views"

@@ -69,6 +69,8 @@ def cpuTrainingNote(preset: str) -> str:
     """The device line's words for training on the CPU: no duration, the status line has it."""
     if preset == "paper":
         speed = "The paper preset is a GPU job: on a CPU it is far slower."
+    elif preset == "auto":
+        speed = "The auto preset trains with the cpu preset here; a CUDA GPU is far faster."
     else:
         speed = "A CUDA GPU is far faster."
     return (
@@ -510,7 +512,7 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
             self.updateGUIFromParameterNode()  # the structure's name may have changed
             self._setStatus(
                 f"Added {len(volumes)} sample volumes, {painted} painted in three planes: "
-                "press Propagate, then Train (small preset on a CPU) and Segment."
+                "press Propagate, then Train (auto: the cpu preset without a GPU) and Segment."
             )
         self.refreshCohortTable()
 

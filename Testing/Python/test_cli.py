@@ -430,3 +430,15 @@ def test_propagation_options_set_the_bound_margin(options, margin):
     args = build_parser().parse_args(["propagate", "--cohort", "c.json", "--out", "o", *options])
     assert _propagation_config(args).bound_margin == margin
     assert PropagationConfig().bound_margin == 2
+
+
+@pytest.mark.parametrize(("device", "chosen"), [("cpu", "cpu"), ("cuda", "paper")])
+def test_train_and_settings_default_to_the_auto_preset_and_say_which_it_picked(
+    capsys, device, chosen
+):
+    from RADALib.train_config import preset
+
+    assert main(["settings", "--device", device]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"preset auto: {chosen} (")
+    assert f"iterations={preset(chosen).iterations}" in captured.out.split()

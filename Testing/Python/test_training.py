@@ -198,6 +198,35 @@ def test_a_setting_of_the_wrong_kind_is_refused_naming_it_and_lists_may_be_comma
     assert changed.schedule.alpha_floor == 0 and changed.noise_std == 0
 
 
+def test_the_cpu_preset_runs_the_whole_method_on_coarser_voxels():
+    cpu = preset("cpu")
+    paper = presets["paper"]
+    assert cpu.spacing is None and cpu.spacing_factor > 1  # the cohort's median, coarsened
+    assert cpu.uncertainty_passes == 2 and cpu.unlabeled_batch == paper.unlabeled_batch
+    assert (cpu.use_text, cpu.region_mode, cpu.use_registration, cpu.label_source) == (
+        paper.use_text,
+        paper.region_mode,
+        paper.use_registration,
+        paper.label_source,
+    )
+    assert cpu.iterations < paper.iterations and cpu.schedule.max_iterations == cpu.iterations
+    assert cpu.schedule.lr_step / cpu.iterations == pytest.approx(
+        paper.schedule.lr_step / paper.iterations, abs=0.01
+    )
+    assert TrainConfig.from_dict(cpu.to_dict()) == cpu
+
+
+@pytest.mark.parametrize(("cuda", "expected"), [(True, "paper"), (False, "cpu")])
+def test_the_auto_preset_is_paper_with_cuda_and_cpu_without(monkeypatch, cuda, expected):
+    from RADALib.train_config import resolve_preset
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert resolve_preset("auto") == expected
+    assert preset("auto") == presets[expected]
+    assert resolve_preset("auto", "cpu") == "cpu" and resolve_preset("auto", "cuda:1") == "paper"
+    assert resolve_preset("small") == "small"
+
+
 def test_preset_with_other_iterations_scales_its_schedule_steps():
     from RADALib.schedules import learning_rate
 
@@ -610,3 +639,37 @@ def test_two_gloo_processes_stay_in_step(tmp_path):
         "config.json",
         "metrics.jsonl",
     ]  # rank 0 alone writes
+
+
+@pytest.mark.parametrize("training_region", ["batch", "mean"])
+def test_training_region_mean_guides_every_batch_by_the_inference_prompt(
+    tmp_path, monkeypatch, training_region
+):
+    labeled, unlabeled = memory_cases()
+    text, regions = embeddings([c.id for c in labeled])
+    seen: list[torch.Tensor] = []
+    forward = _TrainForward.forward
+
+    def spy(self, x, text_input, region):
+        seen.append(region.detach().clone())
+        return forward(self, x, text_input, region)
+
+    monkeypatch.setattr(_TrainForward, "forward", spy)
+    config = tiny(iterations=3, training_region=training_region)
+    train_on_cases(config, labeled, unlabeled, text, regions, tmp_path)
+    prompt = GuidancePrompt.build(config, text, regions, [c.id for c in labeled])
+    mean = prompt.inference_region()
+    same = [torch.allclose(r, mean) for r in seen]
+    assert len(seen) == 3
+    assert all(same) if training_region == "mean" else not any(same)
+
+
+def test_a_checkpoint_from_before_the_new_settings_resumes_only_with_their_defaults(tmp_path):
+    saved = tiny().to_dict()
+    for key in ("spacing_factor", "fit_patch", "training_region", "inference_stride"):
+        saved.pop(key)
+    check_compatible(saved, tiny(inference_stride="whole"), tmp_path)  # bundle-only setting
+    with pytest.raises(RADAError, match="training_region"):
+        check_compatible(saved, tiny(training_region="mean"), tmp_path)
+    with pytest.raises(RADAError, match="fit_patch"):
+        check_compatible(saved, tiny(fit_patch=True), tmp_path)

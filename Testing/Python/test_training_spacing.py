@@ -120,6 +120,17 @@ def test_the_training_spacing_is_the_cohorts_median_unless_set(tmp_path):
     assert "(set); 2 of 4 training volume(s) resampled" in events[-1]["message"]
 
 
+def test_a_spacing_factor_coarsens_the_planned_median_and_says_so(tmp_path):
+    events: list[dict] = []
+    planned = with_training_spacing(
+        preset("small", spacing_factor=2.0), mixed_cohort(tmp_path), Progress(events.append)
+    )
+    assert planned.spacing == (1.7, 1.7, 4.0)
+    assert "(the cohort's median spacing per axis x 2)" in events[-1]["message"]
+    with pytest.raises(ValueError, match="spacing_factor"):
+        preset("small", spacing_factor=0)
+
+
 def test_training_cases_are_resampled_into_the_training_spacing_and_cached(tmp_path, monkeypatch):
     cohort = mixed_cohort(tmp_path)
     propagate_cohort(cohort, tmp_path / "propagation", TranslationRegistrar(), PropagationConfig())

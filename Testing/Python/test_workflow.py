@@ -54,6 +54,7 @@ def test_train_model_writes_a_bundle_that_segments_with_the_input_header(
         checkpoint_every=1,
         validate_every=0,
         prefetch=0,
+        inference_stride="dense",
     )
     events: list[dict] = []
     with caplog.at_level(logging.WARNING):
@@ -88,6 +89,7 @@ def test_train_model_writes_a_bundle_that_segments_with_the_input_header(
     # the tube is one region in both labeled cases' pseudo-labels: predictions keep its largest component
     assert manifest["inference"]["largest_component"]["classes"] == [1]
     assert manifest["inference"]["largest_component"]["cases"] == 2
+    assert manifest["inference"]["stride"] == "dense"  # the preset's choice, for rada predict
 
     # a training case's own region prompt, recomputed with the encoder rebuilt from the manifest
     # (random ViT-B/16 towers, same seed), equals the Ev stored at training
@@ -241,7 +243,12 @@ def test_demo_scores_rada_with_and_without_the_largest_component(tmp_path, monke
         assert row["dice"] == dice(prediction, truth)
         assert row["dice_largest_component"] == dice(keep_largest_component(prediction), truth)
     assert rada["dice_largest_component_unlabeled"] == rada["cases"][1]["dice_largest_component"]
-    assert "with the largest component kept: labeled" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "with the largest component kept: labeled" in out
+    assert (
+        "the model segments the 1 volume(s) nobody painted, which propagation cannot, at Dice"
+        in out
+    )
     assert rada["largest_component_recommended"] == [1], (
         "the synthetic organ is one region in its pseudo-labels"
     )
@@ -249,3 +256,44 @@ def test_demo_scores_rada_with_and_without_the_largest_component(tmp_path, monke
         "case_000.png",
         "case_001.png",
     ]
+
+
+def test_the_demo_trains_the_cpu_preset_shortened():
+    from RADALib.demo import DEMO_ITERATIONS, demo_training
+    from RADALib.train_config import preset
+
+    cpu = preset("cpu")
+    config = demo_training()
+    assert config.network == cpu.network and config.fit_patch
+    assert 1 < config.spacing_factor <= cpu.spacing_factor
+    assert all(p <= c for p, c in zip(config.patch, cpu.patch))
+    assert config.uncertainty_passes == cpu.uncertainty_passes and config.device == "cpu"
+    assert config.iterations == DEMO_ITERATIONS == config.schedule.max_iterations
+
+
+def test_validation_during_training_pads_windows_with_the_volume_minimum(tmp_path, monkeypatch):
+    import torch
+
+    import RADALib.inference as inference
+    from RADALib.data import normalize_intensity
+    from RADALib.workflow import _validator
+
+    image, label = disk_stack(shape=(20, 24, 12), radius=5, shift_per_slice=(0.0, 0.0), seed=0)
+    reference = volume_from_array(image)
+    case = Case(
+        "v",
+        write_like(reference, image, tmp_path / "v.nrrd"),
+        dense_label=write_like(reference, label, tmp_path / "v_label.nrrd"),
+        split="validation",
+    )
+    pads: list[float] = []
+
+    def windows(x, predictor, patch, stride, *args, pad_value=0.0, **kwargs):
+        pads.append(pad_value)
+        return torch.zeros((2, *x.shape[2:]))
+
+    monkeypatch.setattr(inference, "sliding_window_inference", windows)
+    validate = _validator([case], preset("small", spacing=[1.0, 1.0, 1.0]))
+    validate(torch.nn.Linear(1, 1), None, None)
+    expected = float(normalize_intensity(read_volume(case.image, "image").array).min())
+    assert pads == [pytest.approx(expected)] and expected < -0.5  # not the z-score mean 0

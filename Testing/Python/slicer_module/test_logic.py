@@ -459,6 +459,27 @@ def test_segment_passes_the_largest_component_choice_and_leaves_auto_to_the_mode
     assert [a for a in logic.started[-1].args if "largest-component" in a] == flags
 
 
+@pytest.mark.parametrize("choice, flags", [("model", []), ("dense", ["--stride", "dense"])])
+def test_segment_leaves_the_stride_to_the_model_unless_one_is_chosen(
+    make_logic, tmp_path, choice, flags
+):
+    from RADASegmentLib.parameters import RADASegmentSettings
+
+    logic = make_logic(work=fake_predict)
+    model = write_fake_bundle(tmp_path / "models" / "kid")
+    node, _, _, _ = _volume("scan")
+    logic.segment(
+        node,
+        str(model),
+        settings=RADASegmentSettings(structureName="kidney", stride=choice),
+        wait=True,
+    )
+    args = logic.started[-1].args
+    shown = [a for i, a in enumerate(args) if a == "--stride" or args[i - 1] == "--stride"]
+    assert shown == flags
+    assert RADASegmentSettings().stride == "model"
+
+
 def test_segment_refuses_a_model_trained_for_another_structure(make_logic, tmp_path):
     from RADASegmentLib.logic import RADASegmentError
     from RADASegmentLib.parameters import RADASegmentSettings

@@ -482,6 +482,8 @@ def test_without_cuda_the_device_line_says_cpu_and_that_the_time_left_comes_with
 ):
     label = panel.ui.deviceWarningLabel
     assert "training runs on the CPU" in label.text and "time left" in label.text
+    assert "auto preset trains with the cpu preset" in label.text
+    panel.ui.presetComboBox.chooseText("paper")
     assert "paper preset is a GPU job" in label.text
     panel.ui.presetComboBox.chooseText("small")
     assert "training runs on the CPU" in label.text and "paper preset" not in label.text
@@ -489,7 +491,7 @@ def test_without_cuda_the_device_line_says_cpu_and_that_the_time_left_comes_with
     assert "No CUDA GPU" in label.text
 
 
-@pytest.mark.parametrize("preset", ["paper", "small"])
+@pytest.mark.parametrize("preset", ["auto", "cpu", "paper", "small"])
 @pytest.mark.parametrize("iterations", [0, 50, 6000])
 def test_the_cpu_device_line_holds_no_fixed_duration(logic, preset, iterations):
     logic.cuda = None if iterations == 50 else False
@@ -852,7 +854,7 @@ def test_cleanup_cancels_a_running_job_and_stops_the_timers(logic):
 def test_closing_the_scene_reloads_the_settings(panel, logic, scene):
     panel.ui.presetComboBox.chooseText("small")
     scene.Clear(0)
-    assert panel.ui.presetComboBox.currentText == "paper"
+    assert panel.ui.presetComboBox.currentText == "auto"
 
 
 # ---------------------------------------------------------------- text helpers
