@@ -559,7 +559,7 @@ def test_gpu_out_of_memory_becomes_a_one_line_radaerror(tmp_path, monkeypatch):
 
     monkeypatch.setattr(_TrainForward, "forward", oom)
     with pytest.raises(
-        RADAError, match=r"ran out of memory .*--preset small.*--device cpu"
+        RADAError, match=r"ran out of memory .*--preset cpu.*--device cpu"
     ) as caught:
         train_on_cases(tiny(iterations=1), labeled, unlabeled, text, regions, tmp_path)
     assert "\n" not in str(caught.value)
