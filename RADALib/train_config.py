@@ -335,8 +335,8 @@ def _cpu_preset() -> TrainConfig:
     paper's 112x112x80 covers at LA's), 8 base filters, T = 2, a shorter run with the paper's
     schedule scaled to it, SGTC's share of cross supervision (β from about 0 to 0.2 here, i.e.
     (1 − 2β)·sup + β·c₁ + β·c₂ with β → 0.1), and one pass over the whole volume at inference
-    (at that spacing a LA volume fits in one). Figures and how they were chosen: Testing/Benchmarks/RESULTS.md
-    ("CPU training on LA2018", "Demo")."""
+    (at that spacing a LA volume fits in one). Figures and how they were chosen:
+    Testing/Benchmarks/RESULTS.md ("CPU training on LA2018", "Demo")."""
     return scale_schedule(
         TrainConfig(
             patch=(48, 48, 32),

@@ -438,13 +438,8 @@ def test_segment_loads_named_coloured_results_aligned_with_each_volume(make_logi
     assert logic.entry(node).predictionStatus == "done"
 
 
-@pytest.mark.parametrize(
-    "choice, flags",
-    [("auto", []), ("on", ["--largest-component"]), ("off", ["--no-largest-component"])],
-)
-def test_segment_passes_the_largest_component_choice_and_leaves_auto_to_the_model(
-    make_logic, tmp_path, choice, flags
-):
+def _segment_arguments(make_logic, tmp_path, **settings) -> list[str]:
+    """The engine arguments of one Segment of a scan with a fake kidney model and ``settings``."""
     from RADASegmentLib.parameters import RADASegmentSettings
 
     logic = make_logic(work=fake_predict)
@@ -453,10 +448,21 @@ def test_segment_passes_the_largest_component_choice_and_leaves_auto_to_the_mode
     logic.segment(
         node,
         str(model),
-        settings=RADASegmentSettings(structureName="kidney", largestComponent=choice),
+        settings=RADASegmentSettings(structureName="kidney", **settings),
         wait=True,
     )
-    assert [a for a in logic.started[-1].args if "largest-component" in a] == flags
+    return list(logic.started[-1].args)
+
+
+@pytest.mark.parametrize(
+    "choice, flags",
+    [("auto", []), ("on", ["--largest-component"]), ("off", ["--no-largest-component"])],
+)
+def test_segment_passes_the_largest_component_choice_and_leaves_auto_to_the_model(
+    make_logic, tmp_path, choice, flags
+):
+    args = _segment_arguments(make_logic, tmp_path, largestComponent=choice)
+    assert [a for a in args if "largest-component" in a] == flags
 
 
 @pytest.mark.parametrize("choice, flags", [("model", []), ("dense", ["--stride", "dense"])])
@@ -465,16 +471,7 @@ def test_segment_leaves_the_stride_to_the_model_unless_one_is_chosen(
 ):
     from RADASegmentLib.parameters import RADASegmentSettings
 
-    logic = make_logic(work=fake_predict)
-    model = write_fake_bundle(tmp_path / "models" / "kid")
-    node, _, _, _ = _volume("scan")
-    logic.segment(
-        node,
-        str(model),
-        settings=RADASegmentSettings(structureName="kidney", stride=choice),
-        wait=True,
-    )
-    args = logic.started[-1].args
+    args = _segment_arguments(make_logic, tmp_path, stride=choice)
     shown = [a for i, a in enumerate(args) if a == "--stride" or args[i - 1] == "--stride"]
     assert shown == flags
     assert RADASegmentSettings().stride == "model"
