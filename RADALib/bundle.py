@@ -16,7 +16,7 @@ A bundle is a folder holding two files:
                  "files": {"vision": path, "text": path}, "region_mode": "alpha"},
      "normalization": "zscore", "inference": {"patch": [..], "stride": [..] or a preset name,
                                               "largest_component": {"classes": [1], "fractions": ...},
-                                              "spacing": [x, y, z] mm},
+                                              "spacing": [x, y, z] mm, "mirror": bool},
      "training": {metrics, iterations, config...},
      "checksums": {"weights.safetensors": sha256 hex}}
 
@@ -31,7 +31,8 @@ training cohort's pseudo-labels (:func:`~RADALib.postprocessing.recommend_larges
 inference keeps only their largest component unless told otherwise (absent from older bundles:
 nothing is post-processed). ``inference.spacing`` is the training spacing: inference resamples
 each input into it and the probabilities back onto the input's grid (:mod:`RADALib.inference`;
-absent from older bundles: every volume runs on its own grid).
+absent from older bundles: every volume runs on its own grid). ``inference.mirror`` asks for the
+probabilities averaged over the volume's mirror images (:mod:`RADALib.mirroring`; absent: off).
 
 A bundle is written into a temporary sibling folder and renamed into place only when complete,
 so an interrupted save never leaves a half bundle; an existing bundle of the same name is
@@ -354,7 +355,7 @@ def _embedding(manifest: Mapping[str, Any], key: str, width: int, path: Path) ->
 
 def _check_inference(manifest_path: Path, inference: Any, n_classes: int) -> None:
     """``InputError`` unless the manifest's ``inference`` entry holds a valid largest-component
-    record and training spacing (each may be absent)."""
+    record, training spacing and mirror switch (each may be absent)."""
     record = inference.get("largest_component") if isinstance(inference, Mapping) else None
     if record is not None:
         kept = record.get("classes") if isinstance(record, Mapping) else None
@@ -375,6 +376,11 @@ def _check_inference(manifest_path: Path, inference: Any, n_classes: int) -> Non
         raise InputError(
             manifest_path,
             f"field 'inference.spacing' must be three positive sizes in mm, got {str(spacing)[:80]}",
+        )
+    mirror = inference.get("mirror") if isinstance(inference, Mapping) else None
+    if mirror is not None and not isinstance(mirror, bool):
+        raise InputError(
+            manifest_path, f"field 'inference.mirror' must be true or false, got {str(mirror)[:80]}"
         )
 
 

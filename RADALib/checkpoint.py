@@ -36,6 +36,7 @@ RUNTIME_ONLY_SETTINGS = frozenset(
         "deterministic",
         "threads",
         "inference_stride",  # written to the bundle only
+        "inference_mirror",  # written to the bundle only
     }
 )
 

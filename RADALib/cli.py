@@ -428,6 +428,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         progress=progress,
         oblique=args.oblique,
         largest_component=args.largest_component,
+        mirror=args.mirror,
     )
     print(
         f"{len(outputs)} label map(s) written to {args.out}",
@@ -639,6 +640,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep only the largest connected component of each structure (removes look-alike "
         "islands elsewhere; wrong for structures in several parts). Default: as the model "
         "recommends (structures that were one region in its training pseudo-labels)",
+    )
+    predict.add_argument(
+        "--mirror",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="average over the volume's mirror images in the x-y plane (four passes; smoother, "
+        "slower). Default: as the model's bundle says (the cpu preset's: on)",
     )
     predict.add_argument("--oblique", choices=("refuse", "resample"), default="refuse")
     _add_events(predict)

@@ -19,7 +19,10 @@ How a new volume is segmented (paper section 3; docs/method.md, Inference):
    the number of windows covering the voxel), the paper's choice; probabilities computed at the
    training spacing are resampled back onto the volume's own grid, class by class; then argmax
    (the label map and probabilities lie on the input's grid and are written with its header);
-6. (not in the paper) each class the bundle marks as one region (it was one connected region
+6. (not in the paper, and only where the bundle or the caller asks for it) steps 3-5 run on the
+   volume (at the training spacing) and on its three mirror images in the (x, y) plane, and
+   their probabilities are averaged before the argmax (:mod:`RADALib.mirroring`);
+7. (not in the paper) each class the bundle marks as one region (it was one connected region
    in the training cohort's pseudo-labels) keeps only its largest connected component
    (:mod:`RADALib.postprocessing`); ``largest_component=True``/``False`` overrides that for
    every class. The paper's figures are the plain argmax: benchmarks pass ``False``.
@@ -60,6 +63,7 @@ from .bundle import Bundle, load_bundle
 from .data import normalize_intensity
 from .errors import InputError
 from .events import Progress
+from .mirroring import mirror_averaged_probabilities
 from .networks import DOWNSAMPLING, TripleViewModel
 from .paths import LABEL_SUFFIX, PROBABILITY_SUFFIX
 from .postprocessing import keep_largest_component
@@ -447,6 +451,7 @@ def predict_volume(
     return_probabilities: bool = False,
     progress: Progress | None = None,
     largest_component: bool | None = None,
+    mirror: bool | None = None,
 ) -> Prediction:
     """Segment one volume with a bundle (see the module docstring for the steps).
 
@@ -457,6 +462,9 @@ def predict_volume(
     has no effect on CPU. Probabilities are returned when ``return_probabilities``.
     ``largest_component`` (see :func:`largest_component_classes`) keeps only the largest
     connected component of those classes in the label map; the probabilities stay as predicted.
+    ``mirror`` (default: the bundle's ``inference.mirror``, else off) averages the
+    probabilities over the volume's mirror images in the (x, y) plane
+    (:mod:`RADALib.mirroring`; four passes).
     """
     device = torch.device(device)
     _check_normalization(bundle)
@@ -483,6 +491,8 @@ def predict_volume(
         _autocast(device, amp),
         memory_format_for(device),
     )
+    if bundle_mirror(bundle, mirror):
+        network = functools.partial(mirror_averaged_probabilities, network)
     normalized = normalize_intensity(volume.array)  # as in training
     with torch.inference_mode():
         probabilities = probabilities_on_grid(network, normalized, volume.spacing, training_spacing)
@@ -496,6 +506,13 @@ def predict_volume(
     if post:
         label = keep_largest_component(label, post)
     return Prediction(label=label, probabilities=kept, largest_component=tuple(post))
+
+
+def bundle_mirror(bundle: Bundle, mirror: bool | None = None) -> bool:
+    """``mirror``, else the bundle's ``inference.mirror`` (a bundle that names none: off)."""
+    if mirror is not None:
+        return bool(mirror)
+    return bool(bundle.inference_settings.get("mirror", False))  # checked by load_bundle
 
 
 def probabilities_on_grid(
@@ -713,6 +730,7 @@ def predict_files(
     progress: Progress | None = None,
     oblique: Oblique = "refuse",
     largest_component: bool | None = None,
+    mirror: bool | None = None,
 ) -> list[Path]:
     """Segment image files; writes ``<case>_rada.nrrd`` per input into ``out_dir``.
 
@@ -726,7 +744,7 @@ def predict_files(
     ``region_embedding``: one array for every input, or a list with one entry per input (the
     volume's own Ev from :func:`~RADALib.region_prompt.region_embedding_for`, or None for the
     bundle's stored mean). Each case's progress message says which prompt it got.
-    ``largest_component``: see :func:`predict_volume`.
+    ``largest_component``, ``mirror``: see :func:`predict_volume`.
     """
     bundle = bundle_folder if isinstance(bundle_folder, Bundle) else load_bundle(bundle_folder)
     inputs = [Path(p) for p in inputs]
@@ -757,6 +775,7 @@ def predict_files(
             return_probabilities=write_probabilities,
             progress=progress,
             largest_component=largest_component,
+            mirror=mirror,
         )
         label_path, probability_path = output_paths(path, out_dir)
         write_like(volume, result.label, label_path)

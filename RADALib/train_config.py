@@ -66,7 +66,9 @@ class TrainConfig:
     largest window, shrunk to the labeled structures' extent and the volumes' size at the
     training spacing when training starts (:mod:`RADALib.patch_size`). ``inference_stride``: the
     stride the model bundle names for ``rada predict`` and the panel ("fast", "dense" or
-    "whole"; ``None``: inference's default).
+    "whole"; ``None``: inference's default). ``inference_mirror``: the bundle asks inference to
+    average over the volume's mirror images in the (x, y) plane (:mod:`RADALib.mirroring`; only
+    written when ``augment`` is on, since the networks have seen mirror images only then).
     """
 
     patch: tuple[int, int, int] = (112, 112, 80)
@@ -102,6 +104,7 @@ class TrainConfig:
     spacing_factor: float = 1.0
     fit_patch: bool = False
     inference_stride: str | None = None
+    inference_mirror: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.schedule, Mapping):
@@ -334,14 +337,15 @@ def _cpu_preset() -> TrainConfig:
     of at most 48x48x32 fitted to the labeled structures (at that spacing nearly what the
     paper's 112x112x80 covers at LA's), 8 base filters, T = 2, a shorter run with the paper's
     schedule scaled to it, SGTC's share of cross supervision (β from about 0 to 0.2 here, i.e.
-    (1 − 2β)·sup + β·c₁ + β·c₂ with β → 0.1), and one pass over the whole volume at inference
-    (at that spacing a LA volume fits in one). Figures and how they were chosen:
+    (1 − 2β)·sup + β·c₁ + β·c₂ with β → 0.1), and at inference one pass over the whole volume
+    (at that spacing a LA volume fits in one) and its three mirror images. Figures and how they were chosen:
     Testing/Benchmarks/RESULTS.md ("CPU training on LA2018", "Demo")."""
     return scale_schedule(
         TrainConfig(
             patch=(48, 48, 32),
             fit_patch=True,
             inference_stride="whole",
+            inference_mirror=True,
             schedule=ScheduleConfig(beta0=0.0, beta_max=0.2),
             spacing_factor=3.0,
             network=NetworkConfig(base_filters=8),

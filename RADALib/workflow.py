@@ -234,6 +234,7 @@ def bundle_fields(
             "largest_component": components,
             "spacing": list(train_config.spacing) if train_config.spacing else None,
             **({"stride": train_config.inference_stride} if train_config.inference_stride else {}),
+            "mirror": bool(train_config.inference_mirror and train_config.augment),
         },
         "training": {
             "iterations": result.iteration,

@@ -25,12 +25,14 @@ Printed per variant: training spacing, window, base filters, iterations, trainin
 mean validation Dice (and HD95 in mm) as ``rada predict`` writes the labels, Dice of the plain
 argmax, inference seconds per volume; then each variant's Dice and time as a ratio to the last
 variant's (``native`` by default). ``--strides fast,whole,dense`` also scores every model with
-those inference strides (``rada predict --stride``).
+those inference strides (``rada predict --stride``), ``--mirror both`` with test-time mirroring
+on and off (``rada predict --mirror`` / ``--no-mirror``).
 
     rada cohort --la ../shared/data/LA2018 --labeled 8 --validation 10 --out la.json
     python Testing/Benchmarks/benchmark_cpu_training.py --cohort la.json --out rada-cpu-bench \
         [--variants cpu,cpu+KEY=VALUE,native] [--set KEY=VALUE ...] [--workers 2]
-        [--eval-cases N] [--strides fast,whole,dense] [--json results.json]
+        [--eval-cases N] [--strides fast,whole,dense] [--mirror bundle|on|off|both]
+        [--json results.json]
 
 Not a test: each variant trains for up to half an hour on two cores. Figures, with the command
 and machine: ``Testing/Benchmarks/RESULTS.md`` (CPU training on LA2018).
@@ -53,7 +55,7 @@ from RADALib.bundle import load_bundle
 from RADALib.cli import parse_setting
 from RADALib.cohort import Case, Cohort, load_cohort
 from RADALib.events import Progress
-from RADALib.inference import DEFAULT_STRIDE, predict_volume
+from RADALib.inference import DEFAULT_STRIDE, bundle_mirror, predict_volume
 from RADALib.metrics import metrics_for_masks
 from RADALib.train_config import TrainConfig, preset
 from RADALib.volume import read_volume
@@ -83,16 +85,20 @@ def variant_config(spec: str, common: dict[str, Any]) -> TrainConfig:
     raise SystemExit(f"unknown variant {name!r}: choose cpu or native")
 
 
-def score(bundle_folder: Path, cases: list[Case], stride: str | None = None) -> dict[str, Any]:
-    """Segment ``cases`` with the bundle as ``rada predict`` does (``stride``: its ``--stride``,
-    default the bundle's); Dice, HD95 and seconds."""
+def score(
+    bundle_folder: Path, cases: list[Case], stride: str | None = None, mirror: bool | None = None
+) -> dict[str, Any]:
+    """Segment ``cases`` with the bundle as ``rada predict`` does (``stride``, ``mirror``: its
+    ``--stride`` and ``--mirror``/``--no-mirror``, default the bundle's); Dice, HD95 and seconds."""
     bundle = load_bundle(bundle_folder)
     rows = []
     for case in cases:
         image = read_volume(case.image, "image")
         truth = read_volume(case.dense_label, "label").array > 0
         started = time.perf_counter()
-        prediction = predict_volume(bundle, image, stride=stride, return_probabilities=True)
+        prediction = predict_volume(
+            bundle, image, stride=stride, return_probabilities=True, mirror=mirror
+        )
         seconds = time.perf_counter() - started
         metrics = metrics_for_masks(prediction.label > 0, truth, image.spacing)
         plain = metrics_for_masks(prediction.probabilities.argmax(0) > 0, truth, image.spacing)
@@ -113,6 +119,7 @@ def score(bundle_folder: Path, cases: list[Case], stride: str | None = None) -> 
         "seconds_per_case": float(np.mean([r["seconds"] for r in rows])),
         "largest_component": list(bundle.largest_component_classes),
         "stride": stride or bundle.inference_settings.get("stride") or DEFAULT_STRIDE,
+        "mirror": bundle_mirror(bundle, mirror),
     }
 
 
@@ -129,19 +136,22 @@ def finished_run(experiment: Path, config: TrainConfig) -> TrainedRun | None:
     )
 
 
-def scored(bundle_folder: Path, cases: list[Case], stride: str | None) -> dict[str, Any]:
-    """:func:`score`, kept beside the bundle (``score-<stride>.json``) and reused while the
-    bundle and the scored cases are the same."""
-    record = bundle_folder.parent / f"score-{stride or 'bundle'}.json"
+def scored(
+    bundle_folder: Path, cases: list[Case], stride: str | None, mirror: bool | None = None
+) -> dict[str, Any]:
+    """:func:`score`, kept beside the bundle (``score-<stride>[-mirror|-no-mirror].json``) and
+    reused while the bundle and the scored cases are the same."""
+    suffix = {None: "", True: "-mirror", False: "-no-mirror"}[mirror]
+    record = bundle_folder.parent / f"score-{stride or 'bundle'}{suffix}.json"
     key = {
         "manifest": (bundle_folder / "manifest.json").stat().st_mtime_ns,
         "cases": [c.id for c in cases],
     }
     if record.exists():
         saved = json.loads(record.read_text())
-        if saved.get("key") == key:
+        if saved.get("key") == key and "mirror" in saved["result"]:  # older records lack it
             return saved["result"]
-    result = score(bundle_folder, cases, stride)
+    result = score(bundle_folder, cases, stride, mirror)
     write_text_atomic(record, json.dumps({"key": key, "result": result}, indent=2) + "\n")
     return result
 
@@ -166,7 +176,13 @@ def run_variant(
         raise SystemExit(f"{args.cohort}: no validation case with a dense label to score")
     bundle = load_bundle(run.model)
     result = scored(run.model, cases, None)
-    result["strides"] = [scored(run.model, cases, s) for s in args.strides]
+    other = {"bundle": [], "on": [True], "off": [False], "both": [True, False]}[args.mirror]
+    result["strides"] = [
+        scored(run.model, cases, s, m)
+        for s in [None, *args.strides]
+        for m in [None, *other]
+        if s is not None or (m is not None and m != result["mirror"])  # not the first row again
+    ]
     result.update(
         variant=spec,
         spacing=list(bundle.spacing) if bundle.spacing else None,
@@ -200,8 +216,9 @@ def format_results(results: list[dict[str, Any]]) -> str:
         )
     for r in results:
         for other in r["strides"]:
+            mirror = "mirrored" if other["mirror"] else "not mirrored"
             lines.append(
-                f"{r['variant']:<28} stride {other['stride']:<7}: Dice {other['dice']:.3f}, "
+                f"{r['variant']:<28} stride {other['stride']:<7} {mirror:<12}: Dice {other['dice']:.3f}, "
                 f"HD95 {other['hd95_mm']:.1f} mm, {other['seconds_per_case']:.1f} s per volume"
             )
     return "\n".join(lines)
@@ -220,6 +237,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--strides",
         default="",
         help="also score each model with these inference strides (e.g. fast,whole,dense)",
+    )
+    parser.add_argument(
+        "--mirror",
+        choices=("bundle", "on", "off", "both"),
+        default="bundle",
+        help="also score each model with test-time mirroring on, off, or both (default: only "
+        "as its bundle says)",
     )
     parser.add_argument("--json", type=Path)
     return parser

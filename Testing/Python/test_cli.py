@@ -442,3 +442,39 @@ def test_train_and_settings_default_to_the_auto_preset_and_say_which_it_picked(
     captured = capsys.readouterr()
     assert captured.err.startswith(f"preset auto: {chosen} (")
     assert f"iterations={preset(chosen).iterations}" in captured.out.split()
+
+
+@pytest.mark.parametrize(
+    ("flag", "expected"), [([], None), (["--mirror"], True), (["--no-mirror"], False)]
+)
+def test_predict_passes_the_mirror_choice_on_and_defaults_to_the_bundle(
+    tmp_path, monkeypatch, flag, expected
+):
+    import RADALib.bundle
+    import RADALib.inference
+    import RADALib.region_prompt
+
+    seen = {}
+
+    def fake_predict_files(bundle, inputs, out, **kwargs):
+        seen.update(kwargs)
+        return []
+
+    monkeypatch.setattr(RADALib.bundle, "load_bundle", lambda folder: "bundle")
+    monkeypatch.setattr(RADALib.inference, "predict_files", fake_predict_files)
+    monkeypatch.setattr(
+        RADALib.region_prompt, "region_embeddings_for_files", lambda *a, **k: [None]
+    )
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "manifest.json").write_text("{}")
+    args = [
+        "predict",
+        "--model",
+        str(tmp_path / "model"),
+        "--image",
+        "x.nrrd",
+        "--out",
+        str(tmp_path / "out"),
+    ]
+    assert main(args + flag) == 0
+    assert seen["mirror"] is expected  # None: inference follows the bundle's inference.mirror

@@ -384,3 +384,86 @@ def test_a_bundle_whose_largest_component_record_is_malformed_is_refused(tmp_pat
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(InputError, match="manifest.json: field 'inference.largest_component'"):
         load_bundle(folder)
+
+
+# ----------------------------------------------------------------------------- mirroring
+
+
+def by_position(image: np.ndarray) -> torch.Tensor:
+    """A 'network' that is not mirror-symmetric: its answer depends on where a voxel lies."""
+    ramp = np.arange(image.shape[0], dtype=np.float32)[:, None, None] / image.shape[0]
+    wave = np.sin(np.arange(image.shape[1], dtype=np.float32))[None, :, None]
+    foreground = 1.0 / (1.0 + np.exp(-(image + 2.0 * ramp + wave)))
+    return torch.from_numpy(np.stack([1.0 - foreground, foreground]).astype(np.float32))
+
+
+def test_mirror_averaged_probabilities_are_the_same_for_a_volume_and_its_mirror_images():
+    from RADALib.mirroring import PLANE_MIRRORS, mirror_averaged_probabilities
+
+    image = np.random.default_rng(0).normal(size=(9, 7, 5)).astype(np.float32)
+    averaged = mirror_averaged_probabilities(by_position, image)
+    assert averaged.shape == (2, 9, 7, 5)
+    torch.testing.assert_close(averaged.sum(0), torch.ones(9, 7, 5))
+    # the network alone changes its answer when the volume is mirrored; the average does not
+    flipped_x = torch.flip(by_position(np.ascontiguousarray(image[::-1])), dims=[1])
+    assert (flipped_x - by_position(image)).abs().max() > 0.1
+    for axes in PLANE_MIRRORS:
+        mirrored = np.ascontiguousarray(np.flip(image, axis=axes)) if axes else image
+        back = mirror_averaged_probabilities(by_position, mirrored)
+        back = torch.flip(back, dims=[a + 1 for a in axes]) if axes else back
+        torch.testing.assert_close(back, averaged)
+    # one mirror, the identity, is the network itself; z is never flipped
+    torch.testing.assert_close(
+        mirror_averaged_probabilities(by_position, image, mirrors=((),)), by_position(image)
+    )
+    assert all(2 not in axes for axes in PLANE_MIRRORS)
+
+
+def test_predict_volume_mirrors_as_its_bundle_says_unless_told(tmp_path, monkeypatch):
+    import RADALib.inference as inference
+    from RADALib.data import normalize_intensity
+    from RADALib.volume import volume_from_array
+
+    array = np.random.default_rng(1).normal(size=(20, 18, 16)).astype(np.float32)
+    normalized = normalize_intensity(array)
+
+    def positional(model, era, patch, stride, batch_size, progress, autocast, fmt, image):
+        return by_position(image)
+
+    monkeypatch.setattr(inference, "_volume_probabilities", positional)
+    volume = volume_from_array(array, (1.0, 1.0, 1.0))
+    folder = tiny_bundle(tmp_path)
+    plain = predict_volume(load_bundle(folder), volume, return_probabilities=True)
+    np.testing.assert_allclose(plain.probabilities, by_position(normalized).numpy(), atol=1e-6)
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["inference"]["mirror"] = True
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    bundle = load_bundle(folder)
+    mirrored = predict_volume(bundle, volume, return_probabilities=True)
+    expected = np.mean(
+        [
+            np.flip(
+                by_position(np.ascontiguousarray(np.flip(normalized, a))).numpy(),
+                [x + 1 for x in a],
+            )
+            for a in ((0,), (1,), (0, 1))
+        ]
+        + [by_position(normalized).numpy()],
+        axis=0,
+    )
+    np.testing.assert_allclose(mirrored.probabilities, expected, atol=1e-6)
+    np.testing.assert_array_equal(mirrored.label, expected.argmax(0).astype(np.uint8))
+    overridden = predict_volume(bundle, volume, return_probabilities=True, mirror=False)
+    np.testing.assert_allclose(overridden.probabilities, plain.probabilities)
+
+
+def test_a_bundle_whose_mirror_switch_is_not_a_boolean_is_refused(tmp_path):
+    folder = tiny_bundle(tmp_path)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["inference"]["mirror"] = "yes"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(
+        InputError, match="manifest.json: field 'inference.mirror' must be true or false"
+    ):
+        load_bundle(folder)

@@ -666,9 +666,16 @@ def test_training_region_mean_guides_every_batch_by_the_inference_prompt(
 
 def test_a_checkpoint_from_before_the_new_settings_resumes_only_with_their_defaults(tmp_path):
     saved = tiny().to_dict()
-    for key in ("spacing_factor", "fit_patch", "training_region", "inference_stride"):
+    for key in (
+        "spacing_factor",
+        "fit_patch",
+        "training_region",
+        "inference_stride",
+        "inference_mirror",
+    ):
         saved.pop(key)
-    check_compatible(saved, tiny(inference_stride="whole"), tmp_path)  # bundle-only setting
+    check_compatible(saved, tiny(inference_stride="whole"), tmp_path)  # bundle-only settings
+    check_compatible(saved, tiny(inference_mirror=True), tmp_path)
     with pytest.raises(RADAError, match="training_region"):
         check_compatible(saved, tiny(training_region="mean"), tmp_path)
     with pytest.raises(RADAError, match="fit_patch"):

@@ -55,6 +55,7 @@ def test_train_model_writes_a_bundle_that_segments_with_the_input_header(
         validate_every=0,
         prefetch=0,
         inference_stride="dense",
+        inference_mirror=True,
     )
     events: list[dict] = []
     with caplog.at_level(logging.WARNING):
@@ -90,6 +91,7 @@ def test_train_model_writes_a_bundle_that_segments_with_the_input_header(
     assert manifest["inference"]["largest_component"]["classes"] == [1]
     assert manifest["inference"]["largest_component"]["cases"] == 2
     assert manifest["inference"]["stride"] == "dense"  # the preset's choice, for rada predict
+    assert manifest["inference"]["mirror"] is True  # trained with mirror images (augment=True)
 
     # a training case's own region prompt, recomputed with the encoder rebuilt from the manifest
     # (random ViT-B/16 towers, same seed), equals the Ev stored at training
