@@ -178,10 +178,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_cohort(args: argparse.Namespace) -> int:
-    """``rada cohort``: write a cohort manifest from image/label folders or an LA2018 folder."""
+    """``rada cohort``: write a cohort manifest from image/label folders, an LA2018 folder or a
+    Decathlon task folder."""
     from .cohort import cohort_from_folders, cohort_from_la_folder, save_cohort
+    from .decathlon import cohort_from_decathlon
 
-    if args.la:
+    sources = [
+        option
+        for option, value in (
+            ("--images", args.images),
+            ("--la", args.la),
+            ("--decathlon", args.decathlon),
+        )
+        if value
+    ]
+    if len(sources) > 1:
+        raise RADAError(f"rada cohort: {' and '.join(sources)} exclude each other; give one")
+    if args.decathlon:
+        cohort = cohort_from_decathlon(args.decathlon, args.labeled, args.validation)
+    elif args.la:
         cohort = cohort_from_la_folder(
             args.la,
             labeled=args.labeled if args.labeled is not None else 8,
@@ -201,7 +216,8 @@ def cmd_cohort(args: argparse.Namespace) -> int:
         )
     else:
         raise RADAError(
-            "rada cohort: give --images DIR (with --labels/--sparse-labels) or --la DIR"
+            "rada cohort: give --images DIR (with --labels/--sparse-labels), --la DIR "
+            "or --decathlon DIR"
         )
     if args.name:
         cohort.name = args.name
@@ -441,7 +457,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """``rada evaluate``: score predictions against ground truth (a table; JSON, CSV on request)."""
     from .evaluation import evaluate_files, pair_files, write_outputs
 
-    pairs = pair_files(args.pred, args.truth)
+    pairs = pair_files(args.pred, args.truth)  # a Decathlon task folder: its labelsTr/
     classes = [int(c) for c in args.classes.split(",")] if args.classes else None
     evaluation = evaluate_files(pairs, classes)
     print(evaluation.table())
@@ -482,7 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(run=cmd_demo)
 
     cohort = commands.add_parser(
-        "cohort", help="write a cohort manifest from folders or an LA-style folder"
+        "cohort",
+        help="write a cohort manifest from folders, an LA-style folder or a Decathlon task",
     )
     cohort.add_argument("--images", help="folder of images (NRRD/NIfTI/MHA/h5)")
     cohort.add_argument(
@@ -494,10 +511,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--list-file", default="train.list", help="list file inside --la (default train.list)"
     )
     cohort.add_argument(
+        "--decathlon",
+        help="Medical Segmentation Decathlon task folder: dataset.json (classes, training "
+        "list), imagesTr/, labelsTr/",
+    )
+    cohort.add_argument(
         "--labeled",
         type=int,
         default=None,
-        help="first N cases labeled by simulation from dense labels (LA default 8)",
+        help="first N cases labeled by simulation from dense labels (LA default 8, else none)",
     )
     cohort.add_argument(
         "--validation", type=int, default=0, help="last N cases held out for validation"
@@ -657,7 +679,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--pred", required=True, help="prediction file or folder")
     evaluate.add_argument(
-        "--truth", required=True, help="truth file or folder (matched by case id)"
+        "--truth",
+        required=True,
+        help="truth file or folder (matched by case id), or a Decathlon task folder (its labelsTr/)",
     )
     evaluate.add_argument("--classes", help="comma-separated class values (default: all present)")
     evaluate.add_argument("--json", help="write the metrics as JSON here")

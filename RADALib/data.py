@@ -279,7 +279,7 @@ def _propagation_result(
             f"case {case.id} has no propagation result: run `rada propagate` for this cohort first",
         )
     else:  # the ablation without registration needs the sparse annotation only
-        result = PropagationResult(case_annotation(case, volume), {}, {})
+        result = PropagationResult(case_annotation(case, volume, classes=cohort.classes), {}, {})
     if tuple(result.annotation.label.shape) != volume.shape:
         raise InputError(
             case_folder if case_folder is not None else source,

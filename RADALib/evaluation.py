@@ -13,8 +13,10 @@ from pathlib import Path
 
 from .atomic import write_text_atomic
 from .cohort import case_id_of
+from .decathlon import decathlon_labels_folder, is_decathlon_folder
 from .errors import InputError
 from .metrics import SegmentationMetrics, evaluate_case, summarize
+from .paths import LABEL_SUFFIX
 from .volume import _H5_SUFFIXES, _SITK_SUFFIXES, file_suffix, read_label_for, read_volume
 
 
@@ -101,37 +103,55 @@ def _strict(value):
 def pair_files(
     pred: str | os.PathLike[str], truth: str | os.PathLike[str]
 ) -> list[tuple[str, Path, Path]]:
-    """(case id, prediction, truth) triples: two files, or two folders matched by case id."""
+    """(case id, prediction, truth) triples: two files, or two folders matched by case id.
+
+    A prediction ``<case>_rada.nrrd`` stands for case ``<case>``. When ``truth`` is a Decathlon
+    task folder (dataset.json and labelsTr/), the truth files are those of its ``labelsTr/``.
+    A single prediction file against a truth folder is paired with the truth of its case.
+    """
     pred, truth = Path(pred), Path(truth)
     for path in (pred, truth):
         if not path.exists():
             raise InputError(path, "not found")
+    if truth.is_dir() and is_decathlon_folder(truth):
+        truth = decathlon_labels_folder(truth)
     if pred.is_file() and truth.is_file():
-        return [(case_id_of(pred), pred, truth)]
-    if pred.is_dir() and truth.is_dir():
-        suffixes = _SITK_SUFFIXES + _H5_SUFFIXES
-
-        def listing(folder: Path) -> dict[str, Path]:
-            files = [
-                p
-                for p in folder.rglob("*")
-                if p.is_file() and file_suffix(p) in suffixes and not p.name.startswith(".")
-            ]
-            return {_case_key(p, folder): p for p in files}
-
-        predictions, truths = listing(pred), listing(truth)
+        return [(_case_key(pred, pred.parent), pred, truth)]
+    if truth.is_dir():
+        truths = _listing(truth)
+        if pred.is_file():
+            case_id = _case_key(pred, pred.parent)
+            if case_id not in truths:
+                raise InputError(pred, f"no truth file for case {case_id} in {truth}")
+            return [(case_id, pred, truths[case_id])]
+        predictions = _listing(pred)
         common = sorted(set(predictions) & set(truths))
         if not common:
             raise InputError(pred, f"no prediction matches a truth file in {truth} by case id")
         return [(i, predictions[i], truths[i]) for i in common]
-    raise InputError(pred, "give two files or two folders")
+    raise InputError(pred, "give two files, two folders, or a prediction file and a truth folder")
+
+
+def _listing(folder: Path) -> dict[str, Path]:
+    """Case id -> volume file for every volume under ``folder`` (hidden files left out)."""
+    suffixes = _SITK_SUFFIXES + _H5_SUFFIXES
+    files = [
+        p
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and file_suffix(p) in suffixes and not p.name.startswith(".")
+    ]
+    return {_case_key(p, folder): p for p in files}
 
 
 def _case_key(path: Path, folder: Path) -> str:
     # LA layout: <id>/mri_norm2.h5 -> the folder name is the case id
     if file_suffix(path) in _H5_SUFFIXES and path.parent != folder:
         return path.parent.name
-    return case_id_of(path)
+    case_id = case_id_of(path)
+    # a prediction of `rada predict`: <case>_rada.nrrd
+    if case_id.endswith(LABEL_SUFFIX) and len(case_id) > len(LABEL_SUFFIX):
+        return case_id[: -len(LABEL_SUFFIX)]
+    return case_id
 
 
 def evaluate_files(

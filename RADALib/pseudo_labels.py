@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,16 +49,22 @@ ARRAYS_FILE = "propagation.npz"
 
 
 def case_annotation(
-    case: Case, image: Volume, allow_multiple: bool = False, oblique: Oblique = "refuse"
+    case: Case,
+    image: Volume,
+    allow_multiple: bool = False,
+    oblique: Oblique = "refuse",
+    classes: Mapping[int, str] | None = None,
 ) -> SparseAnnotation:
-    """The case's sparse annotation: detected from its sparse label, or simulated from dense."""
+    """The case's sparse annotation: detected from its sparse label, or simulated from dense.
+
+    ``classes`` (the cohort's, number -> name) maps a Slicer segmentation's segments by name."""
     if case.sparse_label is not None:
-        label = read_label_for(image, case.sparse_label, oblique)
+        label = read_label_for(image, case.sparse_label, oblique, classes)
         return detect_sparse_annotation(
             label.array, str(case.sparse_label), allow_multiple=allow_multiple
         )
     if case.simulate_from_dense and case.dense_label is not None:
-        dense = read_label_for(image, case.dense_label, oblique)
+        dense = read_label_for(image, case.dense_label, oblique, classes)
         if not dense.array.any():
             raise InputError(case.dense_label, "the label map is empty: nothing to annotate")
         return simulate_sparse_annotation(dense.array, source=str(case.dense_label))
@@ -153,11 +160,12 @@ def propagate_case(
     allow_multiple: bool = False,
     oblique: Oblique = "refuse",
     progress: Progress | None = None,
+    classes: Mapping[int, str] | None = None,
 ) -> CaseReport:
     """Propagate one case into ``out/cases/<id>`` (skipped when already done with these inputs)."""
     started = time.perf_counter()
     image = read_volume(case.image, "image", oblique)
-    annotation = case_annotation(case, image, allow_multiple, oblique)
+    annotation = case_annotation(case, image, allow_multiple, oblique, classes)
     key = propagation_key(image, annotation, config)
     folder = out / "cases" / case.id
     marker = folder / CASE_FILE
@@ -233,6 +241,7 @@ def _kept_record(
     config: PropagationConfig,
     allow_multiple: bool = False,
     oblique: Oblique = "refuse",
+    classes: Mapping[int, str] | None = None,
 ) -> dict | None:
     """The record in ``out/cases/<id>`` when it holds this case's result for its current inputs and ``config``."""
     folder = Path(out) / "cases" / case.id
@@ -241,7 +250,9 @@ def _kept_record(
     image = read_volume(case.image, "image", oblique)
     return _finished_record(
         folder,
-        propagation_key(image, case_annotation(case, image, allow_multiple, oblique), config),
+        propagation_key(
+            image, case_annotation(case, image, allow_multiple, oblique, classes), config
+        ),
     )
 
 
@@ -303,7 +314,7 @@ def propagate_cohort(
     kept = {
         c.id: record
         for c in cases
-        if (record := _kept_record(c, out, config, allow_multiple, oblique))
+        if (record := _kept_record(c, out, config, allow_multiple, oblique, cohort.classes))
     }
     todo = len(cases) - len(kept)
     progress.start("propagate", todo, _plan_text(len(cases), len(kept)))
@@ -313,7 +324,7 @@ def propagate_cohort(
             reports.append(_report(case, "resumed", kept[case.id], out / "cases" / case.id))
             continue
         report = propagate_case(
-            case, out, registrar, config, cache, allow_multiple, oblique, progress
+            case, out, registrar, config, cache, allow_multiple, oblique, progress, cohort.classes
         )
         reports.append(report)
         done += 1  # the steps counted are the cases propagated now (a true ETA on resume)

@@ -358,7 +358,7 @@ def region_embeddings_for_files(
         if label is None:
             continue
         volume = read_volume(image, "image", oblique=oblique)
-        sparse = read_label_for(volume, label, oblique)
+        sparse = read_label_for(volume, label, oblique, bundle.class_names)
         if encoder is None:
             if progress is not None:
                 pretrained = _recorded_identity(bundle)["vision"].get("pretrained")

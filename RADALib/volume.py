@@ -7,7 +7,8 @@ kept in :class:`FileGeometry`, and :func:`write_like` undoes the reorientation, 
 written for a volume always overlays the image it came from, voxel for voxel.
 
 Formats: NRRD, NIfTI, MHA/MHD (SimpleITK) and the LA h5 layout (datasets ``image`` and
-``label`` already in (x, y, z) order, 0.625 mm isotropic unless told otherwise).
+``label`` already in (x, y, z) order, 0.625 mm isotropic unless told otherwise). A label map may
+also be a Slicer segmentation (``.seg.nrrd``, see segmentation_file.py).
 
 Oblique volumes (index axes not parallel to the patient axes) are refused with a clear message,
 or, with ``oblique="resample"``, resampled onto the nearest axis-aligned grid (linear for
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -27,6 +29,7 @@ import numpy as np
 
 from .atomic import ensure_writable_folder
 from .errors import InputError
+from .segmentation_file import class_numbers, read_segments, remap_labels
 
 LA_SPACING_MM = 0.625
 """Voxel size of the LA2018 h5 files, which store none."""
@@ -241,11 +244,14 @@ def read_volume(
     kind: Literal["image", "label"] = "image",
     oblique: Oblique = "refuse",
     h5_spacing: float = LA_SPACING_MM,
+    classes: Mapping[int, str] | None = None,
 ) -> Volume:
     """Read an image or a label map from NRRD/NIfTI/MHA/h5 into canonical order.
 
     Images become float32 and must be finite; labels become uint8 (uint16 past 255 classes)
-    and must hold non-negative whole numbers. Raises :class:`InputError` naming the file.
+    and must hold non-negative whole numbers. A label map that is a Slicer segmentation
+    (``.seg.nrrd``) gets its segments' class numbers: by name from ``classes`` (number ->
+    name) when they name them, else its label values. Raises :class:`InputError` naming the file.
     """
     path = Path(path)
     suffix = file_suffix(path)
@@ -253,6 +259,7 @@ def read_volume(
         raise InputError(path, "file not found")
     if path.is_dir():
         raise InputError(path, "is a folder, expected a volume file")
+    segments = read_segments(path) if kind == "label" and suffix in (".nrrd", ".nhdr") else []
     if suffix in _H5_SUFFIXES:
         array, geometry = _read_h5(path, kind, h5_spacing)
     elif suffix in _SITK_SUFFIXES:
@@ -263,6 +270,8 @@ def read_volume(
             path, f"unsupported file type '{suffix or path.name}' (supported: {supported})"
         )
     array = _check_values(path, array, kind)
+    if segments:
+        array = remap_labels(array, class_numbers(path, segments, classes))
 
     permutation, flips, obliquity = canonical_order(np.reshape(geometry.direction, (3, 3)))
     geometry = replace(geometry, permutation=permutation, flips=flips)
@@ -394,10 +403,18 @@ def _resampled_volume(path: Path, array: np.ndarray, geometry: FileGeometry, kin
 
 
 def read_label_for(
-    image: Volume, path: str | os.PathLike[str], oblique: Oblique = "refuse"
+    image: Volume,
+    path: str | os.PathLike[str],
+    oblique: Oblique = "refuse",
+    classes: Mapping[int, str] | None = None,
 ) -> Volume:
-    """Read a label map and check that it lies on ``image``'s grid (else an InputError)."""
-    label = read_volume(path, kind="label", oblique=oblique, h5_spacing=image.spacing[0])
+    """Read a label map and check that it lies on ``image``'s grid (else an InputError).
+
+    ``classes`` (number -> name) maps a Slicer segmentation's segments by name (see
+    :func:`read_volume`)."""
+    label = read_volume(
+        path, kind="label", oblique=oblique, h5_spacing=image.spacing[0], classes=classes
+    )
     problem = image.same_grid(label)
     if problem:
         raise InputError(
