@@ -15,8 +15,9 @@ resampling cache under ``--out``):
   made before the cpu preset (``Supervision on LA2018`` in RESULTS.md).
 
 A variant may carry settings of its own, ``NAME+KEY=VALUE+...`` (as ``rada train --set``), e.g.
-``cpu+training_region=mean``; ``--set KEY=VALUE`` applies to every variant. Each variant trains
-into ``runs/<variant as written>``; a finished run is not trained again (its bundle and its
+``cpu+training_region=mean`` (``iterations`` scales the schedule, as ``rada train --iterations``
+does); ``--set KEY=VALUE`` applies to every variant. Each variant trains into
+``runs/<variant as written>``; a finished run is not trained again (its bundle and its
 training seconds, kept in its checkpoint, are reused), so a later call can print any finished
 runs side by side, and two calls with different variants can train at once. Scores are kept
 beside each run (``score-*.json``) and reused while its model and the scored cases are the same.
@@ -71,17 +72,19 @@ def variant_config(spec: str, common: dict[str, Any]) -> TrainConfig:
     changes = {**common, **dict(parse_setting(item) for item in own)}
     cpu = preset("cpu", device="cpu")
     if name == "cpu":
-        return cpu.replace(**changes) if changes else cpu
+        return preset("cpu", device="cpu", **changes)  # a new iterations scales the schedule
     if name == "native":
-        config = preset(
+        return preset(
             "small",
             device="cpu",
-            patch=list(NATIVE_PATCH),
-            iterations=cpu.iterations,
-            checkpoint_every=cpu.checkpoint_every,
-            log_every=cpu.log_every,
+            **{
+                "patch": list(NATIVE_PATCH),
+                "iterations": cpu.iterations,
+                "checkpoint_every": cpu.checkpoint_every,
+                "log_every": cpu.log_every,
+                **changes,
+            },
         )
-        return config.replace(**changes) if changes else config
     raise SystemExit(f"unknown variant {name!r}: choose cpu or native")
 
 
