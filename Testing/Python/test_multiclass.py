@@ -292,6 +292,7 @@ def test_two_structures_end_to_end_propagate_train_predict_evaluate(
     manifest = json.loads((run.model / "manifest.json").read_text())
     assert {k: v["name"] for k, v in manifest["classes"].items()} == {"1": NAMES[1], "2": NAMES[2]}
     assert manifest["classes"]["1"]["terminology"]["type"]["code"] == "5366007"
+    assert manifest["network"]["n_classes"] == 3  # set from the cohort (the preset says 2)
 
     [output] = predict_files(run.model, [cases[2].image], tmp_path / "predictions")
     predicted = read_volume(output).array
