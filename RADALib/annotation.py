@@ -6,16 +6,22 @@ annotated slice is known, background included: those voxels get weight 1 (eq. 6)
 
 Two ways to get one:
 - :func:`simulate_sparse_annotation` from a dense label (benchmarks, simulations): per plane,
-  the slice with the largest foreground (the paper "prioritizes large foreground"), or given
-  indices. Dense truth is used here and nowhere after.
+  the slice that carries the most structures (classes), then the most not yet covered by the
+  planes chosen before, then the largest foreground (the paper "prioritizes large foreground"),
+  or given indices. Dense truth is used here and nowhere after.
 - :func:`detect_sparse_annotation` from a user's sparse label map: the annotated planes are
   found, not assumed, as the fewest whole slices that hold every labeled voxel (a greedy
   cover: a painted slice holds a 2D region, while its crossing with another plane is a line).
+
+With several structures, :func:`missing_structures` says which structure is absent from which
+plane's slices (allowed: that view's propagation then carries only the others), and
+:func:`check_structures` refuses, in one line naming the file and the structure, a structure
+that no annotated slice carries.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,13 +71,26 @@ def foreground_area(label: np.ndarray, axis: int) -> np.ndarray:
     return np.count_nonzero(label, axis=other)
 
 
+def _classes_per_slice(label: np.ndarray, axis: int) -> dict[int, np.ndarray]:
+    """Per non-zero class, whether each slice along ``axis`` holds it (class -> bool per slice)."""
+    other = tuple(a for a in range(3) if a != axis)
+    return {
+        int(value): np.any(label == value, axis=other) for value in np.unique(label) if value != 0
+    }
+
+
 def simulate_sparse_annotation(
     dense: np.ndarray,
     slices: Mapping[int, Sequence[int]] | None = None,
     source: str = "<label>",
 ) -> SparseAnnotation:
-    """Keep one slice per plane of a dense label: the largest-foreground one, or the given ones.
+    """Keep one slice per plane of a dense label, chosen to carry every structure where possible.
 
+    Per plane (sagittal, coronal, axial, in that order) the slice with the most classes on it,
+    then the most classes that the planes chosen before do not carry yet, then the largest
+    foreground; with one structure this is the largest-foreground slice. So each view's
+    propagation starts from every structure its plane can show, and a structure that no slice
+    of one plane shows together with the others is still carried by another plane's slice.
     ``slices`` maps axis -> indices and overrides the choice for the axes it names.
     """
     dense = np.asarray(dense)
@@ -80,7 +99,9 @@ def simulate_sparse_annotation(
     if not np.any(dense):
         raise InputError(source, "the label map is empty: nothing to annotate")
     chosen: dict[int, tuple[int, ...]] = {}
+    covered: set[int] = set()
     for axis in range(3):
+        present = _classes_per_slice(dense, axis)
         if slices is not None and axis in slices:
             indices = tuple(int(i) for i in slices[axis])
             for index in indices:
@@ -90,7 +111,16 @@ def simulate_sparse_annotation(
                         f"{PLANES[axis]} slice {index} is outside 0..{dense.shape[axis] - 1}",
                     )
         else:
-            indices = (int(np.argmax(foreground_area(dense, axis))),)
+            area = foreground_area(dense, axis)
+            count = np.zeros(area.size, np.int64)
+            new = np.zeros(area.size, np.int64)
+            for value, held in present.items():
+                count += held
+                new += held if value not in covered else 0
+            # lexsort: the last key is the primary one; the first slice wins a tie
+            order = np.lexsort((np.arange(area.size), -area, -new, -count))
+            indices = (int(order[0]),)
+        covered.update(c for c, held in present.items() if any(held[i] for i in indices))
         chosen[axis] = indices
     sparse = np.zeros_like(dense)
     annotation = SparseAnnotation(sparse, chosen)
@@ -178,3 +208,56 @@ def detect_sparse_annotation(
                 )
     slices = {axis: tuple(sorted(indices)) for axis, indices in chosen.items() if indices}
     return SparseAnnotation(label.copy(), slices)
+
+
+def slice_structures(annotation: SparseAnnotation) -> dict[int, set[int]]:
+    """Per annotated plane (axis), the classes its annotated slices carry."""
+    return {
+        axis: {
+            int(v)
+            for index in indices
+            for v in np.unique(annotation.label[_slab(axis, index)])
+            if v != 0
+        }
+        for axis, indices in annotation.slices.items()
+    }
+
+
+def missing_structures(
+    annotation: SparseAnnotation, classes: Iterable[int] | None = None
+) -> dict[str, list[int]]:
+    """Per annotated plane, the classes missing from its slices (planes missing none are left out).
+
+    ``classes`` defaults to every class the annotation carries on any slice. A structure missing
+    from one plane is allowed: that view propagates the others, and the structure is learned from
+    the views whose slices carry it.
+    """
+    carried = slice_structures(annotation)
+    wanted = (
+        sorted({c for values in carried.values() for c in values})
+        if classes is None
+        else sorted(int(c) for c in classes if int(c) != 0)
+    )
+    return {
+        PLANES[axis]: missing
+        for axis, values in sorted(carried.items())
+        if (missing := [c for c in wanted if c not in values])
+    }
+
+
+def check_structures(
+    annotation: SparseAnnotation,
+    classes: Mapping[int, str],
+    source: str = "<label>",
+) -> dict[str, list[int]]:
+    """Raise :class:`InputError` naming ``source`` and the structure when a class of ``classes``
+    (number -> name) is on no annotated slice; else return :func:`missing_structures`."""
+    carried = set().union(*slice_structures(annotation).values())
+    for value, name in sorted(classes.items()):
+        if int(value) != 0 and int(value) not in carried:
+            raise InputError(
+                source,
+                f"structure {int(value)} ({name}) is on none of the annotated slices; paint it on "
+                "at least one of the sagittal, coronal and axial slices",
+            )
+    return missing_structures(annotation, [c for c in classes if int(c) != 0])

@@ -68,7 +68,12 @@ N_VIEWS = 3
 
 
 def normalize_intensity(array: np.ndarray) -> np.ndarray:
-    """Z-score over the whole volume (float32); a constant volume becomes zeros."""
+    """Z-score over the whole volume, background included: (x − mean) / std, float32.
+
+    Any stored type (uint8, int16, float32 up to millions) is converted to float32 before the
+    statistics, which are accumulated in float64, so nothing wraps or overflows. A constant
+    volume becomes zeros.
+    """
     data = np.asarray(array, dtype=np.float32)
     mean = float(data.mean(dtype=np.float64))
     std = float(data.std(dtype=np.float64))

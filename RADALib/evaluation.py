@@ -27,8 +27,19 @@ class Evaluation:
     rows: list[tuple[str, int, SegmentationMetrics]] = field(default_factory=list)
 
     def summary(self) -> dict[int, dict]:
+        """Per class (structure): :func:`summarize` over the cases."""
         classes = sorted({c for _, c, _ in self.rows})
         return {c: summarize([m for _, k, m in self.rows if k == c]) for c in classes}
+
+    def structure_mean(self) -> dict[str, float]:
+        """Per metric, the mean over structures of the per-structure means (each structure
+        counts once, whatever its size; a structure with no value for a metric is left out)."""
+        summary = self.summary()
+        out = {}
+        for name in _METRICS:
+            values = [s[name]["mean"] for s in summary.values() if not math.isnan(s[name]["mean"])]
+            out[name] = sum(values) / len(values) if values else math.nan
+        return out
 
     def to_json(self) -> dict:
         return {
@@ -36,6 +47,7 @@ class Evaluation:
                 {"id": i, "class": c, **m.as_dict(nan_to_none=True)} for i, c, m in self.rows
             ],
             "summary": {str(c): _strict(s) for c, s in self.summary().items()},
+            "mean_over_structures": _strict(self.structure_mean()),
             "rules": "empty prediction with non-empty truth: Dice 0, distances NaN, counted as a failure; "
             "empty truth: never scored as perfect (see RADALib/metrics.py)",
         }
@@ -77,7 +89,17 @@ class Evaluation:
                 f"{_fmt(s['asd_vox']['mean'], 2):>8} "
                 f"{_fmt(s['asd_mm']['mean'], 2):>7}  failures {s['n_failures']} of {s['n_cases']}"
             )
+        if len(self.summary()) > 1:
+            m = self.structure_mean()
+            lines.append(
+                f"{'mean of structures':<24} {'all':>5} {_fmt(m['dice']):>7} {_fmt(m['jaccard']):>7} "
+                f"{_fmt(m['hd95_vox'], 2):>9} {_fmt(m['hd95_mm'], 2):>8} {_fmt(m['asd_vox'], 2):>8} "
+                f"{_fmt(m['asd_mm'], 2):>7}"
+            )
         return "\n".join(lines)
+
+
+_METRICS = ("dice", "jaccard", "hd95_vox", "hd95_mm", "asd_vox", "asd_mm")
 
 
 def _fmt(value: float, digits: int = 4) -> str:

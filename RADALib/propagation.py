@@ -16,6 +16,13 @@ Speed, all settable in :class:`PropagationConfig`:
   a shape-based interpolation (signed distances) of the two propagated labels;
 - the chains of all planes run at once, each with one slice pair in a process pool.
 
+Several structures (classes) share one label map throughout, so no voxel is ever claimed by two
+of them: the label map is warped as a whole with nearest neighbour (one class per voxel by
+construction); the shape-based interpolation gives a voxel the class deepest inside (most
+negative blended signed distance); where two separately smoothed classes claim a voxel the
+lower class takes it (:func:`smooth_slice`); the fused vote takes the class of largest summed weight,
+ties to the lower class (:func:`vote`).
+
 Dense ground truth never enters here: only the sparse annotation does.
 """
 
@@ -257,7 +264,11 @@ def _signed_distance(mask: np.ndarray, empty: float | None = None) -> np.ndarray
 
 
 def smooth_slice(label: np.ndarray, radius: int) -> np.ndarray:
-    """Opening then closing of each class with a disk of ``radius`` (0: unchanged)."""
+    """Opening then closing of each class with a disk of ``radius`` (0: unchanged).
+
+    Each class is smoothed on its own; where two smoothed classes claim a voxel (rare: one's
+    closing reaching into what the other's opening kept) the lower class takes it. One class
+    per voxel, always."""
     if radius <= 0 or not label.any():
         return label
     yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]

@@ -22,7 +22,7 @@ import json
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,9 @@ from . import __version__
 from .annotation import (
     PLANES,
     SparseAnnotation,
+    check_structures,
     detect_sparse_annotation,
+    missing_structures,
     simulate_sparse_annotation,
 )
 from .atomic import ensure_writable_folder, write_npz_atomic, write_text_atomic
@@ -57,17 +59,29 @@ def case_annotation(
 ) -> SparseAnnotation:
     """The case's sparse annotation: detected from its sparse label, or simulated from dense.
 
-    ``classes`` (the cohort's, number -> name) maps a Slicer segmentation's segments by name."""
+    ``classes`` (the cohort's, number -> name) maps a Slicer segmentation's segments by name.
+    Every structure must be on at least one annotated slice (:func:`check_structures`): each of
+    ``classes`` for a painted label, each one the dense label holds for a simulated one."""
     if case.sparse_label is not None:
         label = read_label_for(image, case.sparse_label, oblique, classes)
-        return detect_sparse_annotation(
+        annotation = detect_sparse_annotation(
             label.array, str(case.sparse_label), allow_multiple=allow_multiple
         )
+        if classes:
+            check_structures(annotation, classes, str(case.sparse_label))
+        return annotation
     if case.simulate_from_dense and case.dense_label is not None:
         dense = read_label_for(image, case.dense_label, oblique, classes)
         if not dense.array.any():
             raise InputError(case.dense_label, "the label map is empty: nothing to annotate")
-        return simulate_sparse_annotation(dense.array, source=str(case.dense_label))
+        annotation = simulate_sparse_annotation(dense.array, source=str(case.dense_label))
+        present = {
+            int(v): (classes or {}).get(int(v), f"class {int(v)}")
+            for v in np.unique(dense.array)
+            if v
+        }
+        check_structures(annotation, present, str(case.dense_label))
+        return annotation
     raise InputError(case.image, f"case {case.id} has no annotation")
 
 
@@ -149,6 +163,8 @@ class CaseReport:
     methods: dict[str, int]  # registrations per transform used (fallbacks included)
     slices: dict[str, list[int]]
     folder: Path
+    missing: dict[str, list[int]] = field(default_factory=dict)
+    """Per plane, the cohort's structures (class numbers) its annotated slices do not carry."""
 
 
 def propagate_case(
@@ -207,6 +223,7 @@ def propagate_case(
         "methods": result.methods,
         "registrations": result.registrations,
         "bounds": bounds_record(annotation, config),
+        "missing_structures": missing_structures(annotation, classes),
         "config": config.to_dict(),
     }
     _write_json(marker, record)
@@ -284,6 +301,7 @@ def _report(case: Case, status: str, record: dict, folder: Path) -> CaseReport:
         dict(record.get("methods", {})),
         dict(record.get("slices", {})),
         folder,
+        {p: list(v) for p, v in record.get("missing_structures", {}).items()},
     )
 
 

@@ -49,6 +49,36 @@ KNOWN_STRUCTURES: dict[str, dict[str, Any]] = {
             "anatomic_region": _code("64033007", "Kidney"),
         },
     },
+    # Hippocampus: SNOMED CT 5366007 "Hippocampal structure", with DICOM's code meaning
+    # "Hippocampus". SNOMED CT has no well-known code for its anterior or posterior part, so
+    # the Decathlon's two parts share that type (no modifier) and differ by name and colour.
+    "hippocampus": {
+        "color": [220 / 255, 216 / 255, 20 / 255],
+        "terminology": {
+            "category": _ANATOMY,
+            "type": _code("5366007", "Hippocampus"),
+            "type_modifier": None,
+            "anatomic_region": None,
+        },
+    },
+    "anterior hippocampus": {
+        "color": [220 / 255, 216 / 255, 20 / 255],
+        "terminology": {
+            "category": _ANATOMY,
+            "type": _code("5366007", "Hippocampus"),
+            "type_modifier": None,
+            "anatomic_region": None,
+        },
+    },
+    "posterior hippocampus": {
+        "color": [60 / 255, 150 / 255, 220 / 255],
+        "terminology": {
+            "category": _ANATOMY,
+            "type": _code("5366007", "Hippocampus"),
+            "type_modifier": None,
+            "anatomic_region": None,
+        },
+    },
     "liver": {
         "color": [221 / 255, 130 / 255, 101 / 255],
         "terminology": {
@@ -79,6 +109,9 @@ _ALIASES = {
     "kidney tumour": "kidney tumor",
     "liver tumour": "liver tumor",
     "kidneys": "kidney",
+    "hippocampal structure": "hippocampus",
+    "hippocampus anterior": "anterior hippocampus",
+    "hippocampus posterior": "posterior hippocampus",
 }
 
 FALLBACK_COLORS: tuple[tuple[float, float, float], ...] = (

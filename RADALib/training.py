@@ -495,6 +495,22 @@ def with_training_spacing(
     return config if config.spacing is not None else config.replace(spacing=list(spacing))
 
 
+def with_cohort_classes(
+    config: TrainConfig, cohort, progress: Progress | None = None
+) -> TrainConfig:
+    """``config`` whose networks output background and every class the cohort names
+    (``network.n_classes`` = the largest class number + 1); says so when that changes it."""
+    wanted = max((int(c) for c in cohort.classes), default=1) + 1
+    if config.network.n_classes == wanted:
+        return config
+    if progress is not None:
+        names = ", ".join(f"{c} {n}" for c, n in sorted(cohort.classes.items()))
+        progress.message(
+            f"network.n_classes set to {wanted}: background and the cohort's classes ({names})"
+        )
+    return config.replace(network={"n_classes": wanted})
+
+
 def with_fitted_patch(
     config: TrainConfig,
     labeled: Sequence[TrainingCase],
@@ -542,6 +558,7 @@ def train(
     """
     if config.spacing is None:
         config = with_training_spacing(config, cohort, options.get("progress"))
+    config = with_cohort_classes(config, cohort, options.get("progress"))
     labeled, unlabeled = load_training_cases(
         cohort,
         propagation_dir,

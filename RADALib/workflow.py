@@ -105,7 +105,7 @@ def train_model(
     Training resumes from the experiment's checkpoint when there is one.
     """
     from .bundle import save_bundle
-    from .training import train, with_training_spacing
+    from .training import train, with_cohort_classes, with_training_spacing
 
     experiment = Path(experiment)
     experiment.mkdir(parents=True, exist_ok=True)
@@ -116,6 +116,7 @@ def train_model(
             "no labeled case: training needs at least one annotated volume",
         )
     train_config = with_training_spacing(train_config, cohort, progress)
+    train_config = with_cohort_classes(train_config, cohort, progress)
     propagation = Path(propagation_dir) if propagation_dir else experiment / "propagation"
     propagation_config = propagation_config or PropagationConfig()
     if train_config.use_registration:
