@@ -48,6 +48,7 @@ ADDED_SETTINGS: dict[str, Any] = {
     "spacing": _ANY,
     "spacing_factor": 1.0,
     "fit_patch": False,
+    "fit_spacing": False,
     "training_region": "batch",
 }
 

@@ -297,6 +297,32 @@ def _propagation_result(
 # ----------------------------------------------------------------------------- training spacing
 
 
+def labeled_window_needs_mm(
+    cohort: Cohort,
+    propagation_dir: str | os.PathLike[str] | None,
+    require_propagation: bool = True,
+) -> list[tuple[float, float, float]]:
+    """Per labeled case, what a training window should hold in mm per axis
+    (:func:`~RADALib.patch_size.window_need_mm`): the bounding box of its annotated slices'
+    labeled voxels (the three planes bound the structure on every axis), times the context,
+    no more than its volume. A case with no labeled voxel is left out."""
+    from .patch_size import structure_extent, window_need_mm
+    from .volume import read_volume
+
+    folder = Path(propagation_dir) if propagation_dir is not None else None
+    needs = []
+    for case in cohort.labeled:
+        volume = read_volume(case.image, "image")
+        result = _propagation_result(cohort, case, volume, folder, require_propagation)
+        extent = structure_extent([result.annotation.label])
+        if extent is None:
+            continue
+        structure_mm = [e * s for e, s in zip(extent, volume.spacing)]
+        volume_mm = [n * s for n, s in zip(volume.shape, volume.spacing)]
+        needs.append(window_need_mm(structure_mm, volume_mm))
+    return needs
+
+
 def training_spacings(cohort: Cohort) -> list[tuple[float, float, float]]:
     """The voxel size (x, y, z) of each training volume, labeled then unlabeled (validation
     cases left out), read from the files' headers."""

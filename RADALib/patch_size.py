@@ -12,6 +12,13 @@ window shrinks, axis by axis and at the training spacing, to what the cohort nee
 
 So a CPU preset spends its voxels on the structure: the demo's small volumes get a small
 window, a cohort of large volumes with a small organ is not padded with empty context.
+
+With ``TrainConfig.fit_spacing`` the training spacing is fitted first, the same way: the
+cohort's median spacing is coarsened by the smallest factor, between 1 and the preset's
+``spacing_factor``, at which what the window should hold (the structure's extent times
+:data:`CONTEXT`, no more than its volume) fits the preset's largest window on every axis
+(:func:`fitted_spacing_factor`). A large organ in large volumes (the left atrium) gets the
+preset's full factor; small volumes that already fit (the hippocampus) keep their own voxels.
 """
 
 from __future__ import annotations
@@ -55,3 +62,31 @@ def fitted_patch(
         rounded = DOWNSAMPLING * math.ceil(max(need, 1) / DOWNSAMPLING)
         patch.append(int(min(int(limit), max(DOWNSAMPLING, rounded))))
     return tuple(patch)  # type: ignore[return-value]
+
+
+def window_need_mm(
+    structure_mm: Sequence[float], volume_mm: Sequence[float], context: float = CONTEXT
+) -> tuple[float, float, float]:
+    """What a window should hold around one labeled case's structure, in mm per axis: its
+    extent times ``context``, no more than its volume."""
+    return tuple(min(float(e) * context, float(v)) for e, v in zip(structure_mm, volume_mm))  # type: ignore[return-value]
+
+
+def fitted_spacing_factor(
+    cap: Sequence[int],
+    needs_mm: Sequence[Sequence[float]],
+    median_spacing: Sequence[float],
+    max_factor: float,
+) -> float:
+    """The smallest factor in [1, ``max_factor``] by which ``median_spacing`` is coarsened so
+    that every case's need (:func:`window_need_mm`) fits ``cap`` voxels on every axis:
+    ``max over cases and axes of need / (spacing · cap)``, clamped. Without needs,
+    ``max_factor``."""
+    if not needs_mm:
+        return float(max_factor)
+    ratio = max(
+        float(need[i]) / (float(median_spacing[i]) * int(cap[i]))
+        for need in needs_mm
+        for i in range(3)
+    )
+    return float(min(max(ratio, 1.0), float(max_factor)))

@@ -62,7 +62,9 @@ class TrainConfig:
     ``spacing_factor``, planned when training starts
     (:func:`RADALib.training.with_training_spacing`); one number means the same size on every
     axis. ``spacing_factor`` (>= 1 coarsens; only used when ``spacing`` is ``None``): the cpu
-    preset trains on voxels three times the cohort's median size. ``fit_patch``: ``patch`` is the
+    preset trains on voxels up to three times the cohort's median size. ``fit_spacing``: the
+    factor is the smallest up to ``spacing_factor`` at which the labeled structures fit
+    ``patch`` (:mod:`RADALib.patch_size`), decided when training starts. ``fit_patch``: ``patch`` is the
     largest window, shrunk to the labeled structures' extent and the volumes' size at the
     training spacing when training starts (:mod:`RADALib.patch_size`). ``inference_stride``: the
     stride the model bundle names for ``rada predict`` and the panel ("fast", "dense" or
@@ -102,6 +104,7 @@ class TrainConfig:
     threads: int = 0
     spacing: tuple[float, float, float] | None = None
     spacing_factor: float = 1.0
+    fit_spacing: bool = False
     fit_patch: bool = False
     inference_stride: str | None = None
     inference_mirror: bool = False
@@ -333,17 +336,19 @@ def _small_preset() -> TrainConfig:
 
 def _cpu_preset() -> TrainConfig:
     """The whole method (three views, guidance, unlabeled stream, cross supervision) sized for a
-    CPU: voxels three times the cohort's median size per axis (27 times fewer voxels), a window
-    of at most 48x48x32 fitted to the labeled structures (at that spacing nearly what the
-    paper's 112x112x80 covers at LA's), 8 base filters, T = 2, a shorter run with the paper's
+    CPU: voxels up to three times the cohort's median size per axis (27 times fewer voxels;
+    only as coarse as the labeled structures need to fit the window), a window of at most
+    48x48x32 fitted to them (at three times LA's spacing nearly what the paper's 112x112x80
+    covers at LA's), 8 base filters, T = 2, a shorter run with the paper's
     schedule scaled to it, SGTC's share of cross supervision (β from about 0 to 0.2 here, i.e.
     (1 − 2β)·sup + β·c₁ + β·c₂ with β → 0.1), and at inference one pass over the whole volume
-    (at that spacing a LA volume fits in one) and its three mirror images. Figures and how they were chosen:
-    Testing/Benchmarks/RESULTS.md ("CPU training on LA2018", "Demo")."""
+    (at that spacing a LA volume fits in one) and its three mirror images. Figures and how they
+    were chosen: Testing/Benchmarks/RESULTS.md ("CPU training on LA2018", "Demo")."""
     return scale_schedule(
         TrainConfig(
             patch=(48, 48, 32),
             fit_patch=True,
+            fit_spacing=True,
             inference_stride="whole",
             inference_mirror=True,
             schedule=ScheduleConfig(beta0=0.0, beta_max=0.2),

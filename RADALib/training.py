@@ -69,6 +69,7 @@ from .data import (
     BatchPrefetcher,
     TrainingCase,
     TwoStreamSampler,
+    labeled_window_needs_mm,
     load_training_cases,
     training_spacings,
 )
@@ -467,12 +468,18 @@ class TrainOptions(TypedDict, total=False):
 
 
 def with_training_spacing(
-    config: TrainConfig, cohort, progress: Progress | None = None
+    config: TrainConfig,
+    cohort,
+    progress: Progress | None = None,
+    propagation_dir: str | Path | None = None,
 ) -> TrainConfig:
     """``config`` with its training spacing decided: ``config.spacing`` when set, else the
     median voxel size per axis over the cohort's training volumes, labeled and unlabeled (as
-    nnU-Net plans it), times ``config.spacing_factor``; says which, and how many volumes will
-    be resampled into it."""
+    nnU-Net plans it), times ``config.spacing_factor`` or, with ``config.fit_spacing``, times
+    the smallest factor up to it at which the labeled structures fit the window
+    (:func:`~RADALib.patch_size.fitted_spacing_factor`, from the annotations in
+    ``propagation_dir``); says which, and how many volumes will be resampled into it."""
+    from .patch_size import fitted_spacing_factor
     from .resampling import plan_spacing, same_spacing
 
     if config.spacing is not None and progress is None:
@@ -481,10 +488,23 @@ def with_training_spacing(
     spacing = config.spacing
     origin = "set"
     if spacing is None:
-        spacing = tuple(s * config.spacing_factor for s in plan_spacing(spacings))
+        median = plan_spacing(spacings)
+        factor = config.spacing_factor
         origin = "the cohort's median spacing per axis"
-        if config.spacing_factor != 1:
-            origin += f" x {config.spacing_factor:g}"
+        if config.fit_spacing:
+            needs = labeled_window_needs_mm(cohort, propagation_dir, config.use_registration)
+            factor = fitted_spacing_factor(config.patch, needs, median, config.spacing_factor)
+            factor = round(factor, 3)
+            if factor != 1:
+                origin += f" x {factor:g}"
+            origin += (
+                f", fitted: the labeled structures with context need up to "
+                f"{_mm(np.max(needs, axis=0)) if needs else 'nothing'} mm, "
+                f"the window holds {tuple(config.patch)} voxels, at most x {config.spacing_factor:g}"
+            )
+        elif factor != 1:
+            origin += f" x {factor:g}"
+        spacing = tuple(s * factor for s in median)
     if progress is not None:
         progress.enter("train")
         resampled = sum(not same_spacing(s, spacing) for s in spacings)
@@ -493,6 +513,11 @@ def with_training_spacing(
             f"{resampled} of {len(spacings)} training volume(s) resampled into it"
         )
     return config if config.spacing is not None else config.replace(spacing=list(spacing))
+
+
+def _mm(values) -> str:
+    """``12.5 x 40 x 7.25``: a size in mm for a message."""
+    return " x ".join(f"{float(v):.4g}" for v in values)
 
 
 def with_cohort_classes(
@@ -557,7 +582,7 @@ def train(
     validate, resume, stop_after) and the rest: see :func:`train_on_cases`.
     """
     if config.spacing is None:
-        config = with_training_spacing(config, cohort, options.get("progress"))
+        config = with_training_spacing(config, cohort, options.get("progress"), propagation_dir)
     config = with_cohort_classes(config, cohort, options.get("progress"))
     labeled, unlabeled = load_training_cases(
         cohort,

@@ -115,14 +115,15 @@ def train_model(
             cohort.path or cohort.name,
             "no labeled case: training needs at least one annotated volume",
         )
-    train_config = with_training_spacing(train_config, cohort, progress)
-    train_config = with_cohort_classes(train_config, cohort, progress)
     propagation = Path(propagation_dir) if propagation_dir else experiment / "propagation"
     propagation_config = propagation_config or PropagationConfig()
     if train_config.use_registration:
         ensure_propagation(cohort, propagation, propagation_config, cache_dir, workers, progress)
     elif not propagation_dir:
         propagation = None  # type: ignore[assignment]
+    # after propagation: a fitted spacing reads the annotations it found
+    train_config = with_training_spacing(train_config, cohort, progress, propagation)
+    train_config = with_cohort_classes(train_config, cohort, progress)
     embeddings = _embed_for_training(
         cohort, propagation, experiment, train_config, encoder_config, cache_dir, progress
     )

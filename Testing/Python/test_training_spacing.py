@@ -131,6 +131,47 @@ def test_a_spacing_factor_coarsens_the_planned_median_and_says_so(tmp_path):
         preset("small", spacing_factor=0)
 
 
+def test_a_fitted_spacing_coarsens_only_as_far_as_the_structures_need_to_fit_the_window(
+    tmp_path,
+):
+    from RADALib.data import labeled_window_needs_mm
+
+    cohort = mixed_cohort(tmp_path)  # a ball of 20 mm across in a 40 mm field of view
+    needs = labeled_window_needs_mm(cohort, None, require_propagation=False)
+    assert len(needs) == 2
+    for need in needs:  # the three slices bound the ball (about 21 mm) times 1.5, within 40 mm
+        assert all(29.0 <= n <= 34.0 for n in need)
+    ratio = max(n / (0.85 * 16) for need in needs for n in need[:2])  # x, y bind at 0.85 mm
+    fit = dict(fit_spacing=True, use_registration=False, spacing_factor=3.0)
+    events: list[dict] = []
+    small_window = with_training_spacing(
+        preset("small", patch=[16, 16, 16], **fit), cohort, Progress(events.append)
+    )
+    assert small_window.spacing == pytest.approx(
+        tuple(round(ratio, 3) * s for s in (0.85, 0.85, 2.0))
+    )
+    assert 2.0 < ratio < 3.0 and f"x {round(ratio, 3):g}, fitted:" in events[-1]["message"]
+    capped = with_training_spacing(
+        preset("small", patch=[16, 16, 16], **{**fit, "spacing_factor": 2.0}), cohort
+    )
+    assert capped.spacing == (1.7, 1.7, 4.0)  # never coarser than spacing_factor
+    roomy = with_training_spacing(preset("small", patch=[48, 48, 48], **fit), cohort)
+    assert roomy.spacing == (0.85, 0.85, 2.0)  # it fits already: the cohort's own voxels
+    assert not preset("small").fit_spacing and preset("cpu").fit_spacing
+
+
+def test_the_fitted_spacing_factor_is_the_largest_need_per_voxel_of_window_clamped():
+    from RADALib.patch_size import fitted_spacing_factor, window_need_mm
+
+    assert window_need_mm((20.0, 40.0, 8.0), (100.0, 50.0, 100.0)) == (30.0, 50.0, 12.0)
+    needs = [(30.0, 50.0, 12.0), (60.0, 10.0, 10.0)]
+    # 60 mm at 0.5 mm in 48 voxels: 2.5; 50 mm at 0.5 mm in 48: 2.08; z: 12 mm at 1 mm in 32
+    assert fitted_spacing_factor((48, 48, 32), needs, (0.5, 0.5, 1.0), 3.0) == pytest.approx(2.5)
+    assert fitted_spacing_factor((48, 48, 32), needs, (0.5, 0.5, 1.0), 2.0) == 2.0
+    assert fitted_spacing_factor((128, 128, 32), needs, (0.5, 0.5, 1.0), 3.0) == 1.0
+    assert fitted_spacing_factor((48, 48, 32), [], (0.5, 0.5, 1.0), 3.0) == 3.0
+
+
 def test_training_cases_are_resampled_into_the_training_spacing_and_cached(tmp_path, monkeypatch):
     cohort = mixed_cohort(tmp_path)
     propagate_cohort(cohort, tmp_path / "propagation", TranslationRegistrar(), PropagationConfig())
