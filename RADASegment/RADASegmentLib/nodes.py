@@ -8,6 +8,8 @@ new segmentation node, so that every exchanged array lies voxel for voxel on the
   order is the node's IJK order; the header holds its IJK-to-RAS geometry, written as LPS).
 - :func:`segment_label_array` / :func:`export_label_map` resample the chosen segments onto the
   volume's grid (whatever geometry they were painted on) and write them with that same header.
+- :func:`painted_annotation` gives the painted segments (one per structure, each with its class
+  number) as the engine will read them, for the engine's own slice and structure checks.
 - :func:`load_label_map_as_segmentation` checks that a result file lies on the volume's grid
   before it imports it, and never resamples (it only undoes the K-axis flip Slicer's reader
   applies to files whose IJK-to-RAS is left-handed).
