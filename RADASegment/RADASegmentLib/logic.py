@@ -31,7 +31,13 @@ import numpy as np
 import slicer
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
-from RADALib.errors import RADAError
+from RADALib.annotation import (
+    SparseAnnotation,
+    check_structures,
+    missing_structures,
+    slice_structures,
+)
+from RADALib.errors import InputError, RADAError
 from RADALib.model_store import default_models_dir, list_bundles, read_manifest
 from RADALib.paths import cache_root
 from RADALib.terminology import class_entry
@@ -51,16 +57,39 @@ class RADASegmentError(RADAError):
 
 @dataclass
 class CohortEntry:
-    """One volume of the cohort and what has been done with it."""
+    """One volume of the cohort and what has been done with it.
+
+    ``segmentIDs``: the painted segment of each structure (class number -> segment ID, in the
+    cohort's structure order); ``segmentID`` is the first structure's. ``planes``: the painted
+    slices of each plane, whichever structure is painted on them. ``missingStructures``: per
+    painted plane, the structures its slices miss (allowed while another plane carries them);
+    ``unpaintedStructures``: the structures on no painted slice; ``structureProblem``: the
+    engine's one-line refusal for such a structure, "" when there is none.
+    """
 
     volumeNodeID: str
     segmentationNodeID: str | None = None
-    segmentID: str | None = None
+    segmentIDs: dict[int, str] = field(default_factory=dict)
     planes: dict[str, list[int]] = field(default_factory=lambda: {p: [] for p in PLANES})
     pseudoLabelNodeID: str | None = None
     predictionNodeID: str | None = None
     pseudoLabelStatus: str = ""
     predictionStatus: str = ""
+    missingStructures: dict[str, list[str]] = field(default_factory=dict)
+    unpaintedStructures: list[str] = field(default_factory=list)
+    structureProblem: str = ""
+
+    @property
+    def segmentID(self) -> str | None:
+        """The first structure's painted segment (the one the Segment Editor opens on)."""
+        return self.segmentIDs.get(1)
+
+    @segmentID.setter
+    def segmentID(self, segmentId: str | None) -> None:
+        if segmentId:
+            self.segmentIDs[1] = segmentId
+        else:
+            self.segmentIDs.pop(1, None)
 
     @property
     def annotated(self) -> bool:
@@ -312,7 +341,8 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         ``painted`` ones one sagittal, one coronal and one axial slice of the structure are
         painted (the largest cross-section of each plane, as a user would choose), so Propagate,
         Train (``auto``: the ``cpu`` preset without a GPU) and Segment can run at once. Computed here, nothing is
-        downloaded. The structure is named "organ" unless a structure name was chosen already.
+        downloaded. The structure is named "organ" unless one structure name was chosen already
+        (a cohort of several structures becomes the one-structure "organ" cohort).
         """
         from RADALib.annotation import simulate_sparse_annotation
         from RADALib.synthetic import SyntheticConfig, synthetic_cohort
@@ -323,7 +353,8 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
             )
         settings = self.getSettings()
         chosen = settings.structureName != RADASegmentSettings.structureName  # not the default name
-        structureName = settings.structureName if chosen else "organ"
+        single = len(settings.structureNames()) == 1  # the sample has one structure
+        structureName = settings.structureName if chosen and single else "organ"
         config = SyntheticConfig()
         direction = np.diag([-1.0, -1.0, 1.0])  # LPS-aligned, as most NRRD and DICOM volumes
         volumes = []
@@ -361,27 +392,63 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
 
     # ------------------------------------------------------------------ annotation
 
+    def structureClasses(self, settings: RADASegmentSettings | None = None) -> dict[int, str]:
+        """The cohort's structures by class number: 1, 2, ... in the settings' order."""
+        names = (settings or self.getSettings()).structureNames()
+        return {value: name for value, name in enumerate(names, 1)}
+
+    def _annotationNode(self, entry: CohortEntry) -> Any:
+        """The entry's painting segmentation node, None when it has none (or it was deleted)."""
+        if not entry.segmentationNodeID:
+            return None
+        return slicer.mrmlScene.GetNodeByID(entry.segmentationNodeID)
+
+    def _structureSegments(
+        self, entry: CohortEntry, segmentation: Any, classes: dict[int, str]
+    ) -> dict[int, str]:
+        """The segment of each structure that has one; structures without a segment are left out.
+
+        The stored segment stays the structure's unless it is named after another structure
+        (the structures were reordered); otherwise the segment named after the structure, matched
+        as Slicer's ``GetSegmentIdBySegmentName`` matches (without case). A segment serves one
+        structure only.
+        """
+        if segmentation is None:
+            return {}
+        segments = segmentation.GetSegmentation()
+        lowered = {name.lower(): value for value, name in classes.items()}
+        ids: dict[int, str] = {}
+        for value in classes:
+            segmentId = entry.segmentIDs.get(value)
+            segment = segments.GetSegment(segmentId) if segmentId else None
+            if (
+                segment is not None
+                and lowered.get((segment.GetName() or "").lower(), value) == value
+            ):
+                ids[value] = segmentId
+        for value, name in classes.items():
+            segmentId = segments.GetSegmentIdBySegmentName(name)
+            if value not in ids and segmentId and segmentId not in ids.values():
+                ids[value] = segmentId
+        return dict(sorted(ids.items()))
+
     def annotationSegmentation(
         self, volumeNode: Any, structureName: str | None = None
     ) -> tuple[Any, str]:
-        """The segmentation and segment the user paints for ``volumeNode`` (created when missing).
+        """The segmentation the user paints for ``volumeNode``, and its first structure's segment.
 
-        A given ``structureName`` becomes the cohort's structure name (the settings'), which
-        names the pseudo-labels, the model's class and the results.
+        The segmentation holds one segment per structure of the cohort (created when missing,
+        coloured as the structure's class). A given ``structureName`` (one name, or several
+        separated by commas) becomes the cohort's structures (the settings'), which name the
+        pseudo-labels, the model's classes and the results.
         """
         entry = self.addVolume(volumeNode)
         settings = self.getSettings()
         if structureName and structureName.strip() != settings.structureName:
-            settings.structureName = (
-                structureName.strip()
-            )  # one structure name for the whole cohort
+            settings.structureName = structureName.strip()  # the structures of the whole cohort
             self.setSettings(settings)
-        structureName = settings.structureName
-        segmentation = (
-            slicer.mrmlScene.GetNodeByID(entry.segmentationNodeID)
-            if entry.segmentationNodeID
-            else None
-        )
+        classes = self.structureClasses(settings)
+        segmentation = self._annotationNode(entry)
         if segmentation is None:
             segmentation = slicer.mrmlScene.AddNewNodeByClass(
                 "vtkMRMLSegmentationNode", nodes.node_name_for(volumeNode, "annotation")
@@ -389,15 +456,15 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
             segmentation.CreateDefaultDisplayNodes()
             segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
             nodes.place_beside(segmentation, volumeNode)
-            entry.segmentationNodeID, entry.segmentID = segmentation.GetID(), None
+            entry.segmentationNodeID, entry.segmentIDs = segmentation.GetID(), {}
         segments = segmentation.GetSegmentation()
-        segmentId = segments.GetSegmentIdBySegmentName(structureName) or entry.segmentID
-        if not segmentId or segments.GetSegment(segmentId) is None:
-            segmentId = segments.AddEmptySegment("", structureName)
-            color = class_entry(structureName)["color"]
-            segments.GetSegment(segmentId).SetColor(*color)
-        entry.segmentID = segmentId
-        return segmentation, segmentId
+        ids = self._structureSegments(entry, segmentation, classes)
+        for value, name in classes.items():
+            if value not in ids:
+                ids[value] = segments.AddEmptySegment("", name)
+                segments.GetSegment(ids[value]).SetColor(*class_entry(name, value)["color"])
+        entry.segmentIDs = dict(sorted(ids.items()))
+        return segmentation, entry.segmentIDs[1]
 
     def annotate(
         self, volumeNode: Any, structureName: str | None = None, roiNode: Any = None
@@ -421,39 +488,75 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         for composite in slicer.util.getNodesByClass("vtkMRMLSliceCompositeNode"):
             composite.SetBackgroundVolumeID(volumeNode.GetID())
 
-    def updatePlanes(self, volumeNode: Any) -> dict[str, list[int]]:
-        """Which slices of each plane are painted in the volume's annotation segment."""
+    def updatePlanes(
+        self, volumeNode: Any, classes: dict[int, str] | None = None
+    ) -> dict[str, list[int]]:
+        """Which slices of each plane are painted in the volume's structure segments.
+
+        A plane counts as painted when any structure is painted on it. The entry also learns,
+        from the engine's own ``check_structures`` / ``missing_structures``, which structures
+        each plane misses and which are on no painted slice (``structureProblem``).
+        ``classes`` defaults to the settings' structures (:meth:`structureClasses`).
+        """
         entry = self.entry(volumeNode)
         if entry is None:
             return {p: [] for p in PLANES}
-        segmentation = (
-            slicer.mrmlScene.GetNodeByID(entry.segmentationNodeID)
-            if entry.segmentationNodeID
-            else None
-        )
-        if (
-            segmentation is None
-            or not entry.segmentID
-            or segmentation.GetSegmentation().GetSegment(entry.segmentID) is None
-        ):
-            entry.planes = {p: [] for p in PLANES}
+        classes = classes or self.structureClasses()
+        segmentation = self._annotationNode(entry)
+        ids = self._structureSegments(entry, segmentation, classes)
+        if ids:
+            entry.segmentIDs = ids
+            annotation = nodes.painted_annotation(segmentation, ids, volumeNode)
+            entry.planes = nodes.ijk_slices(annotation, volumeNode)
         else:
-            entry.planes = nodes.annotated_slices(segmentation, entry.segmentID, volumeNode)
+            annotation = SparseAnnotation(np.zeros((1, 1, 1), np.uint8), {})
+            entry.planes = {p: [] for p in PLANES}
+        self._judgeStructures(entry, annotation, classes, volumeNode)
         return entry.planes
+
+    @staticmethod
+    def _judgeStructures(
+        entry: CohortEntry, annotation: SparseAnnotation, classes: dict[int, str], volumeNode: Any
+    ) -> None:
+        """Record which structure each painted plane misses and which are on no painted slice."""
+        try:
+            missing = check_structures(annotation, classes, f"volume '{volumeNode.GetName()}'")
+            entry.structureProblem = ""
+        except InputError as exc:
+            missing = missing_structures(annotation, classes)
+            entry.structureProblem = str(exc)
+        carried = set().union(*slice_structures(annotation).values())
+        entry.unpaintedStructures = [name for v, name in classes.items() if v not in carried]
+        entry.missingStructures = {
+            plane: [classes[v] for v in values] for plane, values in missing.items()
+        }
 
     def useSegmentation(
         self, volumeNode: Any, segmentationNode: Any, segmentId: str | None = None
     ) -> CohortEntry:
-        """Use an existing segmentation (e.g. painted elsewhere) as the volume's annotation."""
+        """Use an existing segmentation (e.g. painted elsewhere) as the volume's annotation.
+
+        One structure: ``segmentId``, else its first segment. Several: the segment named after
+        each structure (``segmentId``, when given, is the first structure's).
+        """
         entry = self.addVolume(volumeNode)
         segments = segmentationNode.GetSegmentation()
-        if segmentId is None:
-            if segments.GetNumberOfSegments() == 0:
-                raise RADASegmentError(
-                    f"segmentation '{segmentationNode.GetName()}' has no segment to use"
-                )
-            segmentId = segments.GetNthSegmentID(0)
-        entry.segmentationNodeID, entry.segmentID = segmentationNode.GetID(), segmentId
+        classes = self.structureClasses()
+        if segments.GetNumberOfSegments() == 0:
+            raise RADASegmentError(
+                f"segmentation '{segmentationNode.GetName()}' has no segment to use"
+            )
+        ids = {1: segmentId or segments.GetNthSegmentID(0)}
+        if len(classes) > 1:
+            ids = {1: segmentId} if segmentId else {}
+            for value, name in classes.items():
+                ids.setdefault(value, segments.GetSegmentIdBySegmentName(name))
+                if not ids[value]:
+                    raise RADASegmentError(
+                        f"segmentation '{segmentationNode.GetName()}' has no segment named '{name}'; "
+                        f"name one segment after each structure ({', '.join(classes.values())})"
+                    )
+        entry.segmentationNodeID, entry.segmentIDs = segmentationNode.GetID(), ids
         self.updatePlanes(volumeNode)
         return entry
 
@@ -476,19 +579,21 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         return [self.addVolume(v) for v in volumeNodes]
 
     def _writeCohort(
-        self, folder: Path, entries: list[CohortEntry], structureName: str, unannotated: str
+        self, folder: Path, entries: list[CohortEntry], classes: dict[int, str], unannotated: str
     ) -> tuple[Path, dict[str, CohortEntry]]:
         """Export volumes and painted slices, and write a cohort manifest for the engine.
 
         A volume not painted on all three planes is an error (``unannotated="error"``), left
-        out (``"skip"``) or an unlabeled case (``"unlabeled"``).
+        out (``"skip"``) or an unlabeled case (``"unlabeled"``). A painted volume where a
+        structure is on no painted slice is always an error. Each structure's segment is
+        exported with its class number; the manifest names the classes (``classes``).
         """
         from RADALib.cohort import Case, Cohort, save_cohort
 
         cases, byId, used = [], {}, set()
         for entry in entries:
             volume = self.volumeNode(entry)
-            self.updatePlanes(volume)
+            self.updatePlanes(volume, classes)
             if not entry.annotated and unannotated == "skip":
                 continue
             if not entry.annotated and unannotated == "error":
@@ -496,13 +601,17 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
                     f"volume '{volume.GetName()}': no painted {', '.join(entry.missingPlanes)} slice; paint one slice "
                     "of the structure in each of the sagittal, coronal and axial planes"
                 )
+            if entry.annotated and entry.structureProblem:
+                raise RADASegmentError(entry.structureProblem)
             caseId = _safe_id(volume.GetName(), used)
             image = nodes.export_volume(volume, folder / "images" / f"{caseId}.nrrd")
             sparse = None
             if entry.annotated:
-                segmentation = slicer.mrmlScene.GetNodeByID(entry.segmentationNodeID)
                 sparse = nodes.export_label_map(
-                    segmentation, {1: entry.segmentID}, volume, folder / "sparse" / f"{caseId}.nrrd"
+                    self._annotationNode(entry),
+                    entry.segmentIDs,
+                    volume,
+                    folder / "sparse" / f"{caseId}.nrrd",
                 )
             cases.append(Case(caseId, image, sparse_label=sparse))
             byId[caseId] = entry
@@ -511,7 +620,7 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
                 "no volume of the cohort is annotated: paint one sagittal, one coronal and one "
                 "axial slice of the structure in at least one volume"
             )
-        cohort = Cohort("slicer", cases, {1: structureName})
+        cohort = Cohort("slicer", cases, dict(classes))
         return save_cohort(cohort, folder / "cohort.json"), byId
 
     def _exportCohort(
@@ -528,7 +637,7 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         entries = self._entries(volumeNodes)
         folder = self._newWorkFolder(kind)
         cohortFile, byId = self._writeCohort(
-            folder, entries, settings.structureName, unannotated=unannotated
+            folder, entries, self.structureClasses(settings), unannotated=unannotated
         )
         return folder, cohortFile, byId
 
@@ -597,7 +706,10 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         out = folder / "propagation"
         for entry in byId.values():
             entry.pseudoLabelStatus = "running"
-        classes = {1: class_entry(settings.structureName)}
+        classes = {
+            value: class_entry(name, value)
+            for value, name in self.structureClasses(settings).items()
+        }
 
         def finish() -> list[Any]:
             return [
@@ -844,7 +956,9 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         self._checkClasses(model, classes, settings)
         entries = self._entries(volumeNodes)
         folder = self._newWorkFolder("segment")
-        images, sparse = self._exportForSegment(entries, folder, usePaintedSlices)
+        images, sparse = self._exportForSegment(
+            entries, folder, usePaintedSlices, self._modelNumbers(classes, settings), settings
+        )
         out = folder / "predictions"
         arguments = self._segmentArguments(model, out, settings)
         for image, label in zip(images, sparse):
@@ -879,24 +993,44 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
             )
         return candidates[0].path
 
+    def _modelNumbers(
+        self, classes: dict[int, dict], settings: RADASegmentSettings
+    ) -> dict[int, int]:
+        """The model's class number of each cohort structure (matched by name; else its own)."""
+        from RADALib.terminology import normal_name
+
+        byName = {normal_name(c.get("name", "")): int(v) for v, c in classes.items()}
+        return {
+            value: byName.get(normal_name(name), value)
+            for value, name in self.structureClasses(settings).items()
+        }
+
     def _exportForSegment(
-        self, entries: list[CohortEntry], folder: Path, usePaintedSlices: bool
+        self,
+        entries: list[CohortEntry],
+        folder: Path,
+        usePaintedSlices: bool,
+        numbers: dict[int, int],
+        settings: RADASegmentSettings,
     ) -> tuple[list[Path], list[str]]:
         """Export each volume, and its painted slices where it has its own region prompt.
 
-        Returns the image files and, for each, its sparse label file or ``"-"`` (the model's
-        stored prompt). Each entry's prediction status becomes ``running``.
+        Each structure's segment is written with the model's number for that structure
+        (``numbers``). Returns the image files and, for each, its sparse label file or ``"-"``
+        (the model's stored prompt). Each entry's prediction status becomes ``running``.
         """
         images, sparse, used = [], [], set()
         for entry in entries:
             volume = self.volumeNode(entry)
             caseId = _safe_id(volume.GetName(), used)
             images.append(nodes.export_volume(volume, folder / "images" / f"{caseId}.nrrd"))
-            self.updatePlanes(volume)
+            self.updatePlanes(volume, self.structureClasses(settings))
             if entry.annotated and usePaintedSlices:  # its own region prompt (docs/method.md)
-                segmentation = slicer.mrmlScene.GetNodeByID(entry.segmentationNodeID)
                 label = nodes.export_label_map(
-                    segmentation, {1: entry.segmentID}, volume, folder / "sparse" / f"{caseId}.nrrd"
+                    self._annotationNode(entry),
+                    {numbers.get(v, v): segmentId for v, segmentId in entry.segmentIDs.items()},
+                    volume,
+                    folder / "sparse" / f"{caseId}.nrrd",
                 )
                 sparse.append(str(label))
             else:
@@ -928,13 +1062,16 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         """Refuse a model trained for another structure than the one named in the settings."""
         from RADALib.terminology import normal_name
 
-        wanted = normal_name(settings.structureName)
-        if wanted == normal_name(RADASegmentSettings().structureName):
+        wanted = settings.structureNames()
+        if [normal_name(n) for n in wanted] == [normal_name(RADASegmentSettings().structureName)]:
             return  # no structure named: any model goes
         names = [normal_name(c.get("name", "")) for c in classes.values()]
-        if wanted not in names:
-            described = ", ".join(f"'{c.get('name')}'" for c in classes.values()) or "no classes"
-            raise RADASegmentError(
-                f"{model}: this model was trained for {described}, not '{settings.structureName}'; pick a model "
-                "trained for this structure or change the structure name"
-            )
+        for name in wanted:
+            if normal_name(name) not in names:
+                described = (
+                    ", ".join(f"'{c.get('name')}'" for c in classes.values()) or "no classes"
+                )
+                raise RADASegmentError(
+                    f"{model}: this model was trained for {described}, not '{name}'; pick a model "
+                    "trained for this structure or change the structure name"
+                )

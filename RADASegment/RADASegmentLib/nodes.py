@@ -8,6 +8,8 @@ new segmentation node, so that every exchanged array lies voxel for voxel on the
   order is the node's IJK order; the header holds its IJK-to-RAS geometry, written as LPS).
 - :func:`segment_label_array` / :func:`export_label_map` resample the chosen segments onto the
   volume's grid (whatever geometry they were painted on) and write them with that same header.
+- :func:`painted_annotation` gives the painted segments (one per structure, each with its class
+  number) as the engine will read them, for the engine's own slice and structure checks.
 - :func:`load_label_map_as_segmentation` checks that a result file lies on the volume's grid
   before it imports it, and never resamples (it only undoes the K-axis flip Slicer's reader
   applies to files whose IJK-to-RAS is left-handed).
@@ -33,7 +35,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
-from RADALib.annotation import PLANES, annotated_slice_cover
+from RADALib.annotation import PLANES, SparseAnnotation, annotated_slice_cover
 from RADALib.errors import InputError, RADAError
 from RADALib.volume import OBLIQUE_TOLERANCE, atomic_output, canonical_order
 
@@ -403,30 +405,53 @@ def export_label_map(
     return _write_with_storage_node(node, path, _segmentation_source(segmentationNode))
 
 
-def annotated_slices(
-    segmentationNode: Any, segmentId: str, volumeNode: Any
-) -> dict[str, list[int]]:
-    """The IJK slice indices that carry painted voxels of a segment, per plane (for the panel).
+def painted_annotation(
+    segmentationNode: Any, segmentIds_by_class: Mapping[int, str], volumeNode: Any
+) -> SparseAnnotation:
+    """The painted segments as the engine will read them, in its canonical order.
 
-    ``{"sagittal": [...], "coronal": [...], "axial": [...]}``: indices along that plane's IJK
-    axis (:func:`plane_axes`), found with the engine's own whole-slice cover, on the volume's
-    grid and in the engine's canonical order, so they are the slices the engine will detect.
-    Never raises for incomplete annotation: a missing plane is an empty list.
+    The class-valued label (:func:`segment_label_array`) turned into RADALib's (sagittal,
+    coronal, axial) order, with the whole slices that hold it found by the engine's own cover
+    (``slices``: canonical axis -> indices; an unpainted plane has no entry). The engine's
+    ``missing_structures`` / ``check_structures`` take it as it is. Never raises for incomplete
+    annotation.
     """
-    label = segment_label_array(segmentationNode, {1: segmentId}, volumeNode)
+    label = segment_label_array(segmentationNode, segmentIds_by_class, volumeNode)
     permutation, flips, _ = _canonical(volumeNode)
-    ijk = np.transpose(label, (2, 1, 0))
-    canonical = np.transpose(ijk, permutation)
+    canonical = np.transpose(np.transpose(label, (2, 1, 0)), permutation)
     for axis, flip in enumerate(flips):
         if flip:
             canonical = np.flip(canonical, axis)
     cover = annotated_slice_cover(canonical)
+    slices = {axis: tuple(indices) for axis, indices in cover.items() if indices}
+    return SparseAnnotation(canonical, slices)
+
+
+def ijk_slices(annotation: SparseAnnotation, volumeNode: Any) -> dict[str, list[int]]:
+    """The annotated slices of a :func:`painted_annotation` as indices along each plane's IJK axis."""
+    flips = _canonical(volumeNode)[1]
     out: dict[str, list[int]] = {}
     for axis in range(3):
-        size = canonical.shape[axis]
-        indices = [size - 1 - i if flips[axis] else i for i in cover[axis]]
-        out[PLANES[axis]] = sorted(int(i) for i in indices)
+        size = annotation.label.shape[axis]
+        indices = annotation.slices.get(axis, ())
+        out[PLANES[axis]] = sorted(int(size - 1 - i if flips[axis] else i) for i in indices)
     return out
+
+
+def annotated_slices(
+    segmentationNode: Any, segmentIds: str | Mapping[int, str], volumeNode: Any
+) -> dict[str, list[int]]:
+    """The IJK slice indices that carry painted voxels of the segments, per plane (for the panel).
+
+    ``segmentIds`` is one segment ID, or the segment of each class. ``{"sagittal": [...],
+    "coronal": [...], "axial": [...]}``: indices along that plane's IJK axis
+    (:func:`plane_axes`), found with the engine's own whole-slice cover, on the volume's grid
+    and in the engine's canonical order, so they are the slices the engine will detect; a slice
+    counts whichever structure is painted on it. Never raises for incomplete annotation: a
+    missing plane is an empty list.
+    """
+    ids = {1: segmentIds} if isinstance(segmentIds, str) else segmentIds
+    return ijk_slices(painted_annotation(segmentationNode, ids, volumeNode), volumeNode)
 
 
 # ----------------------------------------------------------------------------- file -> segmentation

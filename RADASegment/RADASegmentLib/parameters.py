@@ -24,6 +24,9 @@ PARAMETER_KEY = "RADASegmentSettings"
 class RADASegmentSettings:
     """What the user chooses in the panel (also the console API's keyword defaults).
 
+    ``structureName``: the structure segmented, or several separated by commas
+    (``"left atrium, right atrium"``): class 1, 2, ... in that order, one painted segment each.
+
     ``preset`` ``auto`` trains with ``paper`` on a CUDA GPU, else with ``cpu`` (the engine
     decides, ``rada train --preset auto``).
     ``iterations`` 0 means the preset's own count. ``device`` ``auto``
@@ -57,10 +60,7 @@ class RADASegmentSettings:
 
     def validate(self) -> RADASegmentSettings:
         """Return self, or raise ValueError with a one-line message naming the bad setting."""
-        if not self.structureName.strip():
-            raise ValueError(
-                "structure name is empty: name the structure you segment (e.g. 'left atrium')"
-            )
+        self.structureNames()
         for name, value, allowed in (
             ("preset", self.preset, PRESETS),
             ("device", self.device, DEVICES),
@@ -82,6 +82,28 @@ class RADASegmentSettings:
                 f"model name {self.modelName!r} cannot be a folder name: use letters, digits, '-' and '_'"
             )
         return self
+
+    def structureNames(self) -> list[str]:
+        """The cohort's structures in class order (class 1 first), or ValueError naming the problem.
+
+        ``structureName`` holds one name, or several separated by commas; a name given twice
+        (whatever its case: Slicer finds segments by name without case) is refused.
+        """
+        if not self.structureName.strip():
+            raise ValueError(
+                "structure name is empty: name the structure you segment (e.g. 'left atrium')"
+            )
+        names = [n.strip() for n in self.structureName.split(",")]
+        if not all(names):
+            raise ValueError(
+                f"structure names {self.structureName!r} hold an empty name: separate names with one comma"
+            )
+        seen: set[str] = set()
+        for name in names:
+            if name.lower() in seen:
+                raise ValueError(f"structure '{name}' is named twice: name each structure once")
+            seen.add(name.lower())
+        return names
 
     def extra_settings(self) -> list[str]:
         """The ``KEY=VALUE`` items of ``extraSettings``, or ValueError naming the first bad one."""

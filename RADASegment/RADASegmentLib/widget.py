@@ -86,6 +86,24 @@ def planeText(slices: list[int] | None) -> str:
     return "✓ " + ", ".join(str(s) for s in slices)
 
 
+def structureNote(entry: Any) -> str:
+    """What a cohort entry's painting lacks, structure by structure ("" when nothing).
+
+    Reads what the logic recorded (``unpaintedStructures``, ``missingStructures``); a structure
+    on no painted slice is named once, not again for each plane.
+    """
+    unpainted = list(getattr(entry, "unpaintedStructures", None) or [])
+    missing = getattr(entry, "missingStructures", None) or {}
+    parts = []
+    if unpainted and any((entry.planes or {}).values()):
+        parts.append(f"on no painted slice: {', '.join(unpainted)}")
+    for plane in PLANES:
+        names = [n for n in missing.get(plane, []) if n not in unpainted]
+        if names:
+            parts.append(f"not on the {plane} slice: {', '.join(names)}")
+    return "; ".join(parts)
+
+
 def postprocessingNote(info: Any) -> str:
     """What *Largest component: auto* does with this model (its manifest's recommendation)."""
     kept = getattr(info, "largestComponent", None)
@@ -382,6 +400,8 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
                 )
                 name = node.GetName() if node is not None else f"(removed: {entry.volumeNodeID})"
                 planes = entry.planes or {}
+                note = structureNote(entry)
+                missing = getattr(entry, "missingStructures", None) or {}
                 cells = (
                     [name]
                     + [planeText(planes.get(p)) for p in PLANES]
@@ -390,9 +410,11 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
                 tips = (
                     [
                         f"{name}: {'all three planes marked' if entry.annotated else 'not fully annotated'}"
+                        + (f"; structures {note}" if note else "")
                     ]
                     + [
                         f"{p} slices painted: {', '.join(map(str, planes.get(p) or [])) or 'none'}"
+                        + (f"; missing: {', '.join(missing[p])}" if missing.get(p) else "")
                         for p in PLANES
                     ]
                     + ["pseudo-label (Propagate)", "prediction (Segment)"]
@@ -462,6 +484,9 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
             else:
                 marked = f" (marked: {done})." if done else "."
                 text = f"{volume.GetName()}: still to mark: {', '.join(missing)}{marked}"
+            note = structureNote(entry)
+            if note:
+                text += f" Structures {note}."
         self.ui.planeStatusLabel.setText(text)
 
     def onAddVolume(self) -> None:
@@ -553,8 +578,10 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
         self._openSegmentEditor(
             segmentation, volume, entry.segmentID if entry is not None else None
         )
+        names = RADASegmentSettings(structureName=structure).structureNames()
+        what = f"'{names[0]}'" if len(names) == 1 else f"each structure ({', '.join(names)})"
         self._setStatus(
-            f"Paint one sagittal, one coronal and one axial slice of '{structure}' in the Segment Editor, "
+            f"Paint one sagittal, one coronal and one axial slice of {what} in the Segment Editor, "
             "then come back to RADA Segment."
         )
 
