@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 import slicer
+import vtk
 from slicer.ScriptedLoadableModule import ScriptedLoadableModuleLogic
 
 from RADALib.annotation import (
@@ -846,9 +847,12 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
             self._table = slicer.mrmlScene.AddNewNodeByClass(
                 "vtkMRMLTableNode", "RADA training curves"
             )
+            # AddColumn() without an array makes a vtkStringArray (vtkMRMLTableNode.cxx), and
+            # qMRMLPlotView.cxx refuses string X/Y columns: the curve would never show.
             for name in ("iteration", "loss", "dice"):
-                column = self._table.AddColumn()
+                column = vtk.vtkDoubleArray()
                 column.SetName(name)
+                self._table.AddColumn(column)
             self._chart = slicer.mrmlScene.AddNewNodeByClass(
                 "vtkMRMLPlotChartNode", "RADA training"
             )
