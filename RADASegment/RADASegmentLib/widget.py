@@ -231,7 +231,14 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
             return
         self._observeParameterNode()
         self.updateGUIFromParameterNode()
-        self.refreshCohortTable()
+        self._rereadAllPlanes()
+
+    def _rereadAllPlanes(self) -> None:
+        """Read the painted planes of every cohort volume again (painting may have happened unseen)."""
+        self._pendingPlaneVolumeIDs.update(
+            entry.volumeNodeID for entry in self.logic.cohort if entry.segmentationNodeID
+        )
+        self._refreshPendingPlanes()
 
     def exit(self) -> None:
         """Leaving the panel: a running job goes on (its timer keeps polling)."""
@@ -619,7 +626,12 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
     def _observeSegmentation(self, node: Any) -> None:
         if node is None:
             return
+        # The Segment Editor's effects write through vtkSegmentationModifier, which fires
+        # SourceRepresentationModified (Libs/vtkSegmentationCore/vtkSegmentationModifier.cxx);
+        # SegmentModified fires only when the segment itself changes (its status on the first
+        # stroke, vtkSlicerSegmentEditorLogic.cxx), so an erase or a later stroke shows only there.
         for event in (
+            slicer.vtkSegmentation.SourceRepresentationModified,
             slicer.vtkSegmentation.SegmentModified,
             slicer.vtkSegmentation.SegmentAdded,
             slicer.vtkSegmentation.SegmentRemoved,

@@ -664,8 +664,10 @@ def test_annotate_works_where_the_segment_editor_cannot_be_reached(panel, logic,
 
 
 def test_painting_the_segment_refreshes_the_plane_status(panel, logic):
+    """Painted as the Segment Editor does (editor_paint.py); every stroke is seen, erasing too."""
     import numpy as np
     import slicer
+    from editor_paint import editor_paint
 
     volume = add_volume("case01", shape=(6, 8, 10))
     panel.ui.volumeSelector.setCurrentNode(volume)
@@ -674,8 +676,8 @@ def test_painting_the_segment_refreshes_the_plane_status(panel, logic):
     segmentation = slicer.mrmlScene.GetNodeByID(entry.segmentationNodeID)
     logic.nextPlanes = {"sagittal": [4], "coronal": [3], "axial": [2]}
     painted = np.zeros((6, 8, 10), dtype=np.uint8)
-    painted[2, 2:5, 2:6] = 1
-    slicer.util.updateSegmentBinaryLabelmapFromArray(painted, segmentation, entry.segmentID, volume)
+    painted[1:5, 1:7, 1:9] = 1
+    editor_paint(segmentation, entry.segmentID, volume, painted)
     assert logic.called("updatePlanes") == [], (
         "planes are read after a short delay, not on every change"
     )
@@ -683,6 +685,34 @@ def test_painting_the_segment_refreshes_the_plane_status(panel, logic):
     assert logic.called("updatePlanes") == [("updatePlanes", volume.GetID())]
     assert panel.ui.cohortTable.rowTexts(0)[1:4] == ["✓ 4", "✓ 3", "✓ 2"]
     assert "all three planes marked" in panel.ui.planeStatusLabel.text
+
+    # a later stroke inside the painted extent and an erase fire SourceRepresentationModified only
+    logic.nextPlanes = {"sagittal": [4], "coronal": [], "axial": [2]}
+    erased = np.zeros_like(painted)
+    erased[:, 3, :] = 1
+    editor_paint(segmentation, entry.segmentID, volume, erased, erase=True)
+    fakeslicer.process_timers()
+    assert len(logic.called("updatePlanes")) == 2, "the erase was not seen"
+    assert panel.ui.cohortTable.rowTexts(0)[2] != "✓ 3"
+    editor_paint(segmentation, entry.segmentID, volume, erased)
+    fakeslicer.process_timers()
+    assert len(logic.called("updatePlanes")) == 3, "the second stroke was not seen"
+
+
+def test_entering_the_module_reads_the_painted_planes_again(panel, logic):
+    """Painting while the panel was not shown (or unobserved) is read when the module is entered."""
+    import slicer
+
+    volume = add_volume("case01", shape=(6, 8, 10))
+    panel.ui.volumeSelector.setCurrentNode(volume)
+    panel.ui.annotateButton.click()
+    assert slicer.mrmlScene.GetNodeByID(logic.cohort[0].segmentationNodeID) is not None
+    before = len(logic.called("updatePlanes"))
+    logic.nextPlanes = {"sagittal": [1], "coronal": [2], "axial": [3]}
+    panel.exit()
+    panel.enter()
+    assert len(logic.called("updatePlanes")) == before + 1
+    assert panel.ui.cohortTable.rowTexts(0)[1:4] == ["✓ 1", "✓ 2", "✓ 3"]
 
 
 # ---------------------------------------------------------------- jobs
