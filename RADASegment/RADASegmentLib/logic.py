@@ -16,6 +16,7 @@ files back into nodes. No algorithm lives here. The user's segmentations are onl
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shutil
@@ -45,6 +46,8 @@ from RADALib.terminology import class_entry
 
 from . import nodes
 from .parameters import RADASegmentSettings
+
+log = logging.getLogger(__name__)
 
 PLANES = ("sagittal", "coronal", "axial")
 EventCallback = Callable[[dict], None]
@@ -274,6 +277,26 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
         self.activeJob: EngineJob | None = None
         self._chart: Any = None
         self._table: Any = None
+        # File > Close Scene is vtkMRMLScene::Clear(false) (Base/QTApp/qSlicerMainWindow.cxx), which
+        # restarts node IDs (UniqueIDs.clear() in vtkMRMLScene.cxx): the cohort's and the chart's
+        # IDs would name unrelated new nodes, so they are dropped when the scene closes.
+        if getattr(slicer, "mrmlScene", None) is not None:
+            slicer.mrmlScene.AddObserver(slicer.mrmlScene.StartCloseEvent, self._onSceneStartClose)
+
+    def _onSceneStartClose(self, caller: Any = None, event: Any = None) -> None:
+        self.sceneClosed()
+
+    def sceneClosed(self) -> None:
+        """Forget the scene: cancel a running job, empty the cohort, drop the training chart."""
+        job = self.activeJob
+        if job is not None and getattr(job, "state", None) == "running":
+            try:
+                job.cancel()
+            except Exception as exc:  # closing goes on: report, never raise
+                log.error("RADA: could not cancel the %s job on Close Scene: %s", job.kind, exc)
+        self.cohort = []
+        self._chart = None
+        self._table = None
 
     # ------------------------------------------------------------------ settings
 
@@ -843,7 +866,13 @@ class RADASegmentLogic(ScriptedLoadableModuleLogic):
 
     def trainingChartNode(self) -> Any:
         """The loss/Dice chart of the current or last training run."""
-        if self._chart is None or slicer.mrmlScene.GetNodeByID(self._chart.GetID()) is None:
+        chart = self._chart
+        if (
+            chart is None
+            or slicer.mrmlScene.GetNodeByID(chart.GetID()) is not chart
+            or self._table is None
+            or slicer.mrmlScene.GetNodeByID(self._table.GetID()) is not self._table
+        ):
             self._table = slicer.mrmlScene.AddNewNodeByClass(
                 "vtkMRMLTableNode", "RADA training curves"
             )

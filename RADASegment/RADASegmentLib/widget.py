@@ -203,6 +203,9 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
         ui.visionWeightsPathLineEdit.connect("currentPathChanged(QString)", self.onSettingsChanged)
         ui.textWeightsPathLineEdit.connect("currentPathChanged(QString)", self.onSettingsChanged)
 
+        self.addObserver(
+            slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self._onSceneStartClose
+        )
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self._onSceneEndClose)
         self._observeParameterNode()
         self.updateGUIFromParameterNode()
@@ -955,6 +958,24 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
             slicer.util.errorDisplay(message)
             return False, None
         return True, result
+
+    def _onSceneStartClose(self, caller: Any = None, event: Any = None) -> None:
+        """Close Scene: node IDs restart from 1, so a running job ends and nothing is kept."""
+        job = self._job
+        if job is not None:
+            if getattr(job, "state", None) == "running":
+                self._log(f"{JOB_TITLES.get(job.kind, job.kind)}: cancelled by Close Scene.")
+                try:
+                    job.cancel()
+                except Exception as exc:  # closing goes on: report, never raise
+                    log.error("RADA: could not cancel the %s job: %s", job.kind, exc)
+            self._endJob(job)
+        self._pendingPlaneVolumeIDs.clear()
+        self.removeObservers(self._onSegmentationModified)
+        try:
+            self.ui.plotWidget.setMRMLPlotViewNode(None)
+        except Exception as exc:  # the chart is a view only
+            log.info("RADA: could not detach the training chart: %s", exc)
 
     def _onSceneEndClose(self, caller: Any = None, event: Any = None) -> None:
         self._observeParameterNode()

@@ -559,3 +559,25 @@ def test_segment_gives_a_painted_volume_its_own_region_prompt_and_others_the_sto
     image = read_volume(_argument(args, "--image"), "image")
     exported = read_label_for(image, labels[0]).array
     assert exported.any() and not exported.all()
+
+
+def test_close_scene_cancels_the_job_and_forgets_the_cohort_and_the_chart(make_logic, scene):
+    """vtkMRMLScene::Clear restarts node IDs: nothing the logic kept may resolve to a new node."""
+    import slicer
+
+    logic = make_logic(work=fake_propagate)
+    node, truth, _, direction = _volume()
+    _paint(logic, node, truth, direction)
+    chart = logic.trainingChartNode()
+    chart_id, volume_id = chart.GetID(), node.GetID()
+    job = logic.propagate()
+    scene.Clear(0)  # what File > Close Scene does
+    assert job.state == "cancelled" and logic.started[0].cancelled
+    assert logic.cohort == []
+    unrelated_volume = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "other")
+    unrelated_chart = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLPlotChartNode", "other")
+    assert (unrelated_volume.GetID(), unrelated_chart.GetID()) == (volume_id, chart_id)
+    assert logic.entry(unrelated_volume) is None
+    fresh = logic.trainingChartNode()
+    assert fresh is not unrelated_chart and fresh.GetNumberOfPlotSeriesNodes() == 2
+    assert logic.trainingCurves() == []

@@ -947,3 +947,13 @@ def test_the_model_list_tooltip_says_what_largest_component_auto_does_with_the_m
         assert panel.ui.modelComboBox.itemToolTip(0).endswith(f"Largest component 'auto': {note}")
     finally:
         panel.cleanup()
+
+
+def test_close_scene_cancels_the_running_job_and_restores_the_buttons(panel, logic, scene):
+    panel.ui.propagateButton.click()
+    (job,) = logic.jobs
+    assert panel.ui.propagateButton.text == "Cancel"
+    scene.Clear(0)  # File > Close Scene (qSlicerMainWindow.cxx: mrmlScene()->Clear(false))
+    assert job.cancels == 1 and job.state == "cancelled"
+    assert panel.ui.propagateButton.text != "Cancel"
+    assert panel._job is None
