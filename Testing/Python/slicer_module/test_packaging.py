@@ -378,3 +378,30 @@ def test_catalog_entry_build_dependencies_match_the_cmake_depends_and_include_py
 
 def test_catalog_entry_category_matches_the_cmake_category():
     assert catalog()["category"] == extension_metadata()["CATEGORY"]
+
+
+def test_repository_root_has_the_apache_license_the_extensions_index_checks_for():
+    """ExtensionsIndex scripts/check_description_files.py (check_license_file) rejects a repository
+    without LICENSE (or LICENCE, LICENSE.txt, COPYING...) at its root."""
+    license_file = ROOT / "LICENSE"
+    assert license_file.is_file(), "no LICENSE at the repository root"
+    text = license_file.read_text(encoding="utf-8")
+    assert "Apache License" in text and "Version 2.0, January 2004" in text
+    for section in (
+        "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION",
+        "9. Accepting Warranty or Additional Liability.",
+        "END OF TERMS AND CONDITIONS",
+        "APPENDIX: How to apply the Apache License to your work.",
+    ):
+        assert section in text, f"LICENSE is not the full Apache-2.0 text: {section!r} missing"
+    assert "Copyright 2026 the RADA for 3D Slicer authors" in text
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    assert 'license = { text = "Apache-2.0" }' in pyproject
+    assert "Apache-2.0" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_the_package_carries_this_repositorys_license_not_slicers():
+    """UseSlicer.cmake.in defaults EXTENSION_LICENSE_FILE to Slicer's licence when it is not defined."""
+    text = strip_comments(TOP_CMAKE.read_text(encoding="utf-8"))
+    assert cmake_sets(text).get("EXTENSION_LICENSE_FILE") == ["${CMAKE_CURRENT_SOURCE_DIR}/LICENSE"]
+    assert text.index("EXTENSION_LICENSE_FILE") < text.index("include(${Slicer_USE_FILE})")
