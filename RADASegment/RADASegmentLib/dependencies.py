@@ -9,10 +9,16 @@ use them, and every one of them can be replaced by a fake in tests.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import importlib.metadata
 import importlib.util
 import inspect
+import io
 import logging
+import re
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,6 +29,7 @@ __all__ = [
     "TORCH_PACKAGES",
     "ensure_dependencies",
     "missing_packages",
+    "outdated_packages",
 ]
 
 LOG = logging.getLogger(__name__)
@@ -66,17 +73,70 @@ class DependencyError(RuntimeError):
 
 
 Importer = Callable[[str], object]
+VersionOf = Callable[[str], "str | None"]
 
 
-def missing_packages(importer: Importer = importlib.util.find_spec) -> list[str]:
-    """The pip requirements of every engine package that cannot be imported, torch first."""
-    missing = []
+def _installed_version(distribution: str) -> str | None:
+    """The installed version of a distribution (``importlib.metadata``), None when unknown."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """The leading release numbers of a version string: ``"2.1.0+cu121"`` -> ``(2, 1, 0)``."""
+    match = re.match(r"\s*v?(\d+(?:\.\d+)*)", version)
+    return tuple(int(part) for part in match.group(1).split(".")) if match else ()
+
+
+def _split(requirement: str) -> tuple[str, str]:
+    """``"torch>=2.1"`` -> ``("torch", "2.1")`` (every requirement here is a lower bound)."""
+    name, _, minimum = requirement.partition(">=")
+    return name.strip(), minimum.strip()
+
+
+def _older(installed: str, minimum: str) -> bool:
+    have, need = _release(installed), _release(minimum)
+    width = max(len(have), len(need))
+    return have + (0,) * (width - len(have)) < need + (0,) * (width - len(need))
+
+
+def outdated_packages(
+    importer: Importer = importlib.util.find_spec, version_of: VersionOf = _installed_version
+) -> dict[str, str]:
+    """``{requirement: installed version}`` of every importable engine package that is too old.
+
+    Versions come from the installed distributions' metadata; a package whose version is not
+    known is taken as new enough.
+    """
+    outdated = {}
     for package in TORCH_PACKAGES + ENGINE_PACKAGES:
         try:
             found = importer(package.module) is not None
         except (ImportError, ValueError):
             found = False
         if not found:
+            continue
+        name, minimum = _split(package.requirement)
+        installed = version_of(name)
+        if installed and minimum and _older(installed, minimum):
+            outdated[package.requirement] = installed
+    return outdated
+
+
+def missing_packages(
+    importer: Importer = importlib.util.find_spec, version_of: VersionOf = _installed_version
+) -> list[str]:
+    """The pip requirements of every engine package that cannot be imported or is too old, torch first."""
+    outdated = outdated_packages(importer, version_of)
+    missing = []
+    for package in TORCH_PACKAGES + ENGINE_PACKAGES:
+        try:
+            found = importer(package.module) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found or package.requirement in outdated:
             missing.append(package.requirement)
     return missing
 
@@ -86,6 +146,7 @@ def ensure_dependencies(
     install_torch: Callable[[], bool] | None = None,
     pip_install: Callable[[list[str]], None] | None = None,
     importer: Importer | None = None,
+    version_of: VersionOf | None = None,
 ) -> None:
     """Make every engine package importable, asking the user once before installing anything.
 
@@ -96,12 +157,21 @@ def ensure_dependencies(
     Raises :class:`DependencyError` (one line) when the user says no or an install fails.
     """
     importer = importer or importlib.util.find_spec
-    missing = missing_packages(importer)
+    version_of = version_of or _installed_version
+    outdated = outdated_packages(importer, version_of)
+    missing = missing_packages(importer, version_of)
     if not missing:
         return
+    old_torch = [req for req in outdated if _is_torch(req)]
+    if old_torch:
+        # SlicerPyTorch keeps an installed torch; replacing it is the user's choice.
+        raise DependencyError(
+            f"{_too_old(old_torch, outdated)}: update torch with the PyTorch Utils module "
+            "(uninstall, restart Slicer, install), then try again"
+        )
     confirm = confirm or _confirm_with_dialog
-    if not confirm(_question(missing)):
-        raise DependencyError(_refusal(missing))
+    if not confirm(_question(missing, outdated)):
+        raise DependencyError(_refusal(missing, outdated))
 
     if any(_is_torch(req) for req in missing):
         install_torch = install_torch or _install_torch_with_pytorch_utils
@@ -124,17 +194,43 @@ def ensure_dependencies(
             raise DependencyError(_failure(requirement, error)) from error
 
     importlib.invalidate_caches()
-    still_missing = missing_packages(importer)
+    _check_installed(importer, version_of)
+
+
+def _check_installed(importer: Importer, version_of: VersionOf) -> None:
+    """Raise (one line) when a package is still missing or too old after installing."""
+    still_outdated = outdated_packages(importer, version_of)
+    still_missing = [r for r in missing_packages(importer, version_of) if r not in still_outdated]
     if still_missing:
         raise DependencyError(
             f"Still cannot import {', '.join(still_missing)} after installing: restart Slicer and try again"
         )
+    if still_outdated:
+        raise DependencyError(
+            f"{_too_old(list(still_outdated), still_outdated)} after installing: "
+            "restart Slicer and try again"
+        )
 
 
-def _question(missing: list[str]) -> str:
-    """The one confirmation message: every missing package, and where torch comes from."""
-    lines = [f"RADA needs {len(missing)} Python package(s) that are not installed yet:", ""]
-    lines += [f"  - {requirement}" for requirement in missing]
+def _too_old(requirements: list[str], outdated: dict[str, str]) -> str:
+    """``"torch 1.13.1 is too old (RADA needs torch>=2.1)"``, for each requirement."""
+    return "; ".join(
+        f"{_split(req)[0]} {outdated[req]} is too old (RADA needs {req})" for req in requirements
+    )
+
+
+def _question(missing: list[str], outdated: dict[str, str] | None = None) -> str:
+    """The one confirmation message: every missing or too old package, and where torch comes from."""
+    outdated = outdated or {}
+    lines = [
+        f"RADA needs {len(missing)} Python package(s) that are not installed yet or too old:",
+        "",
+    ]
+    lines += [
+        f"  - {requirement}"
+        + (f" (installed: {outdated[requirement]}, too old)" if requirement in outdated else "")
+        for requirement in missing
+    ]
     lines.append("")
     if any(_is_torch(req) for req in missing):
         lines.append(
@@ -147,11 +243,15 @@ def _question(missing: list[str]) -> str:
     return "\n".join(lines)
 
 
-def _refusal(missing: list[str]) -> str:
-    """One line: what is needed, and how to install it by hand."""
+def _refusal(missing: list[str], outdated: dict[str, str] | None = None) -> str:
+    """One line: what is needed (and what is too old), and how to install it by hand."""
+    outdated = outdated or {}
     torch = [req for req in missing if _is_torch(req)]
     others = [req for req in missing if not _is_torch(req)]
-    parts = [f"RADA needs {', '.join(missing)}:"]
+    parts = [f"RADA needs {', '.join(missing)}"]
+    if outdated:
+        parts[0] += f" ({_too_old([r for r in missing if r in outdated], outdated)})"
+    parts[0] += ":"
     if torch:
         parts.append("install torch with the PyTorch Utils module (PyTorch extension)")
     if others:
@@ -168,15 +268,44 @@ def _failure(package: str, error: BaseException) -> str:
 
 
 def _last_line(error: BaseException) -> str:
-    """The last non-empty line of pip's output when the error carries it, else of the error text."""
+    """pip's last ``ERROR:`` line (else its last line) when the error carries text, else the error's.
+
+    Only text counts: ``slicer.util.logProcessOutput`` raises ``CalledProcessError`` with
+    ``output=proc.stdout``, a pipe it has already read to the end, and ``stderr=None``.
+    """
     for attribute in ("stderr", "output"):
         text = getattr(error, attribute, None)
         if isinstance(text, bytes):
             text = text.decode(errors="replace")
         if isinstance(text, str) and text.strip():
-            return text.strip().splitlines()[-1].strip()
+            lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+            errors = [line for line in lines if line.startswith("ERROR:")]
+            return (errors or lines)[-1]
     text = str(error).strip()
     return text.splitlines()[-1].strip() if text else type(error).__name__
+
+
+class _Tee(io.TextIOBase):
+    """Writes through to a stream and keeps what was written (pip's lines, printed by Slicer)."""
+
+    def __init__(self, stream: object) -> None:
+        self.stream = stream
+        self.parts: list[str] = []
+
+    def write(self, text: str) -> int:
+        self.parts.append(text)
+        write = getattr(self.stream, "write", None)
+        if write is not None:
+            write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        flush = getattr(self.stream, "flush", None)
+        if flush is not None:
+            flush()
+
+    def text(self) -> str:
+        return "".join(self.parts)
 
 
 def _is_torch(requirement: str) -> bool:
@@ -225,9 +354,20 @@ def _pip_install_with_slicer(requirements: list[str]) -> None:
     except ImportError:
         packaging = None
     pip_ensure = getattr(packaging, "pip_ensure", None) if packaging is not None else None
-    if pip_ensure is not None:
-        # The user has already agreed to the whole list: no second question.
-        pip_ensure(requirements, prompt_install=False, requester=REQUESTER)
-    else:
-        # A space-separated string is the form every Slicer 5.x slicer.util.pip_install accepts.
-        slicer.util.pip_install(" ".join(requirements))
+    # Slicer prints pip's output line by line (slicer.util.logProcessOutput) and raises with
+    # output=<the exhausted pipe>: keep the printed lines so that the error can quote pip.
+    tee = _Tee(sys.stdout)
+    try:
+        with contextlib.redirect_stdout(tee):
+            if pip_ensure is not None:
+                # The user has already agreed to the whole list: no second question.
+                pip_ensure(requirements, prompt_install=False, requester=REQUESTER)
+            else:
+                # A space-separated string is the form every Slicer 5.x slicer.util.pip_install accepts.
+                slicer.util.pip_install(" ".join(requirements))
+    except subprocess.CalledProcessError as error:
+        if isinstance(error.output, (str, bytes)) and error.output:
+            raise
+        raise subprocess.CalledProcessError(
+            error.returncode, error.cmd, output=tee.text(), stderr=None
+        ) from error

@@ -179,7 +179,8 @@ def test_pip_failure_names_the_package_and_the_last_line_of_pip_output():
     env.pip_error = subprocess.CalledProcessError(
         1,
         ["pip", "install"],
-        output="Collecting antspyx\nERROR: No matching distribution found for antspyx>=0.4.2\n",
+        output="Collecting antspyx\nERROR: No matching distribution found for antspyx>=0.4.2\n"
+        "[notice] A new release of pip is available\n",
     )
     with pytest.raises(DependencyError) as caught:
         env.ensure()
@@ -331,3 +332,79 @@ def test_every_engine_dependency_in_pyproject_is_shipped_by_slicer_or_installed_
         name(p.requirement) for p in deps.TORCH_PACKAGES + deps.ENGINE_PACKAGES
     }
     assert sorted(needed - shipped_by_slicer - installed_on_first_use) == []
+
+
+# ---------------------------------------------------------------- versions (importlib.metadata)
+
+
+def test_a_package_that_imports_but_is_too_old_is_named_with_its_version():
+    env = FakeEnvironment(absent=[], answer=False)
+    versions = {"h5py": "3.1.0", "torch": "2.14.1", "scipy": "1.10.0"}
+    with pytest.raises(DependencyError) as caught:
+        ensure_dependencies(
+            env.confirm,
+            install_torch=env.install_torch,
+            pip_install=env.pip_install,
+            importer=env.importer,
+            version_of=versions.get,
+        )
+    (question,) = env.questions
+    assert "h5py>=3.8 (installed: 3.1.0, too old)" in question and "scipy" not in question
+    assert "h5py 3.1.0 is too old (RADA needs h5py>=3.8)" in str(caught.value)
+
+
+def test_an_old_torch_is_refused_naming_it_and_how_to_update_it():
+    env = FakeEnvironment(absent=[])
+    versions = {"torch": "1.13.1+cu117", "torchvision": "0.14.1"}
+    with pytest.raises(DependencyError) as caught:
+        ensure_dependencies(
+            env.confirm,
+            install_torch=env.install_torch,
+            pip_install=env.pip_install,
+            importer=env.importer,
+            version_of=versions.get,
+        )
+    message = str(caught.value)
+    assert "torch 1.13.1+cu117 is too old (RADA needs torch>=2.1)" in message
+    assert "PyTorch Utils" in message and env.torch_installs == 0 and env.questions == []
+
+
+def test_versions_compare_by_release_numbers():
+    assert deps._older("2.0.1", "2.1") and not deps._older("2.1", "2.1")
+    assert not deps._older("2.10.0+cpu", "2.1") and deps._older("0.9", "0.16")
+    assert deps.outdated_packages(version_of=lambda name: None) == {}
+
+
+def test_installed_versions_here_meet_the_requirements():
+    """The real metadata of this environment: nothing that imports is too old."""
+    assert deps.outdated_packages() == {}
+
+
+# ---------------------------------------------------------------- pip's text through Slicer's helper
+
+
+def test_pip_failure_through_slicers_process_helper_quotes_pips_error(monkeypatch):
+    """slicer.util.logProcessOutput prints each line and raises CalledProcessError with
+    output=proc.stdout (a pipe read to the end) and stderr=None (Base/Python/slicer/util.py)."""
+    real_util = pytest.importorskip("slicer.util")
+    script = (
+        "import sys; print('Collecting nosuchpackage'); "
+        "print('ERROR: No matching distribution found for nosuchpackage'); sys.exit(1)"
+    )
+
+    def pip_install(requirements: str) -> None:
+        proc = real_util.launchConsoleProcess(
+            [sys.executable, "-c", script], useStartupEnvironment=False
+        )
+        real_util.logProcessOutput(proc)
+
+    calls = _fake_slicer(monkeypatch, with_packaging=False)
+    sys.modules["slicer"].util.pip_install = pip_install
+    with pytest.raises(subprocess.CalledProcessError) as raised:
+        deps._pip_install_with_slicer(["h5py>=3.8"])
+    assert calls == []
+    assert (
+        deps._last_line(raised.value) == "ERROR: No matching distribution found for nosuchpackage"
+    )
+    message = deps._failure("h5py>=3.8", raised.value)
+    assert "No matching distribution found for nosuchpackage" in message
