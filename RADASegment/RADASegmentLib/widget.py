@@ -447,7 +447,11 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
             if volumeNode is not None and volumeNode.GetID() in ids
             else -1
         )
-        if row == self.ui.cohortTable.currentRow():
+        table = self.ui.cohortTable
+        # QAbstractItemView::clearSelection keeps the current index, so "row == currentRow()"
+        # does not mean "row is selected": compare with the selection itself.
+        selected = {item.row() for item in table.selectedItems()}
+        if (row < 0 and not selected) or (row >= 0 and selected == {row}):
             return
         self._syncingSelection = True
         try:

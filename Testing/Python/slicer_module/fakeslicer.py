@@ -740,6 +740,10 @@ class FakeQTableWidgetItem:
         self._flags = FakeQt.ItemIsSelectable | FakeQt.ItemIsEnabled | FakeQt.ItemIsEditable
         self._data: dict = {}
 
+    def row(self) -> int:
+        """The row of the table this item was put in (QTableWidgetItem::row), -1 when none."""
+        return getattr(self, "_row", -1)
+
     def text(self) -> str:
         return self._text
 
@@ -812,6 +816,7 @@ class FakeQTableWidget(FakeQWidget):
         self._items: dict = {}
         self._header: list = []
         self._currentRow = -1
+        self._selectedRows: set[int] = set()
         self._horizontalHeader = FakeQHeaderView()
 
     rowCount = property(lambda self: self._rows, lambda self, v: self.setRowCount(v))
@@ -822,6 +827,7 @@ class FakeQTableWidget(FakeQWidget):
         self._items = {k: v for k, v in self._items.items() if k[0] < self._rows}
         if self._currentRow >= self._rows:
             self._setCurrent(-1)
+        self._setSelection({r for r in self._selectedRows if r < self._rows})
 
     def setColumnCount(self, columns):
         self._columns = max(0, int(columns))
@@ -845,6 +851,7 @@ class FakeQTableWidget(FakeQWidget):
 
     def setItem(self, row, column, item):
         if 0 <= row < self._rows and 0 <= column < self._columns:
+            item._row = row
             self._items[(row, column)] = item
 
     def item(self, row, column):
@@ -857,23 +864,45 @@ class FakeQTableWidget(FakeQWidget):
         return self._currentRow
 
     def _setCurrent(self, row, column=0):
+        """The current cell moves: ``currentCellChanged`` only (selection is separate in Qt)."""
         previous = self._currentRow
         if row == previous:
             return
         self._currentRow = row
         self.emitSignal("currentCellChanged(int,int,int,int)", row, column, previous, 0)
+
+    def _setSelection(self, rows):
+        """``itemSelectionChanged`` fires only when the selected rows change, as in Qt."""
+        rows = set(rows)
+        if rows == self._selectedRows:
+            return
+        self._selectedRows = rows
         self.emitSignal("itemSelectionChanged()")
 
     def selectRow(self, row):
+        """QTableView::selectRow: the row becomes current and the only selected row."""
         if 0 <= row < self._rows:
             self._setCurrent(int(row))
+            self._setSelection({int(row)})
 
     def setCurrentCell(self, row, column):
+        """QTableWidget::setCurrentCell (ClearAndSelect): current and selected."""
         if -1 <= row < self._rows:
             self._setCurrent(int(row), int(column))
+            self._setSelection({int(row)} if row >= 0 else set())
 
     def clearSelection(self):
-        self._setCurrent(-1)
+        """QAbstractItemView::clearSelection keeps the current index (the old fake reset it)."""
+        self._setSelection(set())
+
+    def selectedItems(self):
+        """The items of the selected cells (QTableWidget::selectedItems)."""
+        return [
+            self._items[(r, c)]
+            for r in sorted(self._selectedRows)
+            for c in range(self._columns)
+            if (r, c) in self._items
+        ]
 
     def clickCell(self, row, column=0):
         """Test helper: the user clicks a cell."""

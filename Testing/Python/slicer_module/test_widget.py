@@ -957,3 +957,20 @@ def test_close_scene_cancels_the_running_job_and_restores_the_buttons(panel, log
     assert job.cancels == 1 and job.state == "cancelled"
     assert panel.ui.propagateButton.text != "Cancel"
     assert panel._job is None
+
+
+def test_picking_a_cohort_volume_again_after_one_outside_it_selects_its_row(panel, logic):
+    """QAbstractItemView::clearSelection keeps the current index (Qt), so the row stayed unselected."""
+    first = add_volume("case01")
+    second = add_volume("case02")
+    outside = add_volume("elsewhere")
+    logic.addVolume(first)
+    logic.addVolume(second)
+    panel.refreshCohortTable()
+    table = panel.ui.cohortTable
+    panel.ui.volumeSelector.setCurrentNode(first)
+    assert {item.row() for item in table.selectedItems()} == {0}
+    panel.ui.volumeSelector.setCurrentNode(outside)
+    assert table.selectedItems() == [] and table.currentRow() == 0  # Qt keeps the current index
+    panel.ui.volumeSelector.setCurrentNode(first)
+    assert {item.row() for item in table.selectedItems()} == {0}, "the row was left unselected"
