@@ -24,6 +24,31 @@ def test_module_self_test_runs_the_whole_workflow_with_the_real_engine(scene):
         test.tearDown()
 
 
+def test_the_self_test_skips_with_a_message_where_the_engine_packages_are_missing(
+    scene, monkeypatch
+):
+    import RADASegmentLib.selftest as selftest
+
+    monkeypatch.setattr(selftest, "missing_packages", lambda: ["torch>=2.1", "antspyx>=0.4.2"])
+    test = selftest.RADASegmentTest()
+    said: list[str] = []
+    monkeypatch.setattr(test, "delayDisplay", lambda message, msec=0: said.append(message))
+
+    def workflow():
+        raise AssertionError("the workflow must not start without the engine's packages")
+
+    monkeypatch.setattr(test, "test_RADASegment_cohort_to_segmentation", workflow)
+    test.runTest()  # passes: Slicer's runner must not install several GB in testing mode
+    assert said == [
+        "RADA self-test skipped: the engine's packages are not installed (torch>=2.1, "
+        "antspyx>=0.4.2); the first Propagate, Train or Segment in the RADA Segment panel asks "
+        "before installing them; then run the test again"
+    ]
+    monkeypatch.setattr(selftest, "missing_packages", lambda: [])
+    with pytest.raises(AssertionError, match="must not start"):
+        test.runTest()  # with the packages, the whole workflow runs
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="checks the process with POSIX signals")
 def test_cancelling_a_real_propagation_ends_the_engine_and_adds_no_node(scene, tmp_path):
     import slicer
