@@ -22,7 +22,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from .atomic import write_text_atomic
 from .errors import InputError
@@ -139,18 +139,24 @@ def load_cohort(path: str | os.PathLike[str], check_files: bool = True) -> Cohor
     return Cohort(str(data.get("name", path.stem)), cases, classes, path)
 
 
-def _read_manifest(path: Path) -> dict:
-    """The manifest's JSON object, checked to be a cohort file of this format."""
-    if not path.exists():
-        raise InputError(path, "cohort file not found")
+def read_json(path: Path, unreadable: str) -> Any:
+    """The parsed JSON of ``path``; an :class:`InputError` naming it says ``<unreadable>: <why>``
+    when it cannot be read, or where the JSON is broken (line and column)."""
     try:
-        data = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(path, f"cannot read the cohort file: {exc}") from None
+        raise InputError(path, f"{unreadable}: {exc}") from None
     except json.JSONDecodeError as exc:
         raise InputError(
             path, f"not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}"
         ) from None
+
+
+def _read_manifest(path: Path) -> dict:
+    """The manifest's JSON object, checked to be a cohort file of this format."""
+    if not path.exists():
+        raise InputError(path, "cohort file not found")
+    data = read_json(path, "cannot read the cohort file")
     if not isinstance(data, dict) or not isinstance(data.get("cases"), list):
         raise InputError(path, "not a RADA cohort file (expected an object with a 'cases' list)")
     if data.get("format", FORMAT) != FORMAT:

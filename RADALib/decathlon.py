@@ -10,11 +10,10 @@ stored as 4D volumes) is refused.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from .cohort import Case, Cohort, _assign_roles, case_id_of
+from .cohort import Case, Cohort, _assign_roles, case_id_of, read_json
 from .errors import InputError
 
 DATASET_FILE = "dataset.json"
@@ -79,14 +78,7 @@ def _read_dataset(listing: Path) -> dict:
     """The JSON object of ``dataset.json``."""
     if not listing.is_file():
         raise InputError(listing, "not found (a Decathlon task folder holds dataset.json)")
-    try:
-        data = json.loads(listing.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(listing, f"cannot be read: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise InputError(
-            listing, f"not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}"
-        ) from None
+    data = read_json(listing, "cannot be read")
     if not isinstance(data, dict):
         raise InputError(listing, "not a Decathlon dataset.json (expected a JSON object)")
     return data

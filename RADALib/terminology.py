@@ -17,6 +17,27 @@ _ANATOMY = _code("123037004", "Anatomical Structure")
 _ALTERED = _code("49755003", "Morphologically Altered Structure")
 _MASS = _code("4147007", "Mass")
 
+
+def _anatomical(code: str, meaning: str) -> dict[str, Any]:
+    """Terminology of an anatomical structure of SNOMED CT type ``code``, without modifier."""
+    return {
+        "category": _ANATOMY,
+        "type": _code(code, meaning),
+        "type_modifier": None,
+        "anatomic_region": None,
+    }
+
+
+def _mass_in(code: str, meaning: str) -> dict[str, Any]:
+    """Terminology of a mass (a tumour) in the organ of SNOMED CT type ``code``."""
+    return {
+        "category": _ALTERED,
+        "type": _MASS,
+        "type_modifier": None,
+        "anatomic_region": _code(code, meaning),
+    }
+
+
 KNOWN_STRUCTURES: dict[str, dict[str, Any]] = {
     # Category/type codes as Slicer's "DICOM master list" terminology spells them
     # (SNOMED CT): Left atrium 82471001, Kidney 64033007, Liver 10200004 under
@@ -24,78 +45,38 @@ KNOWN_STRUCTURES: dict[str, dict[str, Any]] = {
     # Altered Structure" 49755003, with the organ as the anatomic region.
     "left atrium": {
         "color": [206 / 255, 110 / 255, 84 / 255],
-        "terminology": {
-            "category": _ANATOMY,
-            "type": _code("82471001", "Left atrium"),
-            "type_modifier": None,
-            "anatomic_region": None,
-        },
+        "terminology": _anatomical("82471001", "Left atrium"),
     },
     "kidney": {
         "color": [185 / 255, 102 / 255, 83 / 255],
-        "terminology": {
-            "category": _ANATOMY,
-            "type": _code("64033007", "Kidney"),
-            "type_modifier": None,
-            "anatomic_region": None,
-        },
+        "terminology": _anatomical("64033007", "Kidney"),
     },
     "kidney tumor": {
         "color": [144 / 255, 238 / 255, 144 / 255],
-        "terminology": {
-            "category": _ALTERED,
-            "type": _MASS,
-            "type_modifier": None,
-            "anatomic_region": _code("64033007", "Kidney"),
-        },
+        "terminology": _mass_in("64033007", "Kidney"),
     },
     # Hippocampus: SNOMED CT 5366007 "Hippocampal structure", with DICOM's code meaning
     # "Hippocampus". SNOMED CT has no well-known code for its anterior or posterior part, so
     # the Decathlon's two parts share that type (no modifier) and differ by name and colour.
     "hippocampus": {
         "color": [220 / 255, 216 / 255, 20 / 255],
-        "terminology": {
-            "category": _ANATOMY,
-            "type": _code("5366007", "Hippocampus"),
-            "type_modifier": None,
-            "anatomic_region": None,
-        },
+        "terminology": _anatomical("5366007", "Hippocampus"),
     },
     "anterior hippocampus": {
         "color": [220 / 255, 216 / 255, 20 / 255],
-        "terminology": {
-            "category": _ANATOMY,
-            "type": _code("5366007", "Hippocampus"),
-            "type_modifier": None,
-            "anatomic_region": None,
-        },
+        "terminology": _anatomical("5366007", "Hippocampus"),
     },
     "posterior hippocampus": {
         "color": [60 / 255, 150 / 255, 220 / 255],
-        "terminology": {
-            "category": _ANATOMY,
-            "type": _code("5366007", "Hippocampus"),
-            "type_modifier": None,
-            "anatomic_region": None,
-        },
+        "terminology": _anatomical("5366007", "Hippocampus"),
     },
     "liver": {
         "color": [221 / 255, 130 / 255, 101 / 255],
-        "terminology": {
-            "category": _ANATOMY,
-            "type": _code("10200004", "Liver"),
-            "type_modifier": None,
-            "anatomic_region": None,
-        },
+        "terminology": _anatomical("10200004", "Liver"),
     },
     "liver tumor": {
         "color": [144 / 255, 238 / 255, 144 / 255],
-        "terminology": {
-            "category": _ALTERED,
-            "type": _MASS,
-            "type_modifier": None,
-            "anatomic_region": _code("10200004", "Liver"),
-        },
+        "terminology": _mass_in("10200004", "Liver"),
     },
 }
 """Display colour (RGB, 0-1) and SNOMED CT terminology of the structures RADA was evaluated on.

@@ -70,10 +70,10 @@ def variant_config(spec: str, common: dict[str, Any]) -> TrainConfig:
     its base, then ``common``, then its own settings."""
     name, *own = spec.split("+")
     changes = {**common, **dict(parse_setting(item) for item in own)}
-    cpu = preset("cpu", device="cpu")
     if name == "cpu":
         return preset("cpu", device="cpu", **changes)  # a new iterations scales the schedule
     if name == "native":
+        cpu = preset("cpu", device="cpu")
         return preset(
             "small",
             device="cpu",

@@ -50,12 +50,13 @@ class FakeEnvironment:
         modules = {p.requirement: p.module for p in deps.ENGINE_PACKAGES}
         self.absent -= {modules[req] for req in requirements}
 
-    def ensure(self) -> None:
+    def ensure(self, version_of=None) -> None:
         ensure_dependencies(
             self.confirm,
             install_torch=self.install_torch,
             pip_install=self.pip_install,
             importer=self.importer,
+            version_of=version_of,
         )
 
 
@@ -341,13 +342,7 @@ def test_a_package_that_imports_but_is_too_old_is_named_with_its_version():
     env = FakeEnvironment(absent=[], answer=False)
     versions = {"h5py": "3.1.0", "torch": "2.14.1", "scipy": "1.10.0"}
     with pytest.raises(DependencyError) as caught:
-        ensure_dependencies(
-            env.confirm,
-            install_torch=env.install_torch,
-            pip_install=env.pip_install,
-            importer=env.importer,
-            version_of=versions.get,
-        )
+        env.ensure(version_of=versions.get)
     (question,) = env.questions
     assert "h5py>=3.8 (installed: 3.1.0, too old)" in question and "scipy" not in question
     assert "h5py 3.1.0 is too old (RADA needs h5py>=3.8)" in str(caught.value)
@@ -357,13 +352,7 @@ def test_an_old_torch_is_refused_naming_it_and_how_to_update_it():
     env = FakeEnvironment(absent=[])
     versions = {"torch": "1.13.1+cu117", "torchvision": "0.14.1"}
     with pytest.raises(DependencyError) as caught:
-        ensure_dependencies(
-            env.confirm,
-            install_torch=env.install_torch,
-            pip_install=env.pip_install,
-            importer=env.importer,
-            version_of=versions.get,
-        )
+        env.ensure(version_of=versions.get)
     message = str(caught.value)
     assert "torch 1.13.1+cu117 is too old (RADA needs torch>=2.1)" in message
     assert "PyTorch Utils" in message and env.torch_installs == 0 and env.questions == []
