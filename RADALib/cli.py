@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from .cancel_channel import cancel_on_stdin_requested, watch_for_cancel
 from .errors import RADAError
 from .paths import cache_root
 
@@ -697,6 +698,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s"
     )
+    if cancel_on_stdin_requested():
+        watch_for_cancel(sys.stdin)
     try:
         return int(args.run(args) or 0)
     except RADAError as exc:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cancel_channel import CANCEL_LINE, CANCEL_ON_STDIN_ENV
 from .errors import RADAError
 
 IS_WINDOWS = os.name == "nt"
@@ -32,6 +33,11 @@ STDERR_TAIL_LINES = 200
 # worker processes that still hold them (they are then killed with the group).
 PIPE_CLOSE_GRACE_S = 5.0
 FINAL_STATES = ("succeeded", "failed", "cancelled")
+CANCEL_CHANNELS = ("signal", "stdin")
+# Windows process-creation values (subprocess defines them only on Windows).
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+STARTF_USESHOWWINDOW = 0x00000001
+SW_HIDE = 0
 
 Event = dict[str, Any]
 
@@ -39,6 +45,27 @@ Event = dict[str, Any]
 def engine_command(command: str, *arguments: str, python: str | None = None) -> list[str]:
     """The command line that runs ``rada <command> <arguments...>`` with ``python``."""
     return [python or sys.executable, "-m", "RADALib.cli", command, *arguments]
+
+
+def default_cancel_channel() -> str:
+    """``stdin`` on Windows (no console signal reaches a hidden console), ``signal`` elsewhere."""
+    return "stdin" if IS_WINDOWS else "signal"
+
+
+def start_options(windows: bool = IS_WINDOWS) -> dict[str, Any]:
+    """Keyword arguments for ``subprocess.Popen`` that start the engine in its own group.
+
+    On Windows the process gets a new process group and a hidden console window, as
+    ``slicer.util.launchConsoleProcess`` starts console programs (``STARTF_USESHOWWINDOW`` with
+    ``SW_HIDE``); elsewhere it gets a new session, so its process group can be signalled.
+    """
+    if not windows:
+        return {"start_new_session": True}
+    info = subprocess.STARTUPINFO()  # type: ignore[attr-defined]  # Windows only
+    info.dwFlags |= getattr(subprocess, "STARTF_USESHOWWINDOW", STARTF_USESHOWWINDOW)
+    info.wShowWindow = SW_HIDE
+    flags = getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", CREATE_NEW_PROCESS_GROUP)
+    return {"creationflags": flags, "startupinfo": info}
 
 
 def engine_environment(radalib_parent: str | None = None) -> dict[str, str]:
@@ -63,11 +90,17 @@ class EngineProcess:
     ``state`` is ``"idle"`` before :meth:`start`, ``"running"`` until :meth:`poll` or
     :meth:`wait` has seen the process end and both pipes close, then ``"succeeded"``,
     ``"failed"`` or ``"cancelled"``.
+
+    ``cancel_via`` says how :meth:`cancel` first asks the engine to stop cleanly: ``signal``
+    (SIGINT to the group, or CTRL_BREAK_EVENT) or ``stdin`` (the line ``cancel`` on a pipe the
+    engine watches, see :mod:`RADALib.cancel_channel`); either way a hard kill follows after the
+    grace period.
     """
 
     args: Sequence[str]
     env: Mapping[str, str] | None = None
     cwd: str | None = None
+    cancel_via: str = field(default_factory=default_cancel_channel)
     state: str = field(default="idle", init=False)
     _proc: subprocess.Popen | None = field(default=None, init=False, repr=False)
     _lines: queue.Queue = field(default_factory=queue.Queue, init=False, repr=False)
@@ -93,26 +126,28 @@ class EngineProcess:
             raise RuntimeError(f"the engine process was already started (state {self.state})")
         if not self.args:
             raise RADAError("cannot start the engine: the command line is empty")
+        if self.cancel_via not in CANCEL_CHANNELS:
+            raise ValueError(
+                f"cancel_via must be one of {CANCEL_CHANNELS}, not {self.cancel_via!r}"
+            )
         environment = dict(os.environ)
         environment.update(self.env or {})
-        options: dict[str, Any] = {}
-        if IS_WINDOWS:
-            options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP
-        else:
-            options["start_new_session"] = True
+        by_stdin = self.cancel_via == "stdin"
+        if by_stdin:
+            environment[CANCEL_ON_STDIN_ENV] = "1"
         try:
             self._proc = subprocess.Popen(
                 [str(a) for a in self.args],
                 cwd=self.cwd,
                 env=environment,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.PIPE if by_stdin else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
                 encoding="utf-8",
                 errors="replace",
                 bufsize=1,
-                **options,
+                **start_options(),
             )
         except OSError as exc:
             self.state = "failed"
@@ -256,6 +291,15 @@ class EngineProcess:
             # The engine is gone but a worker of its group still holds the pipes: end it.
             self._kill_group(hard=True)
         self.state = self._final_state()
+        self._close_stdin()
+
+    def _close_stdin(self) -> None:
+        stream = self._proc.stdin if self._proc is not None else None
+        if stream is not None and not stream.closed:
+            try:
+                stream.close()
+            except (OSError, ValueError):
+                pass
 
     def _final_state(self) -> str:
         if self._cancelled:
@@ -267,9 +311,10 @@ class EngineProcess:
     def cancel(self, grace_s: float = 5.0) -> None:
         """End the whole process tree: interrupt it, then kill it after ``grace_s`` seconds.
 
-        On POSIX the group gets SIGINT (the engine stops cleanly, keeping its last checkpoint),
-        then SIGKILL. On Windows it gets CTRL_BREAK_EVENT, then ``taskkill /F /T``. Does nothing
-        once the state is final; safe to call twice.
+        The engine is first asked to stop cleanly, keeping its last checkpoint: through its stdin
+        (``cancel_via="stdin"``, the default on Windows) or by SIGINT to its group on POSIX
+        (CTRL_BREAK_EVENT on Windows). Then whatever is left is killed: SIGKILL to the group, or
+        ``taskkill /F /T`` on Windows. Does nothing once the state is final; safe to call twice.
         """
         with self._lock:
             if self.state in FINAL_STATES:
@@ -279,7 +324,7 @@ class EngineProcess:
                 return
             self._cancelled = True
             if self._proc.poll() is None:
-                self._kill_group(hard=False)
+                self._ask_to_stop()
                 try:
                     self._proc.wait(timeout=max(0.0, grace_s))
                 except subprocess.TimeoutExpired:
@@ -294,6 +339,24 @@ class EngineProcess:
                 reader.join(timeout=2.0)
             if self._proc.poll() is not None:
                 self.state = "cancelled"
+
+    def _ask_to_stop(self) -> None:
+        """The clean stop: ``cancel`` on the engine's stdin, or an interrupt signal."""
+        if self.cancel_via != "stdin":
+            self._kill_group(hard=False)
+            return
+        stream = self._proc.stdin if self._proc is not None else None
+        if stream is None:
+            return
+        try:
+            stream.write(CANCEL_LINE + "\n")
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # the engine already closed its end: it is exiting
+        try:
+            stream.close()
+        except (OSError, ValueError):
+            pass
 
     def _kill_group(self, hard: bool) -> None:
         """Signal the engine's process group (``hard``: kill it outright)."""

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from RADALib.engine_process import EngineProcess, engine_command, engine_environment
+from RADALib.cancel_channel import watch_for_cancel
+from RADALib.engine_process import (
+    EngineProcess,
+    engine_command,
+    engine_environment,
+    start_options,
+)
 from RADALib.errors import RADAError
 
 posix_only = pytest.mark.skipif(os.name == "nt", reason="POSIX process groups and signals")
@@ -394,3 +400,106 @@ def test_workers_left_holding_the_pipes_after_the_engine_exits_are_ended(tmp_pat
     ).start()
     assert proc.wait(timeout=15) == "succeeded"
     assert until(lambda: gone(read_pid(worker_pid)), timeout=5)
+
+
+class _StartupInfo:
+    """Stand-in for Windows' ``subprocess.STARTUPINFO`` (the real one exists only there)."""
+
+    def __init__(self) -> None:
+        self.dwFlags = 0
+        self.wShowWindow = 1  # SW_SHOWNORMAL, what a console program gets by default
+
+
+def test_windows_start_options_hide_the_console_and_start_a_new_group(monkeypatch):
+    import subprocess
+
+    monkeypatch.setattr(subprocess, "STARTUPINFO", _StartupInfo, raising=False)
+    options = start_options(windows=True)
+    info = options["startupinfo"]
+    assert info.dwFlags & 0x1, "STARTF_USESHOWWINDOW not set: the console window would show"
+    assert info.wShowWindow == 0  # SW_HIDE, as slicer.util.launchConsoleProcess
+    assert options["creationflags"] & 0x200  # CREATE_NEW_PROCESS_GROUP
+    assert start_options(windows=False) == {"start_new_session": True}
+
+
+def test_windows_cancels_through_stdin_by_default(monkeypatch):
+    import RADALib.engine_process as engine_process
+
+    monkeypatch.setattr(engine_process, "IS_WINDOWS", True)
+    assert EngineProcess(["x"]).cancel_via == "stdin"
+    monkeypatch.setattr(engine_process, "IS_WINDOWS", False)
+    assert EngineProcess(["x"]).cancel_via == "signal"
+
+
+def test_cancel_watch_interrupts_on_the_cancel_line_and_not_before():
+    import io
+    import threading
+
+    interrupted = threading.Event()
+    read, write = os.pipe()
+    with os.fdopen(read, "r") as stream, os.fdopen(write, "w") as sink:
+        thread = watch_for_cancel(stream, interrupted.set)
+        sink.write("progress please\n")
+        sink.flush()
+        assert not interrupted.wait(0.3), "a line other than 'cancel' interrupted the engine"
+        sink.write("cancel\n")
+        sink.flush()
+        assert interrupted.wait(5)
+        thread.join(5)
+    ended = threading.Event()
+    watch_for_cancel(io.StringIO(""), ended.set).join(5)
+    assert ended.is_set(), "a closed stdin (the parent died) must stop the engine too"
+
+
+def test_the_engine_watches_stdin_only_when_asked(monkeypatch):
+    from RADALib import cli
+
+    calls = []
+    monkeypatch.setattr(cli, "watch_for_cancel", lambda stream: calls.append(stream))
+    monkeypatch.delenv("RADA_CANCEL_ON_STDIN", raising=False)
+    assert cli.main(["settings"]) == 0
+    assert calls == []
+    monkeypatch.setenv("RADA_CANCEL_ON_STDIN", "1")
+    assert cli.main(["settings"]) == 0
+    assert calls == [sys.stdin]
+
+
+@posix_only
+def test_cancel_through_stdin_stops_the_engine_cleanly_without_any_signal(tmp_path):
+    ready = tmp_path / "ready"
+    checkpoint = tmp_path / "checkpoint.txt"
+    proc = EngineProcess(
+        script(
+            tmp_path,
+            f"""
+        import signal, sys, time
+        from RADALib.cancel_channel import cancel_on_stdin_requested, watch_for_cancel
+        signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGINT}})  # no real signal gets in
+        if cancel_on_stdin_requested():
+            watch_for_cancel(sys.stdin)
+        try:
+            for step in range(600):
+                open({str(checkpoint)!r}, "w").write(str(step))
+                open({str(ready)!r}, "w").write("1")
+                time.sleep(0.1)
+        except KeyboardInterrupt:
+            print("rada: interrupted; finished cases are kept, rerun the same command to resume", file=sys.stderr)
+            sys.exit(130)
+    """,
+        ),
+        env=engine_environment(),
+        cancel_via="stdin",
+    ).start()
+    assert until(ready.exists)
+    started = time.monotonic()
+    proc.cancel(grace_s=20)
+    assert time.monotonic() - started < 10, "the engine did not stop on the cancel line"
+    assert proc.returncode == 130, "the engine was killed instead of stopping cleanly"
+    assert proc.state == "cancelled"
+    assert checkpoint.read_text().isdigit()
+    assert any(line.startswith("rada: interrupted") for line in proc.stderr_tail)
+
+
+def test_an_unknown_cancel_channel_is_refused():
+    with pytest.raises(ValueError, match="cancel_via"):
+        EngineProcess([sys.executable, "-c", "pass"], cancel_via="carrier pigeon").start()
