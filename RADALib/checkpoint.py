@@ -50,6 +50,9 @@ ADDED_SETTINGS: dict[str, Any] = {
     "fit_patch": False,
     "fit_spacing": False,
     "training_region": "batch",
+    "intensity_augment": 0.0,
+    "intensity_contrast": 0.25,
+    "intensity_shift": 0.3,
 }
 
 

@@ -59,6 +59,7 @@ from .cache import ArrayCache
 from .cohort import Cohort
 from .errors import InputError
 from .events import Progress
+from .intensity_augmentation import IntensityAugmentation, apply_contrast_shift
 from .networks import VIEWS
 
 N_VIEWS = 3
@@ -560,6 +561,7 @@ class TwoStreamSampler:
         seed: int | Sequence[int] = 1337,
         use_registration: bool = True,
         augment: bool = True,
+        intensity: IntensityAugmentation | None = None,
     ) -> None:
         if not labeled:
             raise ValueError("TwoStreamSampler needs at least one labeled case")
@@ -578,6 +580,7 @@ class TwoStreamSampler:
         self.unlabeled_batch = int(unlabeled_batch) if self.unlabeled else 0
         self.use_registration = bool(use_registration)
         self.augment = bool(augment)
+        self.intensity = intensity or IntensityAugmentation()
         self.rng = np.random.default_rng(
             np.random.SeedSequence(list(seed) if isinstance(seed, (list, tuple)) else int(seed))
         )
@@ -599,6 +602,12 @@ class TwoStreamSampler:
     def _transform(self) -> tuple[int, bool]:
         return draw_augmentation(self.rng, self.patch) if self.augment else (0, False)
 
+    def _recontrast(self, patch: np.ndarray) -> None:
+        """The intensity augmentation of one image patch (in place), when drawn."""
+        drawn = self.intensity.draw(self.rng)
+        if drawn is not None:
+            apply_contrast_shift(patch, *drawn)
+
     def sample(self, alpha: float, iteration: int = 0) -> Batch:
         """The next batch; weights use the decay rate ``alpha`` (α(t) of the iteration)."""
         li = self._choose(len(self.labeled), self.labeled_batch)
@@ -613,6 +622,7 @@ class TwoStreamSampler:
             k, flip = self._transform()
             padded = _padded(window, patch)
             _write(_inverse_view(x_l[n, 0], k, flip), case.image, window, case.pad_value, padded)
+            self._recontrast(x_l[n, 0])
             if self.use_registration:
                 for v in range(N_VIEWS):
                     _write(_inverse_view(y_l[v][n], k, flip), case.labels[v], window, 0, padded)  # type: ignore[index]
@@ -636,6 +646,7 @@ class TwoStreamSampler:
                 case.pad_value,
                 _padded(window, patch),
             )
+            self._recontrast(x_u[n, 0])
         return Batch(
             x_l=torch.from_numpy(x_l),
             y_l={VIEWS[v]: torch.from_numpy(y_l[v]) for v in range(N_VIEWS)},

@@ -16,6 +16,7 @@ from typing import Any
 
 from .annotation import PLANES
 from .errors import RADAError
+from .intensity_augmentation import IntensityAugmentation
 from .networks import DOWNSAMPLING, NetworkConfig
 from .schedules import ScheduleConfig
 
@@ -71,6 +72,9 @@ class TrainConfig:
     "whole"; ``None``: inference's default). ``inference_mirror``: the bundle asks inference to
     average over the volume's mirror images in the (x, y) plane (:mod:`RADALib.mirroring`; only
     written when ``augment`` is on, since the networks have seen mirror images only then).
+    ``intensity_augment``: the probability that a training patch gets a random contrast
+    (×U(1 ± ``intensity_contrast``) about its mean) and brightness (+U(± ``intensity_shift``),
+    z-score units); not in the paper, 0 (off) there (:mod:`RADALib.intensity_augmentation`).
     """
 
     patch: tuple[int, int, int] = (112, 112, 80)
@@ -96,6 +100,9 @@ class TrainConfig:
     use_registration: bool = True
     label_source: str = "views"
     augment: bool = True
+    intensity_augment: float = 0.0
+    intensity_contrast: float = 0.25
+    intensity_shift: float = 0.3
     device: str = "auto"
     compile: bool = False
     channels_last: str = "auto"
@@ -125,6 +132,12 @@ class TrainConfig:
             )
         if self.noise_std < 0 or self.noise_clip < 0:
             raise ValueError("TrainConfig.noise_std and noise_clip must be >= 0")
+        try:
+            IntensityAugmentation(
+                self.intensity_augment, self.intensity_contrast, self.intensity_shift
+            )
+        except ValueError as exc:
+            raise ValueError(f"TrainConfig: {exc}") from None
         if self.schedule.max_iterations != self.iterations:
             self.schedule = dataclasses.replace(self.schedule, max_iterations=int(self.iterations))
 

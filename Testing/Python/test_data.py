@@ -20,10 +20,12 @@ from RADALib.data import (
     normalize_intensity,
 )
 from RADALib.errors import InputError
+from RADALib.intensity_augmentation import IntensityAugmentation, apply_contrast_shift
 from RADALib.networks import VIEWS
 from RADALib.propagation import PropagationConfig
 from RADALib.pseudo_labels import load_case_result, propagate_cohort
 from RADALib.registration import PairResult, identity_coordinates
+from RADALib.train_config import TrainConfig
 from RADALib.volume import volume_from_array, write_like
 
 # ----------------------------------------------------------------------------- helpers (also used by test_training)
@@ -351,3 +353,69 @@ def test_batch_to_makes_int64_labels():
     batch = _sampler().sample(0.9).to("cpu")
     assert all(batch.y_l[v].dtype == torch.int64 for v in VIEWS)
     assert batch.x_l.dtype == torch.float32 and batch.x_u.shape[0] == 2
+
+
+# ----------------------------------------------------------------------------- intensity
+
+
+def _intensity_sampler(probability: float, seed: int = 7) -> TwoStreamSampler:
+    sampler = _sampler(seed)
+    sampler.intensity = IntensityAugmentation(probability, contrast=0.3, shift=0.5)
+    return sampler
+
+
+def test_intensity_augmentation_changes_contrast_and_brightness_but_not_labels_or_crops():
+    plain, changed = _intensity_sampler(0.0), _intensity_sampler(1.0)
+    plain_batch = plain.sample(0.9)
+    # the geometric draws come first for each patch, so the crops differ only after the first
+    # labeled patch; compare that patch: same voxels, new contrast and brightness
+    changed_batch = changed.sample(0.9)
+    x0, x1 = plain_batch.x_l[0, 0].numpy(), changed_batch.x_l[0, 0].numpy()
+    assert not np.allclose(x0, x1)
+    mean0 = x0.mean(dtype=np.float64)
+    slope, intercept = np.polyfit((x0 - mean0).ravel(), x1.ravel(), 1)
+    assert 0.7 - 1e-4 <= slope <= 1.3 + 1e-4
+    assert abs(intercept - mean0) <= 0.5 + 1e-4
+    assert np.allclose(x1, (x0 - mean0) * slope + intercept, atol=1e-4)  # an affine map, no more
+    for view in VIEWS:
+        assert torch.equal(plain_batch.y_l[view][0], changed_batch.y_l[view][0])
+        assert torch.equal(plain_batch.w_l[view][0], changed_batch.w_l[view][0])
+
+
+def test_intensity_augmentation_off_leaves_a_seeded_run_as_it_was():
+    baseline, off = _sampler(), _intensity_sampler(0.0)
+    assert all(_same(baseline.sample(0.9, t), off.sample(0.9, t)) for t in range(4))
+
+
+def test_intensity_augmentation_is_drawn_with_its_probability_and_in_its_ranges():
+    rng = np.random.default_rng(0)
+    augmentation = IntensityAugmentation(0.25, contrast=0.3, shift=0.5)
+    draws = [augmentation.draw(rng) for _ in range(4000)]
+    applied = [d for d in draws if d is not None]
+    assert 0.22 < len(applied) / len(draws) < 0.28
+    contrasts, shifts = np.array(applied).T
+    assert contrasts.min() >= 0.7 and contrasts.max() <= 1.3
+    assert shifts.min() >= -0.5 and shifts.max() <= 0.5
+    assert contrasts.min() < 0.75 and contrasts.max() > 1.25  # the whole range is reached
+    patch = np.arange(8, dtype=np.float32).reshape(2, 2, 2)
+    out = apply_contrast_shift(patch.copy(), 2.0, 1.0)
+    assert np.allclose(out, (patch - 3.5) * 2.0 + 3.5 + 1.0)
+
+
+@pytest.mark.parametrize(
+    "setting", [{"intensity_augment": 1.5}, {"intensity_contrast": 1.0}, {"intensity_shift": -0.1}]
+)
+def test_intensity_settings_out_of_range_are_refused(setting):
+    with pytest.raises(ValueError, match="intensity"):
+        TrainConfig(**setting)
+
+
+def test_training_builds_its_sampler_with_the_configured_intensity_augmentation():
+    from RADALib.training import build_sampler
+
+    labeled = [synthetic_training_case("l", (20, 18, 16))]
+    config = TrainConfig(
+        patch=(16, 16, 16), intensity_augment=0.4, intensity_contrast=0.2, intensity_shift=0.1
+    )
+    sampler = build_sampler(config, labeled, [], seed=1)
+    assert sampler.intensity == IntensityAugmentation(0.4, 0.2, 0.1)
