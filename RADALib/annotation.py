@@ -32,6 +32,14 @@ PLANES: tuple[str, str, str] = ("sagittal", "coronal", "axial")
 """Plane names by array axis."""
 
 
+class SpreadSlicesError(InputError):
+    """Labels painted on neighbouring slices of one plane (``axis``, slices ``first``..``last``)."""
+
+    def __init__(self, source: str, problem: str, axis: int, first: int, last: int) -> None:
+        super().__init__(source, problem)
+        self.axis, self.first, self.last = axis, first, last
+
+
 @dataclass(frozen=True)
 class SparseAnnotation:
     """A sparse label map and the annotated slice indices of each plane (axis -> indices)."""
@@ -180,10 +188,13 @@ def detect_sparse_annotation(
         indices = chosen[axis]
         adjacent = [i for i in indices if i + 1 in indices or i - 1 in indices]
         if adjacent:
-            raise InputError(
+            raise SpreadSlicesError(
                 source,
                 f"labels are not confined to single slices: {PLANES[axis]} slices {adjacent[0]}-{adjacent[-1]} are "
                 "painted side by side (a 3D brush or a dense label?); paint one whole slice per plane with a 2D brush",
+                axis,
+                adjacent[0],
+                adjacent[-1],
             )
     for axis in required_planes:
         if not chosen[axis]:

@@ -31,6 +31,7 @@ from . import __version__
 from .annotation import (
     PLANES,
     SparseAnnotation,
+    SpreadSlicesError,
     check_structures,
     detect_sparse_annotation,
     missing_structures,
@@ -44,7 +45,14 @@ from .errors import InputError
 from .events import Progress
 from .propagation import SCHEME, PropagationConfig, PropagationResult, propagate
 from .registration import PairRegistrar
-from .volume import Oblique, Volume, read_label_for, read_volume, write_like
+from .volume import (
+    Oblique,
+    Volume,
+    is_oblique,
+    read_image_for_label,
+    read_label_for,
+    write_like,
+)
 
 CASE_FILE = "case.json"
 ARRAYS_FILE = "propagation.npz"
@@ -64,9 +72,20 @@ def case_annotation(
     ``classes`` for a painted label, each one the dense label holds for a simulated one."""
     if case.sparse_label is not None:
         label = read_label_for(image, case.sparse_label, oblique, classes)
-        annotation = detect_sparse_annotation(
-            label.array, str(case.sparse_label), allow_multiple=allow_multiple
-        )
+        try:
+            annotation = detect_sparse_annotation(
+                label.array, str(case.sparse_label), allow_multiple=allow_multiple
+            )
+        except SpreadSlicesError as spread:
+            if not is_oblique(image):
+                raise
+            raise InputError(
+                case.sparse_label,
+                f"labels are not confined to single slices of the image's own grid: {PLANES[spread.axis]} "
+                f"slices {spread.first}-{spread.last} are painted side by side; the image is oblique, so "
+                "its slices are tilted from the patient's planes: paint one whole slice per plane with a "
+                "2D brush in slice views turned to the volume (Slicer: 'Rotate to volume plane')",
+            ) from None
         if classes:
             check_structures(annotation, classes, str(case.sparse_label))
         return annotation
@@ -83,6 +102,15 @@ def case_annotation(
         check_structures(annotation, present, str(case.dense_label))
         return annotation
     raise InputError(case.image, f"case {case.id} has no annotation")
+
+
+def case_image(case: Case, oblique: Oblique = "refuse") -> Volume:
+    """The case's image on the grid its annotation file was made on (an oblique image whose
+    label shares its header is propagated on its own grid: :func:`read_image_for_label`)."""
+    label = case.sparse_label
+    if label is None and case.simulate_from_dense:
+        label = case.dense_label
+    return read_image_for_label(case.image, label, oblique)
 
 
 def propagation_key(image: Volume, annotation: SparseAnnotation, config: PropagationConfig) -> str:
@@ -180,8 +208,13 @@ def propagate_case(
 ) -> CaseReport:
     """Propagate one case into ``out/cases/<id>`` (skipped when already done with these inputs)."""
     started = time.perf_counter()
-    image = read_volume(case.image, "image", oblique)
+    image = case_image(case, oblique)
     annotation = case_annotation(case, image, allow_multiple, oblique, classes)
+    if progress is not None and is_oblique(image):
+        progress.message(
+            f"{case.id}: the image is oblique and its annotation lies on its own grid: propagated "
+            "on that grid's slices (not resampled), results written on it"
+        )
     key = propagation_key(image, annotation, config)
     folder = out / "cases" / case.id
     marker = folder / CASE_FILE
@@ -264,7 +297,7 @@ def _kept_record(
     folder = Path(out) / "cases" / case.id
     if not (folder / CASE_FILE).exists():
         return None
-    image = read_volume(case.image, "image", oblique)
+    image = case_image(case, oblique)
     return _finished_record(
         folder,
         propagation_key(

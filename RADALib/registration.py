@@ -13,6 +13,7 @@ reported per pair so callers can count fallbacks.
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 import uuid
@@ -23,6 +24,8 @@ from multiprocessing import get_context
 from typing import Protocol
 
 import numpy as np
+
+from .lifeline import exit_with_parent
 
 IDENTITY = "identity"
 
@@ -194,10 +197,23 @@ def _register_ants(
 def scratch_prefix() -> str:
     """A unique file prefix for ANTs' transform files, in memory (``/dev/shm``) where there is
     one: writing them to a disk-backed temporary folder adds a disk round trip to every pair."""
+    return os.path.join(_scratch_folder(), f"rada_{os.getpid()}_{uuid.uuid4().hex[:12]}_")
+
+
+def _scratch_folder() -> str:
     folder = "/dev/shm"
     if not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
         folder = tempfile.gettempdir()
-    return os.path.join(folder, f"rada_{os.getpid()}_{uuid.uuid4().hex[:12]}_")
+    return folder
+
+
+def remove_scratch_files() -> None:
+    """Remove this process's ANTs transform files (a worker ended in the middle of a pair)."""
+    for name in glob.glob(os.path.join(_scratch_folder(), f"rada_{os.getpid()}_*")):
+        try:
+            os.remove(name)
+        except OSError:
+            pass
 
 
 def coordinate_map(
@@ -296,6 +312,8 @@ def _seed_ants(seed: int) -> None:
 
 
 def _init_worker(seed: int) -> None:
+    # a worker ends with the process that started it, even one killed outright (kill -9)
+    exit_with_parent(cleanup=remove_scratch_files)
     os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = "1"
     _seed_ants(seed)
 
@@ -318,7 +336,8 @@ class AntsRegistrar:
     nearly doubles throughput. ``workers=1`` is one worker process too, never this process:
     ITK fixes its thread count once per process, so registering here after this process had
     used ITK with more threads gave slightly different labels than the pool. Use as a context
-    manager, or call :meth:`close`, to stop the workers.
+    manager, or call :meth:`close`, to stop the workers; a worker also ends by itself when this
+    process dies without stopping them (:func:`lifeline.exit_with_parent`).
     """
 
     config: RegistrationConfig = field(default_factory=RegistrationConfig)

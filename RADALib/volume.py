@@ -13,7 +13,10 @@ also be a Slicer segmentation (``.seg.nrrd``, see segmentation_file.py).
 Oblique volumes (index axes not parallel to the patient axes) are refused with a clear message,
 or, with ``oblique="resample"``, resampled onto the nearest axis-aligned grid (linear for
 images, nearest neighbour for labels); results are resampled back onto the file's grid when
-written.
+written. With ``oblique="keep"`` an oblique volume keeps its own grid: its index axes, in the
+order closest to sagittal/coronal/axial, are the array's axes (no resampling), and results are
+written on that grid as they are. :func:`read_image_for_label` keeps the grid a label was made
+on: slices painted on an oblique image's own grid stay whole slices.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ OBLIQUE_TOLERANCE = 1e-3
 _SITK_SUFFIXES = (".nrrd", ".nhdr", ".nii", ".nii.gz", ".mha", ".mhd")
 _H5_SUFFIXES = (".h5", ".hdf5")
 
-Oblique = Literal["refuse", "resample"]
+Oblique = Literal["refuse", "resample", "keep"]
 
 
 def file_suffix(path: str | os.PathLike[str]) -> str:
@@ -275,7 +278,7 @@ def read_volume(
 
     permutation, flips, obliquity = canonical_order(np.reshape(geometry.direction, (3, 3)))
     geometry = replace(geometry, permutation=permutation, flips=flips)
-    if obliquity > OBLIQUE_TOLERANCE:
+    if obliquity > OBLIQUE_TOLERANCE and oblique != "keep":
         if oblique != "resample":
             angle = float(np.degrees(np.arcsin(min(1.0, obliquity))))
             raise InputError(
@@ -402,6 +405,34 @@ def _resampled_volume(path: Path, array: np.ndarray, geometry: FileGeometry, kin
     )
 
 
+def is_oblique(volume: Volume) -> bool:
+    """True when ``volume``'s axes are not parallel to the patient axes (an oblique grid kept)."""
+    return canonical_order(volume.direction)[2] > OBLIQUE_TOLERANCE
+
+
+def read_image_for_label(
+    image: str | os.PathLike[str],
+    label: str | os.PathLike[str] | None,
+    oblique: Oblique = "refuse",
+) -> Volume:
+    """Read ``image`` on the grid its ``label`` was made on.
+
+    With ``oblique="resample"``, an oblique image whose label file lies on the image's own grid
+    (the same header, in any index order) keeps that grid, as ``oblique="keep"`` reads it:
+    slices painted on it are index planes of that grid, which resampling would tilt across
+    several slices of the new one. Otherwise (no label, a label on another grid, another
+    ``oblique``) it is :func:`read_volume` with ``oblique``.
+    """
+    if oblique != "resample" or label is None:
+        return read_volume(image, "image", oblique)
+    kept = read_volume(image, "image", "keep")
+    if not is_oblique(kept):
+        return kept
+    if kept.same_grid(read_volume(label, "label", "keep", kept.spacing[0])) is None:
+        return kept
+    return read_volume(image, "image", oblique)
+
+
 def read_label_for(
     image: Volume,
     path: str | os.PathLike[str],
@@ -410,8 +441,11 @@ def read_label_for(
 ) -> Volume:
     """Read a label map and check that it lies on ``image``'s grid (else an InputError).
 
-    ``classes`` (number -> name) maps a Slicer segmentation's segments by name (see
+    An image kept on its oblique grid (:func:`read_image_for_label`) has its label read on that
+    grid too. ``classes`` (number -> name) maps a Slicer segmentation's segments by name (see
     :func:`read_volume`)."""
+    if is_oblique(image):
+        oblique = "keep"
     label = read_volume(
         path, kind="label", oblique=oblique, h5_spacing=image.spacing[0], classes=classes
     )
