@@ -1,0 +1,224 @@
+"""What the `rada` commands do with inputs that would write in the wrong place, are malformed, or
+do not fit each other: case ids that are not plain names, broken manifests, predictions and
+truths that do not pair up, and a model trained for other structures than a cohort's."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from RADALib.cli import main
+from RADALib.cohort import Case, Cohort, cohort_from_la_folder, load_cohort
+from RADALib.errors import InputError
+from RADALib.volume import volume_from_array, write_like
+
+
+def _manifest(folder: Path, data: object) -> Path:
+    path = folder / "cohort.json"
+    path.write_text(json.dumps(data))
+    return path
+
+
+@pytest.fixture
+def images(tmp_path: Path) -> Path:
+    """tmp_path with two blank images ``images/a.nrrd`` and ``images/b.nrrd``."""
+    (tmp_path / "images").mkdir()
+    for name in ("a.nrrd", "b.nrrd"):
+        (tmp_path / "images" / name).write_bytes(b"")
+    return tmp_path
+
+
+def _files_under(folder: Path) -> set[Path]:
+    return {p for p in folder.rglob("*") if p.is_file()}
+
+
+# ----------------------------------------------------------------------------- plain names
+
+BAD_NAMES = ["../../evil", "a/b", "a\\b", "..", ".", "", " ", "-a", "a\x00b", "a\nb", "c:evil"]
+
+
+@pytest.mark.parametrize("name", ["case_000", "la-1", "a.b", "7", "Ünïcode case"])
+def test_a_plain_name_has_no_problem(name):
+    from RADALib.paths import name_problem
+
+    assert name_problem(name) is None
+
+
+@pytest.mark.parametrize("name", [*BAD_NAMES, None, 3, " a", "a "])
+def test_a_name_that_is_not_a_plain_file_name_has_a_problem(name):
+    from RADALib.paths import name_problem
+
+    assert name_problem(name)
+
+
+@pytest.mark.parametrize("case_id", BAD_NAMES)
+def test_a_manifest_case_id_that_is_not_a_plain_name_is_refused_naming_the_manifest(
+    images, case_id
+):
+    path = _manifest(images, {"cases": [{"id": case_id, "image": "images/a.nrrd"}]})
+    with pytest.raises(InputError, match=f"^{re.escape(str(path))}: case #0: case id "):
+        load_cohort(path)
+
+
+def test_case_ids_differing_only_in_case_are_refused_as_they_share_a_folder(images):
+    path = _manifest(
+        images,
+        {
+            "cases": [
+                {"id": "Case1", "image": "images/a.nrrd"},
+                {"id": "case1", "image": "images/b.nrrd"},
+            ]
+        },
+    )
+    with pytest.raises(InputError, match="case ids Case1 and case1 differ only in case"):
+        load_cohort(path)
+
+
+def _propagatable_case(folder: Path) -> tuple[Path, Path]:
+    """An image and a sparse label (one slice per plane) that the fake registrar propagates."""
+    from conftest import disk_stack
+
+    image, label = disk_stack(shape=(30, 30, 16), radius=6, shift_per_slice=(1.0, 0.0))
+    sparse = np.zeros_like(label)
+    sparse[15, :, :] = label[15, :, :]
+    sparse[:, 15, :] = label[:, 15, :]
+    sparse[:, :, 8] = label[:, :, 8]
+    volume = volume_from_array(image)
+    write_like(volume, image, folder / "img" / "c0.nrrd")
+    write_like(volume, sparse, folder / "sparse" / "c0.nrrd")
+    return folder / "img" / "c0.nrrd", folder / "sparse" / "c0.nrrd"
+
+
+@pytest.fixture
+def fake_ants(monkeypatch):
+    from conftest import TranslationRegistrar
+
+    import RADALib.registration as registration
+
+    class FakeAnts(TranslationRegistrar):
+        def __init__(self, config=None, workers=0):
+            super().__init__()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+    monkeypatch.setattr(registration, "AntsRegistrar", FakeAnts)
+    return FakeAnts
+
+
+def test_rada_propagate_refuses_a_case_id_that_climbs_out_of_out_and_writes_nothing(
+    tmp_path, capsys, fake_ants
+):
+    run = tmp_path / "run"
+    image, sparse = _propagatable_case(tmp_path)
+    cohort = _manifest(
+        tmp_path,
+        {"cases": [{"id": "../../evil", "image": str(image), "sparse_label": str(sparse)}]},
+    )
+    before = _files_under(tmp_path)
+    code = main(["propagate", "--cohort", str(cohort), "--out", str(run / "out"), "--no-cache"])
+    err = capsys.readouterr().err
+    assert _files_under(tmp_path) == before  # nothing written, least of all run/evil/
+    assert code == 2
+    assert err == (
+        f"rada: {cohort}: case #0: case id '../../evil' is not a plain file name: it holds a "
+        "path separator ('/' or '\\')\n"
+    )
+
+
+def test_propagate_cohort_refuses_a_case_built_with_a_bad_id_before_writing(tmp_path):
+    from conftest import TranslationRegistrar
+
+    from RADALib.pseudo_labels import propagate_cohort
+
+    image, sparse = _propagatable_case(tmp_path)
+    cohort = Cohort("built", [Case("../evil", image, sparse_label=sparse)])
+    before = _files_under(tmp_path)
+    with pytest.raises(InputError, match=r"^built: case id '\.\./evil' "):
+        propagate_cohort(cohort, tmp_path / "out", TranslationRegistrar())
+    assert _files_under(tmp_path) == before
+
+
+def test_an_la_list_file_naming_a_folder_outside_is_refused(tmp_path):
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "mri_norm2.h5").write_bytes(b"")
+    (tmp_path / "la").mkdir()
+    (tmp_path / "la" / "train.list").write_text("../outside\n")
+    with pytest.raises(InputError, match=r"train\.list: case id '\.\./outside' "):
+        cohort_from_la_folder(tmp_path / "la", labeled=0)
+
+
+# ----------------------------------------------------------------------------- malformed manifests
+
+A = {"id": "a", "image": "images/a.nrrd"}
+B = {"id": "b", "image": "images/b.nrrd"}
+
+MALFORMED = [
+    ({"classes": {"one": "atrium"}, "cases": [A]}, "'classes' key 'one' is not a class number"),
+    ({"classes": {"1.5": "atrium"}, "cases": [A]}, "'classes' key '1.5' is not a class number"),
+    ({"classes": {"1": 3}, "cases": [A]}, "class 1: the name must be a non-empty text, got 3"),
+    ({"classes": {"1": ""}, "cases": [A]}, "class 1: the name must be a non-empty text"),
+    (
+        {"classes": {"1": "atrium", "2": "Atrium"}, "cases": [A]},
+        "classes 1 'atrium' and 2 'Atrium' name the same structure",
+    ),
+    ({"classes": {"0": "background", "1": "atrium"}, "cases": [A]}, "class 0 is the background"),
+    ({"classes": {"-1": "atrium"}, "cases": [A]}, "class -1: class numbers start at 1"),
+    ({"classes": {"1": "atrium", "3": "vein"}, "cases": [A]}, "classes must be numbered 1, 2, "),
+    ({"classes": ["atrium"], "cases": [A]}, "'classes' must map class numbers to names"),
+    ({"cases": {"a": A}}, "not a RADA cohort file"),
+    ({"cases": []}, "the cohort lists no case"),
+    ({"cases": [{"image": "images/a.nrrd"}]}, "case #0 needs at least 'id' and 'image'"),
+    ({"cases": [{"id": None, "image": "images/a.nrrd"}]}, "case #0: case id None "),
+    ({"cases": [A, {**B, "id": "a"}]}, "case id a appears twice"),
+    ({"cases": [{"id": "a", "image": None}]}, "case a: 'image' must be a path string"),
+    ({"cases": [{"id": "a", "image": "images/gone.nrrd"}]}, "case a: image file .* not found"),
+    (
+        {"cases": [{**A, "simulate_from_dense": "no", "dense_label": "images/b.nrrd"}]},
+        "case a: simulate_from_dense must be true or false, got 'no'",
+    ),
+]
+
+
+@pytest.fixture
+def nothing_runs(monkeypatch):
+    """Propagation, training and prediction replaced by stubs: a manifest that gets through runs
+    nothing (and the command exits 0)."""
+    import RADALib.bundle
+    import RADALib.inference
+    import RADALib.pseudo_labels
+    import RADALib.region_prompt
+    import RADALib.workflow
+
+    monkeypatch.setattr(RADALib.pseudo_labels, "propagate_cohort", lambda *a, **k: [])
+    monkeypatch.setattr(
+        RADALib.workflow,
+        "train_model",
+        lambda *a, **k: RADALib.workflow.TrainedRun(Path("x"), Path("x/model"), 0, 0.0, {}),
+    )
+    monkeypatch.setattr(RADALib.bundle, "load_bundle", lambda folder: None)
+    monkeypatch.setattr(RADALib.region_prompt, "region_embeddings_for_files", lambda *a, **k: [])
+    monkeypatch.setattr(RADALib.inference, "predict_files", lambda *a, **k: [])
+
+
+@pytest.mark.parametrize("command", ["propagate", "train", "predict"])
+@pytest.mark.parametrize(("data", "problem"), MALFORMED)
+def test_a_malformed_manifest_is_one_line_and_exit_2_in_every_command(
+    images, capsys, fake_ants, nothing_runs, command, data, problem
+):
+    path = _manifest(images, data)
+    args = [command, "--cohort", str(path), "--out", str(images / "out")]
+    if command == "predict":
+        args += ["--model", str(images / "model")]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert re.fullmatch(f"rada: {re.escape(str(path))}: (case #0: )?{problem}.*\n", err)
+    assert not (images / "out").exists()
