@@ -455,11 +455,26 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``rada evaluate``: score predictions against ground truth (a table; JSON, CSV on request)."""
-    from .evaluation import evaluate_files, pair_files, write_outputs
+    from .evaluation import evaluate_files, match_files, write_outputs
 
-    pairs = pair_files(args.pred, args.truth)  # a Decathlon task folder: its labelsTr/
+    pairing = match_files(args.pred, args.truth)  # a Decathlon task folder: its labelsTr/
+    if pairing.no_prediction:
+        n_truths = len(pairing.pairs) + len(pairing.no_prediction)
+        print(
+            f"rada: warning: {args.pred}: no prediction for {len(pairing.no_prediction)} of "
+            f"{n_truths} truth case(s): {', '.join(pairing.no_prediction)} (scored: the "
+            f"{len(pairing.pairs)} case(s) with both)",
+            file=sys.stderr,
+        )
+    if pairing.no_truth:
+        print(
+            f"rada: warning: {args.truth}: no truth for {len(pairing.no_truth)} prediction(s): "
+            f"{', '.join(pairing.no_truth)} (not scored)",
+            file=sys.stderr,
+        )
     classes = [int(c) for c in args.classes.split(",")] if args.classes else None
-    evaluation = evaluate_files(pairs, classes)
+    evaluation = evaluate_files(pairing.pairs, classes)
+    evaluation.no_prediction, evaluation.no_truth = pairing.no_prediction, pairing.no_truth
     print(evaluation.table())
     write_outputs(
         evaluation, Path(args.json) if args.json else None, Path(args.csv) if args.csv else None

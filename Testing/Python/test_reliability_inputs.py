@@ -222,3 +222,77 @@ def test_a_malformed_manifest_is_one_line_and_exit_2_in_every_command(
     assert code == 2
     assert re.fullmatch(f"rada: {re.escape(str(path))}: (case #0: )?{problem}.*\n", err)
     assert not (images / "out").exists()
+
+
+# ----------------------------------------------------------------------------- evaluate
+
+
+def _label(folder: Path, name: str, shift: int = 0) -> None:
+    truth = np.zeros((12, 12, 12), np.uint8)
+    truth[3:9, 3:9, 3:9] = 1
+    write_like(volume_from_array(truth), np.roll(truth, shift, axis=0), folder / name)
+
+
+def test_evaluate_pairs_the_files_rada_predict_writes_with_their_truth(tmp_path, capsys):
+    for case in ("a", "b"):
+        _label(tmp_path / "labels", f"{case}.nrrd")
+        _label(tmp_path / "pred", f"{case}_rada.nrrd", shift=1)
+        _label(tmp_path / "pred", f"{case}_rada_probabilities.nrrd")  # --probabilities
+    code = main(
+        ["evaluate", "--pred", str(tmp_path / "pred"), "--truth", str(tmp_path / "labels"),
+         "--json", str(tmp_path / "m.json")]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0 and captured.err == ""
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert [c["id"] for c in report["cases"]] == ["a", "b"]
+    assert report["cases"][0]["dice"] == pytest.approx(5 / 6)
+
+
+def test_evaluate_names_the_cases_without_prediction_or_truth_on_stderr_and_in_the_report(
+    tmp_path, capsys
+):
+    for case in ("a", "b", "c"):
+        _label(tmp_path / "labels", f"{case}.nrrd")
+    for case in ("a", "d"):
+        _label(tmp_path / "pred", f"{case}_rada.nrrd")
+    code = main(
+        ["evaluate", "--pred", str(tmp_path / "pred"), "--truth", str(tmp_path / "labels"),
+         "--json", str(tmp_path / "m.json"), "--csv", str(tmp_path / "m.csv")]
+    )  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0
+    lines = captured.err.splitlines()
+    assert lines == [
+        f"rada: warning: {tmp_path / 'pred'}: no prediction for 2 of 3 truth case(s): b, c "
+        "(scored: the 1 case(s) with both)",
+        f"rada: warning: {tmp_path / 'labels'}: no truth for 1 prediction(s): d (not scored)",
+    ]
+    assert "no prediction: b, c" in captured.out and "no truth: d" in captured.out
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert [c["id"] for c in report["cases"]] == ["a"]
+    assert (report["no_prediction"], report["no_truth"]) == (["b", "c"], ["d"])
+
+
+def test_evaluate_with_no_case_in_common_refuses_instead_of_scoring_nothing(tmp_path, capsys):
+    _label(tmp_path / "labels", "a.nrrd")
+    _label(tmp_path / "pred", "b_rada.nrrd")
+    code = main(["evaluate", "--pred", str(tmp_path / "pred"), "--truth", str(tmp_path / "labels")])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err == (
+        f"rada: {tmp_path / 'pred'}: no prediction matches a truth file in {tmp_path / 'labels'} "
+        "by case id (predictions: b; truths: a)\n"
+    )
+
+
+def test_evaluate_refuses_two_files_that_stand_for_one_case(tmp_path, capsys):
+    _label(tmp_path / "labels", "a.nrrd")
+    _label(tmp_path / "labels", "a_label.nii.gz", shift=2)
+    _label(tmp_path / "pred", "a_rada.nrrd")
+    code = main(["evaluate", "--pred", str(tmp_path / "pred"), "--truth", str(tmp_path / "labels")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err == (
+        f"rada: {tmp_path / 'labels'}: a.nrrd and a_label.nii.gz both stand for case a; keep one\n"
+    )
