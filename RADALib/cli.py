@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .errors import RADAError
+from .errors import InputError, RADAError
 from .paths import cache_root
 
 EXIT_INPUT = 2
@@ -401,6 +401,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     sparse = sparse or [None] * len(inputs)
     if args.cohort:
         cohort = load_cohort(args.cohort)
+        _check_model_classes(
+            model_folder(args.model), Path(args.cohort), cohort.classes, args.allow_other_classes
+        )
         cases = (
             cohort.cases
             if args.split == "all"
@@ -451,6 +454,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
         file=sys.stderr if args.events == "json" else sys.stdout,
     )
     return 0
+
+
+def _check_model_classes(model: Path, cohort: Path, classes: dict[int, str], allow: bool) -> None:
+    """Refuse (with ``allow``: warn about) a model whose classes are not ``classes``, those of the
+    manifest ``cohort``, by number and name (:func:`~RADALib.cohort.classes_not_in_model`), before
+    anything is loaded."""
+    from .cohort import classes_not_in_model, describe_classes
+    from .model_store import read_manifest
+
+    entries = read_manifest(model).get("classes")
+    if not isinstance(entries, dict):
+        return  # a bundle without classes: load_bundle refuses it
+    named = {k: v.get("name") for k, v in entries.items() if isinstance(v, dict)}
+    model_classes = {int(k): str(v) for k, v in named.items() if str(k).isdigit() and v}
+    if not classes_not_in_model(classes, model_classes):
+        return
+    problem = (
+        f"this model was trained for {describe_classes(model_classes)}; the cohort {cohort} "
+        f"names {describe_classes(classes)}"
+    )
+    if not allow:
+        raise InputError(
+            model,
+            f"{problem}; use a model trained for these structures, or --allow-other-classes",
+        )
+    print(
+        f"rada: warning: {model}: {problem} (--allow-other-classes: segmenting anyway)",
+        file=sys.stderr,
+    )
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -686,6 +718,12 @@ def build_parser() -> argparse.ArgumentParser:
         "slower). Default: as the model's bundle says (the cpu preset's: on)",
     )
     predict.add_argument("--oblique", choices=("refuse", "resample"), default="refuse")
+    predict.add_argument(
+        "--allow-other-classes",
+        action="store_true",
+        help="segment a --cohort whose classes (numbers and names) are not the model's, with a "
+        "warning, instead of refusing",
+    )
     _add_events(predict)
     predict.set_defaults(run=cmd_predict)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -298,6 +298,32 @@ def _manifest_file(
     if check_files and not file.exists():
         raise InputError(path, f"case {case_id}: {key} file {file} not found")
     return file
+
+
+def classes_not_in_model(
+    cohort_classes: Mapping[int, str], model_classes: Mapping[int, str]
+) -> list[int]:
+    """The cohort's class numbers whose structure the model's class of the same number is not.
+
+    Names are compared as :func:`~RADALib.terminology.normal_name` gives them (case, ``_`` and
+    known aliases aside), as the Slicer module compares a model's classes with the structures
+    named in its settings; by number too, since a cohort's labels and a prediction share their
+    numbers. A model may know more classes than the cohort names. A cohort that names no
+    structure (``{1: "foreground"}``, what ``rada cohort`` writes without ``--class-name``)
+    fits any model.
+    """
+    if {k: normal_name(v) for k, v in cohort_classes.items()} == {1: "foreground"}:
+        return []
+    return [
+        number
+        for number, name in sorted(cohort_classes.items())
+        if number not in model_classes or normal_name(model_classes[number]) != normal_name(name)
+    ]
+
+
+def describe_classes(classes: Mapping[int, str]) -> str:
+    """``1 'kidney', 2 'kidney tumor'``: class numbers and names, for a one-line message."""
+    return ", ".join(f"{number} {name!r}" for number, name in sorted(classes.items())) or "none"
 
 
 # ----------------------------------------------------------------------------- builders

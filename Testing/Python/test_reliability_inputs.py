@@ -296,3 +296,98 @@ def test_evaluate_refuses_two_files_that_stand_for_one_case(tmp_path, capsys):
     assert err == (
         f"rada: {tmp_path / 'labels'}: a.nrrd and a_label.nii.gz both stand for case a; keep one\n"
     )
+
+
+# ----------------------------------------------------------------------------- model vs cohort
+
+
+def _bundle_manifest(folder: Path, classes: dict[str, str]) -> Path:
+    folder.mkdir(parents=True)
+    manifest = {
+        "format": "rada-bundle",
+        "format_version": 1,
+        "classes": {k: {"name": v} for k, v in classes.items()},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+@pytest.fixture
+def predict_stubs(monkeypatch):
+    """``rada predict`` without torch: the bundle, region prompts and inference are stubs; the
+    list records the inputs inference was given."""
+    import RADALib.bundle
+    import RADALib.inference
+    import RADALib.region_prompt
+
+    segmented: list = []
+    monkeypatch.setattr(RADALib.bundle, "load_bundle", lambda folder: "bundle")
+    monkeypatch.setattr(
+        RADALib.region_prompt,
+        "region_embeddings_for_files",
+        lambda b, inputs, *a, **k: [None] * len(inputs),
+    )
+    monkeypatch.setattr(
+        RADALib.inference,
+        "predict_files",
+        lambda b, inputs, out, **k: segmented.extend(inputs) or inputs,
+    )
+    return segmented
+
+
+def _predict(tmp_path: Path, cohort_classes: dict[str, str] | None, *extra: str) -> list[str]:
+    data: dict = {"cases": [{"id": "a", "image": "images/a.nrrd"}]}
+    if cohort_classes is not None:
+        data["classes"] = cohort_classes
+    cohort = _manifest(tmp_path, data)
+    return ["predict", "--model", str(tmp_path / "model"), "--cohort", str(cohort),
+            "--out", str(tmp_path / "out"), *extra]  # fmt: skip
+
+
+def test_predict_refuses_a_cohort_whose_classes_the_model_was_not_trained_for(
+    images, capsys, predict_stubs
+):
+    _bundle_manifest(images / "model", {"1": "kidney", "2": "kidney tumor"})
+    code = main(_predict(images, {"1": "left atrium"}))
+    err = capsys.readouterr().err
+    assert code == 2 and predict_stubs == []
+    assert err == (
+        f"rada: {images / 'model'}: this model was trained for 1 'kidney', 2 'kidney tumor'; the "
+        f"cohort {images / 'cohort.json'} names 1 'left atrium'; use a model trained for these "
+        "structures, or --allow-other-classes\n"
+    )
+
+
+def test_predict_refuses_a_model_whose_class_numbers_are_swapped(images, capsys, predict_stubs):
+    _bundle_manifest(images / "model", {"1": "kidney tumor", "2": "kidney"})
+    assert main(_predict(images, {"1": "kidney", "2": "kidney tumor"})) == 2
+    assert "this model was trained for 1 'kidney tumor', 2 'kidney'" in capsys.readouterr().err
+
+
+def test_predict_with_allow_other_classes_warns_and_segments(images, capsys, predict_stubs):
+    _bundle_manifest(images / "model", {"1": "kidney"})
+    assert main(_predict(images, {"1": "left atrium"}, "--allow-other-classes")) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"rada: warning: {images / 'model'}: this model was trained for 1 'kidney'"
+    )
+    assert len(predict_stubs) == 1
+
+
+@pytest.mark.parametrize(
+    ("model", "cohort"),
+    [
+        ({"1": "Left_Atrium"}, {"1": "left atrium"}),  # the same structure, spelled otherwise
+        ({"1": "LA"}, {"1": "left atrium"}),  # an alias
+        ({"1": "kidney", "2": "kidney tumor"}, {"1": "kidney"}),  # the cohort names fewer
+        ({"1": "kidney"}, None),  # the manifest names no structure
+        ({"1": "kidney"}, {"1": "foreground"}),  # `rada cohort`'s default name: none named
+    ],
+)
+def test_predict_accepts_a_model_trained_for_the_cohort_s_classes(
+    images, capsys, predict_stubs, model, cohort
+):
+    _bundle_manifest(images / "model", model)
+    assert main(_predict(images, cohort)) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert len(predict_stubs) == 1
