@@ -16,7 +16,7 @@ from typing import Any
 
 from . import __version__
 from .cancel_channel import cancel_on_stdin_requested, watch_for_cancel
-from .errors import RADAError
+from .errors import InputError, RADAError
 from .paths import cache_root
 
 EXIT_INPUT = 2
@@ -402,6 +402,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
     sparse = sparse or [None] * len(inputs)
     if args.cohort:
         cohort = load_cohort(args.cohort)
+        _check_model_classes(
+            model_folder(args.model), Path(args.cohort), cohort.classes, args.allow_other_classes
+        )
         cases = (
             cohort.cases
             if args.split == "all"
@@ -454,13 +457,57 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_model_classes(model: Path, cohort: Path, classes: dict[int, str], allow: bool) -> None:
+    """Refuse (with ``allow``: warn about) a model whose classes are not ``classes``, those of the
+    manifest ``cohort``, by number and name (:func:`~RADALib.cohort.classes_not_in_model`), before
+    anything is loaded."""
+    from .cohort import classes_not_in_model, describe_classes
+    from .model_store import read_manifest
+
+    entries = read_manifest(model).get("classes")
+    if not isinstance(entries, dict):
+        return  # a bundle without classes: load_bundle refuses it
+    named = {k: v.get("name") for k, v in entries.items() if isinstance(v, dict)}
+    model_classes = {int(k): str(v) for k, v in named.items() if str(k).isdigit() and v}
+    if not classes_not_in_model(classes, model_classes):
+        return
+    problem = (
+        f"this model was trained for {describe_classes(model_classes)}; the cohort {cohort} "
+        f"names {describe_classes(classes)}"
+    )
+    if not allow:
+        raise InputError(
+            model,
+            f"{problem}; use a model trained for these structures, or --allow-other-classes",
+        )
+    print(
+        f"rada: warning: {model}: {problem} (--allow-other-classes: segmenting anyway)",
+        file=sys.stderr,
+    )
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``rada evaluate``: score predictions against ground truth (a table; JSON, CSV on request)."""
-    from .evaluation import evaluate_files, pair_files, write_outputs
+    from .evaluation import evaluate_files, match_files, write_outputs
 
-    pairs = pair_files(args.pred, args.truth)  # a Decathlon task folder: its labelsTr/
+    pairing = match_files(args.pred, args.truth)  # a Decathlon task folder: its labelsTr/
+    if pairing.no_prediction:
+        n_truths = len(pairing.pairs) + len(pairing.no_prediction)
+        print(
+            f"rada: warning: {args.pred}: no prediction for {len(pairing.no_prediction)} of "
+            f"{n_truths} truth case(s): {', '.join(pairing.no_prediction)} (scored: the "
+            f"{len(pairing.pairs)} case(s) with both)",
+            file=sys.stderr,
+        )
+    if pairing.no_truth:
+        print(
+            f"rada: warning: {args.truth}: no truth for {len(pairing.no_truth)} prediction(s): "
+            f"{', '.join(pairing.no_truth)} (not scored)",
+            file=sys.stderr,
+        )
     classes = [int(c) for c in args.classes.split(",")] if args.classes else None
-    evaluation = evaluate_files(pairs, classes)
+    evaluation = evaluate_files(pairing.pairs, classes)
+    evaluation.no_prediction, evaluation.no_truth = pairing.no_prediction, pairing.no_truth
     print(evaluation.table())
     write_outputs(
         evaluation, Path(args.json) if args.json else None, Path(args.csv) if args.csv else None
@@ -672,6 +719,12 @@ def build_parser() -> argparse.ArgumentParser:
         "slower). Default: as the model's bundle says (the cpu preset's: on)",
     )
     predict.add_argument("--oblique", choices=("refuse", "resample"), default="refuse")
+    predict.add_argument(
+        "--allow-other-classes",
+        action="store_true",
+        help="segment a --cohort whose classes (numbers and names) are not the model's, with a "
+        "warning, instead of refusing",
+    )
     _add_events(predict)
     predict.set_defaults(run=cmd_predict)
 

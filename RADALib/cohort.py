@@ -9,7 +9,10 @@ A manifest is a JSON file::
                 "labeled": true, "simulate_from_dense": false,
                 "split": "train"}]}
 
-Paths are relative to the manifest's folder (absolute paths are kept as they are). A case is
+Paths are relative to the manifest's folder (absolute paths are kept as they are). A case id
+becomes a folder name (``<out>/cases/<id>/``): it must be a plain file name
+(:func:`~RADALib.paths.name_problem`), and no two ids may differ only in case. ``classes`` maps
+the class numbers 1, 2, ... (no gaps, 0 is the background) to distinct names. A case is
 labeled when it has a sparse label map, or when ``simulate_from_dense`` asks to simulate the
 sparse annotation from its dense label (benchmarks on fully labeled data such as LA2018:
 the largest-foreground slice per plane). ``split`` is ``train`` or ``validation``.
@@ -19,13 +22,16 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from .atomic import write_text_atomic
 from .errors import InputError
+from .paths import plain_name
+from .terminology import normal_name
 from .volume import _H5_SUFFIXES, _SITK_SUFFIXES, file_suffix
 
 FORMAT = "rada-cohort/1"
@@ -127,6 +133,7 @@ def load_cohort(path: str | os.PathLike[str], check_files: bool = True) -> Cohor
     """Read and validate a manifest; every error names the manifest and the case."""
     path = Path(path)
     data = _read_manifest(path)
+    classes = _classes(path, data.get("classes"))
     base = path.parent.resolve()
     cases, seen = [], set()
     for number, entry in enumerate(data["cases"]):
@@ -135,8 +142,76 @@ def load_cohort(path: str | os.PathLike[str], check_files: bool = True) -> Cohor
             raise InputError(path, f"case id {case_id} appears twice")
         seen.add(case_id)
         cases.append(_case_from_entry(path, base, case_id, entry, check_files))
-    classes = {int(k): str(v) for k, v in (data.get("classes") or {"1": "foreground"}).items()}
+    check_case_ids((c.id for c in cases), path)
     return Cohort(str(data.get("name", path.stem)), cases, classes, path)
+
+
+def check_case_ids(ids: Iterable[str], source: str | os.PathLike[str]) -> None:
+    """Refuse, naming ``source``, a case id that is not a plain file name or two ids that differ
+    only in case: each id names the folder ``<out>/cases/<id>/`` its results are written to."""
+    folders: dict[str, str] = {}
+    for case_id in ids:
+        plain_name(case_id, "case id", source)
+        other = folders.setdefault(case_id.casefold(), case_id)
+        if other != case_id:
+            raise InputError(
+                source,
+                f"case ids {other} and {case_id} differ only in case: they would share a folder "
+                "on Windows and macOS; rename one",
+            )
+
+
+def _classes(path: Path, value: object) -> dict[int, str]:
+    """The manifest's ``classes`` (class number -> name), checked; ``{1: "foreground"}`` when unset."""
+    if value is None or value == {}:
+        return {1: "foreground"}
+    if not isinstance(value, dict):
+        raise InputError(
+            path, '\'classes\' must map class numbers to names, e.g. {"1": "left atrium"}'
+        )
+    classes: dict[int, str] = {}
+    for key, name in value.items():
+        number = _class_number(path, key)
+        if number in classes:
+            raise InputError(path, f"class {number} is listed twice")
+        if not isinstance(name, str) or not name.strip():
+            raise InputError(
+                path, f"class {number}: the name must be a non-empty text, got {name!r}"
+            )
+        if any(ord(c) < 32 or ord(c) == 127 for c in name):
+            raise InputError(path, f"class {number}: the name {name!r} holds a control character")
+        classes[number] = name
+    numbers = sorted(classes)
+    if numbers != list(range(1, len(numbers) + 1)):
+        raise InputError(
+            path,
+            "classes must be numbered 1, 2, ... without gaps (one network output each), got "
+            + ", ".join(map(str, numbers)),
+        )
+    named: dict[str, int] = {}
+    for number in numbers:
+        first = named.setdefault(normal_name(classes[number]), number)
+        if first != number:
+            raise InputError(
+                path,
+                f"classes {first} {classes[first]!r} and {number} {classes[number]!r} name the "
+                "same structure",
+            )
+    return classes
+
+
+def _class_number(path: Path, key: str) -> int:
+    """The class number a ``classes`` key of the manifest ``path`` names: 1 or more."""
+    if not re.fullmatch(r"-?[0-9]+", key):
+        raise InputError(
+            path, f"'classes' key {key!r} is not a class number; expected e.g. {{\"1\": ...}}"
+        )
+    number = int(key)
+    if number == 0:
+        raise InputError(path, "class 0 is the background: number the classes from 1")
+    if number < 0:
+        raise InputError(path, f"class {number}: class numbers start at 1")
+    return number
 
 
 def read_json(path: Path, unreadable: str) -> Any:
@@ -163,14 +238,20 @@ def _read_manifest(path: Path) -> dict:
         raise InputError(
             path, f"unknown cohort format {data.get('format')!r} (this version reads {FORMAT})"
         )
+    if not data["cases"]:
+        raise InputError(path, "the cohort lists no case")
     return data
 
 
 def _entry_id(path: Path, number: int, entry: object) -> str:
-    """The case id of manifest entry ``number``, which must name at least an id and an image."""
+    """The case id of manifest entry ``number``, which must name at least an id and an image;
+    the id is a plain file name (a whole number is taken as its digits)."""
     if not isinstance(entry, dict) or "id" not in entry or "image" not in entry:
         raise InputError(path, f"case #{number} needs at least 'id' and 'image'")
-    return str(entry["id"])
+    case_id = entry["id"]
+    if isinstance(case_id, int) and not isinstance(case_id, bool):
+        case_id = str(case_id)
+    return plain_name(case_id, f"case #{number}: case id", path)
 
 
 def _case_from_entry(path: Path, base: Path, case_id: str, entry: dict, check_files: bool) -> Case:
@@ -184,12 +265,19 @@ def _case_from_entry(path: Path, base: Path, case_id: str, entry: dict, check_fi
         raise InputError(
             path, f"case {case_id}: split must be 'train' or 'validation', got {split!r}"
         )
+    if not isinstance(entry["image"], str) or not entry["image"]:
+        raise InputError(path, f"case {case_id}: 'image' must be a path string")
+    simulate = entry.get("simulate_from_dense", False)
+    if not isinstance(simulate, bool):
+        raise InputError(
+            path, f"case {case_id}: simulate_from_dense must be true or false, got {simulate!r}"
+        )
     case = Case(
         id=case_id,
         image=resolve("image"),  # type: ignore[arg-type]
         sparse_label=resolve("sparse_label"),
         dense_label=resolve("dense_label"),
-        simulate_from_dense=bool(entry.get("simulate_from_dense", False)),
+        simulate_from_dense=simulate,
         split=split,
     )
     if case.simulate_from_dense and case.dense_label is None:
@@ -210,6 +298,32 @@ def _manifest_file(
     if check_files and not file.exists():
         raise InputError(path, f"case {case_id}: {key} file {file} not found")
     return file
+
+
+def classes_not_in_model(
+    cohort_classes: Mapping[int, str], model_classes: Mapping[int, str]
+) -> list[int]:
+    """The cohort's class numbers whose structure the model's class of the same number is not.
+
+    Names are compared as :func:`~RADALib.terminology.normal_name` gives them (case, ``_`` and
+    known aliases aside), as the Slicer module compares a model's classes with the structures
+    named in its settings; by number too, since a cohort's labels and a prediction share their
+    numbers. A model may know more classes than the cohort names. A cohort that names no
+    structure (``{1: "foreground"}``, what ``rada cohort`` writes without ``--class-name``)
+    fits any model.
+    """
+    if {k: normal_name(v) for k, v in cohort_classes.items()} == {1: "foreground"}:
+        return []
+    return [
+        number
+        for number, name in sorted(cohort_classes.items())
+        if number not in model_classes or normal_name(model_classes[number]) != normal_name(name)
+    ]
+
+
+def describe_classes(classes: Mapping[int, str]) -> str:
+    """``1 'kidney', 2 'kidney tumor'``: class numbers and names, for a one-line message."""
+    return ", ".join(f"{number} {name!r}" for number, name in sorted(classes.items())) or "none"
 
 
 # ----------------------------------------------------------------------------- builders
@@ -271,6 +385,7 @@ def cohort_from_folders(
         Case(case_id_of(p), p.resolve(), sparse.get(case_id_of(p)), dense.get(case_id_of(p)))
         for p in image_files
     ]
+    check_case_ids((c.id for c in cases), images)
     _assign_roles(cases, labeled, validation, images)
     return Cohort(name or images.name, cases, classes or {1: "foreground"})
 
@@ -295,6 +410,7 @@ def cohort_from_la_folder(
     ids = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
     if not ids:
         raise InputError(listing, "the list file is empty")
+    check_case_ids(ids, listing)
     cases = []
     for case_id in ids:
         file = folder / case_id / "mri_norm2.h5"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .cohort import Case, Cohort, _assign_roles, case_id_of, read_json
+from .cohort import Case, Cohort, _assign_roles, case_id_of, check_case_ids, read_json
 from .errors import InputError
 
 DATASET_FILE = "dataset.json"
@@ -64,6 +64,7 @@ def cohort_from_decathlon(
         seen.add(case_id)
         _check_single_channel(image)
         cases.append(Case(case_id, image, None, dense))
+    check_case_ids((c.id for c in cases), listing)
     _assign_roles(cases, labeled, validation, listing)
     title = name or (str(data["name"]) if data.get("name") else folder.name)
     return Cohort(title, cases, classes)

@@ -7,7 +7,8 @@ import io
 import json
 import math
 import os
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,15 +17,18 @@ from .cohort import case_id_of
 from .decathlon import decathlon_labels_folder, is_decathlon_folder
 from .errors import InputError
 from .metrics import SegmentationMetrics, evaluate_case, summarize
-from .paths import LABEL_SUFFIX
+from .paths import LABEL_SUFFIX, PROBABILITY_SUFFIX
 from .volume import _H5_SUFFIXES, _SITK_SUFFIXES, file_suffix, read_label_for, read_volume
 
 
 @dataclass
 class Evaluation:
-    """Per case and class metrics, and their summary per class."""
+    """Per case and class metrics, and their summary per class; ``no_prediction`` and
+    ``no_truth`` name the cases of two folders that were not scored, having only one file."""
 
     rows: list[tuple[str, int, SegmentationMetrics]] = field(default_factory=list)
+    no_prediction: list[str] = field(default_factory=list)
+    no_truth: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[int, dict]:
         """Per class (structure): :func:`summarize` over the cases."""
@@ -48,6 +52,8 @@ class Evaluation:
             ],
             "summary": {str(c): _strict(s) for c, s in self.summary().items()},
             "mean_over_structures": _strict(self.structure_mean()),
+            "no_prediction": list(self.no_prediction),
+            "no_truth": list(self.no_truth),
             "rules": "empty prediction with non-empty truth: Dice 0, distances NaN, counted as a failure; "
             "empty truth: never scored as perfect (see RADALib/metrics.py)",
         }
@@ -96,6 +102,9 @@ class Evaluation:
                 f"{_fmt(m['hd95_vox'], 2):>9} {_fmt(m['hd95_mm'], 2):>8} {_fmt(m['asd_vox'], 2):>8} "
                 f"{_fmt(m['asd_mm'], 2):>7}"
             )
+        for what, ids in (("no prediction", self.no_prediction), ("no truth", self.no_truth)):
+            if ids:
+                lines.append(f"not scored, {what}: {', '.join(ids)}")
         return "\n".join(lines)
 
 
@@ -122,14 +131,33 @@ def _strict(value):
     return value
 
 
+@dataclass
+class Pairing:
+    """What :func:`match_files` found: the (case id, prediction, truth) triples to score, and,
+    for two folders, the cases with a truth but no prediction and with a prediction but no truth."""
+
+    pairs: list[tuple[str, Path, Path]]
+    no_prediction: list[str] = field(default_factory=list)
+    no_truth: list[str] = field(default_factory=list)
+
+
 def pair_files(
     pred: str | os.PathLike[str], truth: str | os.PathLike[str]
 ) -> list[tuple[str, Path, Path]]:
-    """(case id, prediction, truth) triples: two files, or two folders matched by case id.
+    """(case id, prediction, truth) triples: two files, or two folders matched by case id
+    (:func:`match_files`, without the unmatched cases)."""
+    return match_files(pred, truth).pairs
 
-    A prediction ``<case>_rada.nrrd`` stands for case ``<case>``. When ``truth`` is a Decathlon
+
+def match_files(pred: str | os.PathLike[str], truth: str | os.PathLike[str]) -> Pairing:
+    """Pair predictions with truths: two files, or two folders matched by case id.
+
+    A prediction ``<case>_rada.nrrd`` stands for case ``<case>`` (its probability maps,
+    ``<case>_rada_probabilities*.nrrd``, are no predictions). When ``truth`` is a Decathlon
     task folder (dataset.json and labelsTr/), the truth files are those of its ``labelsTr/``.
-    A single prediction file against a truth folder is paired with the truth of its case.
+    A single prediction file against a truth folder is paired with the truth of its case. Two
+    folders with no case in common, or two files of one folder that stand for the same case,
+    are an :class:`InputError`.
     """
     pred, truth = Path(pred), Path(truth)
     for path in (pred, truth):
@@ -138,31 +166,69 @@ def pair_files(
     if truth.is_dir() and is_decathlon_folder(truth):
         truth = decathlon_labels_folder(truth)
     if pred.is_file() and truth.is_file():
-        return [(_case_key(pred, pred.parent), pred, truth)]
+        return Pairing([(_case_key(pred, pred.parent), pred, truth)])
     if truth.is_dir():
         truths = _listing(truth)
         if pred.is_file():
             case_id = _case_key(pred, pred.parent)
             if case_id not in truths:
                 raise InputError(pred, f"no truth file for case {case_id} in {truth}")
-            return [(case_id, pred, truths[case_id])]
-        predictions = _listing(pred)
+            return Pairing([(case_id, pred, truths[case_id])])
+        predictions = _listing(pred, predictions=True)
         common = sorted(set(predictions) & set(truths))
         if not common:
-            raise InputError(pred, f"no prediction matches a truth file in {truth} by case id")
-        return [(i, predictions[i], truths[i]) for i in common]
+            raise InputError(
+                pred,
+                f"no prediction matches a truth file in {truth} by case id (predictions: "
+                f"{_some(predictions)}; truths: {_some(truths)})",
+            )
+        return Pairing(
+            [(i, predictions[i], truths[i]) for i in common],
+            sorted(set(truths) - set(predictions)),
+            sorted(set(predictions) - set(truths)),
+        )
     raise InputError(pred, "give two files, two folders, or a prediction file and a truth folder")
 
 
-def _listing(folder: Path) -> dict[str, Path]:
-    """Case id -> volume file for every volume under ``folder`` (hidden files left out)."""
+def _some(ids: Iterable[str], shown: int = 5) -> str:
+    """Up to ``shown`` of ``ids``, sorted, and how many there are when that is not all."""
+    ids = sorted(ids)
+    if not ids:
+        return "none"
+    more = f", ... ({len(ids)} in all)" if len(ids) > shown else ""
+    return ", ".join(ids[:shown]) + more
+
+
+def _listing(folder: Path, predictions: bool = False) -> dict[str, Path]:
+    """Case id -> volume file for every volume under ``folder`` (hidden files left out; with
+    ``predictions``, the probability maps of ``rada predict`` too). Two files that stand for one
+    case are an :class:`InputError`: which one to score would be a guess."""
     suffixes = _SITK_SUFFIXES + _H5_SUFFIXES
     files = [
         p
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and file_suffix(p) in suffixes and not p.name.startswith(".")
+        if p.is_file()
+        and file_suffix(p) in suffixes
+        and not p.name.startswith(".")
+        and not (predictions and _is_probability_map(p))
     ]
-    return {_case_key(p, folder): p for p in files}
+    cases: dict[str, Path] = {}
+    for path in files:
+        other = cases.setdefault(_case_key(path, folder), path)
+        if other != path:
+            raise InputError(
+                folder,
+                f"{other.relative_to(folder)} and {path.relative_to(folder)} both stand for case "
+                f"{_case_key(path, folder)}; keep one",
+            )
+    return cases
+
+
+def _is_probability_map(path: Path) -> bool:
+    """Whether ``path`` is a probability map of ``rada predict`` (``<case>_rada_probabilities``,
+    ``..._<class>`` with several classes)."""
+    stem = path.name[: -len(file_suffix(path))]
+    return bool(re.search(re.escape(PROBABILITY_SUFFIX) + r"(_[0-9]+)?$", stem))
 
 
 def _case_key(path: Path, folder: Path) -> str:

@@ -40,7 +40,7 @@ from .annotation import (
 from .atomic import ensure_writable_folder, write_npz_atomic, write_text_atomic
 from .bounds import view_bounds
 from .cache import ArrayCache, content_key
-from .cohort import Case, Cohort
+from .cohort import Case, Cohort, check_case_ids
 from .errors import InputError
 from .events import Progress
 from .propagation import SCHEME, PropagationConfig, PropagationResult, propagate
@@ -206,7 +206,9 @@ def propagate_case(
     progress: Progress | None = None,
     classes: Mapping[int, str] | None = None,
 ) -> CaseReport:
-    """Propagate one case into ``out/cases/<id>`` (skipped when already done with these inputs)."""
+    """Propagate one case into ``out/cases/<id>`` (skipped when already done with these inputs);
+    an id that is not a plain file name is refused before anything is read or written."""
+    check_case_ids([case.id], case.image)
     started = time.perf_counter()
     image = case_image(case, oblique)
     annotation = case_annotation(case, image, allow_multiple, oblique, classes)
@@ -352,7 +354,11 @@ def propagate_cohort(
     oblique: Oblique = "refuse",
     progress: Progress | None = None,
 ) -> list[CaseReport]:
-    """Propagate every labeled case of ``cohort`` into ``out`` and write ``out/propagation.json``."""
+    """Propagate every labeled case of ``cohort`` into ``out`` and write ``out/propagation.json``.
+
+    Case ids that are not plain file names (or differ only in case) are refused before anything
+    is written: each names the folder ``out/cases/<id>``."""
+    check_case_ids((c.id for c in cohort.cases), cohort.path or cohort.name)
     out = Path(out)
     cases = [c for c in cohort.cases if c.labeled]
     if not cases:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .cache import ArrayCache
-from .cohort import Case, Cohort
+from .cohort import Case, Cohort, check_case_ids
 from .embeddings import CohortEmbeddings, compute_embeddings
 from .errors import InputError
 from .events import Progress
@@ -107,6 +107,7 @@ def train_model(
     from .bundle import save_bundle
     from .training import train, with_cohort_classes, with_training_spacing
 
+    check_case_ids((c.id for c in cohort.cases), cohort.path or cohort.name)
     experiment = Path(experiment)
     experiment.mkdir(parents=True, exist_ok=True)
     progress = progress or Progress()

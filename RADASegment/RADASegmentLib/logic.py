@@ -139,11 +139,13 @@ def _python_executable() -> str:
 
 
 def _safe_id(name: str, used: set[str]) -> str:
-    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "volume"
+    """A case id for the volume ``name`` that the engine accepts (a plain file name) and that
+    differs from the ``used`` ones even without case (they name folders); added to ``used``."""
+    base = re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._-") or "volume"
     candidate, k = base, 2
-    while candidate in used:
+    while candidate.casefold() in used:
         candidate, k = f"{base}_{k}", k + 1
-    used.add(candidate)
+    used.add(candidate.casefold())
     return candidate
 
 
