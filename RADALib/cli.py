@@ -400,6 +400,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
             "give one --sparse-label per --image, in the same order"
         )
     sparse = sparse or [None] * len(inputs)
+    case_ids: list[str | None] = [None] * len(inputs)  # --image outputs: named for the file
     if args.cohort:
         cohort = load_cohort(args.cohort)
         _check_model_classes(
@@ -412,6 +413,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         )
         inputs += [c.image for c in cases]
         sparse += [c.sparse_label for c in cases]
+        case_ids += [c.id for c in cases]
     if not inputs:
         raise RADAError("rada predict: give --image FILE (repeatable) or --cohort FILE")
     if args.mean_prompt:
@@ -449,6 +451,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         oblique=args.oblique,
         largest_component=args.largest_component,
         mirror=args.mirror,
+        case_ids=case_ids,
     )
     print(
         f"{len(outputs)} label map(s) written to {args.out}",

@@ -708,10 +708,11 @@ def case_name(path: str | os.PathLike[str]) -> str:
 
 
 def output_paths(
-    image: str | os.PathLike[str], out_dir: str | os.PathLike[str]
+    image: str | os.PathLike[str], out_dir: str | os.PathLike[str], case: str | None = None
 ) -> tuple[Path, Path]:
-    """(label map, probability map) paths written for ``image`` in ``out_dir``."""
-    case = case_name(image)
+    """(label map, probability map) paths written for ``image`` in ``out_dir``, named for
+    ``case`` (a cohort's case id) or else for the image file (:func:`case_name`)."""
+    case = case or case_name(image)
     out_dir = Path(out_dir)
     return out_dir / f"{case}{LABEL_SUFFIX}.nrrd", out_dir / f"{case}{PROBABILITY_SUFFIX}.nrrd"
 
@@ -731,8 +732,12 @@ def predict_files(
     oblique: Oblique = "refuse",
     largest_component: bool | None = None,
     mirror: bool | None = None,
+    case_ids: Sequence[str | None] | None = None,
 ) -> list[Path]:
     """Segment image files; writes ``<case>_rada.nrrd`` per input into ``out_dir``.
+
+    ``<case>`` is the input's entry in ``case_ids`` (a cohort's case ids: LA2018 names every
+    image ``mri_norm2.h5``) or, where there is none, the image's file name without its suffix.
 
     Each label map (uint8) carries its input's header (size, spacing, origin, direction) via
     :func:`~RADALib.volume.write_like`, which writes to a temporary name and renames, so an
@@ -750,7 +755,11 @@ def predict_files(
     inputs = [Path(p) for p in inputs]
     regions = _regions_per_input(region_embedding, len(inputs))
     out_dir = Path(out_dir)
-    _check_case_names(inputs)
+    names = list(case_ids) if case_ids is not None else [None] * len(inputs)
+    if len(names) != len(inputs):
+        raise ValueError(f"{len(names)} case ids for {len(inputs)} inputs")
+    names = [name or case_name(path) for name, path in zip(names, inputs)]
+    _check_case_names(inputs, names)
     if progress is not None:
         progress.enter("inference")
         progress.message(describe_largest_component(bundle, largest_component))
@@ -777,7 +786,7 @@ def predict_files(
             largest_component=largest_component,
             mirror=mirror,
         )
-        label_path, probability_path = output_paths(path, out_dir)
+        label_path, probability_path = output_paths(path, out_dir, names[i])
         write_like(volume, result.label, label_path)
         if write_probabilities and result.probabilities is not None:
             _write_probabilities(volume, result.probabilities, probability_path)
@@ -797,11 +806,10 @@ def _regions_per_input(
     return regions
 
 
-def _check_case_names(inputs: Sequence[Path]) -> None:
+def _check_case_names(inputs: Sequence[Path], names: Sequence[str]) -> None:
     """``InputError`` if two inputs share a case name (their outputs would overwrite each other)."""
     seen: dict[str, Path] = {}
-    for path in inputs:
-        case = case_name(path)
+    for path, case in zip(inputs, names):
         if case in seen:
             raise InputError(
                 path,

@@ -323,6 +323,31 @@ def test_predict_files_refuses_colliding_case_names(tmp_path):
         )
 
 
+def test_predict_names_a_cohort_s_outputs_for_its_case_ids_when_images_share_a_file_name(
+    tmp_path,
+):
+    # LA2018 keeps every case as <case id>/mri_norm2.h5: file names alone would collide
+    from RADALib.cli import main
+
+    rng = np.random.default_rng(3)
+    cases = []
+    for case_id in ("P1OT", "SN4L"):
+        (tmp_path / case_id).mkdir()
+        image = sitk.GetImageFromArray(rng.normal(size=(12, 16, 16)).astype(np.float32))
+        sitk.WriteImage(image, str(tmp_path / case_id / "image.nrrd"))
+        cases.append({"id": case_id, "image": f"{case_id}/image.nrrd"})
+    manifest = tmp_path / "cohort.json"
+    manifest.write_text(json.dumps({"format": "rada-cohort/1", "cases": cases}))
+    out = tmp_path / "out"
+    code = main(["predict", "--model", str(tiny_bundle(tmp_path)), "--cohort", str(manifest),
+                 "--out", str(out), "--stride", "fast"])  # fmt: skip
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == ["P1OT_rada.nrrd", "SN4L_rada.nrrd"]
+    for case_id in ("P1OT", "SN4L"):
+        written = read_volume(out / f"{case_id}_rada.nrrd", "label")
+        assert written.shape == read_volume(tmp_path / case_id / "image.nrrd").shape
+
+
 @pytest.mark.parametrize("n_classes", [2, 3])
 def test_predict_volume_can_keep_only_each_class_largest_component(
     tmp_path, monkeypatch, n_classes
