@@ -29,6 +29,7 @@ import numpy as np
 
 from .atomic import ensure_writable_folder
 from .errors import InputError
+from .file_integrity import check_complete
 from .segmentation_file import class_numbers, read_segments, remap_labels
 
 LA_SPACING_MM = 0.625
@@ -251,7 +252,9 @@ def read_volume(
     Images become float32 and must be finite; labels become uint8 (uint16 past 255 classes)
     and must hold non-negative whole numbers. A label map that is a Slicer segmentation
     (``.seg.nrrd``) gets its segments' class numbers: by name from ``classes`` (number ->
-    name) when they name them, else its label values. Raises :class:`InputError` naming the file.
+    name) when they name them, else its label values. A file whose voxel data is cut short or
+    damaged is refused before it is read (:func:`~RADALib.file_integrity.check_complete`).
+    Raises :class:`InputError` naming the file.
     """
     path = Path(path)
     suffix = file_suffix(path)
@@ -259,6 +262,7 @@ def read_volume(
         raise InputError(path, "file not found")
     if path.is_dir():
         raise InputError(path, "is a folder, expected a volume file")
+    check_complete(path)
     segments = read_segments(path) if kind == "label" and suffix in (".nrrd", ".nhdr") else []
     if suffix in _H5_SUFFIXES:
         array, geometry = _read_h5(path, kind, h5_spacing)
