@@ -427,6 +427,30 @@ def read_label_for(
     return label
 
 
+def check_label_classes(label: Volume, classes: Mapping[int, str]) -> Volume:
+    """``label`` itself when each voxel holds 0 or a class number of the cohort's ``classes``
+    (number -> name); else an :class:`InputError` naming its file, the other values and the
+    valid ones."""
+    array = label.array
+    top = int(array.max()) if array.size else 0
+    valid = np.zeros(top + 1, dtype=bool)
+    valid[0] = True
+    for number in classes:
+        if 0 <= int(number) <= top:
+            valid[int(number)] = True
+    if valid.all():
+        return label
+    others = [int(v) for v in np.unique(array[~valid[array]])]
+    listed = ", ".join(str(v) for v in others[:10])
+    if len(others) > 10:
+        listed += f" and {len(others) - 10} more"
+    known = {0: "background", **{int(n): str(name) for n, name in classes.items()}}
+    names = ", ".join(f"{n} {name}" for n, name in sorted(known.items()))
+    raise InputError(
+        label.source, f"label values {listed} are not classes of this cohort (valid: {names})"
+    )
+
+
 # ----------------------------------------------------------------------------- writing
 
 

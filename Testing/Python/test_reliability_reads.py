@@ -1,13 +1,18 @@
-"""Reading refuses what is not the file the user saved: cut-off or damaged volume files."""
+"""Reading refuses what is not the file the user saved: cut-off or damaged volume files, and
+label values that are no class."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from RADALib.cli import main
+from RADALib.cohort import Case
 from RADALib.errors import InputError
+from RADALib.pseudo_labels import case_annotation
 from RADALib.volume import read_volume, volume_from_array, write_like
 
 SHAPE_ZYX = (10, 20, 30)
@@ -136,3 +141,77 @@ def test_evaluate_refuses_a_truncated_truth_with_exit_code_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2
     assert err.startswith(f"rada: {truth}: truncated: ") and "\n" not in err
+
+
+# ----------------------------------------------------------------------------- label values
+
+
+def _image_and_sparse(tmp_path, stray: int, name: str = "sparse.nrrd"):
+    """An image and a sparse label painted with class 1 on one slice per plane, plus a patch
+    of value ``stray`` on the axial slice."""
+    image = np.random.default_rng(1).random((16, 14, 12)).astype(np.float32)
+    volume = volume_from_array(image)
+    sparse = np.zeros(image.shape, np.uint8)
+    sparse[8, 3:10, 3:9] = 1
+    sparse[4:12, 7, 3:9] = 1
+    sparse[4:12, 3:10, 6] = 1
+    sparse[2:4, 2:4, 6] = stray
+    image_path = write_like(volume, image, tmp_path / "img" / "c0.nrrd")
+    sparse_path = write_like(volume, sparse, tmp_path / "sparse" / name)
+    return image_path, sparse_path
+
+
+def test_a_sparse_label_holding_a_value_that_is_no_class_of_the_cohort_is_refused(tmp_path):
+    image_path, sparse_path = _image_and_sparse(tmp_path, 255)
+    case = Case("c0", image_path, sparse_label=sparse_path)
+    with pytest.raises(InputError) as error:
+        case_annotation(case, read_volume(image_path), classes={1: "left atrium"})
+    assert str(error.value) == (
+        f"{sparse_path}: label values 255 are not classes of this cohort "
+        "(valid: 0 background, 1 left atrium)"
+    )
+
+
+def test_a_dense_label_to_simulate_from_holding_another_class_is_refused(tmp_path):
+    image_path, dense_path = _image_and_sparse(tmp_path, 2, "dense.nrrd")
+    case = Case("c0", image_path, dense_label=dense_path, simulate_from_dense=True)
+    with pytest.raises(InputError, match=r"dense\.nrrd: label values 2 are not classes"):
+        case_annotation(case, read_volume(image_path), classes={1: "left atrium"})
+
+
+def test_propagate_refuses_a_sparse_label_holding_255_before_registering(
+    tmp_path, capsys, monkeypatch
+):
+    import RADALib.registration as registration
+
+    class NoRegistrar:
+        def __init__(self, config=None, workers=0):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def register(self, pairs, spacing):
+            raise AssertionError("the label should have been refused before any registration")
+
+    monkeypatch.setattr(registration, "AntsRegistrar", NoRegistrar)
+    image_path, sparse_path = _image_and_sparse(tmp_path, 255)
+    manifest = tmp_path / "cohort.json"
+    manifest.write_text(
+        json.dumps(
+            {
+                "format": "rada-cohort/1",
+                "name": "t",
+                "classes": {"1": "left atrium"},
+                "cases": [{"id": "c0", "image": str(image_path), "sparse_label": str(sparse_path)}],
+            }
+        )
+    )
+    code = main(["propagate", "--cohort", str(manifest), "--out", str(tmp_path / "out")])
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress lines
+    assert code == 2
+    assert last.startswith(f"rada: {sparse_path}: label values 255 are not classes of this cohort")
+    assert not (tmp_path / "out" / "cases" / "c0" / "case.json").exists()
