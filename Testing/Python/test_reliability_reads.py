@@ -1,5 +1,5 @@
 """Reading refuses what is not the file the user saved: cut-off or damaged volume files, and
-label values that are no class."""
+label values that are no class; and a header survives read -> canonical -> write unchanged."""
 
 from __future__ import annotations
 
@@ -215,3 +215,60 @@ def test_propagate_refuses_a_sparse_label_holding_255_before_registering(
     assert code == 2
     assert last.startswith(f"rada: {sparse_path}: label values 255 are not classes of this cohort")
     assert not (tmp_path / "out" / "cases" / "c0" / "case.json").exists()
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def _random_header(rng: np.random.Generator):
+    """A random axis-aligned header: the file axes in any order, each in either direction."""
+    permutation = rng.permutation(3)
+    signs = rng.choice([-1.0, 1.0], size=3)
+    direction = np.zeros((3, 3))
+    for file_axis, world_axis in enumerate(permutation):
+        direction[world_axis, file_axis] = signs[file_axis]
+    spacing = tuple(float(s) for s in np.round(rng.uniform(0.3, 4.0, size=3), 3))
+    origin = tuple(float(o) for o in np.round(rng.uniform(-200.0, 200.0, size=3), 2))
+    shape_xyz = tuple(int(n) for n in rng.integers(2, 9, size=3))
+    return shape_xyz, spacing, origin, tuple(direction.ravel().tolist())
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".mha"])
+def test_read_canonical_write_gives_back_the_header_and_voxels_for_random_orientations(
+    tmp_path, suffix
+):
+    rng = np.random.default_rng(27)
+    for number in range(25):
+        shape_xyz, spacing, origin, direction = _random_header(rng)
+        voxels = rng.integers(0, 200, size=shape_xyz[::-1]).astype(np.int16)  # (z, y, x)
+        image = sitk.GetImageFromArray(voxels)
+        image.SetSpacing(spacing)
+        image.SetOrigin(origin)
+        image.SetDirection(direction)
+        source = tmp_path / f"in{number}{suffix}"
+        sitk.WriteImage(image, str(source))
+        stored = sitk.ReadImage(str(source))  # the header as the file holds it
+
+        volume = read_volume(source, "label")
+        # canonical: every array axis runs along its patient axis, in the positive direction
+        np.testing.assert_allclose(volume.direction, np.eye(3), atol=1e-6)
+        corner = np.asarray(volume.origin) + volume.direction @ (
+            (np.asarray(volume.shape) - 1) * volume.spacing
+        )
+        first = stored.TransformIndexToPhysicalPoint((0, 0, 0))
+        last = stored.TransformIndexToPhysicalPoint(tuple(int(n) - 1 for n in stored.GetSize()))
+        low, high = np.minimum(first, last), np.maximum(first, last)
+        np.testing.assert_allclose(volume.origin, low, atol=1e-4)
+        np.testing.assert_allclose(corner, high, atol=1e-4)
+
+        back = sitk.ReadImage(str(write_like(volume, volume.array, tmp_path / f"out{suffix}")))
+        case = f"case {number}: {shape_xyz} {spacing} {origin} {direction}"
+        assert back.GetSize() == stored.GetSize(), case
+        np.testing.assert_allclose(back.GetSpacing(), stored.GetSpacing(), rtol=1e-6, err_msg=case)
+        np.testing.assert_allclose(back.GetOrigin(), stored.GetOrigin(), atol=1e-4, err_msg=case)
+        np.testing.assert_allclose(
+            back.GetDirection(), stored.GetDirection(), atol=1e-6, err_msg=case
+        )
+        np.testing.assert_allclose(stored.GetDirection(), direction, atol=1e-6, err_msg=case)
+        np.testing.assert_allclose(stored.GetSpacing(), spacing, rtol=1e-6, err_msg=case)
+        np.testing.assert_array_equal(sitk.GetArrayFromImage(back), voxels, err_msg=case)
