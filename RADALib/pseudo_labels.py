@@ -48,6 +48,7 @@ from .registration import PairRegistrar
 from .volume import (
     Oblique,
     Volume,
+    check_label_classes,
     is_oblique,
     read_image_for_label,
     read_label_for,
@@ -67,11 +68,14 @@ def case_annotation(
 ) -> SparseAnnotation:
     """The case's sparse annotation: detected from its sparse label, or simulated from dense.
 
-    ``classes`` (the cohort's, number -> name) maps a Slicer segmentation's segments by name.
+    ``classes`` (the cohort's, number -> name) maps a Slicer segmentation's segments by name,
+    and a label holding another value than 0 and these is refused as it is read.
     Every structure must be on at least one annotated slice (:func:`check_structures`): each of
     ``classes`` for a painted label, each one the dense label holds for a simulated one."""
     if case.sparse_label is not None:
         label = read_label_for(image, case.sparse_label, oblique, classes)
+        if classes:
+            check_label_classes(label, classes)
         try:
             annotation = detect_sparse_annotation(
                 label.array, str(case.sparse_label), allow_multiple=allow_multiple
@@ -91,6 +95,8 @@ def case_annotation(
         return annotation
     if case.simulate_from_dense and case.dense_label is not None:
         dense = read_label_for(image, case.dense_label, oblique, classes)
+        if classes:
+            check_label_classes(dense, classes)
         if not dense.array.any():
             raise InputError(case.dense_label, "the label map is empty: nothing to annotate")
         annotation = simulate_sparse_annotation(dense.array, source=str(case.dense_label))

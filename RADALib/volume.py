@@ -32,6 +32,7 @@ import numpy as np
 
 from .atomic import ensure_writable_folder
 from .errors import InputError
+from .file_integrity import check_complete
 from .segmentation_file import class_numbers, read_segments, remap_labels
 
 LA_SPACING_MM = 0.625
@@ -254,7 +255,9 @@ def read_volume(
     Images become float32 and must be finite; labels become uint8 (uint16 past 255 classes)
     and must hold non-negative whole numbers. A label map that is a Slicer segmentation
     (``.seg.nrrd``) gets its segments' class numbers: by name from ``classes`` (number ->
-    name) when they name them, else its label values. Raises :class:`InputError` naming the file.
+    name) when they name them, else its label values. A file whose voxel data is cut short or
+    damaged is refused before it is read (:func:`~RADALib.file_integrity.check_complete`).
+    Raises :class:`InputError` naming the file.
     """
     path = Path(path)
     suffix = file_suffix(path)
@@ -262,6 +265,7 @@ def read_volume(
         raise InputError(path, "file not found")
     if path.is_dir():
         raise InputError(path, "is a folder, expected a volume file")
+    check_complete(path)
     segments = read_segments(path) if kind == "label" and suffix in (".nrrd", ".nhdr") else []
     if suffix in _H5_SUFFIXES:
         array, geometry = _read_h5(path, kind, h5_spacing)
@@ -455,6 +459,30 @@ def read_label_for(
             path, f"{problem} ({image.source}); resample the label onto the image first"
         )
     return label
+
+
+def check_label_classes(label: Volume, classes: Mapping[int, str]) -> Volume:
+    """``label`` itself when each voxel holds 0 or a class number of the cohort's ``classes``
+    (number -> name); else an :class:`InputError` naming its file, the other values and the
+    valid ones."""
+    array = label.array
+    top = int(array.max()) if array.size else 0
+    valid = np.zeros(top + 1, dtype=bool)
+    valid[0] = True
+    for number in classes:
+        if 0 <= int(number) <= top:
+            valid[int(number)] = True
+    if valid.all():
+        return label
+    others = [int(v) for v in np.unique(array[~valid[array]])]
+    listed = ", ".join(str(v) for v in others[:10])
+    if len(others) > 10:
+        listed += f" and {len(others) - 10} more"
+    known = {0: "background", **{int(n): str(name) for n, name in classes.items()}}
+    names = ", ".join(f"{n} {name}" for n, name in sorted(known.items()))
+    raise InputError(
+        label.source, f"label values {listed} are not classes of this cohort (valid: {names})"
+    )
 
 
 # ----------------------------------------------------------------------------- writing
