@@ -180,9 +180,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_cohort(args: argparse.Namespace) -> int:
     """``rada cohort``: write a cohort manifest from image/label folders, an LA2018 folder or a
     Decathlon task folder."""
+    from .atomic import check_output_file
     from .cohort import cohort_from_folders, cohort_from_la_folder, save_cohort
     from .decathlon import cohort_from_decathlon
 
+    check_output_file(args.out)  # before reading the folders
     sources = [
         option
         for option, value in (
@@ -383,6 +385,7 @@ def cmd_settings(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """``rada predict``: segment images with a model bundle, one label map per image."""
+    from .atomic import check_output_folder
     from .bundle import load_bundle
     from .cohort import load_cohort
     from .inference import INFERENCE_MODES, predict_files
@@ -421,6 +424,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 f"--stride takes {', '.join(INFERENCE_MODES)} or three positive integers X,Y,Z "
                 f"(e.g. 18,18,4), got {args.stride!r}"
             ) from None
+    check_output_folder(args.out)  # before loading the model and encoding prompts
     progress = _progress(args)
     bundle = load_bundle(model_folder(args.model))
     regions = region_embeddings_for_files(
@@ -455,8 +459,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``rada evaluate``: score predictions against ground truth (a table; JSON, CSV on request)."""
+    from .atomic import check_output_file
     from .evaluation import evaluate_files, pair_files, write_outputs
 
+    for output in (args.json, args.csv):
+        if output:
+            check_output_file(output)  # before the work, not after it
     pairs = pair_files(args.pred, args.truth)  # a Decathlon task folder: its labelsTr/
     classes = [int(c) for c in args.classes.split(",")] if args.classes else None
     evaluation = evaluate_files(pairs, classes)
@@ -701,6 +709,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except RADAError as exc:
         print(f"rada: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except OSError as exc:  # a write no engine step turned into its own message: still one line
+        from .atomic import WRITE_ERRNOS, write_problem
+
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        print(f"rada: {exc.filename or 'output'}: {write_problem(exc)}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         print(

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .atomic import ensure_writable_folder
 from .cache import ArrayCache
 from .cohort import Case, Cohort
 from .embeddings import CohortEmbeddings, compute_embeddings
@@ -104,17 +106,59 @@ def train_model(
 
     Training resumes from the experiment's checkpoint when there is one.
     """
-    from .bundle import save_bundle
-    from .training import train, with_cohort_classes, with_training_spacing
-
     experiment = Path(experiment)
-    experiment.mkdir(parents=True, exist_ok=True)
     progress = progress or Progress()
     if not cohort.labeled:
         raise InputError(
             cohort.path or cohort.name,
             "no labeled case: training needs at least one annotated volume",
         )
+    with one_run_at_a_time(experiment):
+        return _train_model(
+            cohort,
+            experiment,
+            train_config,
+            propagation_dir,
+            propagation_config,
+            encoder_config,
+            cache_dir,
+            workers,
+            progress,
+            validation,
+        )
+
+
+@contextmanager
+def one_run_at_a_time(experiment: Path) -> Iterator[None]:
+    """Create ``experiment`` for the block. A run that fails before writing anything removes
+    the folder it created, so a refused input leaves none."""
+    created = not experiment.exists()
+    ensure_writable_folder(experiment)
+    try:
+        yield
+    except BaseException:
+        if created:
+            with suppress(OSError):
+                experiment.rmdir()  # only when empty
+        raise
+
+
+def _train_model(
+    cohort: Cohort,
+    experiment: Path,
+    train_config,
+    propagation_dir: str | os.PathLike[str] | None,
+    propagation_config: PropagationConfig | None,
+    encoder_config,
+    cache_dir: Path | None,
+    workers: int,
+    progress: Progress,
+    validation: Sequence[Case] | None,
+) -> TrainedRun:
+    """:func:`train_model` in its experiment folder, once that is locked."""
+    from .bundle import save_bundle
+    from .training import train, with_cohort_classes, with_training_spacing
+
     propagation = Path(propagation_dir) if propagation_dir else experiment / "propagation"
     propagation_config = propagation_config or PropagationConfig()
     if train_config.use_registration:
