@@ -28,6 +28,7 @@ from .cohort import Case, Cohort
 from .embeddings import CohortEmbeddings, compute_embeddings
 from .errors import InputError
 from .events import Progress
+from .locking import folder_lock
 from .propagation import PropagationConfig
 from .pseudo_labels import propagate_cohort
 
@@ -104,7 +105,8 @@ def train_model(
 ) -> TrainedRun:
     """Propagate (where needed), embed, train and write the model bundle into ``experiment``.
 
-    Training resumes from the experiment's checkpoint when there is one.
+    Training resumes from the experiment's checkpoint when there is one. One run at a time
+    uses an experiment folder: a second one gets an ``InputError`` naming it.
     """
     experiment = Path(experiment)
     progress = progress or Progress()
@@ -130,17 +132,25 @@ def train_model(
 
 @contextmanager
 def one_run_at_a_time(experiment: Path) -> Iterator[None]:
-    """Create ``experiment`` for the block. A run that fails before writing anything removes
-    the folder it created, so a refused input leaves none."""
+    """Create ``experiment`` and hold its lock (:func:`~RADALib.locking.folder_lock`) for the block.
+
+    Under ``torchrun`` only rank 0 takes it (the other ranks are the same run). A run that fails
+    before writing anything removes the folder it created, so a refused input leaves none.
+    """
     created = not experiment.exists()
     ensure_writable_folder(experiment)
-    try:
+    if int(os.environ.get("RANK", "0") or 0) != 0:
         yield
-    except BaseException:
-        if created:
-            with suppress(OSError):
-                experiment.rmdir()  # only when empty
-        raise
+        return
+    with folder_lock(experiment) as lock:
+        try:
+            yield
+        except BaseException:
+            if created and [p.name for p in experiment.iterdir()] == [lock.name]:
+                with suppress(OSError):
+                    lock.unlink()
+                    experiment.rmdir()
+            raise
 
 
 def _train_model(

@@ -4,7 +4,7 @@ Every write is flushed and checked before it is renamed into place, so a full di
 that fails without saying so, leaves nothing under the final name and one line that says so;
 every command turns a bad output location (a file in the way, a path under a file, a read-only
 place, a full disk) into that one-line error with exit status 2, before it creates anything;
-outputs get the user's umask.
+outputs get the user's umask; one training run at a time uses an experiment folder.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -470,3 +471,70 @@ def test_a_refused_input_leaves_no_output_folder(
     line = one_line_error(main(argv), capsys.readouterr().err)
     assert "broken.nrrd" in line
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- one run per folder
+
+
+def test_a_second_training_run_into_the_same_folder_is_refused_naming_it(
+    inputs, tmp_path, capsys, monkeypatch, no_ants
+):
+    import RADALib.workflow as workflow
+    from RADALib.errors import RADAError
+
+    inside, leave, calls = threading.Event(), threading.Event(), []
+
+    def propagation(*args, **kwargs):  # the first step of a run in its folder
+        calls.append(threading.current_thread().name)
+        if len(calls) > 1:
+            raise RADAError("a run got into the folder")
+        inside.set()
+        assert leave.wait(60)
+        raise RADAError("first run stopped")
+
+    monkeypatch.setattr(workflow, "ensure_propagation", propagation)
+    experiment = tmp_path / "experiment"
+    argv = command("train", inputs, experiment, tmp_path / "cache")
+    first: dict = {}
+    runner = threading.Thread(target=lambda: first.update(code=main(argv)), name="first")
+    runner.start()
+    try:
+        assert inside.wait(60)
+        capsys.readouterr()
+        line = one_line_error(main(argv), capsys.readouterr().err)
+    finally:
+        leave.set()
+        runner.join(60)
+    assert line.startswith(f"rada: {experiment}: another rada train is using this folder")
+    assert calls == ["first"] and first["code"] == 2
+    # the lock went with the first run: the next one gets in
+    assert main(argv) == 2 and calls == ["first", "MainThread"]
+
+
+@posix_only
+def test_the_lock_of_a_killed_run_is_released(tmp_path):
+    from RADALib.locking import folder_lock
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from RADALib.locking import folder_lock\n"
+            f"with folder_lock({str(tmp_path)!r}):\n"
+            "    print('locked', flush=True); sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=str(SOURCE_ROOT)),
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(InputError, match=rf"process {holder.pid}\); wait for it"):
+            with folder_lock(tmp_path):
+                pass
+    finally:
+        holder.kill()
+        holder.wait(30)
+    with folder_lock(tmp_path):  # no stale lock after a kill -9
+        pass
