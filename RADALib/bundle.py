@@ -46,7 +46,9 @@ import datetime as _dt
 import json
 import math
 import os
+import re
 import shutil
+import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -57,6 +59,13 @@ import numpy as np
 import torch
 
 from . import __version__
+from .atomic import (
+    ensure_writable_folder,
+    fsync_path,
+    incomplete_error,
+    new_temporary_folder,
+    write_error,
+)
 from .checksums import sha256_file
 from .errors import InputError
 from .model_store import (  # noqa: F401  (re-exported: the bundle's public names)
@@ -201,17 +210,16 @@ def _state_dict(model: TripleViewModel) -> dict[str, torch.Tensor]:
     return state
 
 
-def _fsync(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+def _fsync(path: Path) -> int:
+    """Flush ``path`` to the disk (errors raised); returns its size."""
+    return fsync_path(path)
+
+
+def _os_error(exc: Exception) -> Exception:
+    """safetensors reports a failed write as its own error ending in "(os error N)": that
+    ``OSError``, else ``exc``."""
+    match = re.search(r"os error (\d+)", str(exc))
+    return OSError(int(match.group(1)), os.strerror(int(match.group(1)))) if match else exc
 
 
 def save_bundle(
@@ -260,32 +268,51 @@ def save_bundle(
     if folder.is_dir() and any(folder.iterdir()) and not is_bundle(folder):
         raise InputError(folder, "exists and is not a RADA model bundle; refusing to replace it")
     parent = folder.parent
+    ensure_writable_folder(parent, folder.name)
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        temporary = new_temporary_folder(folder)
     except OSError as exc:
-        raise InputError(parent, f"cannot create the models folder: {exc.strerror}") from None
-    temporary = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".part", dir=parent))
+        raise write_error(folder, exc) from None
     try:
-        from safetensors.torch import save_file
+        _write_files(temporary, model, manifest, folder)
+        _move_into_place(temporary, folder)
+    except OSError as exc:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise write_error(folder, exc) from None
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return folder
 
-        weights = temporary / WEIGHTS_FILE
+
+def _write_files(
+    temporary: Path, model: TripleViewModel, manifest: dict[str, Any], folder: Path
+) -> None:
+    """The weights, then the manifest with their checksum, into ``temporary``, each flushed to
+    the disk; ``OSError`` when a write fails (a full disk too)."""
+    from safetensors.torch import save_file
+
+    weights = temporary / WEIGHTS_FILE
+    try:
         save_file(
             _state_dict(model),
             str(weights),
             metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)},
         )
-        _fsync(weights)
-        manifest["checksums"] = {WEIGHTS_FILE: sha256_file(weights)}
-        manifest_path = temporary / MANIFEST_FILE
-        manifest_path.write_text(
-            json.dumps(manifest, indent=1, allow_nan=False) + "\n", encoding="utf-8"
-        )
-        _fsync(manifest_path)
-        _move_into_place(temporary, folder)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
+    except OSError:
         raise
-    return folder
+    except Exception as exc:  # noqa: BLE001 - a full disk, in safetensors' words
+        raise _os_error(exc) from None
+    if _fsync(weights) == 0:
+        raise incomplete_error(folder / WEIGHTS_FILE)
+    # safetensors makes its file private (0600); give it the umask's mode, as the folder has
+    os.chmod(weights, stat.S_IMODE(temporary.stat().st_mode) & 0o666)
+    manifest["checksums"] = {WEIGHTS_FILE: sha256_file(weights)}
+    manifest_path = temporary / MANIFEST_FILE
+    manifest_path.write_text(
+        json.dumps(manifest, indent=1, allow_nan=False) + "\n", encoding="utf-8"
+    )
+    _fsync(manifest_path)
 
 
 def _move_into_place(complete: Path, folder: Path) -> None:

@@ -10,13 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .atomic import ensure_writable_folder, write_npz_atomic
 
 META = "__meta__"
 
@@ -61,17 +62,9 @@ class ArrayCache:
 
     def put(self, key: str, arrays: Mapping[str, np.ndarray], meta: Mapping | None = None) -> Path:
         """Write an entry atomically (temporary file, then rename)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".part.npz", dir=self.folder)
-        os.close(handle)
+        ensure_writable_folder(self.folder)
         payload = dict(arrays)
         payload[META] = np.frombuffer(
             json.dumps(dict(meta or {}), default=str).encode(), dtype=np.uint8
         )
-        try:
-            np.savez_compressed(name, **payload)
-            os.replace(name, self.path(key))
-        except BaseException:
-            Path(name).unlink(missing_ok=True)
-            raise
-        return self.path(key)
+        return write_npz_atomic(self.path(key), payload)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from .atomic import RecordingWriter, replacing
 from .errors import RADAError
 from .train_config import TrainConfig
 
@@ -57,15 +58,18 @@ ADDED_SETTINGS: dict[str, Any] = {
 
 
 def save_checkpoint(path: str | os.PathLike[str], payload: Mapping[str, Any]) -> Path:
-    """``torch.save`` into a temporary file, then rename: the old file stays whole until then."""
+    """``torch.save`` into a temporary file, then rename: the old file stays whole until then.
+
+    A write that fails (a full disk) is an ``InputError`` naming ``path``."""
     path = Path(path)
-    temporary = path.with_name(f".{path.name}.part")
-    try:
-        torch.save(dict(payload), temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with replacing(path) as temporary, open(temporary, "wb") as handle:
+        writer = RecordingWriter(handle)
+        try:
+            torch.save(dict(payload), writer)  # type: ignore[arg-type]
+        except RuntimeError:
+            if writer.error is not None:  # torch reports a failed write as a RuntimeError
+                raise writer.error from None
+            raise
     return path
 
 

@@ -181,9 +181,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_cohort(args: argparse.Namespace) -> int:
     """``rada cohort``: write a cohort manifest from image/label folders, an LA2018 folder or a
     Decathlon task folder."""
+    from .atomic import check_output_file
     from .cohort import cohort_from_folders, cohort_from_la_folder, save_cohort
     from .decathlon import cohort_from_decathlon
 
+    check_output_file(args.out)  # before reading the folders
     sources = [
         option
         for option, value in (
@@ -384,6 +386,7 @@ def cmd_settings(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """``rada predict``: segment images with a model bundle, one label map per image."""
+    from .atomic import check_output_folder
     from .bundle import load_bundle
     from .cohort import load_cohort
     from .inference import INFERENCE_MODES, predict_files
@@ -427,6 +430,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 f"--stride takes {', '.join(INFERENCE_MODES)} or three positive integers X,Y,Z "
                 f"(e.g. 18,18,4), got {args.stride!r}"
             ) from None
+    check_output_folder(args.out)  # before loading the model and encoding prompts
     progress = _progress(args)
     bundle = load_bundle(model_folder(args.model))
     regions = region_embeddings_for_files(
@@ -491,8 +495,12 @@ def _check_model_classes(model: Path, cohort: Path, classes: dict[int, str], all
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """``rada evaluate``: score predictions against ground truth (a table; JSON, CSV on request)."""
+    from .atomic import check_output_file
     from .evaluation import evaluate_files, match_files, write_outputs
 
+    for output in (args.json, args.csv):
+        if output:
+            check_output_file(output)  # before the work, not after it
     pairing = match_files(args.pred, args.truth)  # a Decathlon task folder: its labelsTr/
     if pairing.no_prediction:
         n_truths = len(pairing.pairs) + len(pairing.no_prediction)
@@ -760,6 +768,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.run(args) or 0)
     except RADAError as exc:
         print(f"rada: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except OSError as exc:  # a write no engine step turned into its own message: still one line
+        from .atomic import WRITE_ERRNOS, write_problem
+
+        if exc.errno not in WRITE_ERRNOS:
+            raise
+        print(f"rada: {exc.filename or 'output'}: {write_problem(exc)}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
         print(

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from .atomic import write_text_atomic
+from .atomic import check_output_file, ensure_writable_folder, write_text_atomic
 from .errors import InputError
 from .paths import plain_name
 from .terminology import normal_name
@@ -118,13 +118,10 @@ class Cohort:
 
 def save_cohort(cohort: Cohort, path: str | os.PathLike[str]) -> Path:
     """Write the manifest atomically; paths inside are stored relative to its folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_output_file(path)
+    ensure_writable_folder(path.parent)
     text = json.dumps(cohort.to_json(path.parent.resolve()), indent=2) + "\n"
-    try:
-        write_text_atomic(path, text)
-    except OSError as exc:
-        raise InputError(path, f"cannot write the cohort file: {exc.strerror}") from None
+    write_text_atomic(path, text)
     cohort.path = path
     return path
 

@@ -12,14 +12,13 @@ and PNG overlays of a few slices (image, truth, prediction) in ``overlays/``.
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
 from .annotation import PLANES
-from .atomic import write_text_atomic
+from .atomic import check_output_folder, ensure_writable_folder, replacing, write_text_atomic
 from .cache import ArrayCache
 from .cohort import Case, Cohort, save_cohort
 from .errors import InputError
@@ -94,7 +93,7 @@ def run_demo(
     progress = progress or Progress()
     config = config or PropagationConfig()
     started = time.perf_counter()
-    out = Path(out)
+    out = check_output_folder(out)
     progress.start("synthesize", n_cases, f"writing {n_cases} synthetic volumes to {out / 'data'}")
     cohort = write_synthetic_cohort(out / "data", n_cases, n_labeled, seed, SyntheticConfig())
     save_cohort(cohort, out / "cohort.json")
@@ -240,11 +239,12 @@ def write_overlay(
         ax.set_title(f"{title} {PLANES[axis]} {centre[axis]}", fontsize=9)
         ax.axis("off")
     figure.suptitle("truth (green), RADA (red, dashed)", fontsize=9)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.part.png")
-    figure.savefig(temporary, dpi=90, bbox_inches="tight")
-    plt.close(figure)
-    os.replace(temporary, path)
+    ensure_writable_folder(path.parent)
+    try:
+        with replacing(path, ".png") as temporary:
+            figure.savefig(temporary, dpi=90, bbox_inches="tight")
+    finally:
+        plt.close(figure)
     return path
 
 

@@ -34,7 +34,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +56,7 @@ from .alpha_clip import (
     specs_for_arch,
     text_spec_of,
 )
+from .atomic import ensure_writable_folder, replacing
 from .checksums import sha256_file
 from .errors import InputError
 from .weights import (
@@ -550,17 +550,11 @@ class EmbeddingCache:
         return value
 
     def put(self, key: str, value: np.ndarray) -> Path:
-        """Store ``value`` under ``key`` (temp file + ``os.replace``)."""
+        """Store ``value`` under ``key`` (temporary file, flushed, then renamed)."""
         p = self.path(key)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=p.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, np.asarray(value), allow_pickle=False)
-            os.replace(tmp, p)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        ensure_writable_folder(p.parent)
+        with replacing(p) as tmp, open(tmp, "wb") as f:
+            np.save(f, np.asarray(value), allow_pickle=False)
         return p
 
     # encode through the cache

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atomic import write_text_atomic
+from .atomic import check_output_file, ensure_writable_folder, write_text_atomic
 from .cohort import case_id_of
 from .decathlon import decathlon_labels_folder, is_decathlon_folder
 from .errors import InputError
@@ -265,9 +265,6 @@ def write_outputs(evaluation: Evaluation, json_path: Path | None, csv_path: Path
     ):
         if path is None:
             continue
-        path = Path(path)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(path, text())
-        except OSError as exc:
-            raise InputError(path, f"cannot write: {exc.strerror}") from None
+        path = check_output_file(path)
+        ensure_writable_folder(path.parent)
+        write_text_atomic(path, text())

@@ -59,6 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .atomic import check_output_folder
 from .bundle import Bundle, load_bundle
 from .data import normalize_intensity
 from .errors import InputError
@@ -751,10 +752,10 @@ def predict_files(
     bundle's stored mean). Each case's progress message says which prompt it got.
     ``largest_component``, ``mirror``: see :func:`predict_volume`.
     """
+    out_dir = check_output_folder(out_dir)  # before any work; made with the first label map
     bundle = bundle_folder if isinstance(bundle_folder, Bundle) else load_bundle(bundle_folder)
     inputs = [Path(p) for p in inputs]
     regions = _regions_per_input(region_embedding, len(inputs))
-    out_dir = Path(out_dir)
     names = list(case_ids) if case_ids is not None else [None] * len(inputs)
     if len(names) != len(inputs):
         raise ValueError(f"{len(names)} case ids for {len(inputs)} inputs")

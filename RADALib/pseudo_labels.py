@@ -37,7 +37,12 @@ from .annotation import (
     missing_structures,
     simulate_sparse_annotation,
 )
-from .atomic import ensure_writable_folder, write_npz_atomic, write_text_atomic
+from .atomic import (
+    check_output_folder,
+    ensure_writable_folder,
+    write_npz_atomic,
+    write_text_atomic,
+)
 from .bounds import view_bounds
 from .cache import ArrayCache, content_key
 from .cohort import Case, Cohort, check_case_ids
@@ -244,7 +249,7 @@ def propagate_case(
                 key, result_arrays(result), {"methods": result.methods, "seconds": result.seconds}
             )
 
-    folder.mkdir(parents=True, exist_ok=True)
+    ensure_writable_folder(folder)  # the output folder is made with the first result
     marker.unlink(missing_ok=True)  # the case is not done until the marker is rewritten
     write_npz_atomic(folder / ARRAYS_FILE, result_arrays(result))
     write_like(image, annotation.label, folder / "sparse.nrrd")
@@ -372,7 +377,7 @@ def propagate_cohort(
             cohort.path or cohort.name,
             "no labeled case: give sparse labels, or --labeled N with dense labels",
         )
-    ensure_writable_folder(out)
+    check_output_folder(out)  # created with the first case's result, so bad inputs leave none
     progress = progress or Progress()
     kept = {
         c.id: record

@@ -53,7 +53,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .atomic import write_text_atomic
+from .atomic import ensure_writable_folder, write_error, write_text_atomic
 from .cache import ArrayCache
 from .checkpoint import (
     CHECKPOINT,
@@ -709,8 +709,12 @@ class _Run:
         """Keep ``entry`` in the history and, on rank 0, append it to ``metrics.jsonl``."""
         self.history.append(entry)
         if self.runtime.main:
-            with open(self.out_dir / METRICS_FILE, "a") as handle:
-                handle.write(json.dumps(entry) + "\n")
+            path = self.out_dir / METRICS_FILE
+            try:
+                with open(path, "a") as handle:
+                    handle.write(json.dumps(entry) + "\n")
+            except OSError as exc:
+                raise write_error(path, exc) from None
 
 
 def _train(
@@ -733,7 +737,7 @@ def _train(
     run.config = config
     _check_classes(config, labeled)
     if runtime.main:
-        run.out_dir.mkdir(parents=True, exist_ok=True)
+        ensure_writable_folder(run.out_dir)
     _warn_about_inputs(config, labeled, unlabeled, progress)
 
     # model and optimizer, identical on every rank

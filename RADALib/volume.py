@@ -22,7 +22,6 @@ on: slices painted on an oblique image's own grid stay whole slices.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -30,7 +29,13 @@ from typing import Literal
 
 import numpy as np
 
-from .atomic import ensure_writable_folder
+from .atomic import (
+    ensure_writable_folder,
+    incomplete_error,
+    new_temporary,
+    replacing,
+    write_error,
+)
 from .errors import InputError
 from .file_integrity import check_complete
 from .segmentation_file import class_numbers, read_segments, remap_labels
@@ -489,16 +494,14 @@ def check_label_classes(label: Volume, classes: Mapping[int, str]) -> Volume:
 
 
 def atomic_output(path: str | os.PathLike[str]) -> Path:
-    """A temporary sibling of ``path`` with the same format suffix, for write-then-rename."""
+    """A temporary sibling of ``path`` with the same format suffix, for write-then-rename
+    (with the mode a new file gets under the umask; finish with :func:`~RADALib.atomic.commit`)."""
     path = Path(path)
-    suffix = file_suffix(path)
-    folder = path.parent
-    ensure_writable_folder(folder, path.name)
-    handle, name = tempfile.mkstemp(
-        prefix=f".{path.name[: -len(suffix) or None]}.", suffix=f".part{suffix}", dir=folder
-    )
-    os.close(handle)
-    return Path(name)
+    ensure_writable_folder(path.parent, path.name)
+    try:
+        return new_temporary(path, file_suffix(path))
+    except OSError as exc:
+        raise write_error(path, exc) from None
 
 
 def write_like(
@@ -536,14 +539,36 @@ def write_like(
         image = _sitk_image(
             _from_canonical(array, geometry), geometry.spacing, geometry.origin, geometry.direction
         )
-    temporary = atomic_output(path)
-    try:
-        sitk.WriteImage(image, str(temporary), compress)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    ensure_writable_folder(path.parent, path.name)
+    with replacing(path, suffix) as temporary:
+        try:
+            sitk.WriteImage(image, str(temporary), compress)
+        except RuntimeError:  # ITK says which library call failed, not why: the disk, mostly
+            raise incomplete_error(path) from None
+        _check_written(temporary, image, path)
     return path
+
+
+def _check_written(temporary: Path, image, path: Path) -> None:
+    """``InputError`` unless ``temporary`` reads back as ``image`` (size, pixel type, voxels):
+    ITK's writers can fail without saying so, leaving an empty or truncated file."""
+    sitk = _sitk()
+    try:
+        back = sitk.ReadImage(str(temporary))
+    except RuntimeError:
+        back = None
+    same = (
+        back is not None
+        and back.GetSize() == image.GetSize()
+        and back.GetPixelID() == image.GetPixelID()
+        and np.array_equal(
+            sitk.GetArrayViewFromImage(back),
+            sitk.GetArrayViewFromImage(image),
+            equal_nan=image.GetPixelID() in (sitk.sitkFloat32, sitk.sitkFloat64),
+        )
+    )
+    if not same:
+        raise incomplete_error(path)
 
 
 def volume_from_array(

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from .atomic import replacing, write_text_atomic
 from .checksums import sha256_file
 from .errors import InputError
 from .paths import CACHE_ENV, cache_root
@@ -245,10 +245,7 @@ def _where_to_put(entry: WeightsEntry, target: Path) -> str:
 def _download(entry: WeightsEntry, target: Path, downloader: Downloader) -> str:
     """Download ``entry`` to ``target`` via a temp file; returns the file's SHA256."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{entry.filename}.", suffix=".part", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with replacing(target) as tmp:  # renamed into place only once it has been checked
         log.info("downloading %s from %s", entry.name, entry.url)
         try:
             downloader(entry.url, tmp)
@@ -271,13 +268,9 @@ def _download(entry: WeightsEntry, target: Path, downloader: Downloader) -> str:
                 f"downloaded file has SHA256 {digest}, expected {entry.sha256}; it was deleted. "
                 f"{_where_to_put(entry, target)}",
             )
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     if not entry.sha256:
         sidecar = target.with_name(target.name + ".sha256")
-        sidecar.write_text(f"{digest}  {target.name}\n")
+        write_text_atomic(sidecar, f"{digest}  {target.name}\n")
         log.warning(
             "downloaded %s with no known checksum; its SHA256 is %s (recorded in %s)",
             entry.name,

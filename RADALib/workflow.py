@@ -14,18 +14,21 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .atomic import ensure_writable_folder
 from .cache import ArrayCache
 from .cohort import Case, Cohort, check_case_ids
 from .embeddings import CohortEmbeddings, compute_embeddings
 from .errors import InputError
 from .events import Progress
+from .locking import folder_lock
 from .propagation import PropagationConfig
 from .pseudo_labels import propagate_cohort
 
@@ -102,20 +105,71 @@ def train_model(
 ) -> TrainedRun:
     """Propagate (where needed), embed, train and write the model bundle into ``experiment``.
 
-    Training resumes from the experiment's checkpoint when there is one.
+    Training resumes from the experiment's checkpoint when there is one. One run at a time
+    uses an experiment folder: a second one gets an ``InputError`` naming it.
     """
-    from .bundle import save_bundle
-    from .training import train, with_cohort_classes, with_training_spacing
-
     check_case_ids((c.id for c in cohort.cases), cohort.path or cohort.name)
     experiment = Path(experiment)
-    experiment.mkdir(parents=True, exist_ok=True)
     progress = progress or Progress()
     if not cohort.labeled:
         raise InputError(
             cohort.path or cohort.name,
             "no labeled case: training needs at least one annotated volume",
         )
+    with one_run_at_a_time(experiment):
+        return _train_model(
+            cohort,
+            experiment,
+            train_config,
+            propagation_dir,
+            propagation_config,
+            encoder_config,
+            cache_dir,
+            workers,
+            progress,
+            validation,
+        )
+
+
+@contextmanager
+def one_run_at_a_time(experiment: Path) -> Iterator[None]:
+    """Create ``experiment`` and hold its lock (:func:`~RADALib.locking.folder_lock`) for the block.
+
+    Under ``torchrun`` only rank 0 takes it (the other ranks are the same run). A run that fails
+    before writing anything removes the folder it created, so a refused input leaves none.
+    """
+    created = not experiment.exists()
+    ensure_writable_folder(experiment)
+    if int(os.environ.get("RANK", "0") or 0) != 0:
+        yield
+        return
+    with folder_lock(experiment) as lock:
+        try:
+            yield
+        except BaseException:
+            if created and [p.name for p in experiment.iterdir()] == [lock.name]:
+                with suppress(OSError):
+                    lock.unlink()
+                    experiment.rmdir()
+            raise
+
+
+def _train_model(
+    cohort: Cohort,
+    experiment: Path,
+    train_config,
+    propagation_dir: str | os.PathLike[str] | None,
+    propagation_config: PropagationConfig | None,
+    encoder_config,
+    cache_dir: Path | None,
+    workers: int,
+    progress: Progress,
+    validation: Sequence[Case] | None,
+) -> TrainedRun:
+    """:func:`train_model` in its experiment folder, once that is locked."""
+    from .bundle import save_bundle
+    from .training import train, with_cohort_classes, with_training_spacing
+
     propagation = Path(propagation_dir) if propagation_dir else experiment / "propagation"
     propagation_config = propagation_config or PropagationConfig()
     if train_config.use_registration:

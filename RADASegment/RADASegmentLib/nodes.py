@@ -36,6 +36,7 @@ import vtk
 from vtk.util import numpy_support
 
 from RADALib.annotation import PLANES, SparseAnnotation, annotated_slice_cover
+from RADALib.atomic import commit
 from RADALib.errors import InputError, RADAError
 from RADALib.volume import OBLIQUE_TOLERANCE, atomic_output, canonical_order
 
@@ -224,11 +225,10 @@ def _write_with_storage_node(node: Any, path: str | os.PathLike[str], source: st
             raise RADAError(
                 f"{source}: could not be written to {path} (disk full or no permission?)"
             )
-        os.replace(temporary, path)
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    return path
+    return commit(temporary, path)  # flushed, checked not empty, then renamed
 
 
 def export_volume(volumeNode: Any, path: str | os.PathLike[str]) -> Path:

@@ -411,7 +411,7 @@ def test_ctrl_c_during_a_checkpoint_write_keeps_the_previous_one(tmp_path, monke
     def save(obj, path, *args, **kwargs):
         calls.append(path)
         if len(calls) == 2:
-            Path(path).write_bytes(b"half a checkpoint")
+            path.write(b"half a checkpoint")  # a file object: the checkpoint's temporary file
             raise KeyboardInterrupt
         return real_save(obj, path, *args, **kwargs)
 

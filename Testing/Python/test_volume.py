@@ -178,7 +178,7 @@ def test_existing_output_survives_a_failed_write(tmp_path, monkeypatch):
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(sitk, "WriteImage", broken)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(InputError, match=r"keep\.nrrd: could not be written: .*no space left"):
         write_like(volume, np.zeros((3, 3, 3), np.uint8), target)
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.nrrd"]
