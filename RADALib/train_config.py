@@ -355,8 +355,10 @@ def _cpu_preset() -> TrainConfig:
     covers at LA's), 8 base filters, T = 2, a shorter run with the paper's
     schedule scaled to it, SGTC's share of cross supervision (β from about 0 to 0.2 here, i.e.
     (1 − 2β)·sup + β·c₁ + β·c₂ with β → 0.1), and at inference one pass over the whole volume
-    (at that spacing a LA volume fits in one) and its three mirror images. Figures and how they
-    were chosen: Testing/Benchmarks/RESULTS.md ("CPU training on LA2018", "Demo")."""
+    (at that spacing a LA volume fits in one) and its three mirror images; half the patches get
+    a random contrast (x U(0.7, 1.3)) and brightness (+-0.3 z), so a volume whose z-scores come
+    out shifted (a wider field of view, another contrast) is still segmented. Figures and how
+    they were chosen: Testing/Benchmarks/RESULTS.md ("CPU training on LA2018", "Demo")."""
     return scale_schedule(
         TrainConfig(
             patch=(48, 48, 32),
@@ -364,6 +366,8 @@ def _cpu_preset() -> TrainConfig:
             fit_spacing=True,
             inference_stride="whole",
             inference_mirror=True,
+            intensity_augment=0.5,
+            intensity_contrast=0.3,
             schedule=ScheduleConfig(beta0=0.0, beta_max=0.2),
             spacing_factor=3.0,
             network=NetworkConfig(base_filters=8),
