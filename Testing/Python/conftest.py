@@ -10,13 +10,26 @@ import pytest
 
 from RADALib.registration import PairResult, identity_coordinates
 
-SHARED_LA = Path(__file__).resolve().parents[3] / "shared" / "data" / "LA2018"
+
+def shared_data(name: str, environment: str, marker: str) -> Path | None:
+    """A real data set for the tests that read one: ``$<environment>`` if set, else the first
+    ``shared/data/<name>`` above this checkout; None unless it holds ``marker``."""
+    if os.environ.get(environment):
+        candidates = [Path(os.environ[environment])]
+    else:
+        candidates = [p / "shared" / "data" / name for p in Path(__file__).resolve().parents]
+    return next((folder for folder in candidates if (folder / marker).exists()), None)
 
 
 def la_folder() -> Path | None:
-    """The LA2018 folder beside the checkout (or $RADA_LA_DIR), if present."""
-    folder = Path(os.environ.get("RADA_LA_DIR", SHARED_LA))
-    return folder if (folder / "train.list").exists() else None
+    """LA2018 ($RADA_LA_DIR, or shared/data/LA2018 above the checkout), if present."""
+    return shared_data("LA2018", "RADA_LA_DIR", "train.list")
+
+
+def hippocampus_folder() -> Path | None:
+    """The Hippocampus Decathlon task ($RADA_HIPPOCAMPUS_DIR, or shared/data/Hippocampus above
+    the checkout), if present."""
+    return shared_data("Hippocampus", "RADA_HIPPOCAMPUS_DIR", "dataset.json")
 
 
 class TranslationRegistrar:

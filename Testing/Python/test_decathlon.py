@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from conftest import hippocampus_folder
 
 from RADALib.cli import main
 from RADALib.cohort import load_cohort, save_cohort
@@ -16,18 +16,6 @@ from RADALib.decathlon import cohort_from_decathlon
 from RADALib.errors import InputError
 from RADALib.evaluation import evaluate_files, pair_files
 from RADALib.volume import read_volume, volume_from_array, write_like
-
-
-def hippocampus_folder() -> Path | None:
-    """The Hippocampus Decathlon task ($RADA_HIPPOCAMPUS_DIR, or shared/data/ above the checkout)."""
-    if os.environ.get("RADA_HIPPOCAMPUS_DIR"):
-        return Path(os.environ["RADA_HIPPOCAMPUS_DIR"])
-    for parent in Path(__file__).resolve().parents[2:]:
-        folder = parent / "shared" / "data" / "Hippocampus"
-        if (folder / "dataset.json").exists():
-            return folder
-    return None
-
 
 SHARED_HIPPOCAMPUS = hippocampus_folder()
 LABELS = {"0": "background", "1": "Anterior", "2": "Posterior"}

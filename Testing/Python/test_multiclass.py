@@ -7,13 +7,12 @@ shape); the real Hippocampus files are read when they are beside the checkout.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import TranslationRegistrar
+from conftest import TranslationRegistrar, hippocampus_folder
 from scipy import ndimage
 
 from RADALib.annotation import (
@@ -37,18 +36,7 @@ from RADALib.terminology import class_entry
 from RADALib.train_config import preset
 from RADALib.volume import read_volume, volume_from_array, write_like
 
-
-def _hippocampus_folder() -> Path:
-    """$RADA_HIPPOCAMPUS_DIR, else the first ``shared/data/Hippocampus`` above the checkout."""
-    if os.environ.get("RADA_HIPPOCAMPUS_DIR"):
-        return Path(os.environ["RADA_HIPPOCAMPUS_DIR"])
-    for parent in Path(__file__).resolve().parents:
-        if (parent / "shared" / "data" / "Hippocampus" / "dataset.json").exists():
-            return parent / "shared" / "data" / "Hippocampus"
-    return Path(__file__).resolve().parents[3] / "shared" / "data" / "Hippocampus"
-
-
-HIPPOCAMPUS = _hippocampus_folder()
+HIPPOCAMPUS = hippocampus_folder()
 SHAPE = (35, 50, 24)  # a Hippocampus-sized volume: its axial axis is not a multiple of 16
 NAMES = {1: "anterior hippocampus", 2: "posterior hippocampus"}
 
@@ -335,8 +323,11 @@ def test_two_structures_end_to_end_propagate_train_predict_evaluate(
 
 
 def _hippocampus_cases(n: int) -> list[tuple[Path, Path]]:
-    if not (HIPPOCAMPUS / "dataset.json").exists():
-        pytest.skip(f"the Hippocampus data set is not at {HIPPOCAMPUS}")
+    if HIPPOCAMPUS is None:
+        pytest.skip(
+            "the Hippocampus data set is not in shared/data/ above the checkout "
+            "(or $RADA_HIPPOCAMPUS_DIR)"
+        )
     labels = sorted((HIPPOCAMPUS / "labelsTr").glob("*.nii.gz"))[:n]
     return [(HIPPOCAMPUS / "imagesTr" / p.name, p) for p in labels]
 
