@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -63,6 +64,12 @@ from RADALib.volume import read_volume
 from RADALib.workflow import MODEL_FOLDER, TrainedRun, train_model
 
 NATIVE_PATCH = (64, 64, 48)
+
+
+def split_variants(text: str) -> list[str]:
+    """``--variants``: comma-separated, a comma inside a value (``cpu+patch=64,64,32``) kept, as
+    only a comma before a variant name (``cpu``, ``native``) separates two variants."""
+    return [v.strip() for v in re.split(r",(?=\s*(?:cpu|native)\b)", text) if v.strip()]
 
 
 def variant_config(spec: str, common: dict[str, Any]) -> TrainConfig:
@@ -261,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     args.strides = [s.strip() for s in args.strides.split(",") if s.strip()]
     cohort = load_cohort(args.cohort)
     results = []
-    for spec in [v.strip() for v in args.variants.split(",") if v.strip()]:
+    for spec in split_variants(args.variants):
         results.append(run_variant(spec, variant_config(spec, changes), cohort, args))
         print(format_results(results), flush=True)
     report = {"machine": host_info(), "cohort": str(args.cohort), "results": results}
