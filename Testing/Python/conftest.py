@@ -95,3 +95,26 @@ def one_torch_thread():
 @pytest.fixture
 def translation_registrar():
     return TranslationRegistrar()
+
+
+class FakeAntsRegistrar(TranslationRegistrar):
+    """``AntsRegistrar`` without ANTs (same constructor and context manager): exact for the
+    shifted disks of :func:`disk_stack`."""
+
+    def __init__(self, config=None, workers=0):
+        super().__init__()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
+@pytest.fixture
+def fake_ants(monkeypatch):
+    """``RADALib.registration.AntsRegistrar`` replaced by :class:`FakeAntsRegistrar`."""
+    import RADALib.registration as registration
+
+    monkeypatch.setattr(registration, "AntsRegistrar", FakeAntsRegistrar)
+    return FakeAntsRegistrar

@@ -140,22 +140,9 @@ def test_messages_carry_the_stage_they_belong_to():
     ]
 
 
-def test_propagate_command_emits_json_events_for_each_case(tmp_path, capsys, monkeypatch):
-    from conftest import TranslationRegistrar, disk_stack
+def test_propagate_command_emits_json_events_for_each_case(tmp_path, capsys, fake_ants):
+    from conftest import disk_stack
 
-    import RADALib.registration as registration
-
-    class FakeAnts(TranslationRegistrar):
-        def __init__(self, config=None, workers=0):
-            super().__init__()
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            pass
-
-    monkeypatch.setattr(registration, "AntsRegistrar", FakeAnts)
     image, label = disk_stack(shape=(30, 30, 16), radius=6, shift_per_slice=(1.0, 0.0))
     volume = volume_from_array(image)
     write_like(volume, image, tmp_path / "img" / "c0.nrrd")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 
 from RADALib.cli import main
@@ -78,25 +77,6 @@ def on_patient_planes(ball, world):
     for axis, half in enumerate((0.5, 0.5, 0.75)):
         label |= ball & (np.abs(world[..., axis] - centre[axis]) <= half)
     return label
-
-
-@pytest.fixture
-def fake_ants(monkeypatch):
-    from conftest import TranslationRegistrar
-
-    import RADALib.registration as registration
-
-    class FakeAnts(TranslationRegistrar):
-        def __init__(self, config=None, workers=0):
-            super().__init__()
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            pass
-
-    monkeypatch.setattr(registration, "AntsRegistrar", FakeAnts)
 
 
 def propagate(cohort, out):

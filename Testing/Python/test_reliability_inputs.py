@@ -93,26 +93,6 @@ def _propagatable_case(folder: Path) -> tuple[Path, Path]:
     return folder / "img" / "c0.nrrd", folder / "sparse" / "c0.nrrd"
 
 
-@pytest.fixture
-def fake_ants(monkeypatch):
-    from conftest import TranslationRegistrar
-
-    import RADALib.registration as registration
-
-    class FakeAnts(TranslationRegistrar):
-        def __init__(self, config=None, workers=0):
-            super().__init__()
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            pass
-
-    monkeypatch.setattr(registration, "AntsRegistrar", FakeAnts)
-    return FakeAnts
-
-
 def test_rada_propagate_refuses_a_case_id_that_climbs_out_of_out_and_writes_nothing(
     tmp_path, capsys, fake_ants
 ):

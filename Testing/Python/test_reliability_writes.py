@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import TranslationRegistrar, disk_stack
+from conftest import FakeAntsRegistrar, disk_stack
 from test_inference import tiny_bundle
 
 import RADALib
@@ -39,19 +39,6 @@ posix_only = pytest.mark.skipif(os.name != "posix", reason="POSIX file modes and
 
 SOURCE_ROOT = Path(RADALib.__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
-
-
-class FakeAnts(TranslationRegistrar):
-    """``AntsRegistrar`` without ANTs: exact for the shifted disks of ``disk_stack``."""
-
-    def __init__(self, config=None, workers=0):
-        super().__init__()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        pass
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +66,8 @@ def no_ants(monkeypatch):
     def stop(*args, **kwargs):
         raise AssertionError("training went on past the output checks")
 
-    monkeypatch.setattr(registration, "AntsRegistrar", FakeAnts)
-    monkeypatch.setattr(demo, "AntsRegistrar", FakeAnts)
+    monkeypatch.setattr(registration, "AntsRegistrar", FakeAntsRegistrar)
+    monkeypatch.setattr(demo, "AntsRegistrar", FakeAntsRegistrar)
     monkeypatch.setattr(workflow, "cohort_embeddings", stop)
 
 
@@ -275,9 +262,9 @@ def full_disk_runs(inputs, tmp_path_factory) -> tuple[Path, dict]:
     driver = f"""
 import contextlib, io, json, resource, signal, sys
 sys.path.insert(0, {str(TESTS)!r})
-from test_reliability_writes import FakeAnts
+from conftest import FakeAntsRegistrar
 import RADALib.demo, RADALib.registration, RADALib.workflow
-RADALib.registration.AntsRegistrar = RADALib.demo.AntsRegistrar = FakeAnts
+RADALib.registration.AntsRegistrar = RADALib.demo.AntsRegistrar = FakeAntsRegistrar
 def stop(*args, **kwargs):
     raise AssertionError("training went on past a failed write")
 RADALib.workflow.cohort_embeddings = stop
