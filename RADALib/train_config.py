@@ -133,13 +133,17 @@ class TrainConfig:
         if self.noise_std < 0 or self.noise_clip < 0:
             raise ValueError("TrainConfig.noise_std and noise_clip must be >= 0")
         try:
-            IntensityAugmentation(
-                self.intensity_augment, self.intensity_contrast, self.intensity_shift
-            )
+            self.intensity_augmentation()
         except ValueError as exc:
             raise ValueError(f"TrainConfig: {exc}") from None
         if self.schedule.max_iterations != self.iterations:
             self.schedule = dataclasses.replace(self.schedule, max_iterations=int(self.iterations))
+
+    def intensity_augmentation(self) -> IntensityAugmentation:
+        """The training patches' intensity augmentation these settings describe."""
+        return IntensityAugmentation(
+            self.intensity_augment, self.intensity_contrast, self.intensity_shift
+        )
 
     def _check_sizes(self) -> None:
         """``ValueError`` for a patch the VNet cannot halve four times, or a count out of range."""

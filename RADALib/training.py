@@ -75,7 +75,6 @@ from .data import (
 )
 from .errors import RADAError
 from .events import Progress
-from .intensity_augmentation import IntensityAugmentation
 from .losses import masked_cross_entropy, supervised_loss, uncertainty_mask
 from .networks import VIEWS, TripleViewModel
 from .runtime import (
@@ -452,9 +451,7 @@ def build_sampler(
         seed=seed,
         use_registration=config.use_registration,
         augment=config.augment,
-        intensity=IntensityAugmentation(
-            config.intensity_augment, config.intensity_contrast, config.intensity_shift
-        ),
+        intensity=config.intensity_augmentation(),
     )
 
 
