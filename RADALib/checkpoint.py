@@ -54,6 +54,8 @@ ADDED_SETTINGS: dict[str, Any] = {
     "intensity_augment": 0.0,
     "intensity_contrast": 0.25,
     "intensity_shift": 0.3,
+    "scale_augment": 0.0,
+    "scale_range": 0.25,
 }
 
 

@@ -26,6 +26,9 @@ Decisions:
   (k in 0..3) then, with probability ½, a flip of axis 0 (flips of axis 1 are among these:
   flip₁ = rot180 ∘ flip₀). UA-MT always flips, which only reaches the 4 reflections. With a
   non-square (x, y) patch only k in {0, 2} is drawn, so every patch keeps its shape.
+- **Scale** (optional, not in the paper): with ``scale``, a patch may be cut from a larger or
+  smaller window and resized to the patch (:mod:`RADALib.scale_augmentation`), after the
+  rotation and flip, before the intensity augmentation.
 - **Rotations and views**: a 90° rotation swaps array axes 0 and 1, so after it the sagittal
   propagation's label varies along the new axis 1. Each view's label and weight map still go to
   that view's network: the label of view v is "the label volume that propagation along v
@@ -61,6 +64,7 @@ from .errors import InputError
 from .events import Progress
 from .intensity_augmentation import IntensityAugmentation, apply_contrast_shift
 from .networks import VIEWS
+from .scale_augmentation import ScaleAugmentation, resize_patch, source_window
 
 N_VIEWS = 3
 
@@ -462,6 +466,17 @@ def _write(dest: np.ndarray, array: np.ndarray, window: Window, fill: float, pad
     dest[dst] = array[src]
 
 
+def _scratch(slot: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Where a crop of ``size`` is written: the batch slot itself, or a scratch array to resize."""
+    return slot if tuple(slot.shape) == tuple(size) else np.empty(tuple(size), slot.dtype)
+
+
+def _resize_into(slot: np.ndarray, written: np.ndarray, linear: bool) -> None:
+    """Put a crop written by :func:`_scratch` into its slot (resized when it was zoomed)."""
+    if written is not slot:
+        slot[...] = resize_patch(written, slot.shape, linear)
+
+
 def _write_weights(
     dest: np.ndarray, case: TrainingCase, axis: int, alpha: float, window: Window, padded: bool
 ) -> None:
@@ -562,6 +577,7 @@ class TwoStreamSampler:
         use_registration: bool = True,
         augment: bool = True,
         intensity: IntensityAugmentation | None = None,
+        scale: ScaleAugmentation | None = None,
     ) -> None:
         if not labeled:
             raise ValueError("TwoStreamSampler needs at least one labeled case")
@@ -581,6 +597,7 @@ class TwoStreamSampler:
         self.use_registration = bool(use_registration)
         self.augment = bool(augment)
         self.intensity = intensity or IntensityAugmentation()
+        self.scale = scale or ScaleAugmentation()
         self.rng = np.random.default_rng(
             np.random.SeedSequence(list(seed) if isinstance(seed, (list, tuple)) else int(seed))
         )
@@ -602,6 +619,11 @@ class TwoStreamSampler:
     def _transform(self) -> tuple[int, bool]:
         return draw_augmentation(self.rng, self.patch) if self.augment else (0, False)
 
+    def _window_size(self) -> tuple[int, ...]:
+        """The window the next patch is cut from: ``patch``, or a zoomed one when drawn."""
+        scale = self.scale.draw(self.rng)
+        return self.patch if scale is None else source_window(self.patch, scale)
+
     def _recontrast(self, patch: np.ndarray) -> None:
         """The intensity augmentation of one image patch (in place), when drawn."""
         drawn = self.intensity.draw(self.rng)
@@ -618,34 +640,44 @@ class TwoStreamSampler:
         w_l = [np.empty((len(li), *patch), np.float32) for _ in range(N_VIEWS)]
         for n, i in enumerate(li):
             case = self.labeled[i]
-            window = crop_window(case.shape, patch, self.rng)
+            size = self._window_size()
+            window = crop_window(case.shape, size, self.rng)
             k, flip = self._transform()
-            padded = _padded(window, patch)
-            _write(_inverse_view(x_l[n, 0], k, flip), case.image, window, case.pad_value, padded)
+            padded = _padded(window, size)
+            image = _scratch(x_l[n, 0], size)
+            _write(_inverse_view(image, k, flip), case.image, window, case.pad_value, padded)
+            _resize_into(x_l[n, 0], image, linear=True)
             self._recontrast(x_l[n, 0])
             if self.use_registration:
                 for v in range(N_VIEWS):
-                    _write(_inverse_view(y_l[v][n], k, flip), case.labels[v], window, 0, padded)  # type: ignore[index]
-                    _write_weights(
-                        _inverse_view(w_l[v][n], k, flip), case, v, alpha, window, padded
-                    )
+                    label, weight = _scratch(y_l[v][n], size), _scratch(w_l[v][n], size)
+                    _write(_inverse_view(label, k, flip), case.labels[v], window, 0, padded)  # type: ignore[index]
+                    _write_weights(_inverse_view(weight, k, flip), case, v, alpha, window, padded)
+                    _resize_into(y_l[v][n], label, linear=False)
+                    _resize_into(w_l[v][n], weight, linear=False)
             else:  # ablation: only the truly annotated voxels supervise, for every view
-                _write(_inverse_view(y_l[0][n], k, flip), case.sparse, window, 0, padded)  # type: ignore[arg-type]
-                _write(_inverse_view(w_l[0][n], k, flip), case.annotated, window, 0, padded)  # type: ignore[arg-type]
+                label, weight = _scratch(y_l[0][n], size), _scratch(w_l[0][n], size)
+                _write(_inverse_view(label, k, flip), case.sparse, window, 0, padded)  # type: ignore[arg-type]
+                _write(_inverse_view(weight, k, flip), case.annotated, window, 0, padded)  # type: ignore[arg-type]
+                _resize_into(y_l[0][n], label, linear=False)
+                _resize_into(w_l[0][n], weight, linear=False)
                 for v in range(1, N_VIEWS):
                     y_l[v][n], w_l[v][n] = y_l[0][n], w_l[0][n]
         x_u = np.empty((len(ui), 1, *patch), np.float32)
         for n, i in enumerate(ui):
             case = self.unlabeled[i]
-            window = crop_window(case.shape, patch, self.rng)
+            size = self._window_size()
+            window = crop_window(case.shape, size, self.rng)
             k, flip = self._transform()
+            image = _scratch(x_u[n, 0], size)
             _write(
-                _inverse_view(x_u[n, 0], k, flip),
+                _inverse_view(image, k, flip),
                 case.image,
                 window,
                 case.pad_value,
-                _padded(window, patch),
+                _padded(window, size),
             )
+            _resize_into(x_u[n, 0], image, linear=True)
             self._recontrast(x_u[n, 0])
         return Batch(
             x_l=torch.from_numpy(x_l),

@@ -18,6 +18,7 @@ from .annotation import PLANES
 from .errors import RADAError
 from .intensity_augmentation import IntensityAugmentation
 from .networks import DOWNSAMPLING, NetworkConfig
+from .scale_augmentation import ScaleAugmentation
 from .schedules import ScheduleConfig
 
 REGION_MODES = ("alpha", "no_mask", "none")
@@ -75,6 +76,9 @@ class TrainConfig:
     ``intensity_augment``: the probability that a training patch gets a random contrast
     (×U(1 ± ``intensity_contrast``) about its mean) and brightness (+U(± ``intensity_shift``),
     z-score units); not in the paper, 0 (off) there (:mod:`RADALib.intensity_augmentation`).
+    ``scale_augment``: the probability that a training patch is zoomed by a log-uniform factor
+    in [1/(1 + ``scale_range``), 1 + ``scale_range``]; not in the paper, 0 (off) there
+    (:mod:`RADALib.scale_augmentation`).
     """
 
     patch: tuple[int, int, int] = (112, 112, 80)
@@ -103,6 +107,8 @@ class TrainConfig:
     intensity_augment: float = 0.0
     intensity_contrast: float = 0.25
     intensity_shift: float = 0.3
+    scale_augment: float = 0.0
+    scale_range: float = 0.25
     device: str = "auto"
     compile: bool = False
     channels_last: str = "auto"
@@ -134,6 +140,7 @@ class TrainConfig:
             raise ValueError("TrainConfig.noise_std and noise_clip must be >= 0")
         try:
             self.intensity_augmentation()
+            self.scale_augmentation()
         except ValueError as exc:
             raise ValueError(f"TrainConfig: {exc}") from None
         if self.schedule.max_iterations != self.iterations:
@@ -144,6 +151,10 @@ class TrainConfig:
         return IntensityAugmentation(
             self.intensity_augment, self.intensity_contrast, self.intensity_shift
         )
+
+    def scale_augmentation(self) -> ScaleAugmentation:
+        """The training patches' scale augmentation these settings describe."""
+        return ScaleAugmentation(self.scale_augment, self.scale_range)
 
     def _check_sizes(self) -> None:
         """``ValueError`` for a patch the VNet cannot halve four times, or a count out of range."""
@@ -361,8 +372,10 @@ def _cpu_preset() -> TrainConfig:
     (1 − 2β)·sup + β·c₁ + β·c₂ with β → 0.1), and at inference one pass over the whole volume
     (at that spacing a LA volume fits in one) and its three mirror images; half the patches get
     a random contrast (x U(0.7, 1.3)) and brightness (+-0.3 z), so a volume whose z-scores come
-    out shifted (a wider field of view, another contrast) is still segmented. Figures and how
-    they were chosen: Testing/Benchmarks/RESULTS.md ("CPU training on LA2018", "Demo")."""
+    out shifted (a wider field of view, another contrast) is still segmented; half the patches
+    are zoomed by up to a quarter in or out, so structures larger or smaller than the labeled
+    ones are still segmented whole. Figures and how they were chosen:
+    Testing/Benchmarks/RESULTS.md ("CPU training on LA2018", "Demo")."""
     return scale_schedule(
         TrainConfig(
             patch=(48, 48, 32),
@@ -372,6 +385,7 @@ def _cpu_preset() -> TrainConfig:
             inference_mirror=True,
             intensity_augment=0.5,
             intensity_contrast=0.3,
+            scale_augment=0.5,
             schedule=ScheduleConfig(beta0=0.0, beta_max=0.2),
             spacing_factor=3.0,
             network=NetworkConfig(base_filters=8),

@@ -452,6 +452,7 @@ def build_sampler(
         use_registration=config.use_registration,
         augment=config.augment,
         intensity=config.intensity_augmentation(),
+        scale=config.scale_augmentation(),
     )
 
 

@@ -25,6 +25,7 @@ from RADALib.networks import VIEWS
 from RADALib.propagation import PropagationConfig
 from RADALib.pseudo_labels import load_case_result, propagate_cohort
 from RADALib.registration import PairResult, identity_coordinates
+from RADALib.scale_augmentation import ScaleAugmentation, resize_patch, source_window
 from RADALib.train_config import TrainConfig
 from RADALib.volume import volume_from_array, write_like
 
@@ -419,3 +420,109 @@ def test_training_builds_its_sampler_with_the_configured_intensity_augmentation(
     )
     sampler = build_sampler(config, labeled, [], seed=1)
     assert sampler.intensity == IntensityAugmentation(0.4, 0.2, 0.1)
+
+
+# ----------------------------------------------------------------------------- scale
+
+
+def _ramp_case(case_id: str, shape=(40, 40, 40)) -> TrainingCase:
+    """Image = the x index; label 1 where x >= 20 (all three views); one annotated slice per axis."""
+    x = np.broadcast_to(np.arange(shape[0], dtype=np.float32)[:, None, None], shape).copy()
+    label = (x >= 20).astype(np.uint8)
+    mask = np.zeros(shape, bool)
+    mask[:, :, shape[2] // 2] = True
+    distances = tuple(np.abs(np.arange(n) - n // 2).astype(np.float32) for n in shape)
+    return TrainingCase(case_id, x, (label, label, label), distances, mask, label * mask)
+
+
+def test_scale_augmentation_zooms_image_labels_and_weights_together():
+    sampler = TwoStreamSampler(
+        [_ramp_case("a")],
+        [],
+        (16, 16, 16),
+        1,
+        0,
+        seed=3,
+        augment=False,
+        scale=ScaleAugmentation(1.0, 0.25),
+    )
+    slopes = []
+    for t in range(12):
+        batch = sampler.sample(0.8, t)
+        image = batch.x_l[0, 0].numpy()
+        slope = float(np.mean(np.diff(image[:, 8, 8])))
+        slopes.append(slope)
+        assert 1 / 1.25 - 0.02 <= slope <= 1.25 + 0.02  # voxels per patch voxel = 1 / s
+        for view in VIEWS:
+            label = batch.y_l[view][0].numpy()
+            assert set(np.unique(label)) <= {0, 1}  # still one class per voxel
+            # the label follows the zoomed image: x >= 20 there, up to one boundary voxel
+            disagree = label != (image >= 20)
+            assert disagree.any(axis=(1, 2)).sum() <= 1
+            weights = batch.w_l[view][0].numpy()
+            assert weights.min() >= 0 and weights.max() <= 1
+    assert min(slopes) < 0.95 and max(slopes) > 1.05  # zoomed both in and out
+    # the annotated axial slice (weight 1) survives the zoom as whole slices of weight 1
+    assert (batch.w_l["axial"][0].numpy() == 1.0).all(axis=(0, 1)).any()
+
+
+def test_scale_augmentation_zooms_unlabeled_patches_too():
+    sampler = TwoStreamSampler(
+        [_ramp_case("a")],
+        [TrainingCase("u", _ramp_case("u").image)],
+        (16, 16, 16),
+        1,
+        1,
+        seed=5,
+        augment=False,
+        scale=ScaleAugmentation(1.0, 0.25),
+    )
+    slopes = {
+        round(float(np.mean(np.diff(sampler.sample(0.8, t).x_u[0, 0, :, 4, 4].numpy()))), 3)
+        for t in range(6)
+    }
+    assert len(slopes) > 1 and all(0.78 <= s <= 1.27 for s in slopes)
+
+
+def test_scale_augmentation_off_leaves_a_seeded_run_as_it_was():
+    baseline, off = _sampler(), _sampler()
+    off.scale = ScaleAugmentation(0.0, 0.25)
+    assert all(_same(baseline.sample(0.9, t), off.sample(0.9, t)) for t in range(4))
+
+
+def test_scale_augmentation_is_drawn_with_its_probability_and_in_its_range():
+    rng = np.random.default_rng(0)
+    augmentation = ScaleAugmentation(0.3, 0.25)
+    draws = [augmentation.draw(rng) for _ in range(4000)]
+    scales = np.array([d for d in draws if d is not None])
+    assert 0.27 < scales.size / len(draws) < 0.33
+    assert scales.min() >= 1 / 1.25 and scales.max() <= 1.25
+    assert scales.min() < 0.82 and scales.max() > 1.22  # the whole range is reached
+    assert 0.45 < np.mean(scales > 1) < 0.55  # zooming in as often as out
+    assert source_window((48, 48, 32), 1.25) == (38, 38, 26)
+    assert source_window((48, 48, 32), 0.8) == (60, 60, 40)
+
+
+def test_resize_patch_keeps_labels_whole_and_interpolates_images():
+    label = np.zeros((8, 8, 8), np.uint8)
+    label[:4] = 2
+    out = resize_patch(label, (16, 16, 16), linear=False)
+    assert out.dtype == np.uint8 and set(np.unique(out)) == {0, 2}
+    assert (out[:8] == 2).all() and (out[8:] == 0).all()
+    ramp = np.broadcast_to(np.arange(8, dtype=np.float32)[:, None, None], (8, 8, 8))
+    zoomed = resize_patch(ramp, (16, 8, 8), linear=True)
+    assert np.allclose(np.diff(zoomed[1:-1, 0, 0]), 0.5)
+
+
+@pytest.mark.parametrize("setting", [{"scale_augment": -0.1}, {"scale_range": 1.5}])
+def test_scale_settings_out_of_range_are_refused(setting):
+    with pytest.raises(ValueError, match="scale"):
+        TrainConfig(**setting)
+
+
+def test_training_builds_its_sampler_with_the_configured_scale_augmentation():
+    from RADALib.training import build_sampler
+
+    config = TrainConfig(patch=(16, 16, 16), scale_augment=0.4, scale_range=0.3)
+    sampler = build_sampler(config, [synthetic_training_case("l", (20, 18, 16))], [], seed=1)
+    assert sampler.scale == ScaleAugmentation(0.4, 0.3)
