@@ -373,8 +373,8 @@ def _cpu_preset() -> TrainConfig:
     (at that spacing a LA volume fits in one) and its three mirror images; half the patches get
     a random contrast (x U(0.7, 1.3)) and brightness (+-0.3 z), so a volume whose z-scores come
     out shifted (a wider field of view, another contrast) is still segmented; half the patches
-    are zoomed by up to a quarter in or out, so structures larger or smaller than the labeled
-    ones are still segmented whole. Figures and how they were chosen:
+    are zoomed by up to a quarter in or out, so the networks also see structures larger and
+    smaller than the labeled ones. Figures and how they were chosen:
     Testing/Benchmarks/RESULTS.md ("CPU training on LA2018", "Demo")."""
     return scale_schedule(
         TrainConfig(
