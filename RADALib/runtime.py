@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -60,6 +61,43 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
     return device
 
 
+NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+"""x86 CPU features (as Linux's /proc/cpuinfo names them) that compute in bfloat16 natively."""
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> frozenset[str]:
+    """The CPU's feature flags as Linux reports them (empty where there is no such file)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def native_bf16(device: torch.device, flags: frozenset[str] | None = None) -> bool:
+    """Whether ``device`` trains faster in bf16 autocast and channels-last-3d than in fp32: a
+    CUDA GPU with bf16, or an x86 CPU with AVX-512 BF16 or AMX (``flags``: the CPU's, read from
+    /proc/cpuinfo when ``None``). Elsewhere (older x86, ARM, macOS, Windows) bf16 would be
+    emulated, so training stays in fp32 there."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type != "cpu":
+        return False
+    return bool(set(NATIVE_BF16_CPU_FLAGS) & (cpu_flags() if flags is None else flags))
+
+
+def cpu_bf16_patch_ok(patch: Sequence[int], levels: int = 5) -> bool:
+    """Whether bf16 training on the CPU computes correct gradients for a VNet on windows of
+    ``patch``: oneDNN's bf16 3-D convolution backward returns garbage (often NaN) weight and
+    input gradients when the first spatial axis of a feature map is exactly 2 voxels (every
+    other extent checked, 1-6 along each axis, matched fp32), which happens when ``patch[0]`` is
+    16 or 32 (its ``levels`` maps halve it four times). Forward passes are unaffected."""
+    return all(int(patch[0]) >> level != 2 for level in range(levels))
+
+
 def setup_runtime(config: TrainConfig) -> Runtime:
     """Resolve ``config``'s device, AMP and channels-last choices, join the process group under
     ``torchrun`` (WORLD_SIZE > 1) and set the backend flags (cuDNN autotuning, TF32, determinism,
@@ -75,11 +113,18 @@ def setup_runtime(config: TrainConfig) -> Runtime:
         owns = True
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
-    amp = config.amp
-    use_bf16 = amp == "bf16" or (
-        amp == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    cpu_ok = device.type != "cpu" or cpu_bf16_patch_ok(config.patch)
+    if config.amp == "bf16" and not cpu_ok:
+        raise RADAError(
+            f"amp=bf16 on the CPU needs a patch whose first axis is not 16 or 32 voxels "
+            f"(got {tuple(config.patch)}): the CPU's bf16 convolution gradients are wrong there; "
+            "use amp=off or another patch"
+        )
+    native = native_bf16(device) and cpu_ok
+    use_bf16 = config.amp == "bf16" or (config.amp == "auto" and native)
+    cl = config.channels_last == "on" or (
+        config.channels_last == "auto" and (device.type == "cuda" or native)
     )
-    cl = config.channels_last == "on" or (config.channels_last == "auto" and device.type == "cuda")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = not config.deterministic
         torch.backends.cudnn.deterministic = bool(config.deterministic)

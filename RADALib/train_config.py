@@ -37,8 +37,10 @@ class TrainConfig:
     ``schedule.max_iterations`` always equals ``iterations`` (the ramps of α, β and the
     threshold span the run); the other schedule steps are absolute iteration counts
     (:func:`preset` with a new ``iterations`` scales them, :func:`scale_schedule`).
-    ``amp``: "auto" = bf16 autocast on CUDA, off on CPU; "bf16" forces it, "off" disables it.
-    ``channels_last``: "auto" = channels-last 3D memory format on CUDA only.
+    ``amp``: "auto" = bf16 autocast where the device computes in bf16 natively (CUDA; an x86
+    CPU with AVX-512 BF16 or AMX: :func:`RADALib.runtime.native_bf16`), else fp32; "bf16" forces
+    it, "off" disables it. ``channels_last``: "auto" = channels-last 3D memory format on CUDA and
+    on those CPUs.
     ``region_mode``: "alpha" (Alpha-CLIP with the mask), "no_mask" (the caller passes
     embeddings computed without the mask: used as given), "none" (no region prompt: zeros).
     ``training_region``: the Ev a training batch is guided by: "batch" (the axial embeddings of

@@ -60,7 +60,7 @@ import numpy as np
 import torch
 from machine_info import host_info
 
-from RADALib.cli import parse_triple
+from RADALib.cli import parse_setting, parse_triple
 from RADALib.data import Batch, TrainingCase, normalize_intensity
 from RADALib.losses import masked_cross_entropy, supervised_loss, uncertainty_mask
 from RADALib.networks import VIEWS
@@ -90,6 +90,7 @@ def build_config(settings: dict[str, Any]) -> TrainConfig:
         changes["patch"] = tuple(settings["patch"])
     if settings.get("threads"):
         changes["threads"] = int(settings["threads"])
+    changes.update(dict(settings.get("set") or []))
     return preset(settings["preset"], **changes)
 
 
@@ -503,6 +504,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--in-process", action="store_true", help="run both variants in this process (plain first)"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        type=parse_setting,
+        metavar="KEY=VALUE",
+        help="a TrainConfig setting for both variants, as rada train --set (e.g. amp=bf16)",
+    )
     parser.add_argument("--json", help="write all figures here")
     return parser
 
@@ -520,6 +529,7 @@ def run_settings(args: argparse.Namespace, device: str) -> dict[str, Any]:
         "data": args.data,
         "compile": args.compile,
         "strict_fp32": args.strict_fp32,
+        "set": [list(item) for item in args.set],
     }
 
 
