@@ -2,11 +2,12 @@
 
 Writes a synthetic cohort (``synthetic.py``) as NRRD files and a cohort manifest whose first
 cases are labeled by simulating three orthogonal annotated slices; propagates them; trains the
-triple-view model with the ``small`` preset; segments every volume; and reports, against the
-dense truth (which neither propagation nor training ever sees): each view's pseudo-label Dice
-and the fused label's Dice on the labeled volumes ("propagation alone"), and RADA's Dice on the
-labeled and on the unlabeled volumes. Everything lands in the output folder: ``report.json``
-and PNG overlays of a few slices (image, truth, prediction) in ``overlays/``.
+triple-view model with the ``cpu`` preset (:func:`demo_training`); segments every volume; and
+reports, against the dense truth (which neither propagation nor training ever sees): each
+view's pseudo-label Dice and the fused label's Dice on the labeled volumes ("propagation
+alone"), and RADA's Dice on the labeled and on the unlabeled volumes. Everything lands in the
+output folder: ``report.json`` and PNG overlays of a few slices (image, truth, prediction) in
+``overlays/``.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ that writes files, and :func:`broadcast_buffers` gives every rank its batch-norm
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch

@@ -8,7 +8,9 @@ present, two ways, side by side in the same run:
   it (``setup_runtime`` for the device, AMP and channels-last choices, ``build_model``,
   ``build_optimizer``, ``GuidancePrompt``, ``build_training_step``; inside, the T noisy passes
   of ``peer_pseudo_labels`` batched into one forward per net): bf16 autocast and
-  channels-last-3d on CUDA (the preset's "auto"), cuDNN autotuning, pinned host batches;
+  channels-last-3d on CUDA and on CPUs that compute bf16 natively (the preset's "auto",
+  ``RADALib.runtime.native_bf16``), cuDNN autotuning, pinned host batches; ``--set KEY=VALUE``
+  changes a setting for both variants (e.g. ``--set amp=off --set channels_last=off``);
 - **plain**: the same math written the obvious way: fp32, eager, contiguous layout, PyTorch's
   default backend flags, each net's T MC-dropout passes run one by one (batch U each), then the
   three nets one after another (forward, L_sup, masked CE against the two peers' pseudo-labels),
@@ -35,10 +37,10 @@ backend flags, which let cuDNN convolutions use TF32; ``--strict-fp32`` turns th
 
     python Testing/Benchmarks/benchmark_training.py [--preset paper] [--device auto|cpu|cuda]
         [--iterations N] [--warmup N] [--patch X,Y,Z] [--threads N] [--data ../shared/data/LA2018]
-        [--compile] [--strict-fp32] [--in-process] [--json results.json]
+        [--compile] [--strict-fp32] [--in-process] [--set KEY=VALUE ...] [--json results.json]
 
 Not a test. On a GPU the paper preset takes seconds; on a CPU one paper iteration takes minutes
-per variant, so use ``--preset small`` there (seconds). Measured figures, with their commands:
+per variant, so use ``--preset cpu`` or ``small`` there (seconds). Measured figures, with their commands:
 ``Testing/Benchmarks/RESULTS.md`` (Training step).
 """
 

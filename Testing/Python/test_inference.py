@@ -274,6 +274,28 @@ def test_predict_volume_whole_pads_crops_back_and_falls_back_to_windows_when_too
         resolve_stride("whole", PATCH)
 
 
+def test_on_a_cpu_a_bundle_asking_for_many_windows_is_told_about_fast(tmp_path):
+    from RADALib.inference import n_windows
+    from RADALib.volume import volume_from_array
+
+    assert n_windows((190, 140, 88), (112, 112, 80), (18, 18, 4)) == 6 * 3 * 3
+    assert n_windows((10, 10, 10), PATCH, PATCH) == 1  # padded up to the patch
+    bundle = load_bundle(tiny_bundle(tmp_path))
+    bundle.manifest["inference"]["stride"] = [4, 4, 4]  # 125 windows against fast's 8
+    volume = volume_from_array(np.zeros((32, 32, 32), np.float32))
+
+    def messages(**kwargs) -> list[str]:
+        progress, seen = Progress(), []
+        progress.message = lambda text, *a, **k: seen.append(text)
+        predict_volume(bundle, volume, progress=progress, **kwargs)
+        return seen
+
+    assert any("--stride fast" in m for m in messages())
+    assert not any("--stride fast" in m for m in messages(stride=(4, 4, 4)))  # the user's choice
+    bundle.manifest["inference"]["stride"] = "fast"
+    assert not any("--stride fast" in m for m in messages())
+
+
 # ----------------------------------------------------------------------------- files and geometry
 
 # file axis i runs along world -z, j along world x, k along world -y (permuted and flipped)

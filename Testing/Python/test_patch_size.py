@@ -72,7 +72,7 @@ def test_the_training_region_prompt_is_a_named_choice(value):
 
 
 def test_a_preset_can_name_the_stride_its_bundles_predict_with():
-    assert preset("cpu").inference_stride == "whole" and preset("paper").inference_stride is None
+    assert preset("cpu").inference_stride == "whole" and preset("paper").inference_stride == "dense"
     assert preset("cpu").inference_mirror and not preset("paper").inference_mirror
     assert preset("small", inference_stride="dense").inference_stride == "dense"
     with pytest.raises(ValueError, match="inference_stride"):
