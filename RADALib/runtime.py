@@ -107,12 +107,6 @@ def setup_runtime(config: TrainConfig) -> Runtime:
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
     device = resolve_device(config.device, local_rank)
-    owns = False
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        owns = True
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    world = dist.get_world_size() if dist.is_initialized() else 1
     cpu_ok = device.type != "cpu" or cpu_bf16_patch_ok(config.patch)
     if config.amp == "bf16" and not cpu_ok:
         raise RADAError(
@@ -120,6 +114,12 @@ def setup_runtime(config: TrainConfig) -> Runtime:
             f"(got {tuple(config.patch)}): the CPU's bf16 convolution gradients are wrong there; "
             "use amp=off or another patch"
         )
+    owns = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        owns = True
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
     native = native_bf16(device) and cpu_ok
     use_bf16 = config.amp == "bf16" or (config.amp == "auto" and native)
     cl = config.channels_last == "on" or (
