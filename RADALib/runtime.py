@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .errors import RADAError
+from .networks import DOWNSAMPLING
 from .train_config import TrainConfig
 
 
@@ -89,13 +90,15 @@ def native_bf16(device: torch.device, flags: frozenset[str] | None = None) -> bo
     return bool(set(NATIVE_BF16_CPU_FLAGS) & (cpu_flags() if flags is None else flags))
 
 
-def cpu_bf16_patch_ok(patch: Sequence[int], levels: int = 5) -> bool:
+def cpu_bf16_patch_ok(patch: Sequence[int]) -> bool:
     """Whether bf16 training on the CPU computes correct gradients for a VNet on windows of
     ``patch``: oneDNN's bf16 3-D convolution backward returns garbage (often NaN) weight and
     input gradients when the first spatial axis of a feature map is exactly 2 voxels (every
     other extent checked, 1-6 along each axis, matched fp32), which happens when ``patch[0]`` is
-    16 or 32 (its ``levels`` maps halve it four times). Forward passes are unaffected."""
-    return all(int(patch[0]) >> level != 2 for level in range(levels))
+    16 or 32 (the VNet's maps halve it down to 1/:data:`~RADALib.networks.DOWNSAMPLING`).
+    Forward passes are unaffected."""
+    factors = (1 << k for k in range(DOWNSAMPLING.bit_length()))  # 1, 2, 4, 8, 16
+    return all(int(patch[0]) // factor != 2 for factor in factors)
 
 
 def setup_runtime(config: TrainConfig) -> Runtime:

@@ -55,9 +55,9 @@ from RADALib.inference import (
     WHOLE,
     bundle_patch,
     check_stride,
+    n_windows,
     predict_volume,
     resolve_stride,
-    window_grid,
 )
 from RADALib.metrics import dice
 from RADALib.networks import DOWNSAMPLING, NetworkConfig
@@ -198,13 +198,6 @@ def load_cases(args) -> list[tuple[str, Volume, np.ndarray | None]]:
             truth = None
         cases.append((name, volume, None if truth is None else truth > 0))
     return cases
-
-
-def windows_per_volume(shape: Sequence[int], patch: Sequence[int], stride: Sequence[int]) -> int:
-    padded = [
-        max(int(n), int(p)) for n, p in zip(shape, patch)
-    ]  # smaller axes are padded to the patch
-    return math.prod(len(starts) for starts in window_grid(padded, patch, stride))
 
 
 def machine_info(device: torch.device) -> dict[str, Any]:
@@ -370,7 +363,7 @@ def _case_rows(
     for sname, stride in strides.items():
         label, seconds = _time_stride(bundle, volume, patch, stride, device, batch_size)
         labels[sname] = label
-        windows = 1 if stride == WHOLE else windows_per_volume(volume.shape, patch, stride)
+        windows = 1 if stride == WHOLE else n_windows(volume.shape, patch, stride)
         row = {
             "case": name,
             "shape": list(volume.shape),

@@ -92,8 +92,8 @@ from RADALib.inference import (
     predict_volume,
     resolve_stride,
     whole_volume_voxels,
-    window_grid,
 )
+from RADALib.inference import n_windows as n_windows_of
 from RADALib.metrics import SegmentationMetrics, dice, metrics_for_masks, summarize
 from RADALib.postprocessing import keep_largest_component, recommend_largest_component
 from RADALib.pseudo_labels import load_case_result
@@ -641,9 +641,7 @@ def n_windows(shape: Sequence[int], patch: Sequence[int], stride: str) -> float:
     """Windows per volume; for ``whole``, the padded volume in patch-sized window equivalents."""
     if stride == WHOLE:
         return whole_volume_voxels(shape, patch) / float(np.prod(patch))
-    padded = [max(n, p) for n, p in zip(shape, patch)]
-    grid = window_grid(padded, patch, resolve_stride(stride, patch))
-    return len(grid[0]) * len(grid[1]) * len(grid[2])
+    return n_windows_of(shape, patch, resolve_stride(stride, patch))
 
 
 def evaluate(
