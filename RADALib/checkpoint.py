@@ -38,6 +38,7 @@ RUNTIME_ONLY_SETTINGS = frozenset(
         "threads",
         "inference_stride",  # written to the bundle only
         "inference_mirror",  # written to the bundle only
+        "time_budget",  # a resumed run keeps the iterations its checkpoint was sized to
     }
 )
 

@@ -381,6 +381,12 @@ def cmd_settings(args: argparse.Namespace) -> int:
                 print(f"{key}.{name}={text(data[key][name])}")
         else:
             print(f"{key}={text(data[key])}")
+    if data["time_budget"]:
+        print(
+            f"note: time_budget={text(data['time_budget'])}: training sizes iterations and the "
+            "schedule to this machine when it starts; --iterations N fixes them",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -550,7 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--iterations",
         type=int,
         default=None,
-        help="training iterations (default: the demo's, the cpu preset's shortened)",
+        help="training iterations (default: as many as fit three minutes on this machine)",
     )
     demo.add_argument("--no-train", action="store_true", help="stop after propagation")
     _add_events(demo)

@@ -105,6 +105,21 @@ def check_patch_shape(x: Tensor, in_channels: int) -> None:
         )
 
 
+def exact_on_two_deep_maps(module: nn.Module, x: Tensor, scale: float = 1) -> Tensor:
+    """``module(x)``; in fp32 instead of the CPU's bf16 autocast when ``x`` or the output (``x``'s
+    extent times ``scale``: 0.5 down, 2 up) is 2 voxels deep along the first spatial axis. There oneDNN's bf16
+    3-D convolution *backward* returns wrong (often NaN) weight and input gradients (every other
+    extent checked, 1-6 along each axis, matches fp32; forward passes are right). A VNet meets
+    such maps when its window's first axis is 16 or 32 (the maps halve it down to 1/16), so
+    these layers run in fp32 and every other layer keeps bf16's speed."""
+    depth = x.shape[2]
+    if 2 in (depth, int(depth * scale)) and x.device.type == "cpu":
+        if torch.is_autocast_enabled("cpu"):
+            with torch.autocast("cpu", enabled=False):
+                return module(x.float())
+    return module(x)
+
+
 class VNet(nn.Module):
     """UA-MT-style VNet (see the module docstring); ``forward(x)`` returns logits."""
 
@@ -164,7 +179,9 @@ class VNet(nn.Module):
         check_patch_shape(x, self.in_channels)
         features: list[Tensor] = []
         for level, stage in enumerate(self.enc):
-            x = stage(x if level == 0 else self.down[level - 1](features[-1]))
+            if level:
+                x = exact_on_two_deep_maps(self.down[level - 1], features[-1], scale=0.5)
+            x = exact_on_two_deep_maps(stage, x)
             features.append(x)
         return features
 
@@ -177,9 +194,9 @@ class VNet(nn.Module):
         x = features[-1]
         for i, (up, stage) in enumerate(zip(self.up, self.dec)):
             skip = features[-2 - i]
-            x = up(x)
+            x = exact_on_two_deep_maps(up, x, scale=2)
             x = x + skip if self.skip == "add" else torch.cat([x, skip], dim=1)
-            x = stage(x)
+            x = exact_on_two_deep_maps(stage, x)
         return x
 
     def apply_dropout(self, z: Tensor, force: bool = False) -> Tensor:

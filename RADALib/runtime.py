@@ -10,7 +10,6 @@ that writes files, and :func:`broadcast_buffers` gives every rank its batch-norm
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +17,6 @@ import torch
 from torch import nn
 
 from .errors import RADAError
-from .networks import DOWNSAMPLING
 from .train_config import TrainConfig
 
 
@@ -82,23 +80,13 @@ def native_bf16(device: torch.device, flags: frozenset[str] | None = None) -> bo
     """Whether ``device`` trains faster in bf16 autocast and channels-last-3d than in fp32: a
     CUDA GPU with bf16, or an x86 CPU with AVX-512 BF16 or AMX (``flags``: the CPU's, read from
     /proc/cpuinfo when ``None``). Elsewhere (older x86, ARM, macOS, Windows) bf16 would be
-    emulated, so training stays in fp32 there."""
+    emulated, so training stays in fp32 there. (The few layers where the CPU's bf16 gradients
+    are wrong run in fp32: :func:`RADALib.networks.exact_on_two_deep_maps`.)"""
     if device.type == "cuda":
         return bool(torch.cuda.is_bf16_supported())
     if device.type != "cpu":
         return False
     return bool(set(NATIVE_BF16_CPU_FLAGS) & (cpu_flags() if flags is None else flags))
-
-
-def cpu_bf16_patch_ok(patch: Sequence[int]) -> bool:
-    """Whether bf16 training on the CPU computes correct gradients for a VNet on windows of
-    ``patch``: oneDNN's bf16 3-D convolution backward returns garbage (often NaN) weight and
-    input gradients when the first spatial axis of a feature map is exactly 2 voxels (every
-    other extent checked, 1-6 along each axis, matched fp32), which happens when ``patch[0]`` is
-    16 or 32 (the VNet's maps halve it down to 1/:data:`~RADALib.networks.DOWNSAMPLING`).
-    Forward passes are unaffected."""
-    factors = (1 << k for k in range(DOWNSAMPLING.bit_length()))  # 1, 2, 4, 8, 16
-    return all(int(patch[0]) // factor != 2 for factor in factors)
 
 
 def setup_runtime(config: TrainConfig) -> Runtime:
@@ -110,20 +98,13 @@ def setup_runtime(config: TrainConfig) -> Runtime:
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
     device = resolve_device(config.device, local_rank)
-    cpu_ok = device.type != "cpu" or cpu_bf16_patch_ok(config.patch)
-    if config.amp == "bf16" and not cpu_ok:
-        raise RADAError(
-            f"amp=bf16 on the CPU needs a patch whose first axis is not 16 or 32 voxels "
-            f"(got {tuple(config.patch)}): the CPU's bf16 convolution gradients are wrong there; "
-            "use amp=off or another patch"
-        )
     owns = False
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
         owns = True
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
-    native = native_bf16(device) and cpu_ok
+    native = native_bf16(device)
     use_bf16 = config.amp == "bf16" or (config.amp == "auto" and native)
     cl = config.channels_last == "on" or (
         config.channels_last == "auto" and (device.type == "cuda" or native)

@@ -81,6 +81,10 @@ class TrainConfig:
     ``scale_augment``: the probability that a training patch is zoomed by a log-uniform factor
     in [1/(1 + ``scale_range``), 1 + ``scale_range``]; not in the paper, 0 (off) there
     (:mod:`RADALib.scale_augmentation`).
+    ``time_budget``: seconds the training iterations and validations may take (0: off, train
+    ``iterations``); when set, training measures this machine's iteration and sizes
+    ``iterations`` (and the schedule) to the budget when it starts (:mod:`RADALib.time_budget`).
+    Giving ``iterations`` in :meth:`replace` or :func:`preset` turns it off.
     """
 
     patch: tuple[int, int, int] = (112, 112, 80)
@@ -123,6 +127,7 @@ class TrainConfig:
     fit_patch: bool = False
     inference_stride: str | None = None
     inference_mirror: bool = False
+    time_budget: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.schedule, Mapping):
@@ -134,6 +139,10 @@ class TrainConfig:
         self.spacing = _spacing_setting(self.spacing)
         self._check_sizes()
         self._check_choices()
+        if not (math.isfinite(self.time_budget) and self.time_budget >= 0):
+            raise ValueError(
+                f"TrainConfig.time_budget must be 0 (off) or a number of seconds, got {self.time_budget!r}"
+            )
         if not (math.isfinite(self.spacing_factor) and self.spacing_factor > 0):
             raise ValueError(
                 f"TrainConfig.spacing_factor must be a positive number, got {self.spacing_factor!r}"
@@ -236,7 +245,8 @@ class TrainConfig:
 
         Nested settings take a dict (merged) or dotted names passed as a dict:
         ``cfg.replace(iterations=100, network={"base_filters": 8})`` or
-        ``cfg.replace(**{"schedule.base_lr": 0.02})``.
+        ``cfg.replace(**{"schedule.base_lr": 0.02})``. A new ``iterations`` fixes the count:
+        it turns ``time_budget`` off unless ``time_budget`` is given too.
         """
         data = self.to_dict()
         for key, value in changes.items():
@@ -262,9 +272,18 @@ class TrainConfig:
                 data[key] = _typed_setting(key, data[key], value)
             else:
                 raise ValueError(f"unknown training setting {key!r}{_closest_setting(key, data)}")
-        if "iterations" in changes and "schedule.max_iterations" not in changes:
-            data["schedule"]["max_iterations"] = int(changes["iterations"])
+        if "iterations" in changes:
+            _fix_count(data, changes)
         return TrainConfig.from_dict(data)
+
+
+def _fix_count(data: dict[str, Any], changes: Mapping[str, Any]) -> None:
+    """A new ``iterations`` in ``changes``: the schedule spans it and the time budget is off,
+    unless ``changes`` set them too."""
+    if "schedule.max_iterations" not in changes:
+        data["schedule"]["max_iterations"] = int(changes["iterations"])
+    if "time_budget" not in changes:
+        data["time_budget"] = 0.0
 
 
 def _spacing_setting(value: Any) -> tuple[float, float, float] | None:
@@ -376,9 +395,11 @@ def _cpu_preset() -> TrainConfig:
     a random contrast (x U(0.7, 1.3)) and brightness (+-0.3 z), so a volume whose z-scores come
     out shifted (a wider field of view, another contrast) is still segmented; half the patches
     are zoomed by up to a quarter in or out, so the networks also see structures larger and
-    smaller than the labeled ones. Figures and how they were chosen:
-    Testing/Benchmarks/RESULTS.md ("CPU training on LA2018", "Demo")."""
-    return scale_schedule(
+    smaller than the labeled ones. The run is sized to the machine: training measures its
+    iteration and runs as many as fit :data:`CPU_TIME_BUDGET`, the schedule scaled from its
+    1500 (``rada train --iterations N`` fixes the count instead). Figures and how they
+    were chosen: Testing/Benchmarks/RESULTS.md ("CPU training on LA2018", "Demo")."""
+    config = scale_schedule(
         TrainConfig(
             patch=(48, 48, 32),
             fit_patch=True,
@@ -393,11 +414,16 @@ def _cpu_preset() -> TrainConfig:
             network=NetworkConfig(base_filters=8),
             uncertainty_passes=2,
             checkpoint_every=100,
-            validate_every=100,
+            validate_every=250,  # each validation pass takes iterations from the time budget
             log_every=10,
         ),
         1500,
     )
+    return config.replace(time_budget=CPU_TIME_BUDGET)
+
+
+CPU_TIME_BUDGET = 1800.0
+"""The cpu preset's training time in seconds: iterations and validations in half an hour."""
 
 
 def scale_schedule(config: TrainConfig, iterations: int) -> TrainConfig:

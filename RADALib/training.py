@@ -86,7 +86,16 @@ from .runtime import (
     setup_runtime,
 )
 from .schedules import alpha, beta, learning_rate, uncertainty_threshold
-from .train_config import TrainConfig
+from .time_budget import (
+    MAX_TIMED_ITERATIONS,
+    PROBE_SHARE,
+    WARMUP_ITERATIONS,
+    StepTiming,
+    describe_sizing,
+    iterations_for_budget,
+    measure_step,
+)
+from .train_config import TrainConfig, scale_schedule
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -737,6 +746,9 @@ def _train(
     if runtime.main:
         ensure_writable_folder(run.out_dir)
     _warn_about_inputs(config, labeled, unlabeled, progress)
+    run.config = config = _sized_to_budget(
+        config, labeled, unlabeled, prompt, run, validate, resume
+    )
 
     # model and optimizer, identical on every rank
     run.model = model = build_model(config, runtime)
@@ -769,6 +781,104 @@ def _train(
         result.iteration, result.seconds = end, run.seconds()
     model.eval()
     return result
+
+
+PROBE_STREAM = 7_919
+"""Extra seed of the batches the time-budget measurement draws, apart from the run's streams."""
+
+
+def _sized_to_budget(
+    config: TrainConfig,
+    labeled: Sequence[TrainingCase],
+    unlabeled: Sequence[TrainingCase],
+    prompt: GuidancePrompt,
+    run: _Run,
+    validate: Validator | None,
+    resume: bool,
+) -> TrainConfig:
+    """``config`` with ``iterations`` and the schedule sized to ``config.time_budget``
+    (:mod:`RADALib.time_budget`; unchanged when it is 0). A run that resumes keeps the count its
+    checkpoint was sized to; a new one measures this machine's step first (every rank; the
+    slowest counts)."""
+    budget = config.time_budget
+    if budget <= 0:
+        return config
+    if resume and run.checkpoint_path.exists():
+        saved = load_checkpoint(run.checkpoint_path).get("config", {})
+        n = int(saved.get("iterations", config.iterations))
+        run.progress.message(f"resuming a run sized to {n} iterations by its time budget")
+    else:
+        every = config.validate_every if validate is not None else 0
+        timing = max(
+            gather_objects(
+                _time_the_step(config, labeled, unlabeled, prompt, run, validate), run.runtime
+            ),
+            key=lambda t: (
+                t.seconds_per_iteration + (t.seconds_per_validation / every if every else 0)
+            ),
+        )
+        n = iterations_for_budget(budget, timing, every)
+        run.progress.message(describe_sizing(budget, timing, every, n))
+        if n < config.iterations:
+            run.progress.message(
+                f"only {n} iterations fit the time budget here, fewer than the preset's "
+                f"{config.iterations}: the model may be weaker; --iterations {config.iterations} "
+                "(Iterations in Slicer) trains them all, for longer",
+                level="warning",
+            )
+    return scale_schedule(config, n).replace(time_budget=budget)
+
+
+def _time_the_step(
+    config: TrainConfig,
+    labeled: Sequence[TrainingCase],
+    unlabeled: Sequence[TrainingCase],
+    prompt: GuidancePrompt,
+    run: _Run,
+    validate: Validator | None,
+) -> StepTiming:
+    """:func:`~RADALib.time_budget.measure_step` on this run's step (its config, data, runtime,
+    batches prepared in the background) with a throwaway model, optimizer and batch stream:
+    the run itself is built afterwards from its own seeds, as if nothing had run."""
+    runtime = run.runtime
+    model = build_model(config, runtime)
+    step = TrainingStep(
+        config,
+        model,
+        build_optimizer(config, model),
+        _TrainForward(model),  # no DistributedDataParallel: each rank measures on its own
+        prompt,
+        runtime,
+        semi_supervised=bool(unlabeled) and config.unlabeled_batch > 0,
+    )
+    sampler = build_sampler(config, labeled, unlabeled, (config.seed, runtime.rank, PROBE_STREAM))
+    n = WARMUP_ITERATIONS + MAX_TIMED_ITERATIONS
+    prefetcher = BatchPrefetcher(
+        sampler,
+        lambda t: alpha(t, config.schedule),
+        0,
+        n,
+        depth=config.prefetch,
+        pin_memory=runtime.device.type == "cuda",
+    )
+    batches = iter(prefetcher)
+
+    def one_step() -> None:
+        batch = next(batches)
+        float(step(batch, batch.iteration).loss)  # reading the loss waits for the device
+
+    def one_validation() -> None:
+        _validate(model, validate, step.text_input, prompt.inference_region())
+
+    model.train()
+    try:
+        return measure_step(
+            one_step,
+            one_validation if validate is not None and config.validate_every else None,
+            min_seconds=PROBE_SHARE * config.time_budget,
+        )
+    finally:
+        prefetcher.close()
 
 
 def _guidance_prompt(

@@ -65,12 +65,21 @@ def formatEvent(event: dict, kind: str = "") -> str:
     return ", ".join(parts)
 
 
-def cpuTrainingNote(preset: str) -> str:
-    """The device line's words for training on the CPU: no duration, the status line has it."""
+def cpuTrainingNote(preset: str, iterations: int = 0) -> str:
+    """The device line's words for training on the CPU: no duration, the status line has it;
+    whether the cpu preset sizes its run to this computer (``iterations`` 0: the preset's)."""
+    sized = (
+        " as many iterations as fit half an hour on this computer"
+        if preset in ("auto", "cpu") and not iterations
+        else ""
+    )
     if preset == "paper":
         speed = "The paper preset is a GPU job: on a CPU it is far slower."
     elif preset == "auto":
-        speed = "The auto preset trains with the cpu preset here; a CUDA GPU is far faster."
+        how = f"with the cpu preset here,{sized}" if sized else "with the cpu preset here"
+        speed = f"The auto preset trains {how}; a CUDA GPU is far faster."
+    elif sized:
+        speed = f"The cpu preset trains{sized}; a CUDA GPU is far faster."
     else:
         speed = "A CUDA GPU is far faster."
     return (
@@ -383,7 +392,7 @@ class RADASegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):  # n
             )
         else:
             reason = "CPU chosen" if device == "cpu" else "No CUDA GPU found"
-            text = f"{reason}: {cpuTrainingNote(ui.presetComboBox.currentText)}"
+            text = f"{reason}: {cpuTrainingNote(ui.presetComboBox.currentText, int(ui.iterationsSpinBox.value))}"
         ui.deviceWarningLabel.setText(text)
 
     # ------------------------------------------------------------------ cohort

@@ -338,6 +338,14 @@ def test_settings_lists_every_training_setting_in_a_form_set_reads_back(capsys):
         "unknown training setting 'alphafloor' (did you mean schedule.alpha_floor?)"
         in capsys.readouterr().err
     )
+    # the cpu preset sizes its run: stderr says so, stdout stays in --set form
+    assert main(["settings", "--preset", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "time_budget=1800.0" in captured.out.split()
+    assert "sizes iterations and the schedule to this machine" in captured.err
+    assert main(["settings", "--preset", "cpu", "--iterations", "900"]) == 0
+    captured = capsys.readouterr()
+    assert "time_budget=0.0" in captured.out.split() and "sizes" not in captured.err
 
 
 def test_option_choices_are_the_ones_the_engine_accepts():

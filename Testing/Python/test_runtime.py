@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from RADALib.errors import RADAError
-from RADALib.runtime import cpu_bf16_patch_ok, cpu_flags, native_bf16, setup_runtime
+from RADALib.runtime import cpu_flags, native_bf16, setup_runtime
 from RADALib.train_config import preset
 
 CPU = torch.device("cpu")
@@ -49,42 +48,71 @@ def test_auto_follows_the_cpu_and_explicit_settings_override_it(monkeypatch):
     assert forced.amp_dtype == torch.bfloat16 and forced.channels_last
 
 
-def test_cpu_bf16_is_refused_for_windows_whose_maps_are_two_voxels_deep(monkeypatch):
+def test_cpu_bf16_is_chosen_for_every_window_where_the_cpu_computes_it(monkeypatch):
     import RADALib.runtime as runtime
 
-    assert not cpu_bf16_patch_ok((16, 64, 64)) and not cpu_bf16_patch_ok((32, 48, 48))
-    assert cpu_bf16_patch_ok((48, 32, 32)) and cpu_bf16_patch_ok((80, 64, 16))
     monkeypatch.setattr(runtime, "cpu_flags", lambda: frozenset({"avx512_bf16"}))
-    auto = setup_runtime(preset("small", device="cpu", patch=(32, 32, 32)))
-    assert auto.amp_dtype is None and not auto.channels_last  # fp32: correct gradients
-    with pytest.raises(RADAError, match="first axis"):
-        setup_runtime(preset("small", device="cpu", patch=(32, 32, 32), amp="bf16"))
+    for patch in ((32, 32, 32), (16, 64, 64), (48, 48, 32)):  # 2-deep maps are handled by the VNet
+        auto = setup_runtime(preset("small", device="cpu", patch=patch))
+        assert auto.amp_dtype == torch.bfloat16 and auto.channels_last
 
 
-def test_the_refused_cpu_bf16_case_really_computes_wrong_gradients():
-    """What :func:`cpu_bf16_patch_ok` guards against, on this machine's torch: a 3-D conv's weight
-    gradient in bf16 autocast against fp32 on the same bf16-rounded inputs. Skipped where the
-    CPU has no native bf16 (the guard is harmless there)."""
+@pytest.mark.parametrize("depth", [16, 32, 48])
+def test_a_vnet_in_cpu_bf16_runs_exactly_the_convolutions_that_meet_two_deep_maps_in_fp32(depth):
+    """Where the CPU's bf16 convolution gradients are wrong (maps 2 voxels deep along the first
+    axis, the test below), the VNet's convolutions run in fp32; every other one in bf16."""
+    from RADALib.networks import VNet
+
+    net = VNet(base_filters=2, dropout=False).train()
+    seen = []
+
+    def record(module, inputs, output):
+        seen.append((inputs[0].shape[2], output.shape[2], output.dtype))
+
+    for module in net.modules():
+        if isinstance(module, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)):
+            module.register_forward_hook(record)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = net(torch.randn(2, 1, depth, 16, 16))
+    logits.float().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+    two_deep = [dtype for d_in, d_out, dtype in seen if 2 in (d_in, d_out)]
+    others = [dtype for d_in, d_out, dtype in seen if 2 not in (d_in, d_out)]
+    assert set(others) == {torch.bfloat16}
+    assert set(two_deep) == ({torch.float32} if depth in (16, 32) else set())
+    # 32: down to 2, the 3 convs at 2, up from 2; 16: the same one level up, and down and up at 1
+    assert len(two_deep) == {48: 0, 32: 1 + 3 + 1, 16: 1 + 3 + 1 + 1 + 3 + 1}[depth]
+
+
+def _bf16_weight_gradient_error(depth: int) -> float:
+    """A 3-D conv's weight gradient in CPU bf16 autocast against fp32 on the same bf16-rounded
+    inputs (largest error relative to the largest gradient), for maps ``depth`` voxels deep."""
+    gen = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for _ in range(4):
+        x = torch.randn(4, 16, depth, 5, 4, generator=gen)
+        w = (0.1 * torch.randn(16, 16, 3, 3, 3, generator=gen)).requires_grad_(True)
+        g = torch.randn(4, 16, depth, 5, 4, generator=gen)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = torch.nn.functional.conv3d(x, w, padding=1)
+        (y.float() * g).sum().backward()
+        ref_w = w.detach().bfloat16().float().requires_grad_(True)
+        ref = torch.nn.functional.conv3d(x.bfloat16().float(), ref_w, padding=1)
+        (ref * g.bfloat16().float()).sum().backward()
+        error = (w.grad - ref_w.grad).abs().max() / ref_w.grad.abs().max()
+        worst = max(worst, float(error) if torch.isfinite(error) else float("inf"))
+    return worst
+
+
+def _depth_two_bf16_weight_gradient_error() -> float:
+    return _bf16_weight_gradient_error(2)
+
+
+def test_the_cpu_bf16_bug_that_the_vnet_avoids_is_real_on_this_torch():
+    """What :func:`RADALib.networks.exact_on_two_deep_maps` avoids, on this machine's torch.
+    Skipped where the CPU has no native bf16, or where this torch has fixed it."""
     if not native_bf16(CPU):
         pytest.skip("this CPU has no native bf16 (AVX-512 BF16 or AMX)")
-    gen = torch.Generator().manual_seed(0)
-
-    def weight_grad_error(depth: int) -> float:
-        worst = 0.0
-        for _ in range(4):
-            x = torch.randn(4, 16, depth, 5, 4, generator=gen)
-            w = (0.1 * torch.randn(16, 16, 3, 3, 3, generator=gen)).requires_grad_(True)
-            g = torch.randn(4, 16, depth, 5, 4, generator=gen)
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                y = torch.nn.functional.conv3d(x, w, padding=1)
-            (y.float() * g).sum().backward()
-            ref_w = w.detach().bfloat16().float().requires_grad_(True)
-            ref = torch.nn.functional.conv3d(x.bfloat16().float(), ref_w, padding=1)
-            (ref * g.bfloat16().float()).sum().backward()
-            error = (w.grad - ref_w.grad).abs().max() / ref_w.grad.abs().max()
-            worst = max(worst, float(error) if torch.isfinite(error) else float("inf"))
-        return worst
-
-    assert weight_grad_error(3) < 0.05  # bf16 rounding only
-    if weight_grad_error(2) < 0.05:
+    assert _bf16_weight_gradient_error(3) < 0.05  # bf16 rounding only
+    if _depth_two_bf16_weight_gradient_error() < 0.05:
         pytest.skip("this torch computes depth-2 bf16 gradients correctly: the guard is moot here")

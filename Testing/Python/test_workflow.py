@@ -260,8 +260,8 @@ def test_demo_scores_rada_with_and_without_the_largest_component(tmp_path, monke
     ]
 
 
-def test_the_demo_trains_the_cpu_preset_shortened():
-    from RADALib.demo import DEMO_ITERATIONS, demo_training
+def test_the_demo_trains_the_cpu_preset_sized_to_minutes():
+    from RADALib.demo import DEMO_ITERATIONS, DEMO_TIME_BUDGET, demo_training
     from RADALib.train_config import preset
 
     cpu = preset("cpu")
@@ -271,6 +271,7 @@ def test_the_demo_trains_the_cpu_preset_shortened():
     assert all(p <= c for p, c in zip(config.patch, cpu.patch))
     assert config.uncertainty_passes == cpu.uncertainty_passes and config.device == "cpu"
     assert config.iterations == DEMO_ITERATIONS == config.schedule.max_iterations
+    assert config.time_budget == DEMO_TIME_BUDGET < cpu.time_budget  # sized to minutes
 
 
 def test_validation_during_training_pads_windows_with_the_volume_minimum(tmp_path, monkeypatch):

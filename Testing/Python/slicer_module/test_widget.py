@@ -483,6 +483,13 @@ def test_without_cuda_the_device_line_says_cpu_and_that_the_time_left_comes_with
     label = panel.ui.deviceWarningLabel
     assert "training runs on the CPU" in label.text and "time left" in label.text
     assert "auto preset trains with the cpu preset" in label.text
+    assert "as many iterations as fit half an hour" in label.text  # the cpu preset sizes its run
+    panel.ui.iterationsSpinBox.setValue(500)  # ... unless the count is given
+    assert "half an hour" not in label.text and "cpu preset" in label.text
+    panel.ui.presetComboBox.chooseText("cpu")
+    assert "half an hour" not in label.text
+    panel.ui.iterationsSpinBox.setValue(0)
+    assert "cpu preset trains as many iterations as fit half an hour" in label.text
     panel.ui.presetComboBox.chooseText("paper")
     assert "paper preset is a GPU job" in label.text
     panel.ui.presetComboBox.chooseText("small")
