@@ -50,6 +50,11 @@ class StepTiming:
     seconds_per_validation: float
     probe_seconds: float
 
+    def cost_per_iteration(self, validate_every: int) -> float:
+        """Seconds per iteration with its share of a validation every ``validate_every`` (0: none)."""
+        share = self.seconds_per_validation / validate_every if validate_every > 0 else 0.0
+        return self.seconds_per_iteration + share
+
 
 def measure_step(
     step: Callable[[], None],
@@ -101,9 +106,7 @@ def iterations_for_budget(budget_s: float, timing: StepTiming, validate_every: i
     and kept within [:data:`MIN_ITERATIONS`, :data:`MAX_ITERATIONS`]."""
     if not (math.isfinite(budget_s) and budget_s > 0):
         raise ValueError(f"the time budget must be a positive number of seconds, got {budget_s!r}")
-    per_iteration = timing.seconds_per_iteration
-    if validate_every > 0:
-        per_iteration += timing.seconds_per_validation / validate_every
+    per_iteration = timing.cost_per_iteration(validate_every)
     if not (math.isfinite(per_iteration) and per_iteration > 0):
         raise ValueError(f"measured {per_iteration!r} s per iteration: cannot size the run")
     left = max(0.0, budget_s - timing.probe_seconds) * SAFETY

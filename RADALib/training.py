@@ -813,9 +813,7 @@ def _sized_to_budget(
             gather_objects(
                 _time_the_step(config, labeled, unlabeled, prompt, run, validate), run.runtime
             ),
-            key=lambda t: (
-                t.seconds_per_iteration + (t.seconds_per_validation / every if every else 0)
-            ),
+            key=lambda t: t.cost_per_iteration(every),
         )
         n = iterations_for_budget(budget, timing, every)
         run.progress.message(describe_sizing(budget, timing, every, n))
